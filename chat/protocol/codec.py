@@ -1,0 +1,292 @@
+"""JSON <-> typed messages, with one private cattrs converter.
+
+Decoding is where untrusted input becomes typed values, so every check of the
+protocol lives here, in the order the protocol gives: not JSON or not an
+object (``bad_json``), unknown ``type`` (``unknown_type``), then ``rid`` and
+the fields (``invalid_request``, with a message that names the field).
+cattrs' default hooks are lenient (``"5"`` becomes ``5``, ``True`` becomes
+``1``), so each value kind gets a strict hook of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
+from cattrs.gen import make_dict_unstructure_fn, override
+
+from .errors import ErrorCode, RequestError
+from .messages import (
+    REQUEST_TYPES,
+    ClientMessageId,
+    Description,
+    Error,
+    Event,
+    GroupId,
+    GroupMessageEvent,
+    LookupName,
+    MessageEvent,
+    Name,
+    Ok,
+    Password,
+    Request,
+    Rid,
+    Secret,
+    Text,
+    UserId,
+)
+
+MAX_ID = 2**63 - 1
+"""Ids are positive and must fit the database's signed 64-bit columns."""
+MAX_RID_LENGTH = 64
+RID_RANGE = (-(2**63), 2**64 - 1)
+"""``rid`` "fits in 64 bits": accept both the signed and the unsigned reading."""
+
+
+@attrs.frozen
+class DecodedRequest:
+    request: Request
+    rid: Rid | None
+
+
+class ProtocolError(RequestError):
+    """A frame that could not become a request; the ``rid`` is echoed when it was valid."""
+
+    def __init__(self, code: ErrorCode, message: str, rid: Rid | None = None) -> None:
+        super().__init__(code, message)
+        self.rid = rid
+
+
+# --- strict value checks ------------------------------------------------------
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {_json_kind(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON "\ud800" escapes decode to lone surrogates, which no database stores.
+        raise ValueError("contains an unpaired surrogate, which is not valid Unicode") from None
+    return value
+
+
+def _bounded_string(low: int, high: int) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        text = _string(value)
+        if not low <= len(text) <= high:
+            raise ValueError(f"must be {low} to {high} characters long, not {len(text)}")
+        return text
+
+    return check
+
+
+def _name(value: object) -> str:
+    text = _bounded_string(1, 50)(value)
+    for char in text:
+        if unicodedata.category(char) == "Cc":
+            raise ValueError(f"must not contain control characters (found U+{ord(char):04X})")
+    return text
+
+
+def _positive_id(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"must be an integer, not {_json_kind(value)}")
+    if not 1 <= value <= MAX_ID:
+        raise ValueError(f"must be a positive integer below 2**63, not {value}")
+    return value
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+T = TypeVar("T")
+
+
+def _hook(check: Callable[[object], T]) -> Callable[[object, Any], T]:
+    return lambda value, _type: check(value)
+
+
+def check_rid(value: object) -> Rid:
+    """Validate a ``rid``: a string of at most 64 characters or a 64-bit integer."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"must be a string or an integer, not {_json_kind(value)}")
+    if isinstance(value, str):
+        if len(value) > MAX_RID_LENGTH:
+            raise ValueError(f"must be at most {MAX_RID_LENGTH} characters long")
+        return _string(value)
+    if not RID_RANGE[0] <= value <= RID_RANGE[1]:
+        raise ValueError("must fit in 64 bits")
+    return value
+
+
+# --- the converter ------------------------------------------------------------
+
+
+def _configure_converter(converter: cattrs.Converter) -> None:
+    strict: dict[Any, Callable[[object], object]] = {
+        UserId: _positive_id,
+        GroupId: _positive_id,
+        Name: _name,
+        Password: _bounded_string(1, 1024),
+        Secret: _string,
+        LookupName: _string,
+        Text: _bounded_string(1, 4096),
+        Description: _bounded_string(0, 200),
+        ClientMessageId: _bounded_string(1, 64),
+    }
+    for kind, check in strict.items():
+        converter.register_structure_hook(kind, _hook(check))
+    for event_cls in (MessageEvent, GroupMessageEvent):
+        converter.register_unstructure_hook(
+            event_cls,
+            make_dict_unstructure_fn(event_cls, converter, from_=override(rename="from")),
+        )
+
+
+_converter = cattrs.Converter(detailed_validation=True)
+_configure_converter(_converter)
+
+
+def _describe(exc: ClassValidationError) -> str:
+    problems: list[str] = []
+    with_notes, without = exc.group_exceptions()
+    for error, note in with_notes:
+        if isinstance(error, KeyError):
+            problems.append(f"{note.name}: required field missing")
+        else:
+            problems.append(f"{note.name}: {error}")
+    problems.extend(str(error) for error in without)
+    return "; ".join(problems) or "invalid request"
+
+
+# --- decoding -----------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_object(frame: bytes | str) -> dict[str, Any]:
+    """Parse one frame into a JSON object, or raise ``bad_json``."""
+    try:
+        text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"frame is not valid UTF-8 ({exc.reason})") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"frame is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(
+            ErrorCode.BAD_JSON, f"frame must be a JSON object, not {_json_kind(value)}"
+        )
+    return value
+
+
+def decode_request(frame: bytes | str) -> DecodedRequest:
+    """Turn one frame into a typed request, or raise ``ProtocolError`` saying why not."""
+    obj = parse_object(frame)
+    rid: Rid | None = None
+    rid_problem: str | None = None
+    if "rid" in obj:
+        try:
+            rid = check_rid(obj["rid"])
+        except ValueError as exc:
+            rid_problem = f"rid: {exc}"
+
+    kind = obj.get("type")
+    if "type" not in obj:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, "type: required field missing", rid)
+    if not isinstance(kind, str):
+        raise ProtocolError(
+            ErrorCode.INVALID_REQUEST, f"type: must be a string, not {_json_kind(kind)}", rid
+        )
+    cls = REQUEST_TYPES.get(kind)
+    if cls is None:
+        shown = json.dumps(kind)[:80]
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown request type {shown}", rid)
+    if rid_problem is not None:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, rid_problem)
+
+    fields = {key: value for key, value in obj.items() if key not in ("type", "rid")}
+    for key in attrs.fields_dict(cls):
+        if key in fields and fields[key] is None:
+            # No field of the protocol takes null; an optional field is left out instead.
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, f"{key}: must not be null", rid)
+    if cls.TYPE == "login" and ("name" in fields) == ("id" in fields):
+        raise ProtocolError(
+            ErrorCode.INVALID_REQUEST, "name, id: give exactly one of name or id", rid
+        )
+    try:
+        request = _converter.structure(fields, cls)
+    except ClassValidationError as exc:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, _describe(exc), rid) from None
+    except ForbiddenExtraKeysError as exc:  # pragma: no cover - extra keys are allowed
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc), rid) from None
+    return DecodedRequest(request=request, rid=rid)
+
+
+# --- encoding -----------------------------------------------------------------
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def encode_reply(reply: Ok | Error) -> bytes:
+    """One reply as UTF-8 JSON (no terminator: framing belongs to the transport)."""
+    out: dict[str, Any]
+    if isinstance(reply, Ok):
+        out = {"type": "ok"}
+        if reply.rid is not None:
+            out["rid"] = reply.rid
+        out.update(_converter.unstructure(reply.result))
+    else:
+        out = {"type": "error"}
+        if reply.rid is not None:
+            out["rid"] = reply.rid
+        out["code"] = str(reply.code)
+        out["message"] = reply.message
+    return _dumps(out)
+
+
+def encode_event(event: Event) -> bytes:
+    """One event as UTF-8 JSON; callers encode once and send the bytes to every recipient."""
+    out: dict[str, Any] = {"type": event.TYPE}
+    out.update(_converter.unstructure(event))
+    return _dumps(out)
+
+
+def unstructure(value: object) -> Any:
+    """Plain JSON-ready data for an attrs value (used by clients and tests)."""
+    return _converter.unstructure(value)
+
+
+__all__ = [
+    "DecodedRequest",
+    "ProtocolError",
+    "check_rid",
+    "decode_request",
+    "encode_event",
+    "encode_reply",
+    "parse_object",
+    "unstructure",
+]
+

@@ -1,0 +1,40 @@
+"""Error codes of protocol v1, and the exception that carries one to the reply."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    # framing and decoding
+    BAD_JSON = "bad_json"
+    BAD_FRAME = "bad_frame"
+    FRAME_TOO_LARGE = "frame_too_large"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_REQUEST = "invalid_request"
+    # session state
+    NOT_LOGGED_IN = "not_logged_in"
+    ALREADY_LOGGED_IN = "already_logged_in"
+    # requests' own errors
+    NAME_TAKEN = "name_taken"
+    BAD_CREDENTIALS = "bad_credentials"
+    ALREADY_ONLINE = "already_online"
+    NO_SUCH_USER = "no_such_user"
+    ALREADY_FRIENDS = "already_friends"
+    CANNOT_FRIEND_SELF = "cannot_friend_self"
+    GROUP_NAME_TAKEN = "group_name_taken"
+    NO_SUCH_GROUP = "no_such_group"
+    ALREADY_MEMBER = "already_member"
+    NOT_A_MEMBER = "not_a_member"
+    # extension: the server could not do it now (the database or broker is unreachable);
+    # nothing was changed and the client may retry.
+    UNAVAILABLE = "unavailable"
+
+
+class RequestError(Exception):
+    """A request failed in a way the client is told about: it becomes an ``error`` reply."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

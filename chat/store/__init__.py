@@ -1,0 +1,94 @@
+"""The store: the database is the source of truth for everything a user owns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from .dialect import Dialect
+from .errors import (
+    AlreadyFriends,
+    AlreadyMember,
+    CannotFriendSelf,
+    GroupNameTaken,
+    NameTaken,
+    NoSuchGroup,
+    NoSuchUser,
+    NotAMember,
+    StoreError,
+    StoreUnavailable,
+)
+from .migrations import apply_migrations
+from .mysql import MysqlDialect
+from .records import (
+    Credentials,
+    GroupRecord,
+    LoginSnapshot,
+    MemberRecord,
+    MembershipRecord,
+    PendingDelivery,
+    StoredMessage,
+    UserRecord,
+)
+from .repository import Store
+from .sqlite import SqliteDialect
+
+DEFAULT_DATABASE_URL = "sqlite:///chat.db"
+
+
+def dialect_for(url: str) -> Dialect:
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``mysql://user[:pw]@host[:port]/db``."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = url[len("sqlite://") :]
+        if not path.startswith("/") or path == "/":
+            raise ValueError(f"{url!r}: write sqlite:///relative/path.db or sqlite:////abs/path.db")
+        return SqliteDialect(Path(path[1:]))
+    if parts.scheme in ("mysql", "mariadb", "mysql+pymysql"):
+        database = parts.path.lstrip("/")
+        if not database:
+            raise ValueError(f"{url!r}: the URL must name a database, as in mysql://root@host/chat")
+        return MysqlDialect(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            database=database,
+        )
+    raise ValueError(f"{url!r}: the database URL must start with sqlite:// or mysql://")
+
+
+def open_store(url: str, pool_size: int | None = None) -> Store:
+    """Create the database if needed, apply pending migrations and return a store (blocking)."""
+    dialect = dialect_for(url)
+    dialect.prepare_database()
+    store = Store(dialect, pool_size)
+    store.pool.run_blocking(lambda conn: apply_migrations(dialect, conn))
+    return store
+
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "AlreadyFriends",
+    "AlreadyMember",
+    "CannotFriendSelf",
+    "Credentials",
+    "GroupNameTaken",
+    "GroupRecord",
+    "LoginSnapshot",
+    "MemberRecord",
+    "MembershipRecord",
+    "NameTaken",
+    "NoSuchGroup",
+    "NoSuchUser",
+    "NotAMember",
+    "PendingDelivery",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "StoredMessage",
+    "UserRecord",
+    "apply_migrations",
+    "dialect_for",
+    "open_store",
+]

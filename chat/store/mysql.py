@@ -1,0 +1,126 @@
+"""MySQL/MariaDB through PyMySQL: the database of a cluster."""
+
+from __future__ import annotations
+
+import re
+
+import pymysql
+import pymysql.err
+
+from .dialect import Connection, Dialect
+
+CONNECT_TIMEOUT_SECONDS = 5
+READ_TIMEOUT_SECONDS = 30
+MIGRATION_LOCK_SECONDS = 120
+_DEADLOCK, _LOCK_WAIT_TIMEOUT = 1213, 1205
+_DB_NAME = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
+
+
+class MysqlDialect(Dialect):
+    name = "mysql"
+    pool_size = 8
+
+    def __init__(
+        self, *, host: str, port: int, user: str, password: str, database: str
+    ) -> None:
+        if not _DB_NAME.match(database):
+            raise ValueError(f"database name {database!r}: use letters, digits, _ and $ only")
+        self.host, self.port, self.user, self.password = host, port, user, password
+        self.database = database
+
+    def _connect(self, database: str | None) -> pymysql.connections.Connection[pymysql.cursors.Cursor]:
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            database=database,
+            charset="utf8mb4",
+            autocommit=False,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
+            write_timeout=READ_TIMEOUT_SECONDS,
+            # READ COMMITTED: no gap locks, so concurrent sends to one user do not deadlock.
+            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        )
+
+    def connect(self) -> Connection:
+        return self._connect(self.database)
+
+    def prepare_database(self) -> None:
+        conn = self._connect(None)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(
+                    f"CREATE DATABASE IF NOT EXISTS `{self.database}`"
+                    " CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+                )
+        finally:
+            conn.close()
+
+    def begin(self, conn: Connection, *, write: bool) -> None:
+        conn.cursor().execute("START TRANSACTION")
+
+    def sql(self, query: str) -> str:
+        return query.replace("?", "%s")
+
+    def is_integrity_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, pymysql.err.IntegrityError)
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, pymysql.err.OperationalError) and exc.args[:1] in (
+            (_DEADLOCK,),
+            (_LOCK_WAIT_TIMEOUT,),
+        )
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        if isinstance(exc, pymysql.err.InterfaceError):
+            return True
+        return isinstance(exc, pymysql.err.OperationalError) and not self.is_retryable(exc)
+
+    def check_alive(self, conn: Connection) -> None:
+        assert isinstance(conn, pymysql.connections.Connection)
+        conn.ping(reconnect=False)
+
+    def migration_lock(self, conn: Connection, acquire: bool) -> None:
+        cursor = conn.cursor()
+        if acquire:
+            cursor.execute("SELECT GET_LOCK('chat_migrations', %s)", (MIGRATION_LOCK_SECONDS,))
+            row = cursor.fetchone()
+            if not row or row[0] != 1:
+                raise TimeoutError("another node has held the migration lock too long")
+        else:
+            cursor.execute("SELECT RELEASE_LOCK('chat_migrations')")
+            cursor.fetchone()
+
+    def apply_migration(
+        self, conn: Connection, statements: list[str], record: tuple[int, str]
+    ) -> bool:
+        # MySQL commits DDL implicitly, so a migration is not atomic here; the named
+        # lock taken around all migrations is what keeps two nodes from applying one twice.
+        cursor = conn.cursor()
+        cursor.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY,"
+            " name VARCHAR(255) NOT NULL, applied_at BIGINT NOT NULL)"
+        )
+        cursor.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (record[0],))
+        if cursor.fetchone():
+            conn.rollback()
+            return False
+        cursor.execute("START TRANSACTION")
+        try:
+            for statement in statements:
+                cursor.execute(statement)
+            cursor.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at)"
+                " VALUES (%s, %s, UNIX_TIMESTAMP() * 1000)",
+                record,
+            )
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return True
+
+    def describe(self) -> str:
+        return f"mysql {self.user}@{self.host}:{self.port}/{self.database}"

@@ -1,0 +1,108 @@
+"""Values the store hands out: plain frozen records built from rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import attrs
+
+Role = Literal["creator", "normal"]
+
+
+def text(value: Any) -> str:
+    """A text column: MySQL returns VARBINARY columns as bytes, SQLite as str."""
+    return value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
+
+
+@attrs.frozen
+class UserRecord:
+    id: int
+    name: str
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> UserRecord:
+        return cls(id=int(row[0]), name=text(row[1]))
+
+
+@attrs.frozen
+class Credentials:
+    id: int
+    name: str
+    password_hash: str
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Credentials:
+        return cls(id=int(row[0]), name=text(row[1]), password_hash=text(row[2]))
+
+
+@attrs.frozen
+class GroupRecord:
+    id: int
+    name: str
+    description: str
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> GroupRecord:
+        return cls(id=int(row[0]), name=text(row[1]), description=text(row[2]))
+
+
+@attrs.frozen
+class MemberRecord:
+    id: int
+    name: str
+    role: Role
+
+
+@attrs.frozen
+class MembershipRecord:
+    """A group as one of its members sees it at login."""
+
+    group: GroupRecord
+    role: Role
+    members: list[MemberRecord]
+
+
+@attrs.frozen
+class StoredMessage:
+    """The answer to a send: what the ``ok`` carries, and who must be woken."""
+
+    message_id: int
+    ts: int
+    recipients: list[int]
+    created: bool
+    """False when the ``cid`` had been used already: nothing new is delivered."""
+
+
+@attrs.frozen
+class PendingDelivery:
+    """One message kept for one recipient, with what its event needs."""
+
+    seq: int
+    message_id: int
+    sender_id: int
+    sender_name: str
+    recipient_id: int | None
+    group_id: int | None
+    body: str
+    ts: int
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> PendingDelivery:
+        return cls(
+            seq=int(row[0]),
+            message_id=int(row[1]),
+            sender_id=int(row[2]),
+            sender_name=text(row[3]),
+            recipient_id=None if row[4] is None else int(row[4]),
+            group_id=None if row[5] is None else int(row[5]),
+            body=text(row[6]),
+            ts=int(row[7]),
+        )
+
+
+@attrs.frozen
+class LoginSnapshot:
+    friends: list[UserRecord]
+    groups: list[MembershipRecord]
+    pending: int
