@@ -29,6 +29,8 @@ class ErrorCode(StrEnum):
     # extension: the server could not do it now (the database or broker is unreachable);
     # nothing was changed and the client may retry.
     UNAVAILABLE = "unavailable"
+    # extension: a bug in the server; it is logged, and only this request failed.
+    INTERNAL_ERROR = "internal_error"
 
 
 class RequestError(Exception):

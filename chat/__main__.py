@@ -1,0 +1,7 @@
+"""``python -m chat`` is ``chat-server``."""
+
+import sys
+
+from chat.cli.server import main
+
+sys.exit(main())

@@ -1,0 +1,15 @@
+"""Brokers: how nodes learn who is online where, and wake each other."""
+
+from .base import Broker, BrokerUnavailable, Notice, NoticeHandler, Push, Resync, Wake
+from .memory import MemoryBroker
+
+__all__ = [
+    "Broker",
+    "BrokerUnavailable",
+    "MemoryBroker",
+    "Notice",
+    "NoticeHandler",
+    "Push",
+    "Resync",
+    "Wake",
+]

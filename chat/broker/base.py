@@ -1,0 +1,77 @@
+"""What a node needs from the rest of the cluster: presence, and a way to wake other nodes.
+
+The broker carries no data that matters: every message is in the store before
+any notice about it is sent. A notice only says "look in the store now" (a
+``Wake``) or carries an event that is never kept (a ``Push`` of
+``friend_added``). A node that may have missed notices gets a ``Resync`` and
+re-reads the store for every user it holds, so a lost notice delays a message,
+never loses it.
+
+Presence is a claim per user, held by one connection (its ``holder`` string,
+unique in the cluster) and released by the same holder only, so a late release
+from an old connection can never free a newer login.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import attrs
+import trio
+
+
+@attrs.frozen
+class Wake:
+    """Messages were stored for these users: read them from the store."""
+
+    user_ids: tuple[int, ...]
+
+
+@attrs.frozen
+class Push:
+    """A transient event for a user (not kept if the user is gone): JSON bytes."""
+
+    user_id: int
+    payload: bytes
+
+
+@attrs.frozen
+class Resync:
+    """Notices may have been missed: every local user should re-read the store."""
+
+
+Notice = Wake | Push | Resync
+NoticeHandler = Callable[[Notice], None]
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached; the caller decides what that means."""
+
+
+class Broker(Protocol):
+    node_id: str
+
+    async def run(
+        self, handler: NoticeHandler, *, task_status: trio.TaskStatus[None] = ...
+    ) -> None:
+        """Receive this node's notices (and keep its presence alive) until cancelled.
+
+        ``handler`` is called in the trio thread and must not block.
+        ``task_status.started()`` is called once notices can be received.
+        """
+
+    async def claim(self, user_id: int, holder: str) -> bool:
+        """Mark the user online, held by ``holder``; False when someone holds it already."""
+
+    async def release(self, user_id: int, holder: str) -> None:
+        """Mark the user offline, if ``holder`` still holds it."""
+
+    async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
+        """The node id holding each of these users that is online."""
+
+    async def notify(self, node_id: str, notice: Notice) -> None:
+        """Deliver a notice to a node (this one included)."""
+
+    async def aclose(self) -> None:
+        """Release what the broker holds (connections, threads)."""

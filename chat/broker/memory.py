@@ -1,0 +1,48 @@
+"""The in-process broker: one node alone, nothing to run beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+
+from .base import Notice, NoticeHandler
+
+
+class MemoryBroker:
+    """Presence in a dict and notices by direct call; only for a single node."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self._holders: dict[int, str] = {}
+        self._handler: NoticeHandler | None = None
+
+    async def run(
+        self, handler: NoticeHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self._handler = handler
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._handler = None
+
+    async def claim(self, user_id: int, holder: str) -> bool:
+        if user_id in self._holders:
+            return False
+        self._holders[user_id] = holder
+        return True
+
+    async def release(self, user_id: int, holder: str) -> None:
+        if self._holders.get(user_id) == holder:
+            del self._holders[user_id]
+
+    async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
+        return {user: self.node_id for user in user_ids if user in self._holders}
+
+    async def notify(self, node_id: str, notice: Notice) -> None:
+        if node_id == self.node_id and self._handler is not None:
+            self._handler(notice)
+
+    async def aclose(self) -> None:
+        self._holders.clear()

@@ -1,0 +1,170 @@
+"""``chat-server``: run a node (``serve``) or only prepare its database (``migrate``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from chat.broker import Broker, MemoryBroker
+from chat.server import Node, Settings
+from chat.store import DEFAULT_DATABASE_URL, StoreError, open_store
+
+log = logging.getLogger("chat.server")
+
+ENV_PREFIX = "CHAT_"
+
+
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chat-server",
+        description="A chat server node. Every flag may also be set as CHAT_<FLAG>, "
+        "for example CHAT_DATABASE_URL or CHAT_PORT.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run a node")
+    serve.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to listen on")
+    serve.add_argument(
+        "--port", type=_port, default=_port(_env("port", "6000") or "6000"), help="TCP port"
+    )
+    _database_flag(serve)
+    serve.add_argument(
+        "--redis",
+        default=_env("redis_url", None),
+        help="redis://host:port/db to join a cluster (default: alone, in-process broker)",
+    )
+    serve.add_argument(
+        "--node-id",
+        default=_env("node_id", None),
+        help="this node's name in logs and in the cluster (default: HOST-PORT)",
+    )
+    _log_flag(serve)
+
+    migrate = commands.add_parser("migrate", help="create the database and apply migrations")
+    _database_flag(migrate)
+    _log_flag(migrate)
+    return parser
+
+
+def _database_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database",
+        default=_env("database_url", DEFAULT_DATABASE_URL),
+        help="sqlite:///chat.db (default) or mysql://user[:password]@host[:port]/name",
+    )
+
+
+def _log_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=_env("log_level", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+    )
+
+
+class _NodeIdFilter(logging.Filter):
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.node_id = self.node_id
+        return True
+
+
+def configure_logging(level: str, node_id: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_NodeIdFilter(node_id))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s [%(node_id)s] %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def make_broker(redis_url: str | None, node_id: str) -> Broker:
+    if redis_url is None:
+        return MemoryBroker(node_id)
+    from chat.broker.redis import RedisBroker  # only clusters need redis-py
+
+    return RedisBroker(redis_url, node_id)
+
+
+async def serve(settings: Settings, database_url: str, redis_url: str | None) -> None:
+    store = await trio.to_thread.run_sync(open_store, database_url)
+    broker = make_broker(redis_url, settings.node_id)
+    node = Node(settings, store, broker)
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, signals, node, nursery.cancel_scope)
+                await node.run()
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.move_on_after(2, shield=True):
+            await broker.aclose()
+        store.close()
+
+
+async def _stop_on_signal(
+    signals: trio.abc.ReceiveChannel[int] | object, node: Node, scope: trio.CancelScope
+) -> None:
+    first = True
+    async for signum in signals:  # type: ignore[attr-defined]
+        if first:
+            log.info("%s: stopping gracefully (again to stop at once)", signal.Signals(signum).name)
+            node.stop()
+            first = False
+        else:
+            scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "migrate":
+        configure_logging(args.log_level, "migrate")
+        try:
+            store = open_store(args.database)
+        except (StoreError, ValueError, OSError) as exc:
+            log.error("cannot migrate %s: %s", args.database, exc)
+            return 1
+        store.close()
+        log.info("database %s is up to date", store.dialect.describe())
+        return 0
+
+    node_id = args.node_id or f"{socket.gethostname()}-{args.port}"
+    configure_logging(args.log_level, node_id)
+    settings = Settings(host=args.host, port=args.port, node_id=node_id)
+    try:
+        trio.run(serve, settings, args.database, args.redis)
+    except (StoreError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

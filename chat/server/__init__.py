@@ -1,0 +1,6 @@
+"""The chat node: sessions, routing, presence and shutdown."""
+
+from .node import Node
+from .settings import Settings
+
+__all__ = ["Node", "Settings"]

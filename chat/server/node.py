@@ -1,0 +1,126 @@
+"""A chat node: listeners, sessions and the broker bridge, under one nursery.
+
+Task tree::
+
+    Node.run
+    ├── broker.run            (notices from other nodes -> Router.on_notice)
+    └── connections nursery
+        ├── accept loop       (trio.serve_listeners; cancelled first on shutdown)
+        └── Session.run ...   (one per connection, each with its own writer
+                               and delivery tasks)
+
+Shutdown (``stop()``, called on SIGINT/SIGTERM): stop accepting, ask every
+session to finish (flush its queue, release its user's presence, close), give
+them ``shutdown_grace_seconds``, then cancel what is left and stop the broker.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+
+import trio
+
+from chat.broker import Broker
+from chat.store import Store
+from chat.transports import LineStream, MessageStream, enable_keepalive
+
+from .passwords import PasswordHasher
+from .router import Router
+from .services import Services
+from .session import Session
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, settings: Settings, store: Store, broker: Broker) -> None:
+        self.settings = settings
+        self.router = Router(broker)
+        self.services = Services(
+            settings=settings,
+            store=store,
+            broker=broker,
+            router=self.router,
+            hasher=PasswordHasher(settings.hash_concurrency),
+        )
+        self._serials = itertools.count(1)
+        self._sessions: set[Session] = set()
+        self._stop = trio.Event()
+        self.ports: list[int] = []
+        """The TCP ports actually listened on (useful with port 0)."""
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown; ``run`` returns once it is done."""
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        settings = self.settings
+        listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+        self.ports = sorted({listener.socket.getsockname()[1] for listener in listeners})
+        async with trio.open_nursery() as services:
+            await services.start(self.services.broker.run, self.router.on_notice)
+            async with trio.open_nursery() as connections:
+                accepting = trio.CancelScope()
+                connections.start_soon(self._accept, listeners, connections, accepting)
+                log.info(
+                    "node %s listening on %s port %s (%s)",
+                    settings.node_id,
+                    settings.host,
+                    ",".join(map(str, self.ports)),
+                    self.services.store.dialect.describe(),
+                )
+                task_status.started(self)
+                await self._stop.wait()
+                log.info("node %s stopping: %d connections", settings.node_id, len(self._sessions))
+                accepting.cancel()
+                for session in list(self._sessions):
+                    session.request_close()
+                connections.cancel_scope.deadline = (
+                    trio.current_time() + settings.shutdown_grace_seconds
+                )
+            services.cancel_scope.cancel()
+        log.info("node %s stopped", settings.node_id)
+
+    async def _accept(
+        self,
+        listeners: list[trio.SocketListener],
+        connections: trio.Nursery,
+        scope: trio.CancelScope,
+    ) -> None:
+        with scope:
+            try:
+                await trio.serve_listeners(self._serve_tcp, listeners, handler_nursery=connections)
+            finally:
+                for listener in listeners:
+                    await listener.aclose()
+
+    async def _serve_tcp(self, stream: trio.SocketStream) -> None:
+        try:
+            enable_keepalive(stream)
+            peer = _peer_name(stream)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTCONN, errno.EINVAL, errno.ECONNRESET):
+                log.exception("cannot set up a connection")
+            await stream.aclose()
+            return
+        await self.serve_stream(LineStream(stream, peer, self.settings.max_frame_bytes))
+
+    async def serve_stream(self, stream: MessageStream) -> None:
+        """Run a session over any message stream (the TCP and WebSocket adapters call this)."""
+        session = Session(self.services, stream, next(self._serials))
+        self._sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    address = stream.socket.getpeername()
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)

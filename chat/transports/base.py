@@ -1,0 +1,40 @@
+"""One interface for every transport: a stream of whole protocol frames.
+
+The session reads and writes frames and never learns whether they travel as
+JSON lines over TCP or as WebSocket text messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from chat.protocol import ErrorCode
+
+
+class StreamClosed(Exception):
+    """The peer closed the connection (or it broke)."""
+
+
+class FrameRejected(Exception):
+    """A frame broke the transport's rules; ``fatal`` ones end the connection."""
+
+    def __init__(self, code: ErrorCode, message: str, *, fatal: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.fatal = fatal
+
+
+class MessageStream(Protocol):
+    peer: str
+    """Who is at the other end, for logs."""
+
+    async def receive(self) -> bytes | str:
+        """The next frame; raises ``StreamClosed`` or ``FrameRejected``."""
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        """Write frames in order; raises ``StreamClosed`` if the peer is gone."""
+
+    async def aclose(self) -> None:
+        """Close the connection; safe to call twice."""
