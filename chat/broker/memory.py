@@ -18,7 +18,10 @@ class MemoryBroker:
         self._handler: NoticeHandler | None = None
 
     async def run(
-        self, handler: NoticeHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        handler: NoticeHandler,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         self._handler = handler
         task_status.started()

@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import trio
 
@@ -103,9 +103,7 @@ def configure_logging(level: str, node_id: str) -> None:
 def make_broker(redis_url: str | None, node_id: str) -> Broker:
     if redis_url is None:
         return MemoryBroker(node_id)
-    from chat.broker.redis import RedisBroker  # only clusters need redis-py
-
-    return RedisBroker(redis_url, node_id)
+    raise ValueError("--redis: the Redis broker is not available in this version yet")
 
 
 async def serve(settings: Settings, database_url: str, redis_url: str | None) -> None:
@@ -124,11 +122,9 @@ async def serve(settings: Settings, database_url: str, redis_url: str | None) ->
         store.close()
 
 
-async def _stop_on_signal(
-    signals: trio.abc.ReceiveChannel[int] | object, node: Node, scope: trio.CancelScope
-) -> None:
+async def _stop_on_signal(signals: AsyncIterator[int], node: Node, scope: trio.CancelScope) -> None:
     first = True
-    async for signum in signals:  # type: ignore[attr-defined]
+    async for signum in signals:
         if first:
             log.info("%s: stopping gracefully (again to stop at once)", signal.Signals(signum).name)
             node.stop()

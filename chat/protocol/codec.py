@@ -188,7 +188,9 @@ def parse_object(frame: bytes | str) -> dict[str, Any]:
     try:
         text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
     except UnicodeDecodeError as exc:
-        raise ProtocolError(ErrorCode.BAD_JSON, f"frame is not valid UTF-8 ({exc.reason})") from None
+        raise ProtocolError(
+            ErrorCode.BAD_JSON, f"frame is not valid UTF-8 ({exc.reason})"
+        ) from None
     try:
         value = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
@@ -289,4 +291,3 @@ __all__ = [
     "parse_object",
     "unstructure",
 ]
-

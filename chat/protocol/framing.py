@@ -39,7 +39,9 @@ class LineSplitter:
         """Bytes of an unfinished line held now."""
         return len(self._partial)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | bytearray) -> list[bytes]:
+        if isinstance(data, bytearray):
+            data = bytes(data)
         lines: list[bytes] = []
         start = 0
         while True:

@@ -97,7 +97,18 @@ class GroupSend:
     cid: ClientMessageId | None = None
 
 
-Request = Ping | Register | Login | Logout | FindUser | AddFriend | Send | CreateGroup | JoinGroup | GroupSend
+Request = (
+    Ping
+    | Register
+    | Login
+    | Logout
+    | FindUser
+    | AddFriend
+    | Send
+    | CreateGroup
+    | JoinGroup
+    | GroupSend
+)
 
 REQUEST_TYPES: dict[str, type[Request]] = {
     cls.TYPE: cls
@@ -204,7 +215,9 @@ class JoinResult:
     role: Role
 
 
-Result = Empty | UserResult | LoginResult | FoundUser | FriendResult | Sent | GroupResult | JoinResult
+Result = (
+    Empty | UserResult | LoginResult | FoundUser | FriendResult | Sent | GroupResult | JoinResult
+)
 
 
 @attrs.frozen

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from chat.protocol import ErrorCode, RequestError
 from chat.protocol.codec import encode_event
 from chat.protocol.messages import (
+    REQUEST_TYPES,
     AddFriend,
     CreateGroup,
     Empty,
@@ -30,7 +31,6 @@ from chat.protocol.messages import (
     LoginResult,
     Logout,
     Member,
-    REQUEST_TYPES,
     Ping,
     Register,
     Request,
@@ -58,7 +58,7 @@ from .session import Session
 
 R = TypeVar("R", bound=Request)
 Handler = Callable[[Session, Any], Awaitable[Result]]
-_HANDLERS: dict[type[Request], Handler] = {}
+_HANDLERS: dict[type, Handler] = {}
 
 # Check order, after decoding: logged-in state, then the request's own errors.
 _NEEDS_LOGIN = (Logout, FindUser, AddFriend, Send, CreateGroup, JoinGroup, GroupSend)
@@ -197,9 +197,7 @@ async def send(session: Session, request: Send) -> Result:
 async def create_group(session: Session, request: CreateGroup) -> Result:
     me = _me(session)
     try:
-        group = await session.services.store.create_group(
-            request.name, request.description, me.id
-        )
+        group = await session.services.store.create_group(request.name, request.description, me.id)
     except GroupNameTaken:
         raise RequestError(
             ErrorCode.GROUP_NAME_TAKEN, f"name: a group is called {request.name!r} already"

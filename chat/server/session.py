@@ -19,6 +19,7 @@ the store for the next login.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -201,14 +202,18 @@ class Session:
             return
         queued = await self._queue_kept(user, offline)
         if queued != offline:
-            log.error("login of user %d announced %d kept messages, sent %d", user.id, offline, queued)
+            log.error(
+                "login of user %d announced %d kept messages, sent %d", user.id, offline, queued
+            )
         held, self._held_pushes = self._held_pushes or [], None
         for payload in held:
             await self._queue(Outgoing(payload))
         self._delivery_done = trio.Event()
         self._delivery_scope = trio.CancelScope()
         self._wake.set()
-        self._nursery.start_soon(self._deliver_live, user, self._delivery_scope, self._delivery_done)
+        self._nursery.start_soon(
+            self._deliver_live, user, self._delivery_scope, self._delivery_done
+        )
 
     async def _end_login(self) -> None:
         """Log the user out of this connection: nothing more is queued, the queue is
@@ -314,10 +319,8 @@ class Session:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return  # the writer is gone with the connection; kept messages stay kept
         with trio.move_on_after(self.services.settings.slow_client_seconds):
-            try:
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                 await self._outbox.send(item)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                pass
             return
         self._abort("outbox full (client too slow)")
         await trio.lowlevel.checkpoint()  # raises Cancelled: the session is over
@@ -368,7 +371,9 @@ class Session:
                 await self.services.store.acknowledge(user_id, seqs)
             except StoreError as exc:
                 # Kept in the store and in ``_inflight``: sent again only at the next login.
-                log.warning("could not acknowledge %d messages of user %d: %s", len(seqs), user_id, exc)
+                log.warning(
+                    "could not acknowledge %d messages of user %d: %s", len(seqs), user_id, exc
+                )
                 continue
             self._inflight.difference_update(seqs)
 

@@ -72,7 +72,9 @@ class Dialect(ABC):
         return query
 
     @abstractmethod
-    def apply_migration(self, conn: Connection, statements: list[str], record: tuple[int, str]) -> bool:
+    def apply_migration(
+        self, conn: Connection, statements: list[str], record: tuple[int, str]
+    ) -> bool:
         """Apply one migration unless already recorded; True when this call applied it."""
 
     @abstractmethod

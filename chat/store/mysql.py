@@ -20,15 +20,15 @@ class MysqlDialect(Dialect):
     name = "mysql"
     pool_size = 8
 
-    def __init__(
-        self, *, host: str, port: int, user: str, password: str, database: str
-    ) -> None:
+    def __init__(self, *, host: str, port: int, user: str, password: str, database: str) -> None:
         if not _DB_NAME.match(database):
             raise ValueError(f"database name {database!r}: use letters, digits, _ and $ only")
         self.host, self.port, self.user, self.password = host, port, user, password
         self.database = database
 
-    def _connect(self, database: str | None) -> pymysql.connections.Connection[pymysql.cursors.Cursor]:
+    def _connect(
+        self, database: str | None
+    ) -> pymysql.connections.Connection[pymysql.cursors.Cursor]:
         return pymysql.connect(
             host=self.host,
             port=self.port,

@@ -100,14 +100,18 @@ class Store:
 
     async def credentials_by_name(self, name: str) -> Credentials | None:
         row = await self._run(
-            partial(_fetch_one, "SELECT id, name, password_hash FROM users WHERE name = ?", (name,)),
+            partial(
+                _fetch_one, "SELECT id, name, password_hash FROM users WHERE name = ?", (name,)
+            ),
             write=False,
         )
         return None if row is None else Credentials.from_row(row)
 
     async def credentials_by_id(self, user_id: int) -> Credentials | None:
         row = await self._run(
-            partial(_fetch_one, "SELECT id, name, password_hash FROM users WHERE id = ?", (user_id,)),
+            partial(
+                _fetch_one, "SELECT id, name, password_hash FROM users WHERE id = ?", (user_id,)
+            ),
             write=False,
         )
         return None if row is None else Credentials.from_row(row)
@@ -197,7 +201,8 @@ class Store:
             if row is None:
                 raise NoSuchGroup(group_id)
             if sql.one(
-                "SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?", (group_id, user_id)
+                "SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?",
+                (group_id, user_id),
             ):
                 raise AlreadyMember()
             try:
@@ -289,7 +294,9 @@ class Store:
             # Two sends with one cid raced; the loser answers with the winner's message.
             if cid is None or not self.dialect.is_integrity_error(exc):
                 raise
-            earlier = await self._run(partial(_earlier_send, sender_id=sender_id, cid=cid), write=False)
+            earlier = await self._run(
+                partial(_earlier_send, sender_id=sender_id, cid=cid), write=False
+            )
             if earlier is None:
                 raise
             return earlier

@@ -1,0 +1,132 @@
+"""A small async client for protocol v1 over TCP (used by chat-cli, chat-bench and tests).
+
+Replies arrive in request order, so each request waits on the next reply slot;
+everything without ``rid``-style reply type (``ok``/``error``) is an event and
+goes to ``events``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from chat.protocol import LineSplitter
+
+CLIENT_MAX_FRAME = 1024 * 1024
+
+
+class ChatError(Exception):
+    """The server answered ``error``."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        super().__init__(f"{reply.get('code')}: {reply.get('message')}")
+        self.reply = reply
+        self.code: str = str(reply.get("code"))
+        self.message: str = str(reply.get("message"))
+
+
+class ConnectionLost(Exception):
+    """The connection closed while a reply was awaited."""
+
+
+class _Slot:
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reply: dict[str, Any] | None = None
+
+
+class ChatClient:
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._send_lock = trio.Lock()
+        self._slots: deque[_Slot] = deque()
+        self._events_in, self.events = trio.open_memory_channel[dict[str, Any]](math.inf)
+        self.closed = trio.Event()
+        self.raw_frames: list[bytes] = []
+
+    async def request(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Send a request and return its reply, ``ok`` or ``error``."""
+        slot = _Slot()
+        payload = json.dumps({"type": kind, **fields}, ensure_ascii=False).encode() + b"\n"
+        async with self._send_lock:
+            if self.closed.is_set():
+                raise ConnectionLost("connection closed")
+            self._slots.append(slot)
+            await self._stream.send_all(payload)
+        await slot.done.wait()
+        if slot.reply is None:
+            raise ConnectionLost("connection closed before the reply")
+        return slot.reply
+
+    async def call(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Like ``request``, but an ``error`` reply raises ``ChatError``."""
+        reply = await self.request(kind, **fields)
+        if reply.get("type") == "error":
+            raise ChatError(reply)
+        return reply
+
+    async def send_raw(self, data: bytes, *, replies: int = 0) -> list[dict[str, Any]]:
+        """Write bytes as they are; wait for ``replies`` replies and return them."""
+        slots = [_Slot() for _ in range(replies)]
+        async with self._send_lock:
+            self._slots.extend(slots)
+            await self._stream.send_all(data)
+        out = []
+        for slot in slots:
+            await slot.done.wait()
+            if slot.reply is None:
+                raise ConnectionLost("connection closed before the reply")
+            out.append(slot.reply)
+        return out
+
+    async def next_event(self, within: float = 10.0) -> dict[str, Any]:
+        with trio.fail_after(within):
+            return await self.events.receive()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def _read(self) -> None:
+        splitter = LineSplitter(CLIENT_MAX_FRAME)
+        try:
+            while True:
+                data = await self._stream.receive_some(65536)
+                if not data:
+                    break
+                for line in splitter.feed(data):
+                    self._dispatch(json.loads(line))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.closed.set()
+            while self._slots:
+                self._slots.popleft().done.set()
+            self._events_in.close()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if message.get("type") in ("ok", "error") and self._slots:
+            slot = self._slots.popleft()
+            slot.reply = message
+            slot.done.set()
+        else:
+            self._events_in.send_nowait(message)
+
+
+@asynccontextmanager
+async def connect(host: str, port: int) -> AsyncIterator[ChatClient]:
+    """Open a client; its reader task lives as long as the ``async with`` block."""
+    stream = await trio.open_tcp_stream(host, port)
+    client = ChatClient(stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client._read)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,111 @@
+"""Shared test plumbing: real databases, real nodes on port 0, real TCP clients.
+
+Testing rules: everything listens on 127.0.0.1 with port 0; every MariaDB test
+gets a database of its own, created here and dropped afterwards; the suite
+talks to real MariaDB (``CHAT_TEST_MYSQL``, default root on 127.0.0.1:3306).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import trio
+
+from chat.broker import Broker, MemoryBroker
+from chat.client import ChatClient, connect
+from chat.server import Node, Settings
+from chat.store import Store, open_store
+
+MYSQL_URL = os.environ.get("CHAT_TEST_MYSQL", "mysql://root@127.0.0.1:3306")
+RUN_ID = uuid.uuid4().hex[:8]
+_counter = itertools.count(1)
+
+
+def _mysql_admin() -> pymysql.connections.Connection[Any]:
+    from chat.store import dialect_for
+
+    dialect = dialect_for(f"{MYSQL_URL}/admin")
+    return pymysql.connect(
+        host=dialect.host,  # type: ignore[attr-defined]
+        port=dialect.port,  # type: ignore[attr-defined]
+        user=dialect.user,  # type: ignore[attr-defined]
+        password=dialect.password,  # type: ignore[attr-defined]
+        autocommit=True,
+    )
+
+
+@contextmanager
+def mysql_database() -> Iterator[str]:
+    """A fresh, uniquely named MariaDB database URL; dropped on exit."""
+    name = f"chat_test_{RUN_ID}_{next(_counter)}"
+    try:
+        yield f"{MYSQL_URL}/{name}"
+    finally:
+        conn = _mysql_admin()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            conn.close()
+
+
+@contextmanager
+def database(kind: str, tmp_path: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'chat.db'}"
+    else:
+        with mysql_database() as url:
+            yield url
+
+
+@asynccontextmanager
+async def running_node(
+    url: str | Store, broker: Broker | None = None, **settings: Any
+) -> AsyncIterator[Node]:
+    """A node on 127.0.0.1, port 0, stopped gracefully on exit."""
+    store = url if isinstance(url, Store) else await trio.to_thread.run_sync(open_store, url)
+    node_id = settings.pop("node_id", "test-node")
+    node = Node(
+        Settings(host="127.0.0.1", port=0, node_id=node_id, **settings),
+        store,
+        broker or MemoryBroker(node_id),
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            try:
+                yield node
+            finally:
+                node.stop()
+    finally:
+        if not isinstance(url, Store):
+            store.close()
+
+
+@asynccontextmanager
+async def client(node: Node) -> AsyncIterator[ChatClient]:
+    async with connect("127.0.0.1", node.ports[0]) as c:
+        yield c
+
+
+async def register(c: ChatClient, name: str, password: str = "secret") -> int:
+    reply = await c.call("register", name=name, password=password)
+    return int(reply["user"]["id"])
+
+
+async def login(c: ChatClient, name: str, password: str = "secret") -> dict[str, Any]:
+    return await c.call("login", name=name, password=password)
+
+
+async def no_event(c: ChatClient, wait: float = 0.3) -> None:
+    """Assert that no event arrives within ``wait`` seconds."""
+    with trio.move_on_after(wait):
+        event = await c.events.receive()
+        raise AssertionError(f"unexpected event {event}")
