@@ -87,6 +87,9 @@ class Session:
             settings.outbox_frames
         )
         self._inflight: set[int] = set()
+        """Kept messages queued or written, not yet known to be gone from the store."""
+        self._acknowledged: set[int] = set()
+        """Of those, the ones whose deletion has committed."""
         self._wake = trio.Event()
         self._delivery_scope: trio.CancelScope | None = None
         self._delivery_done: trio.Event | None = None
@@ -187,6 +190,7 @@ class Session:
         self.user = user
         self._held_pushes = []
         self._inflight.clear()
+        self._acknowledged.clear()
         self._wake = trio.Event()
         self.services.router.attach(user.id, self)
         return True
@@ -286,6 +290,10 @@ class Session:
                     self._wake = trio.Event()
                     while True:
                         limit = len(self._inflight) + page
+                        # Acknowledged before this read began: surely gone from its result.
+                        # One acknowledged while it runs may still be in it: it stays in
+                        # ``_inflight`` (and is skipped) until the next read.
+                        settled = set(self._acknowledged)
                         try:
                             rows = await self.services.store.pending(user.id, limit)
                         except StoreError as exc:
@@ -293,6 +301,8 @@ class Session:
                             await trio.sleep(1.0)
                             self._wake.set()
                             break
+                        self._inflight -= settled
+                        self._acknowledged -= settled
                         for row in rows:
                             if row.seq not in self._inflight:
                                 self._inflight.add(row.seq)
@@ -370,12 +380,12 @@ class Session:
             try:
                 await self.services.store.acknowledge(user_id, seqs)
             except StoreError as exc:
-                # Kept in the store and in ``_inflight``: sent again only at the next login.
+                # Still kept, and still in ``_inflight``: sent again only at the next login.
                 log.warning(
                     "could not acknowledge %d messages of user %d: %s", len(seqs), user_id, exc
                 )
                 continue
-            self._inflight.difference_update(seqs)
+            self._acknowledged.update(seqs)
 
     def _release_flushes(self) -> None:
         """The writer is gone: wake anyone waiting for a flush that cannot happen."""

@@ -1,0 +1,208 @@
+"""Delivery guarantees: offline then live, exactly once, per-sender order, under load."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+import trio
+
+from chat.client import ChatClient
+from chat.server import Node
+
+from .support import client, login, no_event, register
+
+
+async def test_offline_messages_come_first_then_live(node: Node) -> None:
+    async with client(node) as ann, client(node) as bob, client(node) as cat:
+        ann_id = await register(ann, "ann")
+        bob_id = await register(bob, "bob")
+        await register(cat, "cat")
+        await login(ann, "ann")
+        await login(cat, "cat")
+        group = (await ann.call("create_group", name="g"))["group"]
+        await bob.call("login", name="bob", password="secret")
+        await bob.call("join_group", group_id=group["id"])
+        await bob.call("logout")
+        await cat.call("join_group", group_id=group["id"])
+        sent = [
+            await ann.call("send", to=bob_id, text="one"),
+            await cat.call("group_send", group_id=group["id"], text="two"),
+            await ann.call("send", to=bob_id, text="three"),
+        ]
+        await ann.next_event()  # ann gets cat's group message too
+        reply = await login(bob, "bob")
+        assert reply["offline"] == 3
+        offline = [await bob.next_event() for _ in range(3)]
+        assert [e["message_id"] for e in offline] == [s["message_id"] for s in sent]
+        assert [e["offline"] for e in offline] == [True, True, True]
+        assert offline[1]["type"] == "group_message" and offline[1]["group_id"] == group["id"]
+        assert offline[0]["from"] == {"id": ann_id, "name": "ann"}
+        live = await ann.call("send", to=bob_id, text="four")
+        event = await bob.next_event()
+        assert (event["message_id"], event["offline"]) == (live["message_id"], False)
+        # Delivered messages are not kept: a new login finds nothing.
+        await bob.call("logout")
+        assert (await login(bob, "bob"))["offline"] == 0
+        await no_event(bob)
+
+
+async def test_many_offline_messages_page_through(node: Node) -> None:
+    async with client(node) as ann, client(node) as bob:
+        await register(ann, "ann")
+        bob_id = await register(bob, "bob")
+        await login(ann, "ann")
+        for i in range(450):  # more than one delivery page
+            await ann.call("send", to=bob_id, text=f"m{i}")
+        reply = await login(bob, "bob")
+        assert reply["offline"] == 450
+        texts = [(await bob.next_event())["text"] for _ in range(450)]
+        assert texts == [f"m{i}" for i in range(450)]
+        await no_event(bob)
+
+
+async def collect(c: ChatClient, into: list[dict[str, Any]], stop: trio.Event) -> None:
+    while not stop.is_set():
+        with trio.move_on_after(0.2):
+            into.append(await c.events.receive())
+
+
+async def test_hundred_clients_chat_at_once(node: Node) -> None:
+    """Every message is delivered exactly once and each sender's messages in order."""
+    users, per_user = 100, 8
+    rng = random.Random(7)
+    async with trio.open_nursery() as nursery:
+        clients: list[ChatClient] = []
+        ids: list[tuple[str, int]] = []
+        for _ in range(users):
+            c = await nursery.start(_hold, client(node))
+            clients.append(c)
+        async with trio.open_nursery() as setup:
+            for i, c in enumerate(clients):
+                setup.start_soon(_register_login, c, f"user{i:03d}", ids)
+        id_of = {name: uid for name, uid in ids}
+        names = sorted(id_of)
+        received: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        stop = trio.Event()
+        async with trio.open_nursery() as readers:
+            for i, c in enumerate(clients):
+                readers.start_soon(collect, c, received[id_of[names[i]]], stop)
+            plan = {
+                names[i]: [id_of[rng.choice(names)] for _ in range(per_user)] for i in range(users)
+            }
+            sent: dict[int, list[tuple[int, int]]] = defaultdict(list)  # to -> (from, message_id)
+
+            async def chatter(i: int) -> None:
+                me = id_of[names[i]]
+                for n, to in enumerate(plan[names[i]]):
+                    reply = await clients[i].call("send", to=to, text=f"{me}:{n}")
+                    sent[to].append((me, reply["message_id"]))
+
+            async with trio.open_nursery() as senders:
+                for i in range(users):
+                    senders.start_soon(chatter, i)
+            total = users * per_user
+            with trio.fail_after(60):
+                while sum(len(v) for v in received.values()) < total:  # noqa: ASYNC110 (polls many lists)
+                    await trio.sleep(0.05)
+            await trio.sleep(0.3)  # anything extra (a duplicate) would arrive now
+            stop.set()
+        nursery.cancel_scope.cancel()
+
+    assert sum(len(v) for v in received.values()) == total
+    for recipient, events in received.items():
+        got = [e["message_id"] for e in events]
+        assert len(got) == len(set(got)), f"duplicates for {recipient}"
+        assert sorted(got) == sorted(m for _, m in sent[recipient])
+        by_sender: dict[int, list[int]] = defaultdict(list)
+        for e in events:
+            assert e["type"] == "message" and e["to"] == recipient and e["offline"] is False
+            by_sender[e["from"]["id"]].append(int(e["text"].split(":")[1]))
+        for sequence in by_sender.values():
+            assert sequence == sorted(sequence)
+
+
+async def _hold(cm: Any, *, task_status: trio.TaskStatus[ChatClient]) -> None:
+    async with cm as c:
+        task_status.started(c)
+        await trio.sleep_forever()
+
+
+async def _register_login(c: ChatClient, name: str, ids: list[tuple[str, int]]) -> None:
+    user_id = await register(c, name)
+    await login(c, name)
+    ids.append((name, user_id))
+
+
+async def test_recipient_logging_in_and_out_gets_everything_once_in_order(node: Node) -> None:
+    total = 300
+    async with client(node) as ann, client(node) as bob:
+        await register(ann, "ann")
+        bob_id = await register(bob, "bob")
+        await login(ann, "ann")
+        events: list[dict[str, Any]] = []
+        done_sending = trio.Event()
+
+        async def send_all() -> None:
+            for i in range(total):
+                await ann.call("send", to=bob_id, text=str(i))
+                if i % 7 == 0:
+                    await trio.sleep(0.001)
+            done_sending.set()
+
+        async def churn() -> None:
+            rng = random.Random(3)
+            logins = 0
+            while len(events) < total:
+                reply = await login(bob, "bob")
+                logins += 1
+                offline_expected = reply["offline"]
+                with trio.move_on_after(rng.uniform(0.0, 0.05)):
+                    while True:
+                        events.append(await bob.events.receive())
+                await bob.call("logout")
+                # Everything sent before the logout reply has arrived by now.
+                while True:
+                    try:
+                        events.append(bob.events.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                assert offline_expected >= 0
+                if done_sending.is_set() and len(events) < total:
+                    await trio.sleep(0.01)
+            assert logins > 3
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_all)
+            with trio.fail_after(90):
+                await churn()
+        assert [int(e["text"]) for e in events] == list(range(total))
+        assert len({e["message_id"] for e in events}) == total
+        assert (await login(bob, "bob"))["offline"] == 0
+        await no_event(bob)
+
+
+async def test_offline_count_matches_what_follows_while_messages_arrive(node: Node) -> None:
+    """Logging in while a sender is busy: exactly `offline` events marked offline lead."""
+    async with client(node) as ann, client(node) as bob:
+        await register(ann, "ann")
+        bob_id = await register(bob, "bob")
+        await login(ann, "ann")
+        for i in range(50):
+            await ann.call("send", to=bob_id, text=str(i))
+
+        async def keep_sending() -> None:
+            for i in range(50, 150):
+                await ann.call("send", to=bob_id, text=str(i))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_sending)
+            await trio.sleep(0.02)
+            reply = await login(bob, "bob")
+        received = [await bob.next_event() for _ in range(150)]
+        flags = [e["offline"] for e in received]
+        assert reply["offline"] >= 50
+        assert flags == [True] * reply["offline"] + [False] * (150 - reply["offline"])
+        assert [int(e["text"]) for e in received] == list(range(150))
+        await no_event(bob)
