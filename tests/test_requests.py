@@ -349,3 +349,19 @@ async def test_one_reply_per_request_in_order(node: Node) -> None:
         assert [r.get("rid") for r in replies] == [1, 2, 3, None, None, "six"]
         assert [r["type"] for r in replies] == ["ok", "ok", "error", "error", "ok", "ok"]
         assert [r.get("code") for r in replies[2:4]] == ["no_such_user", "bad_json"]
+
+
+async def test_ids_beyond_any_row_are_not_found(node: Node) -> None:
+    huge = 2**64 + 5
+    async with client(node) as c:
+        await register(c, "ann")
+        assert error_code(await c.request("login", id=huge, password="secret")) == (
+            "bad_credentials"
+        )
+        await login(c, "ann")
+        assert error_code(await c.request("send", to=huge, text="x")) == "no_such_user"
+        assert error_code(await c.request("add_friend", user_id=huge)) == "no_such_user"
+        assert error_code(await c.request("join_group", group_id=huge)) == "no_such_group"
+        assert error_code(await c.request("group_send", group_id=huge, text="x")) == (
+            "no_such_group"
+        )

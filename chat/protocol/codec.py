@@ -41,8 +41,6 @@ from .messages import (
     UserId,
 )
 
-MAX_ID = 2**63 - 1
-"""Ids are positive and must fit the database's signed 64-bit columns."""
 MAX_RID_LENGTH = 64
 RID_RANGE = (-(2**63), 2**64 - 1)
 """``rid`` "fits in 64 bits": accept both the signed and the unsigned reading."""
@@ -97,8 +95,8 @@ def _name(value: object) -> str:
 def _positive_id(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"must be an integer, not {_json_kind(value)}")
-    if not 1 <= value <= MAX_ID:
-        raise ValueError(f"must be a positive integer below 2**63, not {value}")
+    if value < 1:
+        raise ValueError(f"must be a positive integer, not {value}")
     return value
 
 

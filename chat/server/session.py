@@ -115,6 +115,9 @@ class Session:
                     await self._end_login()
                 self._outbox.close()
                 nursery.cancel_scope.deadline = trio.current_time() + settings.close_grace_seconds
+        except Exception:
+            # A bug here must cost this connection only, never the node.
+            log.exception("session %s failed", self.holder)
         finally:
             with trio.move_on_after(settings.close_grace_seconds, shield=True):
                 await self._end_login()
@@ -204,7 +207,14 @@ class Session:
         user = self.user
         if user is None or self._nursery is None:
             return
-        queued = await self._queue_kept(user, offline)
+        try:
+            queued = await self._queue_kept(user, offline)
+        except StoreError as exc:
+            # The reply promised ``offline`` messages that cannot be read now; closing
+            # is the honest answer. They stay kept for the next login.
+            self._abort(f"cannot read kept messages of user {user.id}: {exc}")
+            await trio.lowlevel.checkpoint()
+            return
         if queued != offline:
             log.error(
                 "login of user %d announced %d kept messages, sent %d", user.id, offline, queued
@@ -355,14 +365,20 @@ class Session:
                         break
                     items.append(item)
                     size += len(item.payload) if isinstance(item, Outgoing) else 0
-                frames = [item.payload for item in items if isinstance(item, Outgoing)]
-                if frames:
-                    try:
-                        await self.stream.send(frames)
-                    except StreamClosed:
-                        self._abort("connection lost while writing")
-                        return
-                await self._acknowledge(items)
+                outgoing = [item for item in items if isinstance(item, Outgoing)]
+                before = self.stream.frames_sent
+                try:
+                    if outgoing:
+                        await self.stream.send([item.payload for item in outgoing])
+                except StreamClosed:
+                    self._abort("connection lost while writing")
+                    return
+                finally:
+                    # Also when cancelled or cut off halfway: what left is not kept any more.
+                    written = outgoing[: self.stream.frames_sent - before]
+                    with trio.move_on_after(self.services.settings.close_grace_seconds) as scope:
+                        scope.shield = True
+                        await self._acknowledge(written)
                 for item in items:
                     if isinstance(item, Flush):
                         item.done.set()
@@ -371,10 +387,10 @@ class Session:
             self._release_flushes()
             self._outbox_reader.close()  # producers now fail fast instead of waiting
 
-    async def _acknowledge(self, items: Sequence[Outgoing | Flush]) -> None:
+    async def _acknowledge(self, items: Sequence[Outgoing]) -> None:
         written: dict[int, list[int]] = defaultdict(list)
         for item in items:
-            if isinstance(item, Outgoing) and item.seq:
+            if item.seq:
                 written[item.user_id].append(item.seq)
         for user_id, seqs in written.items():
             try:

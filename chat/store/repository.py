@@ -42,6 +42,13 @@ from .records import (
 
 T = TypeVar("T")
 
+MAX_ROW_ID = 2**63 - 1
+"""Ids are BIGINT: a larger id names no row (and would not fit a query parameter)."""
+
+
+def _no_row(row_id: int) -> bool:
+    return not 0 < row_id <= MAX_ROW_ID
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -108,6 +115,8 @@ class Store:
         return None if row is None else Credentials.from_row(row)
 
     async def credentials_by_id(self, user_id: int) -> Credentials | None:
+        if _no_row(user_id):
+            return None
         row = await self._run(
             partial(
                 _fetch_one, "SELECT id, name, password_hash FROM users WHERE id = ?", (user_id,)
@@ -148,7 +157,11 @@ class Store:
         def body(sql: _Sql) -> UserRecord:
             if user_id == friend_id:
                 raise CannotFriendSelf()
-            row = sql.one("SELECT id, name FROM users WHERE id = ?", (friend_id,))
+            row = (
+                None
+                if _no_row(friend_id)
+                else sql.one("SELECT id, name FROM users WHERE id = ?", (friend_id,))
+            )
             if row is None:
                 raise NoSuchUser(friend_id)
             if sql.one(
@@ -197,7 +210,13 @@ class Store:
 
     async def join_group(self, group_id: int, user_id: int) -> tuple[GroupRecord, Role]:
         def body(sql: _Sql) -> tuple[GroupRecord, Role]:
-            row = sql.one("SELECT id, name, description FROM chat_groups WHERE id = ?", (group_id,))
+            row = (
+                None
+                if _no_row(group_id)
+                else sql.one(
+                    "SELECT id, name, description FROM chat_groups WHERE id = ?", (group_id,)
+                )
+            )
             if row is None:
                 raise NoSuchGroup(group_id)
             if sql.one(
@@ -230,7 +249,9 @@ class Store:
             earlier = _earlier_send(sql, sender_id, cid)
             if earlier is not None:
                 return earlier
-            if sql.one("SELECT 1 FROM users WHERE id = ?", (recipient_id,)) is None:
+            if _no_row(recipient_id) or not sql.one(
+                "SELECT 1 FROM users WHERE id = ?", (recipient_id,)
+            ):
                 raise NoSuchUser(recipient_id)
             ts = now_ms()
             message_id = sql.insert(
@@ -255,7 +276,9 @@ class Store:
             earlier = _earlier_send(sql, sender_id, cid)
             if earlier is not None:
                 return earlier
-            if sql.one("SELECT 1 FROM chat_groups WHERE id = ?", (group_id,)) is None:
+            if _no_row(group_id) or not sql.one(
+                "SELECT 1 FROM chat_groups WHERE id = ?", (group_id,)
+            ):
                 raise NoSuchGroup(group_id)
             if not sql.one(
                 "SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?",

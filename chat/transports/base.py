@@ -29,12 +29,18 @@ class FrameRejected(Exception):
 class MessageStream(Protocol):
     peer: str
     """Who is at the other end, for logs."""
+    frames_sent: int
+    """Frames handed whole to the operating system so far. Kept exact even when a
+    ``send`` is cancelled or fails halfway, so the writer acknowledges precisely the
+    kept messages that left, and no more."""
 
     async def receive(self) -> bytes | str:
         """The next frame; raises ``StreamClosed`` or ``FrameRejected``."""
 
     async def send(self, frames: Sequence[bytes]) -> None:
-        """Write frames in order; raises ``StreamClosed`` if the peer is gone."""
+        """Write frames in order; raises ``StreamClosed`` if the peer is gone.
+
+        If cancelled or failing halfway, ``frames_sent`` says how many went out."""
 
     async def aclose(self) -> None:
         """Close the connection; safe to call twice."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import socket
 from collections import deque
 from collections.abc import Sequence
@@ -16,6 +17,9 @@ READ_CHUNK = 16_384
 KEEPALIVE_IDLE_SECONDS = 60
 KEEPALIVE_INTERVAL_SECONDS = 15
 KEEPALIVE_PROBES = 4
+LINGER_SECONDS = 1.0
+"""After our FIN, how long to wait for the peer's, discarding what it still sends."""
+LINGER_MAX_BYTES = 1024 * 1024
 
 
 def enable_keepalive(stream: trio.SocketStream) -> None:
@@ -38,6 +42,7 @@ class LineStream:
         self.peer = peer
         self._splitter = LineSplitter(max_line)
         self._ready: deque[bytes] = deque()
+        self.frames_sent = 0
 
     async def receive(self) -> bytes:
         while not self._ready:
@@ -55,10 +60,50 @@ class LineStream:
 
     async def send(self, frames: Sequence[bytes]) -> None:
         data = b"\n".join(frames) + b"\n"
+        if not isinstance(self._stream, trio.SocketStream):
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise StreamClosed(str(exc)) from exc
+            self.frames_sent += len(frames)
+            return
+        # On a socket, count the bytes that left: a trio socket's ``send`` either sends
+        # or, when cancelled, does nothing, so ``sent`` is exact whatever happens.
+        ends, end = [], 0
+        for frame in frames:
+            end += len(frame) + 1
+            ends.append(end)
+        sock = self._stream.socket
+        sent = 0
         try:
-            await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            with memoryview(data) as view:
+                while sent < len(data):
+                    with view[sent:] as remaining:
+                        sent += await sock.send(remaining)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise StreamClosed(str(exc)) from exc
+        finally:
+            self.frames_sent += bisect.bisect_right(ends, sent)
 
     async def aclose(self) -> None:
-        await self._stream.aclose()
+        """Close without a reset: the peer must be able to read our last words.
+
+        Closing a socket whose receive buffer holds unread bytes makes the kernel send
+        RST, and a peer that gets RST may lose the data still on its way to it, such as
+        the ``frame_too_large`` error. So: send FIN, discard what the peer still sends
+        for a moment (a bounded amount), then close.
+        """
+        stream = self._stream
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            with trio.move_on_after(LINGER_SECONDS):
+                try:
+                    await stream.send_eof()
+                    discarded = 0
+                    while discarded < LINGER_MAX_BYTES:
+                        data = await stream.receive_some(READ_CHUNK)
+                        if not data:
+                            break
+                        discarded += len(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                    pass
+        await stream.aclose()
