@@ -1,11 +1,12 @@
 """Brokers: how nodes learn who is online where, and wake each other."""
 
-from .base import Broker, BrokerUnavailable, Notice, NoticeHandler, Push, Resync, Wake
+from .base import Broker, BrokerUnavailable, Evict, Notice, NoticeHandler, Push, Resync, Wake
 from .memory import MemoryBroker
 
 __all__ = [
     "Broker",
     "BrokerUnavailable",
+    "Evict",
     "MemoryBroker",
     "Notice",
     "NoticeHandler",

@@ -41,7 +41,17 @@ class Resync:
     """Notices may have been missed: every local user should re-read the store."""
 
 
-Notice = Wake | Push | Resync
+@attrs.frozen
+class Evict:
+    """This connection lost the user's presence to another login (its lease lapsed and
+    someone else claimed the user): close it, so the user is never served twice.
+    Only ever handed to the node's own handler."""
+
+    user_id: int
+    holder: str
+
+
+Notice = Wake | Push | Resync | Evict
 NoticeHandler = Callable[[Notice], None]
 
 

@@ -19,10 +19,20 @@ from chat.store import DEFAULT_DATABASE_URL, StoreError, open_store
 log = logging.getLogger("chat.server")
 
 ENV_PREFIX = "CHAT_"
+LEASE_SECONDS = 10.0
+LEASE_LIMIT = 15.0
+"""The protocol frees a dead node's users within 15 s: no lease may be longer."""
 
 
 def _env(name: str, default: str | None) -> str | None:
     return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def _lease(text: str) -> float:
+    value = float(text)
+    if not 1 <= value <= LEASE_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and {LEASE_LIMIT} seconds")
+    return value
 
 
 def _port(text: str) -> int:
@@ -45,11 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--port", type=_port, default=_port(_env("port", "6000") or "6000"), help="TCP port"
     )
+    serve.add_argument(
+        "--ws-port",
+        type=_port,
+        default=_env("ws_port", None),  # a string default goes through type= too
+        help="WebSocket port for browsers (protocol v1, one JSON object per text message; "
+        "default: off)",
+    )
     _database_flag(serve)
     serve.add_argument(
         "--redis",
         default=_env("redis_url", None),
         help="redis://host:port/db to join a cluster (default: alone, in-process broker)",
+    )
+    serve.add_argument(
+        "--lease-seconds",
+        type=_lease,
+        default=_env("lease_seconds", "10"),  # a string default goes through type= too
+        help="with --redis: how long a killed node's users stay online (1-15, default 10)",
     )
     serve.add_argument(
         "--node-id",
@@ -100,15 +123,24 @@ def configure_logging(level: str, node_id: str) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-def make_broker(redis_url: str | None, node_id: str) -> Broker:
+def make_broker(
+    redis_url: str | None, node_id: str, lease_seconds: float = LEASE_SECONDS
+) -> Broker:
     if redis_url is None:
         return MemoryBroker(node_id)
-    raise ValueError("--redis: the Redis broker is not available in this version yet")
+    from chat.broker.redis import RedisBroker
+
+    return RedisBroker(redis_url, node_id, lease_seconds=lease_seconds)
 
 
-async def serve(settings: Settings, database_url: str, redis_url: str | None) -> None:
+async def serve(
+    settings: Settings,
+    database_url: str,
+    redis_url: str | None,
+    lease_seconds: float = LEASE_SECONDS,
+) -> None:
+    broker = make_broker(redis_url, settings.node_id, lease_seconds)  # a bad URL fails first
     store = await trio.to_thread.run_sync(open_store, database_url)
-    broker = make_broker(redis_url, settings.node_id)
     node = Node(settings, store, broker)
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -148,9 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     node_id = args.node_id or f"{socket.gethostname()}-{args.port}"
     configure_logging(args.log_level, node_id)
-    settings = Settings(host=args.host, port=args.port, node_id=node_id)
+    settings = Settings(host=args.host, port=args.port, node_id=node_id, ws_port=args.ws_port)
     try:
-        trio.run(serve, settings, args.database, args.redis)
+        trio.run(serve, settings, args.database, args.redis, args.lease_seconds)
     except (StoreError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         return 1

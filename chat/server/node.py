@@ -6,6 +6,7 @@ Task tree::
     ├── broker.run            (notices from other nodes -> Router.on_notice)
     └── connections nursery
         ├── accept loop       (trio.serve_listeners; cancelled first on shutdown)
+        ├── WebSocket accept loop (with ``ws_port``; cancelled with the other)
         └── Session.run ...   (one per connection, each with its own writer
                                and delivery tasks)
 
@@ -24,7 +25,7 @@ import trio
 
 from chat.broker import Broker
 from chat.store import Store
-from chat.transports import LineStream, MessageStream, enable_keepalive
+from chat.transports import LineStream, MessageStream, enable_keepalive, serve_websocket
 
 from .passwords import PasswordHasher
 from .router import Router
@@ -51,6 +52,8 @@ class Node:
         self._stop = trio.Event()
         self.ports: list[int] = []
         """The TCP ports actually listened on (useful with port 0)."""
+        self.ws_ports: list[int] = []
+        """The WebSocket ports actually listened on; empty when WebSocket is off."""
 
     def stop(self) -> None:
         """Begin a graceful shutdown; ``run`` returns once it is done."""
@@ -60,11 +63,18 @@ class Node:
         settings = self.settings
         listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
         self.ports = sorted({listener.socket.getsockname()[1] for listener in listeners})
+        ws_listeners = await self._open_ws_listeners(listeners)
         async with trio.open_nursery() as services:
             await services.start(self.services.broker.run, self.router.on_notice)
             async with trio.open_nursery() as connections:
                 accepting = trio.CancelScope()
                 connections.start_soon(self._accept, listeners, connections, accepting)
+                ws_accepting = trio.CancelScope()
+                if ws_listeners:
+                    connections.start_soon(
+                        self._accept_websocket, ws_listeners, connections, ws_accepting
+                    )
+                    log.info("node %s: WebSocket on port %s", settings.node_id, self.ws_ports)
                 log.info(
                     "node %s listening on %s port %s (%s)",
                     settings.node_id,
@@ -76,6 +86,7 @@ class Node:
                 await self._stop.wait()
                 log.info("node %s stopping: %d connections", settings.node_id, len(self._sessions))
                 accepting.cancel()
+                ws_accepting.cancel()
                 for session in list(self._sessions):
                     session.request_close()
                 connections.cancel_scope.deadline = (
@@ -97,6 +108,37 @@ class Node:
                 for listener in listeners:
                     await listener.aclose()
 
+    async def _open_ws_listeners(
+        self, tcp_listeners: list[trio.SocketListener]
+    ) -> list[trio.SocketListener]:
+        """Bind the WebSocket port before anything runs, so a taken port is a plain OSError."""
+        if self.settings.ws_port is None:
+            return []
+        try:
+            listeners = await trio.open_tcp_listeners(
+                self.settings.ws_port, host=self.settings.host
+            )
+        except OSError:
+            for listener in tcp_listeners:
+                await listener.aclose()
+            raise
+        self.ws_ports = sorted({listener.socket.getsockname()[1] for listener in listeners})
+        return listeners
+
+    async def _accept_websocket(
+        self,
+        listeners: list[trio.SocketListener],
+        connections: trio.Nursery,
+        scope: trio.CancelScope,
+    ) -> None:
+        with scope:
+            await serve_websocket(
+                self.serve_stream,
+                listeners,
+                handler_nursery=connections,
+                max_frame=self.settings.max_frame_bytes,
+            )
+
     async def _serve_tcp(self, stream: trio.SocketStream) -> None:
         try:
             enable_keepalive(stream)
@@ -112,6 +154,8 @@ class Node:
         """Run a session over any message stream (the TCP and WebSocket adapters call this)."""
         session = Session(self.services, stream, next(self._serials))
         self._sessions.add(session)
+        if self._stop.is_set():
+            session.request_close()  # accepted (or handshaken) just as the node began stopping
         try:
             await session.run()
         finally:

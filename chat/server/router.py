@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from chat.broker import Broker, BrokerUnavailable, Notice, Push, Resync, Wake
+from chat.broker import Broker, BrokerUnavailable, Evict, Notice, Push, Resync, Wake
 
 if TYPE_CHECKING:
     from .session import Session
@@ -52,6 +52,11 @@ class Router:
         elif isinstance(notice, Resync):
             for session in self._local.values():
                 session.wake()
+        elif isinstance(notice, Evict):
+            session = self._local.get(notice.user_id)
+            if session is not None and session.holder == notice.holder:
+                log.warning("closing %s: its user is logged in elsewhere", notice.holder)
+                session.request_close()
 
     async def wake(self, user_ids: Iterable[int]) -> None:
         """Tell whoever holds these users that the store has messages for them.

@@ -33,3 +33,5 @@ class Settings:
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS
     close_grace_seconds: float = CLOSE_GRACE_SECONDS
     hash_concurrency: int = 2
+    ws_port: int | None = None
+    """Port for protocol v1 over WebSocket; ``None``: no WebSocket listener."""

@@ -2,5 +2,14 @@
 
 from .base import FrameRejected, MessageStream, StreamClosed
 from .tcp import LineStream, enable_keepalive
+from .websocket import WebSocketStream, serve_websocket
 
-__all__ = ["FrameRejected", "LineStream", "MessageStream", "StreamClosed", "enable_keepalive"]
+__all__ = [
+    "FrameRejected",
+    "LineStream",
+    "MessageStream",
+    "StreamClosed",
+    "WebSocketStream",
+    "enable_keepalive",
+    "serve_websocket",
+]

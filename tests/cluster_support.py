@@ -1,0 +1,278 @@
+"""Cluster test plumbing: a private redis-server, chat-server processes, nginx.
+
+Everything listens on 127.0.0.1, on ports found free by binding port 0. The
+shared Redis on 6379 is never touched: each test module starts its own
+redis-server (from infra/redis/redis.conf) and each test uses a Redis database
+of its own on it. nginx runs from infra/nginx/nginx.conf with only its ports
+changed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import redis
+import trio
+
+from chat.broker.redis import RedisBroker
+from chat.client import ChatClient, connect
+from chat.server import Node
+
+from .support import running_node
+
+REPO = Path(__file__).resolve().parent.parent
+LEASE_SECONDS = 3.0
+"""Short leases keep the crash tests short; heartbeats come every second."""
+START_SECONDS = 30.0
+"""The longest a redis-server, nginx or chat-server process may take to be ready."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A private redis-server, started from the shipped config, restartable on its port."""
+
+    DATABASES = 64
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._databases = itertools.count(0)
+
+    def start(self) -> None:
+        """Start (blocking) and wait until it answers."""
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                str(REPO / "infra/redis/redis.conf"),
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--dir", str(self.directory), "--logfile", str(self.directory / "redis.log")),
+                *("--databases", str(self.DATABASES), "--daemonize", "no"),
+            ],
+            stdin=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + START_SECONDS
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"redis-server did not start: {self.log_tail()}"
+                        ) from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """Stop (blocking); it saves nothing, so it comes back empty."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    async def restart(self, down_seconds: float) -> None:
+        await trio.to_thread.run_sync(self.stop)
+        await trio.sleep(down_seconds)
+        await trio.to_thread.run_sync(self.start)
+
+    def new_url(self) -> str:
+        """A Redis URL on a database no other test used."""
+        database = next(self._databases)
+        assert database < self.DATABASES, "more tests than Redis databases"
+        return f"redis://127.0.0.1:{self.port}/{database}"
+
+    def log_tail(self) -> str:
+        return _tail(self.directory / "redis.log")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def make_broker(
+    redis_url: str, node_id: str, *, settle_seconds: float | None = None
+) -> RedisBroker:
+    return RedisBroker(
+        redis_url, node_id, lease_seconds=LEASE_SECONDS, settle_seconds=settle_seconds
+    )
+
+
+class Tally:
+    """A growing list that tasks can wait on."""
+
+    def __init__(self) -> None:
+        self.items: list[int] = []
+        self._changed = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, item: int) -> None:
+        self.items.append(item)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def reach(self, count: int) -> None:
+        while len(self.items) < count:
+            await self._changed.wait()
+
+
+@asynccontextmanager
+async def cluster_node(database_url: str, broker: RedisBroker) -> AsyncIterator[Node]:
+    """An in-process node on the Redis broker; the broker is closed after the node stops."""
+    try:
+        async with running_node(database_url, broker=broker, node_id=broker.node_id) as node:
+            yield node
+    finally:
+        with trio.move_on_after(5, shield=True):
+            await broker.aclose()
+
+
+@asynccontextmanager
+async def dial(port: int) -> AsyncIterator[ChatClient]:
+    async with connect("127.0.0.1", port) as c:
+        yield c
+
+
+# --- chat-server processes ---------------------------------------------------------
+
+
+class NodeProcess:
+    def __init__(self, node_id: str, port: int, process: trio.Process, log: Path) -> None:
+        self.node_id = node_id
+        self.port = port
+        self.process = process
+        self.log = log
+
+    def log_tail(self) -> str:
+        return _tail(self.log)
+
+
+@asynccontextmanager
+async def node_process(
+    database_url: str, redis_url: str, node_id: str, directory: Path
+) -> AsyncIterator[NodeProcess]:
+    """``python -m chat serve`` on a free port; ready once it logs that it listens.
+    Killed on exit if the test did not stop it."""
+    port = free_port()
+    log = directory / f"{node_id}.log"
+    with log.open("wb") as out:
+        process = await trio.lowlevel.open_process(
+            [
+                sys.executable,
+                *("-m", "chat", "serve", "--host", "127.0.0.1", "--port", str(port)),
+                *("--node-id", node_id, "--database", database_url, "--redis", redis_url),
+                *("--lease-seconds", str(LEASE_SECONDS), "--log-level", "DEBUG"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={key: value for key, value in os.environ.items() if not key.startswith("CHAT_")},
+        )
+    node = NodeProcess(node_id, port, process, log)
+    try:
+        with trio.fail_after(START_SECONDS):
+            while "listening on" not in log.read_text(errors="replace"):
+                if process.returncode is not None:
+                    raise RuntimeError(f"{node_id} exited: {node.log_tail()}")
+                await trio.sleep(0.05)
+        yield node
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.move_on_after(10, shield=True):
+            await process.wait()
+
+
+async def stop_process(node: NodeProcess, signum: signal.Signals) -> int:
+    node.process.send_signal(signum)
+    with trio.fail_after(15):
+        return await node.process.wait()
+
+
+# --- nginx ---------------------------------------------------------------------
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(found).exists():
+        raise RuntimeError("nginx is not installed (scripts/test installs it)")
+    return found
+
+
+def render_nginx_conf(listen_port: int, node_ports: tuple[int, int]) -> str:
+    """infra/nginx/nginx.conf with the test's ports instead of 8000, 6000 and 6002."""
+    text = (REPO / "infra/nginx/nginx.conf").read_text()
+    for pattern, replacement in [
+        (r"listen 8000\b", f"listen 127.0.0.1:{listen_port}"),
+        (r"server 127\.0\.0\.1:6000\b", f"server 127.0.0.1:{node_ports[0]}"),
+        (r"server 127\.0\.0\.1:6002\b", f"server 127.0.0.1:{node_ports[1]}"),
+        # The http server (page and /ws) is unused here: only move it off 8080.
+        (r"listen 8080\b", f"listen 127.0.0.1:{free_port()}"),
+    ]:
+        text, count = re.subn(pattern, replacement, text)
+        assert count == 1, f"infra/nginx/nginx.conf: expected one {pattern!r}"
+    # Any other server in the file (the browsers' http one) gets a free port too.
+    return re.sub(r"listen 80\d\d\b", lambda _: f"listen 127.0.0.1:{free_port()}", text)
+
+
+@asynccontextmanager
+async def nginx_proxy(node_ports: tuple[int, int], directory: Path) -> AsyncIterator[int]:
+    """nginx in front of two nodes; yields the port clients connect to."""
+    port = free_port()
+    conf = directory / "nginx.conf"
+    text = render_nginx_conf(port, node_ports)
+    await trio.to_thread.run_sync(lambda: directory.mkdir(parents=True, exist_ok=True))
+    await trio.to_thread.run_sync(conf.write_text, text)
+    process = await trio.lowlevel.open_process(
+        [
+            nginx_binary(),
+            *("-c", str(conf), "-p", f"{directory}/"),
+            *("-e", str(directory / "nginx-early.log"), "-g", "daemon off;"),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        # nginx writes its pid file once its listening socket is open.
+        with trio.fail_after(START_SECONDS):
+            while not (directory / "nginx.pid").exists():
+                if process.returncode is not None:
+                    raise RuntimeError(f"nginx exited: {_tail(directory / 'nginx-error.log')}")
+                await trio.sleep(0.05)
+        yield port
+    finally:
+        # SIGTERM: a fast stop (SIGQUIT would wait for every proxied connection to end).
+        with trio.move_on_after(10, shield=True):
+            process.terminate()
+            with trio.move_on_after(5):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()

@@ -1,0 +1,291 @@
+"""The browser page (web/index.html) in headless Chromium against a real chat-server.
+
+The node is a ``chat-server serve --ws-port`` process on free ports with an
+SQLite file; the page is opened as a file with ``?ws=`` pointing at it, as a
+person would with a single node. Two isolated browser contexts are two users.
+
+What the test needs it installs: Debian's ``chromium`` (with apt-get, when
+``/usr/bin/chromium`` is missing) and Playwright's Python package (a dev extra;
+its own browser download is never used). If either cannot be had, the test is
+skipped and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+from .ws_support import free_port, render_web_conf
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "web" / "index.html"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 15_000
+APT_TIMEOUT = 900
+
+
+def _install_chromium() -> str | None:
+    """Install Debian's chromium; return why not, or None on success."""
+    if shutil.which("apt-get") is None:
+        return "no apt-get on this machine to install chromium"
+    prefix: list[str] = []
+    if os.geteuid() != 0:
+        if shutil.which("sudo") is None:
+            return "installing chromium needs root (or sudo)"
+        prefix = ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock = ["-o", "DPkg::Lock::Timeout=600"]
+    for command in (
+        [*prefix, "apt-get", *lock, "update", "-qq"],
+        [*prefix, "apt-get", *lock, "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+    ):
+        try:
+            done = subprocess.run(
+                command, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return f"{' '.join(command)} took longer than {APT_TIMEOUT} s"
+        if done.returncode != 0:
+            return f"{' '.join(command)} failed: {done.stderr.strip()[-500:]}"
+    return (
+        None
+        if CHROMIUM.exists()
+        else "apt-get installed chromium, yet /usr/bin/chromium is missing"
+    )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright for Python is missing: pip install -e '.[dev]'"
+    )
+    if not CHROMIUM.exists():
+        problem = _install_chromium()
+        if problem is not None:
+            pytest.skip(f"cannot install Debian's chromium: {problem}")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def ws_port(tmp_path: Path) -> Iterator[int]:
+    """A chat-server process with WebSocket on; yields its WebSocket port."""
+    port, ws_port = free_port(), free_port()
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chat",
+            "serve",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            f"--ws-port={ws_port}",
+            f"--database=sqlite:///{tmp_path / 'chat.db'}",
+            "--node-id=browser-test",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        # Only the flags count: no CHAT_REDIS_URL or the like from the caller's shell.
+        env={key: value for key, value in os.environ.items() if not key.startswith("CHAT_")},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"chat-server exited: {(tmp_path / 'server.log').read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", ws_port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("chat-server did not open its WebSocket port")
+                time.sleep(0.1)
+        yield ws_port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture
+def ws_url(ws_port: int) -> str:
+    return f"ws://127.0.0.1:{ws_port}/ws"
+
+
+@pytest.fixture
+def nginx_port(ws_port: int, tmp_path: Path) -> Iterator[int]:
+    """nginx from infra/nginx/nginx.conf, both WebSocket upstreams on the one node."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).exists():
+        pytest.skip("nginx is not installed (scripts/test installs it)")
+    port = free_port()
+    directory = tmp_path / "nginx"
+    directory.mkdir()
+    conf = directory / "nginx.conf"
+    conf.write_text(render_web_conf(port, (ws_port, ws_port)))
+    process = subprocess.Popen(
+        [
+            *(binary, "-c", str(conf), "-p", f"{directory}/"),
+            *("-e", f"{directory}/early.log"),  # where nginx logs before it reads the config
+            *("-g", "daemon off;"),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (directory / "nginx.pid").exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = directory / "nginx-error.log"
+                pytest.fail(f"nginx did not start: {log.read_text() if log.exists() else ''}")
+            time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def open_page(browser: Browser, url: str, problems: list[str] | None = None) -> Page:
+    page = browser.new_context().new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    if problems is not None:
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(url)
+    return page
+
+
+def sign_in(page: Page, name: str, *, register: bool) -> None:
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Password", exact=True).fill("secret")
+    button = "Create account" if register else "Log in"
+    page.get_by_role("button", name=button, exact=True).click()
+
+
+def test_two_browser_users_chat(browser: Browser, ws_url: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    url = PAGE.as_uri() + "?ws=" + ws_url
+    alice, bob = open_page(browser, url), open_page(browser, url)
+    expect(alice.get_by_label("Server")).to_have_value(ws_url)  # taken from ?ws=
+
+    sign_in(alice, "alice", register=True)
+    sign_in(bob, "bob", register=True)
+    expect(alice.locator("#me-name")).to_have_text("alice")
+    expect(bob.locator("#me-name")).to_have_text("bob")
+    expect(alice.locator("#status")).to_have_text(f"Connected to {ws_url}")
+
+    # Friends, with presence on both sides.
+    alice.get_by_label("Add a friend by name").fill("bob")
+    alice.get_by_role("button", name="Add", exact=True).click()
+    bob_in_alice = alice.locator("#friend-list").get_by_role("button", name=re.compile("^bob"))
+    expect(bob_in_alice).to_contain_text("online")
+    alice_in_bob = bob.locator("#friend-list").get_by_role("button", name=re.compile("^alice"))
+    expect(alice_in_bob).to_contain_text("online")  # the friend_added event
+
+    # One to one: markup in a message stays text.
+    hello = "Hello <b>Bob</b> & <img src=x onerror=alert(1)>"
+    bob_in_alice.click()
+    alice.get_by_label("Message", exact=True).fill(hello)
+    alice.get_by_label("Message", exact=True).press("Enter")
+    expect(alice.get_by_role("log")).to_contain_text(hello)
+    expect(alice_in_bob).to_contain_text("1")  # an unread badge
+    alice_in_bob.click()
+    bob_log = bob.get_by_role("log")
+    expect(bob_log).to_contain_text(hello)
+    assert bob_log.locator("b, img").count() == 0
+    bob.get_by_label("Message", exact=True).fill("Hi Alice")
+    bob.get_by_role("button", name="Send", exact=True).click()
+    expect(alice.get_by_role("log")).to_contain_text("Hi Alice")
+
+    # A group: alice creates it, bob joins by its number, both talk.
+    alice.get_by_label("New group name").fill("book club")
+    alice.get_by_role("button", name="Create", exact=True).click()
+    expect(alice.locator("#conversation-title")).to_have_text("book club")
+    detail = alice.locator("#conversation-detail").inner_text()
+    found = re.search(r"Group #(\d+)", detail)
+    assert found is not None, detail
+    bob.get_by_label("Join a group by number").fill(found.group(1))
+    bob.get_by_role("button", name="Join").click()
+    expect(bob.locator("#conversation-title")).to_have_text("book club")
+    bob.get_by_label("Message", exact=True).fill("chapter one?")
+    bob.get_by_label("Message", exact=True).press("Enter")
+    expect(alice.get_by_role("log")).to_contain_text("chapter one?")
+
+    # Offline messages arrive at the next login, marked as such.
+    bob.get_by_role("button", name="Log out").click()
+    expect(bob.get_by_role("heading", name="Sign in")).to_be_visible()
+    bob_in_alice.click()
+    alice.get_by_label("Message", exact=True).fill("while you were out")
+    alice.get_by_label("Message", exact=True).press("Enter")
+    expect(alice.get_by_role("log")).to_contain_text("while you were out")
+    sign_in(bob, "bob", register=False)
+    expect(bob.locator("#sidebar-note")).to_have_text("1 message arrived while you were away.")
+    bob.locator("#friend-list").get_by_role("button", name=re.compile("^alice")).click()
+    expect(bob.get_by_role("log")).to_contain_text("while you were out")
+    expect(bob.get_by_role("log")).to_contain_text("received while you were away")
+
+    alice.screenshot(path=str(tmp_path / "alice.png"))
+    bob.screenshot(path=str(tmp_path / "bob.png"))
+
+
+def test_the_page_through_nginx(browser: Browser, nginx_port: int) -> None:
+    """Served by nginx, the page finds the WebSocket at /ws of its own address."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    problems: list[str] = []
+    url = f"http://127.0.0.1:{nginx_port}/"
+    carol, dave = open_page(browser, url, problems), open_page(browser, url, problems)
+    expect(carol.get_by_label("Server")).to_have_value(f"ws://127.0.0.1:{nginx_port}/ws")
+    sign_in(carol, "carol", register=True)
+    sign_in(dave, "dave", register=True)
+    expect(dave.locator("#me-name")).to_have_text("dave")
+    carol.get_by_label("Add a friend by name").fill("dave")
+    carol.get_by_role("button", name="Add", exact=True).click()
+    carol.locator("#friend-list").get_by_role("button", name=re.compile("^dave")).click()
+    carol.get_by_label("Message", exact=True).fill("proxied")
+    carol.get_by_label("Message", exact=True).press("Enter")
+    dave.locator("#friend-list").get_by_role("button", name=re.compile("^carol")).click()
+    expect(dave.get_by_role("log")).to_contain_text("proxied")
+    assert problems == []  # no script error, no Content-Security-Policy violation

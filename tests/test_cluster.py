@@ -1,0 +1,488 @@
+"""The cluster: nodes on the Redis broker, with real MariaDB, Redis and nginx.
+
+Each test gets a MariaDB database and a Redis database of its own; the module
+runs one private redis-server (restarted by the Redis-restart test). Nodes run
+in-process where that suffices and as ``python -m chat serve`` processes where a
+signal must reach a real process (SIGTERM, kill -9). Waits poll for the awaited
+state with a deadline; nothing asserts how fast anything is.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import trio
+
+from chat.broker import BrokerUnavailable, Notice, Resync, Wake
+from chat.broker.redis import RedisBroker, decode_notice, encode_notice
+from chat.client import ChatClient
+from chat.server import Node
+
+from .cluster_support import (
+    RedisServer,
+    Tally,
+    cluster_node,
+    dial,
+    make_broker,
+    nginx_proxy,
+    node_process,
+    stop_process,
+)
+from .support import client, login, mysql_database, no_event, register
+
+# Generous: a loaded machine may be slow, and these only bound a wait that polls.
+DEADLINE = 20.0
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.new_url()
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    with mysql_database() as url:
+        yield url
+
+
+@asynccontextmanager
+async def two_nodes(mysql_url: str, redis_url: str) -> AsyncIterator[tuple[Node, Node]]:
+    async with (
+        cluster_node(mysql_url, make_broker(redis_url, "node-a")) as a,
+        cluster_node(mysql_url, make_broker(redis_url, "node-b")) as b,
+    ):
+        yield a, b
+
+
+async def receive(c: ChatClient, kind: str) -> dict[str, Any]:
+    event = await c.next_event(DEADLINE)
+    assert event["type"] == kind, event
+    return event
+
+
+async def login_when_free(c: ChatClient, name: str) -> dict[str, Any]:
+    """Log in, retrying while the user is still held elsewhere (a lease to expire)."""
+    with trio.fail_after(DEADLINE):
+        while True:
+            reply = await c.request("login", name=name, password="secret")
+            if reply["type"] == "ok":
+                return reply
+            assert reply["code"] in ("already_online", "unavailable"), reply
+            await trio.sleep(0.2)
+
+
+def logged_in(node: Node) -> set[str]:
+    return {s.user.name for s in node.router.sessions() if s.user is not None}
+
+
+# --- the broker alone -----------------------------------------------------------------
+
+
+async def test_leases_are_held_by_one_holder(redis_url: str) -> None:
+    a = make_broker(redis_url, "node-a", settle_seconds=0.2)
+    b = make_broker(redis_url, "node-b", settle_seconds=0.2)
+    try:
+        # A Redis that has never seen the cluster settles first: claims wait for it.
+        with pytest.raises(BrokerUnavailable):
+            await a.claim(1, "node-a/1")
+        await trio.sleep(0.3)
+        assert await a.claim(1, "node-a/1")
+        assert not await b.claim(1, "node-b/1")
+        assert await b.claim(2, "node-b/2")
+        assert await a.locate([1, 2, 3]) == {1: "node-a", 2: "node-b"}
+        # A late release by someone who no longer holds the user frees nothing.
+        await b.release(1, "node-b/1")
+        assert await b.locate([1]) == {1: "node-a"}
+        # Closing a broker releases its own leases and nobody else's.
+        await a.aclose()
+        assert await b.locate([1, 2]) == {2: "node-b"}
+        assert await b.claim(1, "node-b/3")
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+def test_notices_survive_the_wire() -> None:
+    notices: list[Notice] = [Wake((1, 2)), Resync()]
+    for notice in notices:
+        assert decode_notice(encode_notice(notice)) == notice
+    for junk in [b"", b"[]", b'{"wake": [0]}', b'{"wake": [true]}', b'{"push": 1}', b"\xff"]:
+        assert decode_notice(junk) is None
+
+
+def test_bad_redis_url_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="redis://"):
+        RedisBroker("http://127.0.0.1:6379/0", "node-a")
+
+
+# --- chat across nodes ----------------------------------------------------------------
+
+
+async def test_cross_node_chat(mysql_url: str, redis_url: str) -> None:
+    async with two_nodes(mysql_url, redis_url) as (a, b), client(a) as alice, client(b) as bob:
+        alice_id = await register(alice, "alice")
+        bob_id = await register(bob, "bob")
+        await login(alice, "alice")
+        await login(bob, "bob")
+
+        found = await alice.call("find_user", name="bob")
+        assert found["user"]["online"] is True  # online on the other node
+        added = await alice.call("add_friend", user_id=bob_id)
+        assert added["friend"]["online"] is True
+        event = await receive(bob, "friend_added")
+        assert event["friend"] == {"id": alice_id, "name": "alice", "online": True}
+
+        sent = await alice.call("send", to=bob_id, text="hi bob")
+        event = await receive(bob, "message")
+        assert (event["message_id"], event["text"], event["offline"]) == (
+            sent["message_id"],
+            "hi bob",
+            False,
+        )
+        await bob.call("send", to=alice_id, text="hi alice")
+        assert (await receive(alice, "message"))["text"] == "hi alice"
+
+        # Friends' online flags at login reflect the whole cluster.
+        await alice.call("logout")
+        async with client(b) as alice_again:
+            reply = await login(alice_again, "alice")
+            assert reply["friends"] == [{"id": bob_id, "name": "bob", "online": True}]
+        await no_event(bob)
+
+
+async def test_group_fan_out_across_nodes(mysql_url: str, redis_url: str) -> None:
+    async with (
+        two_nodes(mysql_url, redis_url) as (a, b),
+        client(a) as alice,
+        client(b) as bob,
+        client(a) as carol,
+        client(b) as dave,
+    ):
+        for c, name in [(alice, "alice"), (bob, "bob"), (carol, "carol"), (dave, "dave")]:
+            await register(c, name)
+            await login(c, name)
+        group = (await alice.call("create_group", name="ops"))["group"]["id"]
+        for member in (bob, carol, dave):
+            await member.call("join_group", group_id=group)
+        sent = [
+            (await alice.call("group_send", group_id=group, text=f"m{i}"))["message_id"]
+            for i in range(5)
+        ]
+        for member in (bob, carol, dave):
+            got = [(await receive(member, "group_message"))["message_id"] for _ in sent]
+            assert got == sent
+        for c in (alice, bob, carol, dave):
+            await no_event(c)
+
+
+async def test_offline_delivery_across_nodes(mysql_url: str, redis_url: str) -> None:
+    async with two_nodes(mysql_url, redis_url) as (a, b), client(a) as alice:
+        alice_id = await register(alice, "alice")
+        async with client(b) as bob:
+            bob_id = await register(bob, "bob")
+        await login(alice, "alice")
+        sent = [
+            (await alice.call("send", to=bob_id, text=f"while away {i}"))["message_id"]
+            for i in range(3)
+        ]
+        async with client(b) as bob:
+            reply = await login(bob, "bob")
+            assert reply["offline"] == 3
+            events = [await receive(bob, "message") for _ in sent]
+            assert [e["message_id"] for e in events] == sent
+            assert all(e["offline"] for e in events)
+            assert all(e["from"]["id"] == alice_id for e in events)
+            await no_event(bob)
+
+
+async def test_duplicate_login_across_nodes(mysql_url: str, redis_url: str) -> None:
+    async with two_nodes(mysql_url, redis_url) as (a, b), client(a) as first:
+        bob_id = await register(first, "bob")
+        await login(first, "bob")
+        async with client(b) as second:
+            for fields in ({"name": "bob"}, {"id": bob_id}):
+                reply = await second.request("login", password="secret", **fields)
+                assert reply["code"] == "already_online", reply
+            # A logout frees the user at once, for any node.
+            await first.call("logout")
+            await login(second, "bob")
+            reply = await first.request("login", name="bob", password="secret")
+            assert reply["code"] == "already_online", reply
+
+
+async def test_recipient_moving_between_nodes(mysql_url: str, redis_url: str) -> None:
+    """Messages keep coming while the recipient hops from node to node: each arrives
+    exactly once, in the order sent."""
+    async with two_nodes(mysql_url, redis_url) as (a, b), client(a) as alice:
+        await register(alice, "alice")
+        async with client(b) as c:
+            bob_id = await register(c, "bob")
+        await login(alice, "alice")
+        sent: list[int] = []
+        done = trio.Event()
+
+        async def sender() -> None:
+            for i in range(60):
+                sent.append((await alice.call("send", to=bob_id, text=f"{i}"))["message_id"])
+                await trio.sleep(0.01)
+            done.set()
+
+        got: list[int] = []
+
+        async def hop(node: Node, *, until_done: bool) -> None:
+            async with client(node) as bob:
+                reply = await login(bob, "bob")
+                offline = reply["offline"]
+                got.extend([(await receive(bob, "message"))["message_id"] for _ in range(offline)])
+                if until_done:
+                    with trio.fail_after(DEADLINE):
+                        while len(got) < len(sent) or not done.is_set():
+                            got.append((await receive(bob, "message"))["message_id"])
+                else:
+                    await trio.sleep(0.15)
+                    await bob.call("logout")
+                    while True:  # whatever came before the logout reply
+                        try:
+                            got.append(bob.events.receive_nowait()["message_id"])
+                        except trio.WouldBlock:
+                            break
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender)
+            for node in [a, b, a, b, a]:
+                await hop(node, until_done=False)
+            await hop(b, until_done=True)
+        assert got == sent
+
+
+async def test_lapsed_lease_closes_the_stale_connection(mysql_url: str, redis_url: str) -> None:
+    """If a node's lease lapsed (it could not renew it in time) and someone else holds
+    the user now, the node closes its connection: the user is never served twice."""
+    async with two_nodes(mysql_url, redis_url) as (a, b), client(a) as stale:
+        bob_id = await register(stale, "bob")
+        await login(stale, "bob")
+        # What a lapse followed by a login elsewhere leaves in Redis.
+        key, elsewhere = RedisBroker.presence_key(bob_id), "node-z/1"
+        direct = redis.Redis.from_url(redis_url)
+        try:
+            await trio.to_thread.run_sync(direct.set, key, elsewhere)
+            with trio.fail_after(DEADLINE):
+                await stale.closed.wait()
+            assert logged_in(a) == set()
+            # Closing released nothing of the new holder's.
+            assert await b.services.broker.locate([bob_id]) == {bob_id: "node-z"}
+        finally:
+            direct.close()
+
+
+# --- nginx in front ---------------------------------------------------------------------
+
+
+async def test_clients_through_nginx_reach_both_nodes(
+    mysql_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    async with (
+        two_nodes(mysql_url, redis_url) as (a, b),
+        nginx_proxy((a.ports[0], b.ports[0]), tmp_path / "nginx") as port,
+    ):
+        names = [f"user{i}" for i in range(6)]
+        async with dial(port) as c:
+            ids = {name: await register(c, name) for name in names}
+        async with trio.open_nursery() as nursery:
+            clients: dict[str, ChatClient] = {}
+            ready = trio.Event()
+            finished = trio.Event()
+
+            async def connected(name: str) -> None:
+                async with dial(port) as c:
+                    await login(c, name)
+                    clients[name] = c
+                    if len(clients) == len(names):
+                        ready.set()
+                    await finished.wait()
+
+            for name in names:
+                nursery.start_soon(connected, name)
+            with trio.fail_after(DEADLINE):
+                await ready.wait()
+            on_a, on_b = logged_in(a), logged_in(b)
+            assert on_a and on_b, (on_a, on_b)
+            assert on_a | on_b == set(names)
+            # A conversation between a client on each node, through nginx both ways.
+            x, y = sorted(on_a)[0], sorted(on_b)[0]
+            await clients[x].call("send", to=ids[y], text="via nginx")
+            assert (await receive(clients[y], "message"))["text"] == "via nginx"
+            await clients[y].call("send", to=ids[x], text="and back")
+            assert (await receive(clients[x], "message"))["text"] == "and back"
+            finished.set()
+
+
+# --- nodes stopping and dying -----------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_sigterm_frees_only_the_stopped_nodes_users(
+    mysql_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    async with (
+        node_process(mysql_url, redis_url, "node-a", tmp_path) as a,
+        node_process(mysql_url, redis_url, "node-b", tmp_path) as b,
+        dial(a.port) as alice,
+        dial(b.port) as bob,
+        dial(b.port) as carol,
+    ):
+        await register(alice, "alice")
+        bob_id = await register(bob, "bob")
+        await register(carol, "carol")
+        for c, name in [(alice, "alice"), (bob, "bob"), (carol, "carol")]:
+            await login(c, name)
+
+        assert await stop_process(a, signal.SIGTERM) == 0, a.log_tail()
+        with trio.fail_after(DEADLINE):
+            await alice.closed.wait()
+
+        async with dial(b.port) as again:
+            # The stopped node released its own users before exiting: no lease to wait for.
+            await login(again, "alice")
+            # The other node's users are untouched: still online, still reachable, still unique.
+            found = await again.call("find_user", name="bob")
+            assert found["user"]["online"] is True
+            await again.call("send", to=bob_id, text="still here?")
+            assert (await receive(bob, "message"))["text"] == "still here?"
+            async with dial(b.port) as intruder:
+                for name in ("bob", "carol"):
+                    reply = await intruder.request("login", name=name, password="secret")
+                    assert reply["code"] == "already_online", reply
+
+
+@pytest.mark.slow
+async def test_kill_9_frees_users_within_the_lease(
+    mysql_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    async with (
+        node_process(mysql_url, redis_url, "node-a", tmp_path) as a,
+        node_process(mysql_url, redis_url, "node-b", tmp_path) as b,
+        dial(a.port) as alice,
+        dial(b.port) as bob,
+    ):
+        alice_id = await register(alice, "alice")
+        await register(bob, "bob")
+        await login(alice, "alice")
+        await login(bob, "bob")
+
+        assert await stop_process(a, signal.SIGKILL) == -signal.SIGKILL
+        # Sent while alice's lease still names the dead node: stored, delivered later.
+        sent = [
+            (await bob.call("send", to=alice_id, text=f"are you there {i}"))["message_id"]
+            for i in range(3)
+        ]
+        async with dial(b.port) as again:
+            reply = await login_when_free(again, "alice")  # once her lease has expired
+            assert reply["offline"] == len(sent)
+            events = [await receive(again, "message") for _ in sent]
+            assert [e["message_id"] for e in events] == sent
+        assert "stopped" not in a.log_tail()  # it really died without its shutdown
+
+
+# --- Redis trouble ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_redis_restart_mid_conversation(
+    mysql_url: str, redis_url: str, redis_server: RedisServer
+) -> None:
+    """Redis goes away and comes back empty while alice (node A) writes to bob (node B):
+    every ``ok``'d message reaches bob once, in order, without anyone logging in again;
+    and bob can never be logged in twice meanwhile."""
+    async with two_nodes(mysql_url, redis_url) as (a, b), client(a) as alice, client(b) as bob:
+        await register(alice, "alice")
+        bob_id = await register(bob, "bob")
+        await login(alice, "alice")
+        await login(bob, "bob")
+
+        sent, got = Tally(), Tally()
+        stop_sending = trio.Event()
+        redis_back = trio.Event()
+        refused_after_restart = trio.Event()
+
+        async def sender() -> None:
+            i = 0
+            while not stop_sending.is_set():
+                reply = await alice.call("send", to=bob_id, text=f"{i}", cid=f"c{i}")
+                sent.add(reply["message_id"])
+                i += 1
+                await trio.sleep(0.02)
+
+        async def receiver() -> None:
+            while True:
+                got.add((await receive(bob, "message"))["message_id"])
+
+        async def intruder() -> None:
+            """Tries to log in as bob on node A the whole time; must never succeed."""
+            async with client(a) as c:
+                while True:
+                    reply = await c.request("login", name="bob", password="secret")
+                    assert reply["type"] == "error", "bob logged in twice"
+                    assert reply["code"] in ("already_online", "unavailable"), reply
+                    if redis_back.is_set() and reply["code"] == "already_online":
+                        refused_after_restart.set()  # bob's presence is back in Redis
+                    await trio.sleep(0.2)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver)
+            nursery.start_soon(intruder)
+            nursery.start_soon(sender)
+            with trio.fail_after(DEADLINE):
+                await got.reach(5)
+            await redis_server.restart(down_seconds=1.0)
+            redis_back.set()
+            with trio.fail_after(DEADLINE):
+                await sent.reach(len(sent) + 20)
+            stop_sending.set()
+            with trio.fail_after(DEADLINE):
+                await got.reach(len(sent))
+            with trio.fail_after(DEADLINE):
+                await refused_after_restart.wait()
+            await trio.sleep(0.3)  # anything extra (a duplicate) would arrive now
+            nursery.cancel_scope.cancel()
+        assert got.items == sent.items
+        assert await b.services.broker.locate([bob_id]) == {bob_id: "node-b"}
+
+
+async def test_send_while_redis_is_down_is_stored(
+    mysql_url: str, redis_url: str, redis_server: RedisServer
+) -> None:
+    """No Redis at all: ``send`` still answers ``ok`` (the message is stored), login
+    answers ``unavailable``; once Redis is back the message is delivered by itself."""
+    async with two_nodes(mysql_url, redis_url) as (a, b), client(a) as alice, client(b) as bob:
+        await register(alice, "alice")
+        bob_id = await register(bob, "bob")
+        await login(alice, "alice")
+        await login(bob, "bob")
+        await trio.to_thread.run_sync(redis_server.stop)
+        try:
+            sent = await alice.call("send", to=bob_id, text="stored anyway")
+            async with client(a) as c:
+                await register(c, "carol")
+                reply = await c.request("login", name="carol", password="secret")
+                assert reply["code"] == "unavailable", reply
+        finally:
+            await trio.to_thread.run_sync(redis_server.start)
+        event = await receive(bob, "message")
+        assert event["message_id"] == sent["message_id"]

@@ -1,0 +1,674 @@
+// A browser client for chat protocol v1 over WebSocket. Plain JavaScript, no build step.
+//
+// Every text from the server goes into the page with textContent, never innerHTML:
+// names and messages are other people's input.
+"use strict";
+
+(function () {
+  const PRESENCE_REFRESH_MS = 15000; // the protocol has no presence events: ask now and then
+  const MAX_TEXT = 4096;
+
+  const $ = (id) => document.getElementById(id);
+
+  // --- the connection ------------------------------------------------------------
+
+  /** One WebSocket; requests get promises of their replies (matched by rid). */
+  class Connection {
+    constructor(url, handlers) {
+      this.url = url;
+      this.handlers = handlers; // { event(obj), orphanError(obj), closed(code, reason) }
+      this.nextRid = 1;
+      this.pending = new Map();
+      this.ws = null;
+    }
+
+    open() {
+      return new Promise((resolve, reject) => {
+        let ws;
+        try {
+          ws = new WebSocket(this.url);
+        } catch (err) {
+          reject(new Error("not a WebSocket address: " + this.url));
+          return;
+        }
+        this.ws = ws;
+        let opened = false;
+        ws.addEventListener("open", () => {
+          opened = true;
+          resolve();
+        });
+        ws.addEventListener("message", (e) => this._onMessage(e.data));
+        ws.addEventListener("close", (e) => {
+          for (const { reject: fail } of this.pending.values()) {
+            fail(new Error("the connection closed"));
+          }
+          this.pending.clear();
+          if (!opened) {
+            reject(new Error("cannot connect to " + this.url));
+          } else {
+            this.handlers.closed(e.code, e.reason);
+          }
+        });
+      });
+    }
+
+    /** Send a request; resolves with the reply, `ok` or `error`. */
+    request(type, fields) {
+      const rid = this.nextRid++;
+      const message = Object.assign({ type: type, rid: rid }, fields || {});
+      return new Promise((resolve, reject) => {
+        if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+          reject(new Error("not connected"));
+          return;
+        }
+        this.pending.set(rid, { resolve: resolve, reject: reject });
+        this.ws.send(JSON.stringify(message));
+      });
+    }
+
+    /** Like request, but an `error` reply rejects with a ServerError. */
+    async call(type, fields) {
+      const reply = await this.request(type, fields);
+      if (reply.type === "error") {
+        throw new ServerError(reply.code, reply.message);
+      }
+      return reply;
+    }
+
+    close() {
+      if (this.ws) {
+        this.ws.close(1000);
+      }
+    }
+
+    _onMessage(data) {
+      let obj;
+      try {
+        obj = JSON.parse(data);
+      } catch (err) {
+        console.error("not JSON from the server", data);
+        return;
+      }
+      if (obj.type === "ok" || obj.type === "error") {
+        const waiting = "rid" in obj ? this.pending.get(obj.rid) : undefined;
+        if (waiting) {
+          this.pending.delete(obj.rid);
+          waiting.resolve(obj);
+        } else {
+          this.handlers.orphanError(obj);
+        }
+        return;
+      }
+      this.handlers.event(obj);
+    }
+  }
+
+  class ServerError extends Error {
+    constructor(code, message) {
+      super(message);
+      this.code = code;
+    }
+  }
+
+  // --- state -------------------------------------------------------------------------
+
+  const state = {
+    conn: null,
+    me: null, // {id, name}
+    people: new Map(), // user id -> {id, name, online, friend}
+    groups: new Map(), // group id -> {id, name, description, role, members}
+    conversations: new Map(), // "u:ID" | "g:ID" -> {key, kind, id, messages, unread}
+    current: null,
+    presenceTimer: null,
+    loggingOut: false,
+  };
+
+  function conversation(kind, id) {
+    const key = kind + ":" + id;
+    let conv = state.conversations.get(key);
+    if (!conv) {
+      conv = { key: key, kind: kind, id: id, messages: [], unread: 0 };
+      state.conversations.set(key, conv);
+    }
+    return conv;
+  }
+
+  function titleOf(conv) {
+    if (conv.kind === "u") {
+      const person = state.people.get(conv.id);
+      return person ? person.name : "User " + conv.id;
+    }
+    const group = state.groups.get(conv.id);
+    return group ? group.name : "Group " + conv.id;
+  }
+
+  function newCid() {
+    // crypto.randomUUID needs a secure context; getRandomValues works everywhere.
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  // --- small view helpers ------------------------------------------------------------
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function setStatus(text) {
+    $("status").textContent = text;
+  }
+
+  function announce(text) {
+    const announcer = $("announcer");
+    announcer.textContent = "";
+    // A fresh text node makes screen readers read the same words again.
+    window.setTimeout(() => {
+      announcer.textContent = text;
+    }, 50);
+  }
+
+  function note(text, isError) {
+    const box = $("sidebar-note");
+    box.textContent = text;
+    box.classList.toggle("error", Boolean(isError));
+  }
+
+  function formatTime(ts) {
+    const date = new Date(ts);
+    const now = new Date();
+    const sameDay = date.toDateString() === now.toDateString();
+    return sameDay
+      ? date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
+      : date.toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+  }
+
+  // --- rendering ----------------------------------------------------------------------
+
+  function renderSidebar() {
+    const friendList = $("friend-list");
+    friendList.replaceChildren();
+    const people = Array.from(state.people.values())
+      .filter((p) => p.friend || state.conversations.has("u:" + p.id))
+      .sort((a, b) => a.name.localeCompare(b.name));
+    for (const person of people) {
+      friendList.append(sidebarItem("u", person.id, person.name, presenceLabel(person), person));
+    }
+    $("no-friends").hidden = people.length > 0;
+
+    const groupList = $("group-list");
+    groupList.replaceChildren();
+    const groups = Array.from(state.groups.values()).sort((a, b) => a.name.localeCompare(b.name));
+    for (const group of groups) {
+      groupList.append(sidebarItem("g", group.id, group.name, "#" + group.id, null));
+    }
+    $("no-groups").hidden = groups.length > 0;
+  }
+
+  function presenceLabel(person) {
+    const presence = person.online ? "online" : "offline";
+    return person.friend ? presence : presence + ", not a friend";
+  }
+
+  function sidebarItem(kind, id, name, detail, person) {
+    const key = kind + ":" + id;
+    const conv = state.conversations.get(key);
+    const item = el("li");
+    const button = el("button", "conv-button");
+    button.type = "button";
+    button.dataset.key = key;
+    if (state.current === key) {
+      button.setAttribute("aria-current", "true");
+    }
+    const marker = person ? (person.online ? "online" : "offline") : "none";
+    const dot = el("span", "presence " + marker);
+    dot.setAttribute("aria-hidden", "true"); // the detail text says it in words
+    button.append(dot);
+    button.append(el("span", "conv-name", name));
+    button.append(el("span", "conv-detail", detail));
+    if (conv && conv.unread > 0) {
+      const badge = el("span", "badge", String(conv.unread));
+      badge.setAttribute("aria-label", conv.unread + " unread");
+      button.append(badge);
+    }
+    button.addEventListener("click", () => openConversation(key));
+    item.append(button);
+    return item;
+  }
+
+  function renderConversation() {
+    const list = $("messages");
+    list.replaceChildren();
+    const conv = state.current ? state.conversations.get(state.current) : null;
+    const text = $("composer-text");
+    const send = $("send-button");
+    if (!conv) {
+      $("conversation-title").textContent = "No conversation open";
+      $("conversation-detail").textContent = "Choose a friend or a group on the left.";
+      text.disabled = true;
+      send.disabled = true;
+      return;
+    }
+    $("conversation-title").textContent = titleOf(conv);
+    $("conversation-detail").textContent = conversationDetail(conv);
+    text.disabled = false;
+    send.disabled = false;
+    for (const message of conv.messages) {
+      list.append(messageItem(message));
+    }
+    list.scrollTop = list.scrollHeight;
+  }
+
+  function conversationDetail(conv) {
+    if (conv.kind === "u") {
+      const person = state.people.get(conv.id);
+      if (!person) return "";
+      if (person.id === state.me.id) return "Notes to yourself";
+      return presenceLabel(person);
+    }
+    const group = state.groups.get(conv.id);
+    if (!group) return "";
+    const parts = ["Group #" + group.id];
+    if (group.description) parts.push(group.description);
+    if (group.members && group.members.length) {
+      parts.push(group.members.map((m) => m.name).join(", "));
+    }
+    return parts.join(" · ");
+  }
+
+  function messageItem(message) {
+    const mine = message.from.id === state.me.id;
+    const item = el("li", "message" + (mine ? " mine" : ""));
+    if (message.messageId) item.dataset.messageId = String(message.messageId);
+    const meta = el("p", "meta");
+    meta.append(el("span", "from", mine ? "You" : message.from.name));
+    if (message.ts) {
+      const time = el("time", "time", formatTime(message.ts));
+      time.dateTime = new Date(message.ts).toISOString();
+      meta.append(" ", time);
+    }
+    if (message.offline) meta.append(" ", el("span", "tag", "received while you were away"));
+    if (message.state === "sending") meta.append(" ", el("span", "tag", "sending…"));
+    if (message.state === "failed") meta.append(" ", el("span", "tag error", "not sent"));
+    item.append(meta);
+    item.append(el("p", "text", message.text)); // textContent: never markup
+    if (message.error) item.append(el("p", "error", message.error));
+    return item;
+  }
+
+  // --- incoming -----------------------------------------------------------------------
+
+  function addMessage(conv, message) {
+    if (message.messageId && conv.messages.some((m) => m.messageId === message.messageId)) {
+      return false; // our own ok and its event (sending to oneself), or a repeat
+    }
+    conv.messages.push(message);
+    if (state.current !== conv.key) {
+      conv.unread += 1;
+    }
+    return true;
+  }
+
+  function onEvent(event) {
+    if (event.type === "message") {
+      const other = event.from.id === state.me.id ? event.to : event.from.id;
+      if (!state.people.has(event.from.id)) {
+        state.people.set(event.from.id, {
+          id: event.from.id, name: event.from.name, online: true, friend: false,
+        });
+      } else if (!event.offline) {
+        state.people.get(event.from.id).online = true; // they just wrote
+      }
+      const conv = conversation("u", other);
+      const added = addMessage(conv, {
+        messageId: event.message_id, from: event.from, text: event.text,
+        ts: event.ts, offline: event.offline,
+      });
+      if (added && state.current !== conv.key && !event.offline) {
+        announce("New message from " + event.from.name);
+      }
+      refresh(conv);
+    } else if (event.type === "group_message") {
+      if (!state.groups.has(event.group_id)) {
+        state.groups.set(event.group_id, {
+          id: event.group_id, name: "Group " + event.group_id, description: "",
+          role: "normal", members: [],
+        });
+      }
+      const conv = conversation("g", event.group_id);
+      const added = addMessage(conv, {
+        messageId: event.message_id, from: event.from, text: event.text,
+        ts: event.ts, offline: event.offline,
+      });
+      if (added && state.current !== conv.key && !event.offline) {
+        announce("New message in " + titleOf(conv) + " from " + event.from.name);
+      }
+      refresh(conv);
+    } else if (event.type === "friend_added") {
+      const friend = event.friend;
+      state.people.set(friend.id, {
+        id: friend.id, name: friend.name, online: friend.online, friend: true,
+      });
+      note(friend.name + " added you as a friend.");
+      announce(friend.name + " added you as a friend");
+      renderSidebar();
+    }
+  }
+
+  function refresh(conv) {
+    renderSidebar();
+    if (state.current === conv.key) {
+      renderConversation();
+    }
+  }
+
+  function onOrphanError(reply) {
+    // An error without rid: the server could not read one of our frames.
+    note("The server refused a message: " + reply.message, true);
+  }
+
+  function onClosed(code, reason) {
+    const wasLoggedIn = state.me !== null;
+    const expected = state.loggingOut;
+    resetSession();
+    showLogin();
+    setStatus("Not connected");
+    if (!expected) {
+      const why = reason ? ": " + reason : code ? " (code " + code + ")" : "";
+      $("login-error").textContent =
+        (wasLoggedIn ? "The connection was lost" : "The connection closed") + why +
+        ". Sign in again to reconnect.";
+    }
+  }
+
+  // --- requests from the page -------------------------------------------------------
+
+  async function connect(url) {
+    const conn = new Connection(url, {
+      event: onEvent, orphanError: onOrphanError, closed: onClosed,
+    });
+    setStatus("Connecting to " + url + "…");
+    await conn.open();
+    setStatus("Connected to " + url);
+    return conn;
+  }
+
+  async function signIn(register) {
+    const url = $("server-url").value.trim();
+    const name = $("login-name").value;
+    const password = $("login-password").value;
+    const error = $("login-error");
+    error.textContent = "";
+    if (!url || !name || !password) {
+      error.textContent = "Server, name and password are all needed.";
+      return;
+    }
+    setBusy(true);
+    let conn = null;
+    try {
+      conn = await connect(url);
+      state.conn = conn;
+      if (register) {
+        await conn.call("register", { name: name, password: password });
+      }
+      const reply = await conn.call("login", { name: name, password: password });
+      startSession(reply);
+      $("login-password").value = "";
+      if (reply.offline > 0) {
+        const count = reply.offline;
+        note(count + (count === 1 ? " message" : " messages") + " arrived while you were away.");
+      }
+    } catch (err) {
+      error.textContent = describeError(err);
+      state.conn = null;
+      if (conn) {
+        state.loggingOut = true; // a failed sign-in: no "connection lost" message
+        conn.close();
+      }
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  function describeError(err) {
+    if (err instanceof ServerError) {
+      const known = {
+        bad_credentials: "Wrong name or password.",
+        name_taken: "That name is taken; choose another or log in.",
+        already_online: "This account is signed in somewhere else.",
+      };
+      return known[err.code] || err.message;
+    }
+    return err.message || String(err);
+  }
+
+  function setBusy(busy) {
+    $("login-button").disabled = busy;
+    $("register-button").disabled = busy;
+  }
+
+  function startSession(reply) {
+    state.loggingOut = false;
+    state.me = reply.user;
+    state.people.clear();
+    state.groups.clear();
+    state.conversations.clear();
+    state.current = null;
+    for (const friend of reply.friends) {
+      state.people.set(friend.id, {
+        id: friend.id, name: friend.name, online: friend.online, friend: true,
+      });
+    }
+    if (!state.people.has(state.me.id)) {
+      state.people.set(state.me.id, {
+        id: state.me.id, name: state.me.name, online: true, friend: false,
+      });
+    }
+    for (const group of reply.groups) {
+      state.groups.set(group.id, group);
+    }
+    $("me-name").textContent = state.me.name;
+    $("account").hidden = false;
+    $("login-view").hidden = true;
+    $("chat-view").hidden = false;
+    setStatus("Connected to " + state.conn.url);
+    note("");
+    renderSidebar();
+    renderConversation();
+    state.presenceTimer = window.setInterval(refreshPresence, PRESENCE_REFRESH_MS);
+    $("friend-name").focus();
+  }
+
+  function resetSession() {
+    if (state.presenceTimer !== null) {
+      window.clearInterval(state.presenceTimer);
+      state.presenceTimer = null;
+    }
+    state.conn = null;
+    state.me = null;
+    state.current = null;
+    state.people.clear();
+    state.groups.clear();
+    state.conversations.clear();
+    state.loggingOut = false;
+  }
+
+  function showLogin() {
+    $("account").hidden = true;
+    $("chat-view").hidden = true;
+    $("login-view").hidden = false;
+    $("login-name").focus();
+  }
+
+  async function refreshPresence() {
+    const conn = state.conn;
+    if (!conn) return;
+    const people = Array.from(state.people.values()).filter((p) => p.id !== state.me.id);
+    for (const person of people) {
+      try {
+        const reply = await conn.call("find_user", { name: person.name });
+        person.online = reply.user.online;
+      } catch (err) {
+        return; // disconnected or not logged in any more: the next round will tell
+      }
+    }
+    renderSidebar();
+    if (state.current) renderConversation();
+  }
+
+  function openConversation(key) {
+    const conv = state.conversations.get(key) ||
+      conversation(key[0], Number(key.slice(2)));
+    conv.unread = 0;
+    state.current = key;
+    renderSidebar();
+    renderConversation();
+    $("composer-text").focus();
+  }
+
+  async function sendCurrent() {
+    const conv = state.current ? state.conversations.get(state.current) : null;
+    const box = $("composer-text");
+    const text = box.value;
+    if (!conv || !state.conn || text.trim() === "") return;
+    if (Array.from(text).length > MAX_TEXT) {
+      note("A message may have at most " + MAX_TEXT + " characters.", true);
+      return;
+    }
+    box.value = "";
+    const message = {
+      messageId: null, from: state.me, text: text, ts: null, offline: false, state: "sending",
+    };
+    conv.messages.push(message);
+    renderConversation();
+    const cid = newCid();
+    const request = conv.kind === "u"
+      ? ["send", { to: conv.id, text: text, cid: cid }]
+      : ["group_send", { group_id: conv.id, text: text, cid: cid }];
+    try {
+      const reply = await state.conn.call(request[0], request[1]);
+      if (conv.messages.some((m) => m.messageId === reply.message_id)) {
+        conv.messages.splice(conv.messages.indexOf(message), 1); // its event came first
+      } else {
+        message.messageId = reply.message_id;
+        message.ts = reply.ts;
+        message.state = "sent";
+      }
+    } catch (err) {
+      message.state = "failed";
+      message.error = describeError(err);
+    }
+    if (state.current === conv.key) renderConversation();
+  }
+
+  async function addFriend(name) {
+    const user = (await state.conn.call("find_user", { name: name })).user;
+    const reply = await state.conn.call("add_friend", { user_id: user.id });
+    const friend = reply.friend;
+    state.people.set(friend.id, {
+      id: friend.id, name: friend.name, online: friend.online, friend: true,
+    });
+    renderSidebar();
+    note(friend.name + " is now your friend.");
+  }
+
+  async function createGroup(name, description) {
+    const reply = await state.conn.call("create_group", { name: name, description: description });
+    const group = Object.assign({}, reply.group, {
+      role: "creator", members: [{ id: state.me.id, name: state.me.name, role: "creator" }],
+    });
+    state.groups.set(group.id, group);
+    note("Group " + group.name + " created: its number is " + group.id + ".");
+    openConversation("g:" + group.id);
+  }
+
+  async function joinGroup(groupId) {
+    const reply = await state.conn.call("join_group", { group_id: groupId });
+    const group = Object.assign({}, reply.group, { role: reply.role, members: [] });
+    state.groups.set(group.id, group);
+    note("You joined " + group.name + ".");
+    openConversation("g:" + group.id);
+  }
+
+  /** Run a sidebar action; show its error next to the forms instead of throwing. */
+  function guarded(action) {
+    return async (e) => {
+      e.preventDefault();
+      if (!state.conn) return;
+      try {
+        await action();
+      } catch (err) {
+        note(describeError(err), true);
+      }
+    };
+  }
+
+  // --- wiring ---------------------------------------------------------------------------
+
+  function defaultServerUrl() {
+    const given = new URLSearchParams(window.location.search).get("ws");
+    if (given) return given;
+    if (window.location.protocol === "https:") return "wss://" + window.location.host + "/ws";
+    if (window.location.protocol === "http:") return "ws://" + window.location.host + "/ws";
+    return "ws://127.0.0.1:6080";
+  }
+
+  function init() {
+    $("server-url").value = defaultServerUrl();
+    $("login-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      signIn(false);
+    });
+    $("register-button").addEventListener("click", () => signIn(true));
+    $("logout").addEventListener("click", async () => {
+      const conn = state.conn;
+      if (!conn) return;
+      state.loggingOut = true;
+      try {
+        await conn.call("logout");
+      } catch (err) {
+        // closing anyway
+      }
+      conn.close();
+    });
+    $("add-friend-form").addEventListener("submit", guarded(async () => {
+      const input = $("friend-name");
+      const name = input.value.trim();
+      if (!name) return;
+      await addFriend(name);
+      input.value = "";
+    }));
+    $("create-group-form").addEventListener("submit", guarded(async () => {
+      const name = $("group-name").value.trim();
+      if (!name) return;
+      await createGroup(name, $("group-description").value.trim());
+      $("group-name").value = "";
+      $("group-description").value = "";
+    }));
+    $("join-group-form").addEventListener("submit", guarded(async () => {
+      const value = $("group-id").value.trim();
+      if (!/^[0-9]+$/.test(value)) {
+        note("A group number is made of digits.", true);
+        return;
+      }
+      await joinGroup(Number(value));
+      $("group-id").value = "";
+    }));
+    $("composer").addEventListener("submit", (e) => {
+      e.preventDefault();
+      sendCurrent();
+    });
+    $("composer-text").addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        sendCurrent();
+      }
+    });
+    showLogin();
+  }
+
+  init();
+})();
