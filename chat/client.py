@@ -1,4 +1,6 @@
-"""A small async client for protocol v1 over TCP (used by chat-cli, chat-bench and tests).
+"""A small async client for protocol v1 over TCP or WebSocket.
+
+Used by chat-cli, chat-bench and tests.
 
 Replies arrive in request order, so each request waits on the next reply slot;
 everything without ``rid``-style reply type (``ok``/``error``) is an event and
@@ -15,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from chat.protocol import LineSplitter
 
@@ -130,3 +133,65 @@ async def connect(host: str, port: int) -> AsyncIterator[ChatClient]:
         finally:
             await client.aclose()
             nursery.cancel_scope.cancel()
+
+
+class WebSocketLines(trio.abc.Stream):
+    """Lets ``ChatClient`` speak over WebSocket: each line it writes becomes one
+    text message, and each message it reads comes back as one line."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self._ws = ws
+        self._pending = b""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        for line in bytes(data).split(b"\n"):
+            if line:
+                try:
+                    await self._ws.send_message(line.decode())
+                except ConnectionClosed as exc:
+                    raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if not self._pending:
+            try:
+                message = await self._ws.get_message()
+            except ConnectionClosed:
+                return b""
+            data = message.encode() if isinstance(message, str) else bytes(message)
+            self._pending = data + b"\n"
+        size = max_bytes or len(self._pending)
+        chunk, self._pending = self._pending[:size], self._pending[size:]
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._ws.aclose()
+
+
+WS_CONNECT_TIMEOUT = 10.0
+WS_CLOSE_TIMEOUT = 3.0
+
+
+@asynccontextmanager
+async def connect_websocket(url: str) -> AsyncIterator[ChatClient]:
+    """Like ``connect``, over WebSocket (``ws://host:port/path``).
+
+    Failing to connect raises ``trio_websocket.HandshakeError`` (its ``__cause__``
+    is the ``OSError``, if any); a malformed URL raises ``ValueError``.
+    """
+    async with open_websocket_url(
+        url,
+        max_message_size=CLIENT_MAX_FRAME,
+        connect_timeout=WS_CONNECT_TIMEOUT,
+        disconnect_timeout=WS_CLOSE_TIMEOUT,
+    ) as ws:
+        client = ChatClient(WebSocketLines(ws))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._read)
+            try:
+                yield client
+            finally:
+                await client.aclose()
+                nursery.cancel_scope.cancel()

@@ -1,0 +1,471 @@
+"""The chat as a person sees it: commands in, lines out, events at any moment.
+
+Task tree, per connection (``App._converse``)::
+
+    connection nursery
+    ├── event pump      (prints events the moment they arrive)
+    └── command loop    (reads a line, runs it, waits for its reply)
+
+Whoever notices first that the connection is gone (the pump, when the event
+channel ends, or a command, when its reply cannot come) cancels the connection
+nursery, so a prompt or a stdin read in progress ends too. The app then says
+so, and in a terminal offers to reconnect; after reconnecting it logs in again
+with the same name and password and resends a message whose ``ok`` never came,
+with the same ``cid``, so the server delivers it at most once.
+
+Everything the client knows (friends, groups, names) lives in ``Known``; how it
+is shown lives in ``render``; where lines come from lives in the ``Console``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from chat.client import ChatClient, ConnectionLost
+from chat.protocol.messages import (
+    FoundUser,
+    FriendAddedEvent,
+    FriendResult,
+    GroupMessageEvent,
+    GroupResult,
+    JoinResult,
+    LoginResult,
+    MessageEvent,
+    Sent,
+    UserResult,
+)
+
+from . import commands as cmd
+from . import render
+from .commands import UsageError, quote
+from .connection import CannotConnect, Target, open_client
+from .render import Line, notice
+from .state import BadReply, Conversation, Known, decode, decode_event
+from .terminal import Console
+
+OFFLINE_WAIT_SECONDS = 10.0
+"""How long ``/login`` waits for the kept messages the login reply announced."""
+FRIEND_REFRESH_CONCURRENCY = 16
+"""``find_user`` requests ``/friends`` keeps in flight at once."""
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    COMMAND_FAILED = 1
+    USAGE = 2
+    CONNECTION = 3
+
+
+class Outcome(enum.Enum):
+    QUIT = "quit"
+    LOST = "lost"
+
+
+class CommandFailed(Exception):
+    """The server answered ``error``; the message is the server's own."""
+
+
+@enum.unique
+class _Kind(enum.Enum):
+    DIRECT = "send"
+    GROUP = "group_send"
+
+
+class _Unsent:
+    """A ``send`` or ``group_send`` whose reply has not come yet (kept to resend it)."""
+
+    def __init__(self, kind: _Kind, fields: dict[str, Any], show: Callable[[Sent], Line]) -> None:
+        self.kind = kind
+        self.fields = fields
+        self.show = show
+
+
+class App:
+    def __init__(self, target: Target, console: Console) -> None:
+        self.target = target
+        self.console = console
+        self.known = Known()
+        self.failures = 0
+        self._client: ChatClient | None = None
+        self._scope: trio.CancelScope | None = None
+        self._credentials: tuple[str, str] | None = None
+        """The last successful login, to log in again after a reconnect."""
+        self._unsent: _Unsent | None = None
+        self._events_lock = trio.Lock()
+        """Held by ``/login`` until its summary is printed, so kept messages follow it."""
+        self._offline_left = 0
+        self._offline_done = trio.Event()
+
+    # -- connections --------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Converse until ``/quit`` or the end of input; return the exit status."""
+        while True:
+            outcome = await self._connection()
+            if outcome is Outcome.QUIT:
+                return Exit.COMMAND_FAILED if self.failures else Exit.OK
+            if not self.console.interactive:
+                if self._unsent is not None:
+                    self.console.problem(render.error("your last message may not have been sent"))
+                return Exit.CONNECTION
+            if not await self.console.confirm("* reconnect? [Y/n] "):
+                return Exit.CONNECTION
+
+    async def _connection(self) -> Outcome:
+        try:
+            async with open_client(self.target) as client:
+                return await self._converse(client)
+        except CannotConnect as exc:
+            self.console.problem(render.error(str(exc)))
+            return Outcome.LOST
+
+    async def _converse(self, client: ChatClient) -> Outcome:
+        self._client = client
+        outcome = Outcome.LOST
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                nursery.start_soon(self._pump, client)
+                if self.console.interactive:
+                    self.console.show(notice(f"connected to {self.target}; /help lists commands"))
+                await self._resume()
+                outcome = await self._command_loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._client = None
+            self._scope = None
+        if outcome is Outcome.QUIT:
+            return outcome
+        self.known.disconnected()
+        self.console.problem(render.error(f"the connection to {self.target} was lost"))
+        if self._unsent is not None and self.console.interactive:
+            self.console.show(
+                notice("your last message got no reply; it is sent again when you reconnect")
+            )
+        return Outcome.LOST
+
+    def _lose(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _resume(self) -> None:
+        """After a reconnect: log in again, then resend what had no reply."""
+        if self._credentials is not None:
+            name, password = self._credentials
+            try:
+                await self._login(name, password)
+            except (CommandFailed, BadReply) as exc:
+                self._credentials = None
+                self.console.problem(render.error(f"could not log in again as {name}: {exc}"))
+        unsent, self._unsent = self._unsent, None
+        if unsent is None:
+            return
+        if self.known.me is None:
+            self.console.problem(render.error("your last message may not have been sent"))
+            return
+        try:
+            await self._send(unsent)
+        except (CommandFailed, BadReply) as exc:
+            self.console.problem(render.error(f"your last message was not sent: {exc}"))
+
+    async def _pump(self, client: ChatClient) -> None:
+        async for message in client.events:
+            async with self._events_lock:
+                self._on_event(message)
+        self._lose()
+
+    async def _request(self, kind: str, **fields: Any) -> dict[str, Any]:
+        assert self._client is not None, "requests are made inside _converse"
+        try:
+            return await self._client.request(kind, **fields)
+        except (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._lose()
+            await trio.sleep_forever()  # cancelled at once: _lose cancelled our scope
+
+    async def _call(self, kind: str, **fields: Any) -> dict[str, Any]:
+        reply = await self._request(kind, **fields)
+        if reply.get("type") == "error":
+            raise CommandFailed(str(reply.get("message") or reply.get("code")))
+        return reply
+
+    # -- events -------------------------------------------------------------------
+
+    def _on_event(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "error":
+            # An error no request waits for: the server says why it is closing.
+            self.console.problem(render.error(str(message.get("message"))))
+            return
+        try:
+            event = decode_event(message)
+        except BadReply as exc:
+            self.console.problem(render.error(str(exc)))
+            return
+        if isinstance(event, MessageEvent | GroupMessageEvent):
+            self.known.learn(event.from_.id, event.from_.name)
+            self.console.show(render.incoming(event, self.known))
+            if event.offline and self._offline_left > 0:
+                self._offline_left -= 1
+                if self._offline_left == 0:
+                    self._offline_done.set()
+        elif isinstance(event, FriendAddedEvent):
+            self.known.befriended(event.friend)
+            self.console.show(
+                notice(
+                    ("name", render.clean(event.friend.name)),
+                    " added you as a friend (",
+                    render.presence(event.friend),
+                    ")",
+                )
+            )
+        self._completions()
+
+    # -- commands -----------------------------------------------------------------
+
+    async def _command_loop(self) -> Outcome:
+        while True:
+            line = await self.console.read_line(self._prompt())
+            if line is None:
+                return Outcome.QUIT
+            if not self.console.interactive and line.lstrip().startswith("#"):
+                continue  # a comment in a script
+            try:
+                command = cmd.parse(line)
+                if command is None:
+                    continue
+                if isinstance(command, cmd.Quit):
+                    return Outcome.QUIT
+                await self._execute(command)
+            except (UsageError, CommandFailed, BadReply) as exc:
+                self.failures += 1
+                self.console.problem(render.error(str(exc)))
+            self._completions()
+
+    def _prompt(self) -> Line:
+        me = self.known.me
+        if me is None:
+            return (("", "> "),)
+        line: list[render.Fragment] = [("me", render.clean(me.name))]
+        to = self.known.conversation
+        if to is not None:
+            line.append(("dim", " -> "))
+            if to.group:
+                line.append(("group", f"[{render.clean(to.name)}]"))
+            else:
+                line.append(("name", render.clean(to.name)))
+        line.append(("", "> "))
+        return tuple(line)
+
+    async def _execute(self, command: cmd.Command) -> None:
+        match command:
+            case cmd.Register(name, password):
+                await self._register(name, password)
+            case cmd.Login(name, password):
+                if self.known.me is not None:
+                    raise UsageError(f"you are logged in as {self.known.me.name}; /logout first")
+                if password is None:
+                    password = await self._ask_password(f"password for {name}: ")
+                await self._login(name, password)
+            case cmd.Logout():
+                await self._call("logout")
+                self.known.logged_out()
+                self._credentials = None
+                self.console.show(notice("logged out"))
+            case cmd.Who(name):
+                found = decode(FoundUser, await self._call("find_user", name=name)).user
+                self.known.seen(found)
+                self.console.show(render.person(found, self.known))
+            case cmd.Friend(name):
+                self._need_login()
+                user_id = await self._user_id(name)
+                friend = decode(FriendResult, await self._call("add_friend", user_id=user_id))
+                self.known.befriended(friend.friend)
+                self.console.show(
+                    notice(
+                        ("name", render.clean(friend.friend.name)),
+                        " is your friend now (",
+                        render.presence(friend.friend),
+                        ")",
+                    )
+                )
+            case cmd.Friends():
+                self._need_login()
+                await self._refresh_friends()
+                for line in render.friend_list(self.known):
+                    self.console.show(line)
+            case cmd.Msg(name, text):
+                self._need_login()
+                await self._direct(await self._user_id(name), text)
+            case cmd.GroupCreate(name, description):
+                self._need_login()
+                reply = await self._call("create_group", name=name, description=description)
+                group = decode(GroupResult, reply).group
+                self.known.joined(group, "creator")
+                self.console.show(
+                    notice(
+                        "created group ",
+                        ("group", render.clean(group.name)),
+                        f" (#{group.id}); others join with /group join {group.id}",
+                    )
+                )
+            case cmd.GroupJoin(group_id):
+                self._need_login()
+                joined = decode(JoinResult, await self._call("join_group", group_id=group_id))
+                self.known.joined(joined.group, joined.role)
+                self.console.show(
+                    notice(
+                        "joined group ",
+                        ("group", render.clean(joined.group.name)),
+                        f" (#{joined.group.id}); /g {quote(joined.group.name)} TEXT speaks there",
+                    )
+                )
+            case cmd.Groups():
+                self._need_login()
+                for line in render.group_list(self.known.groups.values()):
+                    self.console.show(line)
+            case cmd.GroupSay(group, text):
+                self._need_login()
+                await self._to_group(self.known.resolve_group(group), text)
+            case cmd.Say(text):
+                self._need_login()
+                to = self.known.conversation
+                if to is None:
+                    raise UsageError(
+                        "commands start with / (see /help); after a /msg or /g, "
+                        "lines without / go to the same place"
+                    )
+                if to.group:
+                    await self._to_group(to.id, text)
+                else:
+                    await self._direct(to.id, text)
+            case cmd.Help():
+                for text in cmd.HELP.splitlines():
+                    self.console.show(render.plain(text))
+            case cmd.Quit():
+                pass
+
+    def _need_login(self) -> None:
+        if self.known.me is None:
+            raise UsageError("log in first: /login NAME (or /register NAME to make an account)")
+
+    async def _ask_password(self, prompt: str) -> str:
+        if not self.console.interactive:
+            raise UsageError("put the password on the line: there is no terminal to ask on")
+        password = await self.console.read_secret(prompt)
+        if not password:
+            raise UsageError("no password given")
+        return password
+
+    async def _register(self, name: str, password: str | None) -> None:
+        if password is None:
+            password = await self._ask_password(f"new password for {name}: ")
+            again = await self._ask_password("the same password again: ")
+            if again != password:
+                raise UsageError("the two passwords differ; nothing was registered")
+        user = decode(UserResult, await self._call("register", name=name, password=password)).user
+        self.known.learn(user.id, user.name)
+        hint = "" if self.known.me else f"; /login {quote(user.name)} to use it"
+        self.console.show(
+            notice("registered ", ("name", render.clean(user.name)), f" (#{user.id}){hint}")
+        )
+
+    async def _login(self, name: str, password: str) -> None:
+        async with self._events_lock:
+            result = decode(LoginResult, await self._call("login", name=name, password=password))
+            self.known.logged_in(result)
+            self._credentials = (name, password)
+            self._offline_left = result.offline
+            self._offline_done = trio.Event()
+            if result.offline == 0:
+                self._offline_done.set()
+            for line in self._login_summary(result):
+                self.console.show(line)
+            self._completions()
+        # Kept messages follow the reply: wait for them, so a script sees them all.
+        with trio.move_on_after(OFFLINE_WAIT_SECONDS):
+            await self._offline_done.wait()
+
+    def _login_summary(self, result: LoginResult) -> list[Line]:
+        lines = [
+            notice("logged in as ", ("me", render.clean(result.user.name)), f" (#{result.user.id})")
+        ]
+        if result.friends:
+            friends: list[str | render.Fragment] = ["friends: "]
+            ordered = sorted(result.friends, key=lambda f: (not f.online, f.name.casefold()))
+            for i, friend in enumerate(ordered):
+                if i:
+                    friends.append(", ")
+                friends += [("name", render.clean(friend.name)), " ", render.presence(friend)]
+            lines.append(notice(*friends))
+        else:
+            lines.append(notice("no friends yet: /friend NAME adds one"))
+        if result.groups:
+            groups: list[str | render.Fragment] = ["groups: "]
+            for i, group in enumerate(sorted(result.groups, key=lambda g: g.id)):
+                if i:
+                    groups.append(", ")
+                groups += [("group", render.clean(group.name)), ("dim", f" #{group.id}")]
+            lines.append(notice(*groups))
+        if result.offline:
+            waited = render.count(result.offline, "message")
+            lines.append(notice(("offline", f"{waited} waited for you while you were away:")))
+        return lines
+
+    async def _user_id(self, name: str) -> int:
+        """A user's id: from what this client has seen, or else from ``find_user``."""
+        user_id = self.known.names.get(name)
+        if user_id is None:
+            found = decode(FoundUser, await self._call("find_user", name=name)).user
+            self.known.seen(found)
+            user_id = found.id
+        return user_id
+
+    async def _refresh_friends(self) -> None:
+        """Ask for every friend's presence; the server announces no changes of it."""
+        limiter = trio.CapacityLimiter(FRIEND_REFRESH_CONCURRENCY)
+
+        async def refresh(name: str) -> None:
+            async with limiter:
+                reply = await self._request("find_user", name=name)
+            if reply.get("type") == "ok":
+                with contextlib.suppress(BadReply):  # keep what was known before
+                    self.known.seen(decode(FoundUser, reply).user)
+
+        async with trio.open_nursery() as nursery:
+            for friend in list(self.known.friends.values()):
+                nursery.start_soon(refresh, friend.name)
+
+    async def _direct(self, user_id: int, text: str) -> None:
+        name = self.known.name_of(user_id) or f"#{user_id}"
+        self.known.conversation = Conversation(user_id, name, group=False)
+        fields = {"to": user_id, "text": text, "cid": uuid.uuid4().hex}
+        await self._send(
+            _Unsent(_Kind.DIRECT, fields, lambda sent: render.sent_direct(name, text, sent.ts))
+        )
+
+    async def _to_group(self, group_id: int, text: str) -> None:
+        name = self.known.group_name(group_id)
+        self.known.conversation = Conversation(group_id, name, group=True)
+        fields = {"group_id": group_id, "text": text, "cid": uuid.uuid4().hex}
+        await self._send(
+            _Unsent(_Kind.GROUP, fields, lambda sent: render.sent_group(name, text, sent.ts))
+        )
+
+    async def _send(self, unsent: _Unsent) -> None:
+        """Send and show it; kept in ``_unsent`` until the reply, to resend if the line drops."""
+        self._unsent = unsent
+        try:
+            reply = await self._call(unsent.kind.value, **unsent.fields)
+        except CommandFailed:
+            self._unsent = None
+            raise
+        self._unsent = None
+        self.console.show(unsent.show(decode(Sent, reply)))
+
+    def _completions(self) -> None:
+        self.console.completions(self.known.completions())

@@ -1,0 +1,336 @@
+"""What a typed line means: parsing ``/commands`` into typed values. No I/O.
+
+Names may contain spaces (the protocol forbids only control characters), so an
+argument may be quoted: ``/msg "Ada Lovelace" hello``. The last argument of a
+command that ends in free text (``/msg``, ``/g``, a group description) takes the
+rest of the line verbatim, quotes and all.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+class UsageError(Exception):
+    """The line is not a valid command; the message says how to write it."""
+
+
+@attrs.frozen
+class Register:
+    name: str
+    password: str | None
+
+
+@attrs.frozen
+class Login:
+    name: str
+    password: str | None
+
+
+@attrs.frozen
+class Logout:
+    pass
+
+
+@attrs.frozen
+class Who:
+    name: str
+
+
+@attrs.frozen
+class Friend:
+    name: str
+
+
+@attrs.frozen
+class Friends:
+    pass
+
+
+@attrs.frozen
+class Msg:
+    name: str
+    text: str
+
+
+@attrs.frozen
+class GroupCreate:
+    name: str
+    description: str
+
+
+@attrs.frozen
+class GroupJoin:
+    group_id: int
+
+
+@attrs.frozen
+class Groups:
+    pass
+
+
+@attrs.frozen
+class GroupSay:
+    group: str
+    text: str
+
+
+@attrs.frozen
+class Say:
+    """A line without ``/``: goes to whoever the last ``/msg`` or ``/g`` went to."""
+
+    text: str
+
+
+@attrs.frozen
+class Help:
+    pass
+
+
+@attrs.frozen
+class Quit:
+    pass
+
+
+Command = (
+    Register
+    | Login
+    | Logout
+    | Who
+    | Friend
+    | Friends
+    | Msg
+    | GroupCreate
+    | GroupJoin
+    | Groups
+    | GroupSay
+    | Say
+    | Help
+    | Quit
+)
+
+USAGE: dict[str, str] = {
+    "/register": "/register NAME [PASSWORD]",
+    "/login": "/login NAME [PASSWORD]",
+    "/logout": "/logout",
+    "/who": "/who NAME",
+    "/friend": "/friend NAME",
+    "/friends": "/friends",
+    "/msg": "/msg NAME TEXT",
+    "/group": "/group create NAME [DESCRIPTION]  or  /group join ID",
+    "/groups": "/groups",
+    "/g": "/g GROUP TEXT",
+    "/help": "/help",
+    "/quit": "/quit",
+}
+COMMAND_NAMES = tuple(USAGE)
+GROUP_ACTIONS = ("create", "join")
+
+HELP = """\
+Commands (arguments with spaces go in quotes: /msg "Ada L" hi):
+  /register NAME [PASSWORD]   create an account (the password is asked for if left out)
+  /login NAME [PASSWORD]      log in; messages that waited for you are shown, marked (offline)
+  /logout                     log out and stay connected
+  /who NAME                   look a user up: id and whether they are online
+  /friend NAME                add a friend (friendship is mutual)
+  /friends                    your friends, with presence asked afresh from the server
+                              (the server announces no presence changes, so the list
+                              shown elsewhere may be out of date until you run this)
+  /msg NAME TEXT              send a direct message
+  /group create NAME [DESC]   create a group; you become its creator
+  /group join ID              join a group by its id
+  /groups                     the groups you are in
+  /g GROUP TEXT               send to a group, named by id or by its name
+  TEXT (no slash)             send to whoever your last /msg or /g went to
+  /help                       this text
+  /quit                       leave (Ctrl-D works too)
+Tab completes commands, friends' names and group names."""
+
+
+def split_args(rest: str, count: int) -> tuple[list[str], str]:
+    """Take up to ``count`` (possibly quoted) words from ``rest``; return them and the rest.
+
+    The rest is returned verbatim apart from the whitespace that separated it.
+    """
+    words: list[str] = []
+    pos = 0
+    while len(words) < count:
+        while pos < len(rest) and rest[pos].isspace():
+            pos += 1
+        if pos >= len(rest):
+            break
+        if rest[pos] in "\"'":
+            quote = rest[pos]
+            end = rest.find(quote, pos + 1)
+            if end < 0:
+                raise UsageError(f"unclosed {quote} quote")
+            words.append(rest[pos + 1 : end])
+            pos = end + 1
+            if pos < len(rest) and not rest[pos].isspace():
+                raise UsageError(f"put a space after the closing {quote} quote")
+        else:
+            start = pos
+            while pos < len(rest) and not rest[pos].isspace():
+                pos += 1
+            words.append(rest[start:pos])
+    return words, rest[pos:].strip()
+
+
+def parse(line: str) -> Command | None:
+    """The command on ``line``, or ``None`` for a blank line; raises ``UsageError``."""
+    stripped = line.strip()
+    if not stripped:
+        return None
+    if not stripped.startswith("/"):
+        return Say(stripped)
+    head, _, rest = stripped.partition(" ")
+    head = head.lower()
+    parser = _PARSERS.get(head)
+    if parser is None:
+        raise UsageError(f"unknown command {head}; /help lists the commands")
+    try:
+        return parser(rest)
+    except UsageError as exc:
+        raise UsageError(f"{exc}; usage: {USAGE.get(head, head)}") from None
+
+
+def _exactly(rest: str, count: int, what: str) -> list[str]:
+    words, extra = split_args(rest, count)
+    if len(words) < count:
+        raise UsageError(f"missing {what}")
+    if extra:
+        raise UsageError(f"unexpected {extra!r}")
+    return words
+
+
+def _nothing(rest: str) -> None:
+    if rest.strip():
+        raise UsageError(f"unexpected {rest.strip()!r}")
+
+
+def _credentials(rest: str) -> tuple[str, str | None]:
+    words, extra = split_args(rest, 2)
+    if not words:
+        raise UsageError("missing NAME")
+    if extra:
+        raise UsageError("too many words (quote a name or password with spaces)")
+    return words[0], words[1] if len(words) > 1 else None
+
+
+def _register(rest: str) -> Command:
+    return Register(*_credentials(rest))
+
+
+def _login(rest: str) -> Command:
+    return Login(*_credentials(rest))
+
+
+def _logout(rest: str) -> Command:
+    _nothing(rest)
+    return Logout()
+
+
+def _who(rest: str) -> Command:
+    return Who(*_exactly(rest, 1, "NAME"))
+
+
+def _friend(rest: str) -> Command:
+    return Friend(*_exactly(rest, 1, "NAME"))
+
+
+def _friends(rest: str) -> Command:
+    _nothing(rest)
+    return Friends()
+
+
+def _msg(rest: str) -> Command:
+    words, text = split_args(rest, 1)
+    if not words:
+        raise UsageError("missing NAME")
+    if not text:
+        raise UsageError("missing TEXT")
+    return Msg(words[0], text)
+
+
+def _group(rest: str) -> Command:
+    words, rest = split_args(rest, 1)
+    action = words[0].lower() if words else ""
+    if action == "create":
+        names, description = split_args(rest, 1)
+        if not names:
+            raise UsageError("missing NAME")
+        if len(description) >= 2 and description[0] == description[-1] and description[0] in "\"'":
+            description = description[1:-1]
+        return GroupCreate(names[0], description)
+    if action == "join":
+        (text,) = _exactly(rest, 1, "ID")
+        return GroupJoin(_group_id(text))
+    raise UsageError("say create or join")
+
+
+def _group_id(text: str) -> int:
+    digits = text.removeprefix("#")
+    if not digits.isdigit() or int(digits) < 1:
+        raise UsageError(f"{text!r} is not a group id (a positive number)")
+    return int(digits)
+
+
+def _groups(rest: str) -> Command:
+    _nothing(rest)
+    return Groups()
+
+
+def _group_say(rest: str) -> Command:
+    words, text = split_args(rest, 1)
+    if not words:
+        raise UsageError("missing GROUP")
+    if not text:
+        raise UsageError("missing TEXT")
+    return GroupSay(words[0], text)
+
+
+def _help(rest: str) -> Command:
+    return Help()
+
+
+def _quit(rest: str) -> Command:
+    return Quit()
+
+
+_PARSERS = {
+    "/register": _register,
+    "/login": _login,
+    "/logout": _logout,
+    "/who": _who,
+    "/friend": _friend,
+    "/friends": _friends,
+    "/msg": _msg,
+    "/group": _group,
+    "/groups": _groups,
+    "/g": _group_say,
+    "/help": _help,
+    "/quit": _quit,
+    "/exit": _quit,
+}
+
+
+def without_secret(line: str) -> str:
+    """``line`` as it may be kept in the history: a password given inline is dropped."""
+    stripped = line.strip()
+    head, _, rest = stripped.partition(" ")
+    if head.lower() not in ("/login", "/register"):
+        return line
+    try:
+        words, _ = split_args(rest, 1)
+    except UsageError:
+        return head
+    if not words:
+        return head
+    return f"{head} {quote(words[0])}"
+
+
+def quote(name: str) -> str:
+    """A name as it must be typed: quoted when it holds whitespace or starts with a quote."""
+    if name and not any(c.isspace() for c in name) and name[0] not in "\"'":
+        return name
+    return f"'{name}'" if '"' in name else f'"{name}"'

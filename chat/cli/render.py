@@ -1,0 +1,172 @@
+"""How things look: lines of styled fragments, shown in colour or as plain text. No I/O.
+
+A ``Line`` is a tuple of ``(style, text)`` fragments; ``to_text`` turns it into
+a string with ANSI colours (for a terminal) or without (for a pipe or a file),
+so the wording is decided once for both. Text that came from other people goes
+through ``clean`` first: a message must not be able to move the cursor or
+recolour the terminal with escape sequences of its own.
+"""
+
+from __future__ import annotations
+
+import datetime
+import unicodedata
+from collections.abc import Iterable
+
+from chat.protocol.messages import GroupMessageEvent, MessageEvent, UserPresence
+
+from .state import Group, Known
+
+Fragment = tuple[str, str]
+Line = tuple[Fragment, ...]
+
+_SGR = {
+    "time": "2",
+    "name": "1;36",
+    "me": "1;34",
+    "group": "35",
+    "offline": "33",
+    "notice": "32",
+    "error": "1;31",
+    "online": "32",
+    "away": "2",
+    "dim": "2",
+}
+
+
+def to_text(line: Line, *, colour: bool) -> str:
+    if not colour:
+        return "".join(text for _, text in line)
+    parts = []
+    for style, text in line:
+        code = _SGR.get(style)
+        parts.append(f"\x1b[{code}m{text}\x1b[0m" if code and text else text)
+    return "".join(parts)
+
+
+def clean(text: str, indent: str = "  ") -> str:
+    """``text`` safe to print: control characters shown as ``\\xNN``, newlines indented."""
+    out = []
+    for char in text:
+        if char == "\n":
+            out.append("\n" + indent)
+        elif char == "\t":
+            out.append("    ")
+        elif unicodedata.category(char) == "Cc" or char in "\u2028\u2029":
+            out.append(f"\\x{ord(char):02x}" if ord(char) < 256 else f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def clock(ts_ms: int, now: datetime.datetime | None = None) -> str:
+    """Local time of a server timestamp: ``14:02``, with the date when it is not today."""
+    when = datetime.datetime.fromtimestamp(ts_ms / 1000)
+    now = now or datetime.datetime.now()
+    if when.date() == now.date():
+        return when.strftime("%H:%M")
+    return when.strftime("%Y-%m-%d %H:%M")
+
+
+def notice(*parts: str | Fragment) -> Line:
+    """A line from the client itself: ``* text``."""
+    return (("notice", "* "), *_fragments(parts))
+
+
+def error(text: str) -> Line:
+    return (("error", "error: "), ("", clean(text)))
+
+
+def plain(*parts: str | Fragment) -> Line:
+    return tuple(_fragments(parts))
+
+
+def _fragments(parts: Iterable[str | Fragment]) -> list[Fragment]:
+    return [("", part) if isinstance(part, str) else part for part in parts]
+
+
+def incoming(event: MessageEvent | GroupMessageEvent, known: Known) -> Line:
+    """A message someone sent: time, ``(offline)`` if it waited, ``[group]``, sender, text."""
+    line: list[Fragment] = [("time", clock(event.ts) + " ")]
+    if event.offline:
+        line.append(("offline", "(offline) "))
+    if isinstance(event, GroupMessageEvent):
+        line.append(("group", f"[{clean(known.group_name(event.group_id))}] "))
+    mine = known.me is not None and event.from_.id == known.me.id
+    line.append(("me" if mine else "name", clean(event.from_.name)))
+    line.append(("", ": " + clean(event.text)))
+    return tuple(line)
+
+
+def sent_direct(to_name: str, text: str, ts: int) -> Line:
+    return (
+        ("time", clock(ts) + " "),
+        ("me", "you"),
+        ("", " -> "),
+        ("name", clean(to_name)),
+        ("", ": " + clean(text)),
+    )
+
+
+def sent_group(group_name: str, text: str, ts: int) -> Line:
+    return (
+        ("time", clock(ts) + " "),
+        ("group", f"[{clean(group_name)}] "),
+        ("me", "you"),
+        ("", ": " + clean(text)),
+    )
+
+
+def presence(user: UserPresence) -> Fragment:
+    return ("online", "online") if user.online else ("away", "offline")
+
+
+def person(user: UserPresence, known: Known) -> Line:
+    """``/who``: name, id, presence, and whether it is a friend."""
+    line: list[Fragment] = [
+        ("name", clean(user.name)),
+        ("dim", f" (#{user.id}) "),
+        presence(user),
+    ]
+    if user.id in known.friends:
+        line.append(("", ", your friend"))
+    elif known.me is not None and user.id == known.me.id:
+        line.append(("", ", that is you"))
+    return tuple(line)
+
+
+def friend_list(known: Known) -> list[Line]:
+    friends = sorted(known.friends.values(), key=lambda f: (not f.online, f.name.casefold()))
+    if not friends:
+        return [notice("no friends yet: /friend NAME adds one")]
+    online = sum(f.online for f in friends)
+    lines = [notice(f"{count(len(friends), 'friend')}, {online} online:")]
+    width = max(len(clean(f.name)) for f in friends)
+    for friend in friends:
+        lines.append(
+            (("", "  "), ("name", clean(friend.name).ljust(width)), ("", "  "), presence(friend))
+        )
+    return lines
+
+
+def group_list(groups: Iterable[Group]) -> list[Line]:
+    ordered = sorted(groups, key=lambda g: g.id)
+    if not ordered:
+        return [notice("no groups yet: /group create NAME or /group join ID")]
+    lines = [notice(f"{count(len(ordered), 'group')}:")]
+    for group in ordered:
+        line: list[Fragment] = [
+            ("", "  "),
+            ("dim", f"#{group.id} "),
+            ("group", clean(group.name)),
+        ]
+        if group.role == "creator":
+            line.append(("dim", " (creator)"))
+        if group.description:
+            line.append(("", " - " + clean(group.description)))
+        lines.append(tuple(line))
+    return lines
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

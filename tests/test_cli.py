@@ -1,0 +1,378 @@
+"""chat-cli end to end: a real chat-server process, chat-cli in a pseudo-terminal.
+
+Each test starts ``chat-server`` as a subprocess on port 0 with an SQLite file
+in ``tmp_path`` and learns its port from the log. Interactive clients run under
+pexpect in a pty (so stdin is a terminal and prompt_toolkit is in charge);
+piped clients get their commands on stdin. Timeouts are generous and nothing
+asserts how long anything took.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pexpect
+import pexpect.popen_spawn
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 30
+"""Seconds pexpect waits for a line: generous, the machine is shared."""
+PASSWORD = "pa55-w0rd"
+CLI = [sys.executable, "-m", "chat.cli.client"]
+
+
+class Server:
+    """A ``chat-server serve`` process; ``start`` again on the same port after ``kill``."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.database = f"sqlite:///{tmp_path / 'chat.db'}"
+        self.port = 0
+        self.ws_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._starts = 0
+
+    def start(self, *, port: int = 0, websocket: bool = False) -> None:
+        self._starts += 1
+        log_path = self.tmp_path / f"server-{self._starts}.log"
+        args = [sys.executable, "-m", "chat", "serve", "--port", str(port)]
+        args += ["--database", self.database]
+        if websocket:
+            args += ["--ws-port", "0"]
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            text = log_path.read_text(errors="replace")
+            found = re.search(r"listening on \S+ port (\d+)", text)
+            if found:
+                self.port = int(found.group(1))
+                ws = re.search(r"WebSocket on port \[(\d+)", text)
+                self.ws_port = int(ws.group(1)) if ws else 0
+                return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"chat-server did not start:\n{text}")
+            time.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self) -> None:
+        """Go away without warning (SIGKILL)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(TIMEOUT)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    running = Server(tmp_path)
+    running.start(websocket=True)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PROMPT_TOOLKIT_NO_CPR": "1",  # pexpect answers no cursor position requests
+        "TERM": "xterm",
+        "NO_COLOR": "1",
+        "XDG_STATE_HOME": str(tmp_path / "state"),  # the history file goes here
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+Spawn = Callable[..., pexpect.spawn]
+
+
+@pytest.fixture
+def cli(server: Server, tmp_path: Path) -> Iterator[Spawn]:
+    """Start chat-cli in a pseudo-terminal; every one is closed (and checked) at the end."""
+    children: list[tuple[pexpect.spawn, io.StringIO]] = []
+
+    def spawn(*args: str) -> pexpect.spawn:
+        child = pexpect.spawn(
+            CLI[0],
+            [*CLI[1:], "--port", str(server.port), *args],
+            env=_env(tmp_path),
+            encoding="utf-8",
+            timeout=TIMEOUT,
+            dimensions=(40, 160),
+        )
+        transcript = io.StringIO()
+        child.logfile_read = transcript
+        children.append((child, transcript))
+        child.expect_exact("connected to")
+        return child
+
+    try:
+        yield spawn
+    finally:
+        for child, transcript in children:
+            child.close(force=True)
+            assert "Traceback" not in transcript.getvalue()
+
+
+def run_piped(
+    server: Server, commands: str, *args: str, port: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "--port", str(server.port if port is None else port), *args],
+        input=commands,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=_env(server.tmp_path),
+        check=False,
+    )
+
+
+def login(child: pexpect.spawn, name: str) -> None:
+    """Log in with the password asked for at a no-echo prompt."""
+    child.sendline(f"/login {name}")
+    child.expect_exact(f"password for {name}:")
+    child.sendline(PASSWORD)
+    child.expect_exact(f"logged in as {name}")
+
+
+def quit_cleanly(child: pexpect.spawn, *, status: int = 0) -> str:
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == status
+    assert isinstance(child.logfile_read, io.StringIO)
+    return child.logfile_read.getvalue()
+
+
+def test_two_users_befriend_chat_and_talk_in_a_group(cli: Spawn) -> None:
+    alice = cli()
+    alice.sendline("/register alice")
+    alice.expect_exact("new password for alice:")
+    alice.sendline(PASSWORD)
+    alice.expect_exact("the same password again:")
+    alice.sendline(PASSWORD)
+    alice.expect_exact("registered alice (#")
+    login(alice, "alice")
+    alice.expect_exact("no friends yet")
+
+    bob = cli()
+    bob.sendline(f"/register bob {PASSWORD}")
+    bob.expect_exact("registered bob (#")
+    login(bob, "bob")
+
+    alice.sendline("/friend bob")
+    alice.expect_exact("bob is your friend now (online)")
+    bob.expect_exact("alice added you as a friend (online)")
+
+    alice.send("/msg b\t")  # Tab completes the friend's name
+    alice.sendline("hello bob")
+    alice.expect_exact("you -> bob: hello bob")
+    bob.expect_exact("alice: hello bob")
+    bob.sendline("/msg alice hi alice")
+    alice.expect_exact("bob: hi alice")
+    bob.sendline("and a line without a command")  # goes where the last /msg went
+    alice.expect_exact("bob: and a line without a command")
+
+    alice.sendline('/group create rust "for crabs"')
+    alice.expect(r"created group rust \(#(\d+)\)")
+    group_id = alice.match.group(1)
+    bob.sendline(f"/group join {group_id}")
+    bob.expect_exact(f"joined group rust (#{group_id})")
+    bob.sendline("/g rust hello rustaceans")
+    bob.expect_exact("[rust] you: hello rustaceans")
+    alice.expect_exact("[rust] bob: hello rustaceans")
+    alice.sendline(f"/g {group_id} welcome")
+    bob.expect_exact("[rust] alice: welcome")
+
+    alice.sendline("/groups")
+    alice.expect_exact(f"#{group_id} rust (creator) - for crabs")
+    alice.sendline("/friends")
+    alice.expect_exact("1 friend, 1 online")
+    alice.sendline("/who bob")
+    alice.expect_exact("bob (#2) online, your friend")
+
+    alice.sendline("/msg nobody hi")
+    alice.expect_exact("error: name: no user is called 'nobody'")
+
+    quit_cleanly(bob)
+    transcript = quit_cleanly(alice, status=1)  # the /msg to nobody failed
+    assert PASSWORD not in transcript  # asked for without echo
+
+
+def test_messages_that_waited_are_shown_at_login(server: Server, cli: Spawn) -> None:
+    setup = run_piped(
+        server,
+        f"/register alice {PASSWORD}\n/register bob {PASSWORD}\n"
+        f"/login bob {PASSWORD}\n/group create team\n",
+    )
+    assert setup.returncode == 0, setup.stderr
+
+    alice = cli()
+    login(alice, "alice")
+    alice.sendline("/group join 1")
+    alice.expect_exact("joined group team (#1)")
+    for line in ("/msg bob first", "/msg bob second", "/g team to the team"):
+        alice.sendline(line)
+        alice.expect_exact(": " + line.split(" ", 2)[2])
+
+    bob = cli()
+    login(bob, "bob")
+    bob.expect_exact("3 messages waited for you while you were away:")
+    bob.expect_exact("(offline) alice: first")
+    bob.expect_exact("(offline) alice: second")
+    bob.expect_exact("(offline) [team] alice: to the team")
+    alice.sendline("/msg bob now live")
+    bob.expect(r"\d\d:\d\d alice: now live")  # no offline marker this time
+    quit_cleanly(bob)
+    quit_cleanly(alice)
+
+
+def test_piped_commands_run_in_order_and_the_status_tells(server: Server) -> None:
+    first = run_piped(
+        server,
+        "# a comment\n"
+        f"/register carol {PASSWORD}\n/register dave {PASSWORD}\n"
+        f"/login carol {PASSWORD}\n/friend dave\n/msg dave hi dave\n/friends\n",
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stderr == ""
+    out = first.stdout.splitlines()
+    assert out[0].startswith("* registered carol (#1)")
+    assert out[1].startswith("* registered dave (#2)")
+    assert "* logged in as carol (#1)" in out
+    assert "* dave is your friend now (offline)" in out
+    assert re.search(r"^\d\d:\d\d you -> dave: hi dave$", first.stdout, re.M)
+    assert out[-2:] == ["* 1 friend, 0 online:", "  dave  offline"]
+
+    second = run_piped(
+        server, f"/login dave wrong\n/login dave {PASSWORD}\n/msg nobody hi\n/groups\n"
+    )
+    assert second.returncode == 1
+    assert second.stderr.splitlines() == [
+        "chat-cli: line 1: error: wrong user or password",
+        "chat-cli: line 3: error: name: no user is called 'nobody'",
+    ]
+    assert "* friends: carol offline" in second.stdout
+    assert re.search(r"^\d\d:\d\d \(offline\) carol: hi dave$", second.stdout, re.M)
+    assert second.stdout.endswith("* no groups yet: /group create NAME or /group join ID\n")
+
+    asked = run_piped(server, "/login dave\n")
+    assert asked.returncode == 1
+    assert "put the password on the line" in asked.stderr
+
+
+def test_piped_over_websocket(server: Server) -> None:
+    url = f"ws://127.0.0.1:{server.ws_port}/"
+    sent = run_piped(
+        server,
+        f"/register wes {PASSWORD}\n/register vic {PASSWORD}\n"
+        f"/login wes {PASSWORD}\n/msg vic note\n",
+        "--url",
+        url,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert re.search(r"^\d\d:\d\d you -> vic: note$", sent.stdout, re.M)
+    # The client exits at the end of its input, so an event is only certain when
+    # the command waits for it: /login waits for the messages kept for it.
+    received = run_piped(server, f"/login vic {PASSWORD}\n", "--url", url)
+    assert received.returncode == 0, received.stderr
+    assert re.search(r"^\d\d:\d\d \(offline\) wes: note$", received.stdout, re.M)
+
+
+def test_server_goes_away_and_comes_back(server: Server, cli: Spawn) -> None:
+    assert run_piped(server, f"/register alice {PASSWORD}\n").returncode == 0
+    alice = cli()
+    login(alice, "alice")
+    alice.sendline("/msg alice note to self")
+    alice.expect_exact("you -> alice: note to self")
+    alice.send("half a line")
+    server.kill()
+    alice.expect_exact("error: the connection to 127.0.0.1:")
+    alice.expect_exact("was lost")
+    alice.expect_exact("reconnect? [Y/n]")
+    alice.sendline("y")
+    alice.expect_exact("connection refused")
+    alice.expect_exact("reconnect? [Y/n]")
+    server.start(port=server.port)
+    alice.sendline("")
+    alice.expect_exact("logged in as alice")  # again, with the remembered password
+    alice.sendline(" and the rest")  # completes the line that was being typed
+    alice.expect_exact("you -> alice: half a line and the rest")
+
+    # A message whose reply never came is sent again, with the same cid.
+    os.kill(server.pid, signal.SIGSTOP)  # it may read the request, but it cannot answer
+    alice.sendline("/msg alice into the void")
+    alice.expect_exact("\x1b[?2004l")  # the prompt is done with the line
+    server.kill()
+    alice.expect_exact("was lost")
+    alice.expect_exact("it is sent again when you reconnect")
+    alice.expect_exact("reconnect? [Y/n]")
+    server.start(port=server.port)
+    alice.sendline("y")
+    alice.expect_exact("logged in as alice")
+    alice.expect_exact("you -> alice: into the void")
+    quit_cleanly(alice)
+
+
+def test_server_goes_away_and_the_user_gives_up(server: Server, cli: Spawn) -> None:
+    alice = cli()
+    server.kill()
+    alice.expect_exact("was lost")
+    alice.expect_exact("reconnect? [Y/n]")
+    alice.sendline("n")
+    alice.expect(pexpect.EOF)
+    alice.close()
+    assert alice.exitstatus == 3
+
+
+def test_piped_client_sees_the_server_go_away(server: Server) -> None:
+    child = pexpect.popen_spawn.PopenSpawn(
+        [*CLI, "--port", str(server.port)],
+        env=_env(server.tmp_path),
+        encoding="utf-8",
+        timeout=TIMEOUT,
+    )
+    child.sendline(f"/register erin {PASSWORD}")
+    child.sendline(f"/login erin {PASSWORD}")
+    child.expect_exact("logged in as erin")
+    server.kill()  # while the client waits for its next line on stdin
+    child.expect_exact("was lost")
+    child.expect(pexpect.EOF)
+    assert "Traceback" not in (child.before or "")
+    assert child.wait() == 3
+
+
+def test_no_server_to_connect_to(server: Server) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    result = run_piped(server, "/help\n", port=closed_port)
+    assert result.returncode == 3
+    assert result.stderr.startswith(f"chat-cli: error: cannot connect to 127.0.0.1:{closed_port}")
+    assert "Traceback" not in result.stderr
