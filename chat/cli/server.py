@@ -183,15 +183,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(host=args.host, port=args.port, node_id=node_id, ws_port=args.ws_port)
     try:
         trio.run(serve, settings, args.database, args.redis, args.lease_seconds)
-    except (StoreError, ValueError) as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+    except BaseException as raised:
+        # Nurseries wrap errors in groups; a lone expected error is a message, not a trace.
+        error = _only_error(raised)
+        if isinstance(error, KeyboardInterrupt):
+            return 0
+        if isinstance(error, StoreError | ValueError | OSError):
+            log.error("cannot start: %s", error)
+            return 1
+        raise
     return 0
+
+
+def _only_error(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 if __name__ == "__main__":

@@ -61,7 +61,12 @@ def dialect_for(url: str) -> Dialect:
 def open_store(url: str, pool_size: int | None = None) -> Store:
     """Create the database if needed, apply pending migrations and return a store (blocking)."""
     dialect = dialect_for(url)
-    dialect.prepare_database()
+    try:
+        dialect.prepare_database()
+    except Exception as exc:
+        if dialect.is_disconnect(exc):
+            raise StoreUnavailable(f"cannot reach {dialect.describe()}: {exc}") from exc
+        raise
     store = Store(dialect, pool_size)
     store.pool.run_blocking(lambda conn: apply_migrations(dialect, conn))
     return store
