@@ -11,16 +11,12 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn, override
 
+from chat.protocol.codec import BadServerMessage, decode_server_event, decode_server_message
 from chat.protocol.messages import (
     Event,
-    FriendAddedEvent,
     GroupInfo,
-    GroupMessageEvent,
     LoginResult,
-    MessageEvent,
     Role,
     UserPresence,
     UserRef,
@@ -30,37 +26,18 @@ from .commands import UsageError
 
 T = TypeVar("T")
 
-
-class BadReply(Exception):
-    """The server sent an object that does not match the protocol."""
-
-
-_converter = cattrs.Converter()
-for _event_cls in (MessageEvent, GroupMessageEvent):
-    _converter.register_structure_hook(
-        _event_cls,
-        make_dict_structure_fn(_event_cls, _converter, from_=override(rename="from")),
-    )
-
-EVENT_TYPES: dict[str, type[Event]] = {
-    "message": MessageEvent,
-    "group_message": GroupMessageEvent,
-    "friend_added": FriendAddedEvent,
-}
+BadReply = BadServerMessage
+"""The server sent an object that does not match the protocol."""
 
 
 def decode(cls: type[T], message: dict[str, Any]) -> T:
     """``message`` (a reply's fields) as a ``cls``; raises ``BadReply``."""
-    try:
-        return _converter.structure(message, cls)
-    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
-        raise BadReply(f"unexpected {cls.__name__} from the server: {exc}") from None
+    return decode_server_message(cls, message)
 
 
 def decode_event(message: dict[str, Any]) -> Event | None:
     """The event in ``message``; ``None`` for a type this client does not know (newer server)."""
-    cls = EVENT_TYPES.get(str(message.get("type")))
-    return None if cls is None else decode(cls, message)
+    return decode_server_event(message)
 
 
 @attrs.frozen

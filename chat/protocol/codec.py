@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
-from cattrs.gen import make_dict_unstructure_fn, override
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from .errors import ErrorCode, RequestError
 from .messages import (
@@ -27,6 +27,7 @@ from .messages import (
     Description,
     Error,
     Event,
+    FriendAddedEvent,
     GroupId,
     GroupMessageEvent,
     LookupName,
@@ -156,6 +157,10 @@ def _configure_converter(converter: cattrs.Converter) -> None:
             event_cls,
             make_dict_unstructure_fn(event_cls, converter, from_=override(rename="from")),
         )
+        converter.register_structure_hook(
+            event_cls,
+            make_dict_structure_fn(event_cls, converter, from_=override(rename="from")),
+        )
 
 
 _converter = cattrs.Converter(detailed_validation=True)
@@ -274,16 +279,43 @@ def encode_event(event: Event) -> bytes:
     return _dumps(out)
 
 
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls for cls in (MessageEvent, GroupMessageEvent, FriendAddedEvent)
+}
+
+
+class BadServerMessage(ValueError):
+    """What the server sent does not match the protocol (used by clients)."""
+
+
+def decode_server_message(cls: type[T], message: dict[str, Any]) -> T:
+    """A reply's fields or an event, from the server, as ``cls`` (clients use this)."""
+    try:
+        return _converter.structure(message, cls)
+    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
+        raise BadServerMessage(f"unexpected {cls.__name__} from the server: {exc}") from None
+
+
+def decode_server_event(message: dict[str, Any]) -> Event | None:
+    """The event in ``message``; ``None`` for a type this client does not know (newer server)."""
+    cls = EVENT_TYPES.get(str(message.get("type")))
+    return None if cls is None else decode_server_message(cls, message)
+
+
 def unstructure(value: object) -> Any:
     """Plain JSON-ready data for an attrs value (used by clients and tests)."""
     return _converter.unstructure(value)
 
 
 __all__ = [
+    "EVENT_TYPES",
+    "BadServerMessage",
     "DecodedRequest",
     "ProtocolError",
     "check_rid",
     "decode_request",
+    "decode_server_event",
+    "decode_server_message",
     "encode_event",
     "encode_reply",
     "parse_object",
