@@ -122,9 +122,8 @@ class ChatClient:
 
 
 @asynccontextmanager
-async def connect(host: str, port: int) -> AsyncIterator[ChatClient]:
-    """Open a client; its reader task lives as long as the ``async with`` block."""
-    stream = await trio.open_tcp_stream(host, port)
+async def client_over(stream: trio.abc.Stream) -> AsyncIterator[ChatClient]:
+    """A client on an open stream; its reader task lives as long as the ``async with``."""
     client = ChatClient(stream)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client._read)
@@ -133,6 +132,13 @@ async def connect(host: str, port: int) -> AsyncIterator[ChatClient]:
         finally:
             await client.aclose()
             nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def connect(host: str, port: int) -> AsyncIterator[ChatClient]:
+    """Open a client over TCP."""
+    async with client_over(await trio.open_tcp_stream(host, port)) as client:
+        yield client
 
 
 class WebSocketLines(trio.abc.Stream):
@@ -181,17 +187,13 @@ async def connect_websocket(url: str) -> AsyncIterator[ChatClient]:
     Failing to connect raises ``trio_websocket.HandshakeError`` (its ``__cause__``
     is the ``OSError``, if any); a malformed URL raises ``ValueError``.
     """
-    async with open_websocket_url(
-        url,
-        max_message_size=CLIENT_MAX_FRAME,
-        connect_timeout=WS_CONNECT_TIMEOUT,
-        disconnect_timeout=WS_CLOSE_TIMEOUT,
-    ) as ws:
-        client = ChatClient(WebSocketLines(ws))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client._read)
-            try:
-                yield client
-            finally:
-                await client.aclose()
-                nursery.cancel_scope.cancel()
+    async with (
+        open_websocket_url(
+            url,
+            max_message_size=CLIENT_MAX_FRAME,
+            connect_timeout=WS_CONNECT_TIMEOUT,
+            disconnect_timeout=WS_CLOSE_TIMEOUT,
+        ) as ws,
+        client_over(WebSocketLines(ws)) as client,
+    ):
+        yield client

@@ -7,7 +7,8 @@ import pytest
 
 from chat.server import Node
 
-from .support import database, running_node
+from .cluster_support import RedisServer
+from .support import database, mysql_database, running_node
 
 
 @pytest.fixture(params=["sqlite", "mysql"])
@@ -21,3 +22,27 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 async def node(database_url: str) -> AsyncIterator[Node]:
     async with running_node(database_url) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server for one test module (the shared one is never touched)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A Redis database of its own on the module's private server."""
+    return redis_server.new_url()
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """A fresh MariaDB database of its own."""
+    with mysql_database() as url:
+        yield url

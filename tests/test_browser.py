@@ -29,7 +29,8 @@ import pytest
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-from .ws_support import free_port, render_web_conf
+from .cluster_support import free_port
+from .ws_support import render_web_conf
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "web" / "index.html"

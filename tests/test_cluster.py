@@ -10,7 +10,7 @@ state with a deadline; nothing asserts how fast anything is.
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -34,31 +34,10 @@ from .cluster_support import (
     node_process,
     stop_process,
 )
-from .support import client, login, mysql_database, no_event, register
+from .support import client, login, no_event, register
 
 # Generous: a loaded machine may be slow, and these only bound a wait that polls.
 DEADLINE = 20.0
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.new_url()
-
-
-@pytest.fixture
-def mysql_url() -> Iterator[str]:
-    with mysql_database() as url:
-        yield url
 
 
 @asynccontextmanager

@@ -9,41 +9,19 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import pytest
 import trio
 
 from chat.server import Node
 
-from .cluster_support import REPO, START_SECONDS, RedisServer, free_port, make_broker, nginx_binary
-from .support import client, login, mysql_database, register, running_node
+from .cluster_support import REPO, START_SECONDS, free_port, make_broker, nginx_binary
+from .support import client, login, register, running_node
 from .ws_support import render_web_conf, ws_client
 
 DEADLINE = 20.0
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    return redis_server.new_url()
-
-
-@pytest.fixture
-def mysql_url() -> Iterator[str]:
-    with mysql_database() as url:
-        yield url
 
 
 @asynccontextmanager
