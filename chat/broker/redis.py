@@ -56,6 +56,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -81,6 +82,10 @@ SOCKET_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0
 POLL_SECONDS = 0.5
 """How often the subscription thread looks up from ``get_message`` to check for cancellation."""
+PING_SECONDS = 5.0
+"""A subscription silent this long sends a PING: a half-open connection (a lost host, a
+NAT that forgot us) never errors, it only stays silent, and a deaf node is worse than
+a reconnecting one."""
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
 """Reconnection delays of the subscription: doubling from the first to the maximum."""
@@ -281,6 +286,9 @@ class RedisBroker:
         """A command failed since Redis last answered: others may have missed wake-ups."""
         self._outage_logged = False
         self._backoff = BACKOFF_FIRST
+        self._pong_timeout = max(socket_timeout, POLL_SECONDS * 2)
+        self._renewed_at = 0.0
+        """``trio.current_time()`` of the last beat that reached Redis."""
         self._beat_now = trio.Event()
         self._subscribed = trio.Event()
 
@@ -433,11 +441,20 @@ class RedisBroker:
         try:
             pubsub.subscribe(self._channel, self._broadcast)
             pending = 2
+            heard = time.monotonic()
+            pinged: float | None = None
             while True:
                 trio.from_thread.check_cancelled()
                 message = pubsub.get_message(timeout=POLL_SECONDS)
+                now = time.monotonic()
                 if message is None:
+                    if pinged is not None and now - pinged > self._pong_timeout:
+                        raise redis.ConnectionError("the subscription did not answer a PING")
+                    if pinged is None and now - heard > PING_SECONDS:
+                        pubsub.ping()
+                        pinged = now
                     continue
+                heard, pinged = now, None  # anything at all proves the connection alive
                 if message["type"] == "subscribe":
                     pending -= 1
                     if pending == 0:
@@ -471,16 +488,40 @@ class RedisBroker:
     # --- leases -----------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
+        self._renewed_at = trio.current_time()
         while True:
             with trio.move_on_after(self.heartbeat_seconds):
                 await self._beat_now.wait()
             self._beat_now = trio.Event()
             await self._beat()
+            self._fence()
+
+    def _fence(self) -> None:
+        """Give up users whose leases may have lapsed while Redis was out of reach.
+
+        Once renewals have failed for a lease minus a heartbeat, another node may
+        soon (or already) hold our users: close their connections here rather than
+        serve a user twice. They can log in again as soon as Redis answers."""
+        if not self._claims:
+            return
+        silent = trio.current_time() - self._renewed_at
+        if silent <= self.lease_seconds - self.heartbeat_seconds:
+            return
+        log.error(
+            "no lease renewal for %.1fs: closing %d connections whose users may be "
+            "logged in elsewhere by now",
+            silent,
+            len(self._claims),
+        )
+        claims, self._claims = list(self._claims.items()), {}
+        for user_id, holder in claims:
+            self._deliver(Evict(user_id, holder))
 
     async def _beat(self) -> None:
         """Check the epoch and renew (or re-create) this node's leases; never raises
         ``BrokerUnavailable`` (the next beat tries again)."""
         claims = list(self._claims.items())
+        started = trio.current_time()
         try:
             epoch = _text(
                 await self._call(
@@ -512,6 +553,7 @@ class RedisBroker:
                 log.warning("Redis unavailable: %s (logins answer 'unavailable')", exc)
                 self._outage_logged = True
             return
+        self._renewed_at = started
         reset = self._epoch is not None and epoch != self._epoch
         self._epoch = epoch
         if reset:

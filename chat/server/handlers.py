@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import trio
+
 from chat.protocol import ErrorCode, RequestError
 from chat.protocol.codec import encode_event
 from chat.protocol.messages import (
@@ -119,6 +121,8 @@ async def login(session: Session, request: Login) -> Result:
     if not await session.begin_login(user):
         raise RequestError(ErrorCode.ALREADY_ONLINE, f"{user.name!r} is logged in elsewhere")
     try:
+        # Deletions that failed earlier on this node must happen before counting.
+        await services.acknowledger.settle(user.id)
         # Presence is claimed before the snapshot: a message stored from now on either
         # counts in ``offline`` or wakes this session, never neither.
         snapshot = await services.store.login_snapshot(user.id)
@@ -240,9 +244,14 @@ async def group_send(session: Session, request: GroupSend) -> Result:
 
 
 async def _sent(session: Session, stored: StoredMessage) -> Result:
-    """The message is durable now; wake its recipients wherever they are."""
-    if stored.created:
-        await session.services.router.wake(stored.recipients)
+    """The message is durable now; wake its recipients wherever they are.
+
+    Shielded: once stored, the wake-up must go out even if this request is being
+    cancelled (the node is stopping), or an online recipient would wait for their
+    next login. Redis's socket timeouts bound how long it can take."""
+    if stored.recipients:
+        with trio.CancelScope(shield=True):
+            await session.services.router.wake(stored.recipients)
     return Sent(stored.message_id, stored.ts)
 
 

@@ -27,6 +27,7 @@ from chat.broker import Broker
 from chat.store import Store
 from chat.transports import LineStream, MessageStream, enable_keepalive, serve_websocket
 
+from .acknowledger import Acknowledger
 from .passwords import PasswordHasher
 from .router import Router
 from .services import Services
@@ -46,6 +47,7 @@ class Node:
             broker=broker,
             router=self.router,
             hasher=PasswordHasher(settings.hash_concurrency),
+            acknowledger=Acknowledger(store),
         )
         self._serials = itertools.count(1)
         self._sessions: set[Session] = set()
@@ -66,6 +68,7 @@ class Node:
         ws_listeners = await self._open_ws_listeners(listeners)
         async with trio.open_nursery() as services:
             await services.start(self.services.broker.run, self.router.on_notice)
+            await services.start(self.services.acknowledger.run)
             async with trio.open_nursery() as connections:
                 accepting = trio.CancelScope()
                 connections.start_soon(self._accept, listeners, connections, accepting)

@@ -7,6 +7,7 @@ import attrs
 from chat.broker import Broker
 from chat.store import Store
 
+from .acknowledger import Acknowledger
 from .passwords import PasswordHasher
 from .router import Router
 from .settings import Settings
@@ -19,3 +20,4 @@ class Services:
     broker: Broker
     router: Router
     hasher: PasswordHasher
+    acknowledger: Acknowledger

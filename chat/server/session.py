@@ -268,7 +268,9 @@ class Session:
         try:
             self._outbox.send_nowait(Outgoing(payload))
         except trio.WouldBlock:
-            self._abort("outbox full (client too slow)")
+            # A busy client is not a slow one yet (queued messages get their grace time);
+            # a transient event is not kept, and the next login's friend list shows it.
+            log.warning("outbox of %s full: a %d-byte event was dropped", self.holder, len(payload))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 
@@ -396,10 +398,12 @@ class Session:
             try:
                 await self.services.store.acknowledge(user_id, seqs)
             except StoreError as exc:
-                # Still kept, and still in ``_inflight``: sent again only at the next login.
+                # Still kept (and still in ``_inflight``, so not queued again here): the
+                # node retries the deletion, and the next login settles it first.
                 log.warning(
-                    "could not acknowledge %d messages of user %d: %s", len(seqs), user_id, exc
+                    "acknowledging %d messages of user %d failed: %s", len(seqs), user_id, exc
                 )
+                self.services.acknowledger.defer(user_id, seqs)
                 continue
             self._acknowledged.update(seqs)
 

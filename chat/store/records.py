@@ -71,7 +71,8 @@ class StoredMessage:
     ts: int
     recipients: list[int]
     created: bool
-    """False when the ``cid`` had been used already: nothing new is delivered."""
+    """False when the ``cid`` had been used already: nothing new is stored, and
+    ``recipients`` are those still waiting for the first attempt's message."""
 
 
 @attrs.frozen

@@ -10,11 +10,13 @@ happens inside one function here, which is what makes checks such as "is the
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
+from .coalesce import Coalescer
 from .dialect import Connection, Cursor, Dialect
 from .errors import (
     AlreadyFriends,
@@ -60,6 +62,8 @@ class Store:
     def __init__(self, dialect: Dialect, pool_size: int | None = None) -> None:
         self.dialect = dialect
         self.pool = ConnectionPool(dialect, pool_size or dialect.pool_size)
+        self._pending_calls = Coalescer(self._pending_batch)
+        self._acknowledge_calls = Coalescer(self._acknowledge_batch)
 
     def close(self) -> None:
         self.pool.close()
@@ -325,34 +329,86 @@ class Store:
             return earlier
 
     async def pending(self, user_id: int, limit: int, after_seq: int = 0) -> list[PendingDelivery]:
-        """The oldest messages kept for a user, oldest first."""
+        """The oldest messages kept for a user, oldest first.
 
-        def body(sql: _Sql) -> list[PendingDelivery]:
-            rows = sql.all(
-                "SELECT d.seq, m.id, m.sender_id, u.name, m.recipient_id, m.group_id, m.body, m.ts"
-                " FROM deliveries d"
-                " JOIN messages m ON m.id = d.message_id"
-                " JOIN users u ON u.id = m.sender_id"
-                " WHERE d.user_id = ? AND d.seq > ? ORDER BY d.seq LIMIT ?",
-                (user_id, after_seq, limit),
-            )
-            return [PendingDelivery.from_row(row) for row in rows]
+        Concurrent calls share one read transaction (``chat.store.coalesce``): a group
+        message wakes hundreds of sessions at once, and they read in one query."""
+        return await self._pending_calls((user_id, limit, after_seq))
+
+    async def _pending_batch(
+        self, requests: Sequence[tuple[int, int, int]]
+    ) -> list[list[PendingDelivery]]:
+        by_page: dict[tuple[int, int], set[int]] = defaultdict(set)
+        for user_id, limit, after_seq in requests:
+            by_page[(limit, after_seq)].add(user_id)
+
+        def body(sql: _Sql) -> list[list[PendingDelivery]]:
+            found: dict[tuple[int, int, int], list[PendingDelivery]] = {}
+            for (limit, after_seq), users in by_page.items():
+                rows_by_user: dict[int, list[PendingDelivery]] = {user: [] for user in users}
+                for row in _pending_rows(sql, sorted(users), limit, after_seq):
+                    rows_by_user[int(row[8])].append(PendingDelivery.from_row(row))
+                for user, rows in rows_by_user.items():
+                    found[(user, limit, after_seq)] = rows
+            return [found[request] for request in requests]
 
         return await self._run(body, write=False)
 
     async def acknowledge(self, user_id: int, seqs: Sequence[int]) -> None:
-        """Forget deliveries that were written to the user's connection."""
+        """Forget deliveries that were written to the user's connection.
+
+        Concurrent calls (the writers of many sessions) share one transaction, so one
+        commit, instead of one each; each call returns once that commit is done."""
         if not seqs:
             return
+        await self._acknowledge_calls((user_id, tuple(seqs)))
+
+    async def _acknowledge_batch(
+        self, requests: Sequence[tuple[int, tuple[int, ...]]]
+    ) -> list[None]:
+        by_user: dict[int, set[int]] = defaultdict(set)
+        for user_id, seqs in requests:
+            by_user[user_id].update(seqs)
 
         def body(sql: _Sql) -> None:
-            marks = ", ".join("?" for _ in seqs)
-            sql.execute(
-                f"DELETE FROM deliveries WHERE user_id = ? AND seq IN ({marks})",
-                (user_id, *seqs),
-            )
+            for user_id, seqs in sorted(by_user.items()):
+                ordered = sorted(seqs)
+                marks = ", ".join("?" for _ in ordered)
+                sql.execute(
+                    f"DELETE FROM deliveries WHERE user_id = ? AND seq IN ({marks})",
+                    (user_id, *ordered),
+                )
 
         await self._run(body, write=True)
+        return [None] * len(requests)
+
+
+_PENDING_COLUMNS = (
+    "d.seq, m.id, m.sender_id, u.name, m.recipient_id, m.group_id, m.body, m.ts, d.user_id"
+)
+_PENDING_FROM = (
+    " FROM deliveries d JOIN messages m ON m.id = d.message_id JOIN users u ON u.id = m.sender_id"
+)
+
+
+def _pending_rows(sql: _Sql, users: Sequence[int], limit: int, after_seq: int) -> list[Any]:
+    """The first ``limit`` kept rows after ``after_seq`` of each user (user id last)."""
+    if len(users) == 1:
+        # One user (a login's backlog, paged): a plain LIMIT reads only the page.
+        return sql.all(
+            f"SELECT {_PENDING_COLUMNS}{_PENDING_FROM}"
+            " WHERE d.user_id = ? AND d.seq > ? ORDER BY d.seq LIMIT ?",
+            (users[0], after_seq, limit),
+        )
+    marks = ", ".join("?" for _ in users)
+    return sql.all(
+        "SELECT seq, id, sender_id, name, recipient_id, group_id, body, ts, user_id FROM ("
+        f" SELECT {_PENDING_COLUMNS},"
+        " ROW_NUMBER() OVER (PARTITION BY d.user_id ORDER BY d.seq) AS n"
+        f"{_PENDING_FROM} WHERE d.user_id IN ({marks}) AND d.seq > ?"
+        ") page WHERE n <= ? ORDER BY user_id, seq",
+        (*users, after_seq, limit),
+    )
 
 
 class _Sql:
@@ -391,7 +447,12 @@ def _earlier_send(sql: _Sql, sender_id: int, cid: str | None) -> StoredMessage |
     row = sql.one("SELECT id, ts FROM messages WHERE sender_id = ? AND cid = ?", (sender_id, cid))
     if row is None:
         return None
-    return StoredMessage(int(row[0]), int(row[1]), [], created=False)
+    # Recipients still waiting for it: the first attempt may have been stored without
+    # waking them (its reply, or its wake-up, was lost), so the retry wakes them again.
+    waiting = sql.all(
+        "SELECT user_id FROM deliveries WHERE message_id = ? ORDER BY user_id", (int(row[0]),)
+    )
+    return StoredMessage(int(row[0]), int(row[1]), [int(r[0]) for r in waiting], created=False)
 
 
 def _memberships(sql: _Sql, user_id: int) -> list[MembershipRecord]:
