@@ -219,6 +219,11 @@ async def test_a_retried_send_wakes_recipients_the_first_attempt_did_not(node: N
         bob_id = await register(bob, "bob")
         await login(ann, "ann")
         await login(bob, "bob")
+        # Once bob has one message and a moment has passed (a wake-up that raced with
+        # his first read is spent), his delivery task is idle, waiting for a wake-up.
+        await ann.call("send", to=bob_id, text="hello")
+        assert (await bob.next_event())["text"] == "hello"
+        await no_event(bob, 0.3)
         stored = await node.services.store.store_direct(ann_id, bob_id, "lost wake", "c-1")
         await no_event(bob)
         retry = await ann.call("send", to=bob_id, text="lost wake", cid="c-1")

@@ -8,7 +8,7 @@ never an id the client sent.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -56,10 +56,11 @@ from chat.store import (
     UserRecord,
 )
 
-from .session import Session
+if TYPE_CHECKING:
+    from .session import Session
 
 R = TypeVar("R", bound=Request)
-Handler = Callable[[Session, Any], Awaitable[Result]]
+Handler = Callable[["Session", Any], Awaitable[Result]]
 _HANDLERS: dict[type, Handler] = {}
 
 # Check order, after decoding: logged-in state, then the request's own errors.

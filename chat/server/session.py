@@ -37,13 +37,13 @@ from chat.protocol.messages import (
     LoginResult,
     MessageEvent,
     Ok,
-    Request,
     Rid,
     UserRef,
 )
 from chat.store import PendingDelivery, StoreError, StoreUnavailable, UserRecord
 from chat.transports import FrameRejected, MessageStream, StreamClosed
 
+from .handlers import dispatch
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -149,8 +149,6 @@ class Session:
             await self._handle_frame(frame)
 
     async def _handle_frame(self, frame: bytes | str) -> None:
-        from .handlers import dispatch  # handlers import this module
-
         try:
             decoded = decode_request(frame)
         except ProtocolError as exc:
@@ -165,7 +163,7 @@ class Session:
         except (StoreUnavailable, BrokerUnavailable) as exc:
             log.warning("%s failed: %s", decoded.request.TYPE, exc)
             await self._reply_error(
-                rid, ErrorCode.UNAVAILABLE, "the server cannot reach its database now; try again"
+                rid, ErrorCode.UNAVAILABLE, "the server cannot do this right now; try again"
             )
             return
         except StoreError:
@@ -174,7 +172,7 @@ class Session:
             return
         except Exception:
             # A bug must cost one request, never the connection or the server.
-            log.exception("%s failed unexpectedly", _describe(decoded.request))
+            log.exception("request %s failed unexpectedly", decoded.request.TYPE)
             await self._reply_error(rid, ErrorCode.INTERNAL_ERROR, "internal server error")
             return
         await self._queue(Outgoing(encode_reply(Ok(rid, result))))
@@ -416,7 +414,3 @@ class Session:
                 return
             if isinstance(item, Flush):
                 item.done.set()
-
-
-def _describe(request: Request) -> str:
-    return f"request {request.TYPE}"
