@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import trio
@@ -276,3 +277,109 @@ async def nginx_proxy(node_ports: tuple[int, int], directory: Path) -> AsyncIter
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+# --- a freezable TCP proxy -------------------------------------------------------
+
+
+class _Link:
+    """One proxied connection."""
+
+    def __init__(self, *, frozen: bool) -> None:
+        self.frozen = frozen
+        self.subscriber = False
+        """The client sent SUBSCRIBE on it: a pub/sub connection."""
+
+
+class FreezableProxy:
+    """A TCP proxy to Redis whose connections a test can freeze.
+
+    A frozen connection forwards nothing in either direction and is never closed:
+    what a half-open connection (a host gone without a FIN, a NAT that forgot the
+    flow) looks like to both ends. Nothing errors; everything stays silent.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.blackhole = False
+        """Freeze new connections as well (Redis is out of reach altogether)."""
+        self._links: list[_Link] = []
+        self._thawed = trio.Event()
+
+    def url(self, redis_url: str) -> str:
+        """The same Redis URL, through this proxy."""
+        parts = urlsplit(redis_url)
+        return urlunsplit(parts._replace(netloc=f"{parts.hostname}:{self.port}"))
+
+    def freeze(self, *, subscribers_only: bool = False) -> int:
+        """Freeze the open connections (or only the pub/sub ones); how many froze."""
+        chosen = [link for link in self._links if link.subscriber or not subscribers_only]
+        for link in chosen:
+            link.frozen = True
+        return len(chosen)
+
+    def cut(self) -> None:
+        """Freeze every connection, open or still to come."""
+        self.blackhole = True
+        self.freeze()
+
+    def thaw(self) -> None:
+        """Forward everything again, what was held back first."""
+        self.blackhole = False
+        for link in self._links:
+            link.frozen = False
+        self._thawed.set()
+        self._thawed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = int(listeners[0].socket.getsockname()[1])
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, down: trio.SocketStream) -> None:
+        link = _Link(frozen=self.blackhole)
+        self._links.append(link)
+        try:
+            async with down:
+                try:
+                    up = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+                except OSError:
+                    return
+                async with up, trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump, link, down, up, nursery.cancel_scope, True)
+                    nursery.start_soon(self._pump, link, up, down, nursery.cancel_scope, False)
+        finally:
+            self._links.remove(link)
+
+    async def _pump(
+        self,
+        link: _Link,
+        source: trio.SocketStream,
+        sink: trio.SocketStream,
+        done: trio.CancelScope,
+        to_redis: bool,
+    ) -> None:
+        try:
+            while data := await source.receive_some():
+                if to_redis and b"SUBSCRIBE" in data:
+                    link.subscriber = True
+                while link.frozen:
+                    await self._thawed.wait()
+                await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            done.cancel()  # one side is gone: so is the connection
+
+
+@asynccontextmanager
+async def freezable_proxy(target_port: int) -> AsyncIterator[FreezableProxy]:
+    proxy = FreezableProxy(target_port)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.run)
+        try:
+            yield proxy
+        finally:
+            nursery.cancel_scope.cancel()

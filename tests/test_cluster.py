@@ -29,6 +29,7 @@ from .cluster_support import (
     Tally,
     cluster_node,
     dial,
+    freezable_proxy,
     make_broker,
     nginx_proxy,
     node_process,
@@ -465,3 +466,95 @@ async def test_send_while_redis_is_down_is_stored(
             await trio.to_thread.run_sync(redis_server.start)
         event = await receive(bob, "message")
         assert event["message_id"] == sent["message_id"]
+
+
+async def test_a_silently_dead_subscription_is_replaced(
+    mysql_url: str, redis_url: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node B's pub/sub connection goes half-open (silent, never closed): B pings it,
+    gets no pong, subscribes again and re-reads the store, so bob still gets the
+    message alice sent while B was deaf."""
+    # Ping after 1 s of silence instead of 5 s, only to keep the test short.
+    monkeypatch.setattr("chat.broker.redis.PING_SECONDS", 1.0)
+    async with (
+        freezable_proxy(redis_server.port) as proxy,
+        cluster_node(mysql_url, make_broker(redis_url, "node-a")) as a,
+        cluster_node(mysql_url, make_broker(proxy.url(redis_url), "node-b")) as b,
+        client(a) as alice,
+        client(b) as bob,
+    ):
+        await register(alice, "alice")
+        bob_id = await register(bob, "bob")
+        await login(alice, "alice")
+        await login(bob, "bob")
+        await alice.call("send", to=bob_id, text="before")
+        assert (await receive(bob, "message"))["text"] == "before"  # B hears, via the proxy
+
+        # Only the subscription dies: B's commands still reach Redis, so its leases stay
+        # renewed (frozen command connections would stall renewals until B fences bob off).
+        assert proxy.freeze(subscribers_only=True) == 1
+        sent = await alice.call("send", to=bob_id, text="while B is deaf")
+        event = await receive(bob, "message")
+        assert (event["message_id"], event["text"]) == (sent["message_id"], "while B is deaf")
+        await no_event(bob)
+
+
+@pytest.mark.slow
+async def test_a_node_cut_off_from_redis_closes_its_users(
+    mysql_url: str, redis_url: str, redis_server: RedisServer
+) -> None:
+    """Node B loses Redis (open connections go silent, new ones hang): once it has failed
+    to renew for a lease minus a heartbeat, it closes bob's connection itself, since his
+    lease may lapse and bob log in elsewhere; and bob can log in on node A."""
+    async with (
+        freezable_proxy(redis_server.port) as proxy,
+        cluster_node(mysql_url, make_broker(redis_url, "node-a")) as a,
+        cluster_node(mysql_url, make_broker(proxy.url(redis_url), "node-b")) as b,
+        client(b) as bob,
+    ):
+        await register(bob, "bob")
+        await login(bob, "bob")
+        proxy.cut()
+        try:
+            with trio.fail_after(DEADLINE):
+                await bob.closed.wait()
+            assert logged_in(b) == set()
+            async with client(a) as again:
+                await login_when_free(again, "bob")
+                assert logged_in(a) == {"bob"}
+        finally:
+            proxy.thaw()  # B's Redis calls in flight finish, so B stops promptly
+
+
+@pytest.mark.slow
+async def test_a_node_cut_off_from_redis_lets_go_before_its_leases_lapse(
+    mysql_url: str, redis_url: str, redis_server: RedisServer
+) -> None:
+    """Never two nodes at once: by the time bob can log in on A (his lease on B's
+    Redis ran out), B has closed his old connection, not a moment later."""
+    lease = 6.0  # the fence acts a heartbeat (2 s) before the lease would lapse
+    async with (
+        freezable_proxy(redis_server.port) as proxy,
+        cluster_node(mysql_url, make_broker(redis_url, "node-a")) as a,
+        cluster_node(
+            mysql_url, RedisBroker(proxy.url(redis_url), "node-b", lease_seconds=lease)
+        ) as b,
+        client(b) as bob,
+        client(a) as alice,
+    ):
+        await register(alice, "alice")
+        await register(bob, "bob")
+        await login(bob, "bob")
+        proxy.cut()
+        try:
+            async with client(a) as again:
+                with trio.fail_after(lease + DEADLINE):
+                    while True:
+                        reply = await again.request("login", name="bob", password="secret")
+                        if reply["type"] == "ok":
+                            break
+                        assert reply["code"] in ("already_online", "unavailable"), reply
+                        await trio.sleep(0.05)
+                assert bob.closed.is_set(), "bob was served by two nodes at once"
+        finally:
+            proxy.thaw()

@@ -341,6 +341,7 @@ class RedisBroker:
                 await self._beat()
                 await self._sit_out_settling()
                 nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self._fence_watch)
                 task_status.started()
         finally:
             self._handler = None
@@ -360,9 +361,12 @@ class RedisBroker:
         return False
 
     async def release(self, user_id: int, holder: str) -> None:
+        if self._claims.get(user_id) != holder:
+            # Fenced off (or never held): the lease is left to expire, and the closing
+            # connection must not wait on a Redis that may not answer.
+            return
         # Forget the lease first: if Redis cannot be told now, it expires unrenewed.
-        if self._claims.get(user_id) == holder:
-            del self._claims[user_id]
+        del self._claims[user_id]
         await self._call(self._release_script, [self.presence_key(user_id)], [self._value(holder)])
 
     async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
@@ -494,18 +498,27 @@ class RedisBroker:
                 await self._beat_now.wait()
             self._beat_now = trio.Event()
             await self._beat()
-            self._fence()
 
-    def _fence(self) -> None:
-        """Give up users whose leases may have lapsed while Redis was out of reach.
+    async def _fence_watch(self) -> None:
+        """Give up users whose leases may lapse while Redis is out of reach.
 
-        Once renewals have failed for a lease minus a heartbeat, another node may
-        soon (or already) hold our users: close their connections here rather than
-        serve a user twice. They can log in again as soon as Redis answers."""
+        Once no renewal has reached Redis for a lease minus a heartbeat, the leases
+        run out within a heartbeat and another node may then log our users in: close
+        their connections here first, rather than serve a user twice. This runs on its
+        own clock, not after a beat, because a beat against a Redis that does not
+        answer hangs for its socket timeouts. The users can log in again as soon as
+        Redis answers."""
+        margin = self.lease_seconds - self.heartbeat_seconds
+        while True:
+            fence_at = self._renewed_at + margin
+            if trio.current_time() < fence_at:
+                await trio.sleep_until(fence_at)
+                continue
+            self._fence(trio.current_time() - self._renewed_at)
+            await trio.sleep(self.heartbeat_seconds / 2)  # still silent: look again soon
+
+    def _fence(self, silent: float) -> None:
         if not self._claims:
-            return
-        silent = trio.current_time() - self._renewed_at
-        if silent <= self.lease_seconds - self.heartbeat_seconds:
             return
         log.error(
             "no lease renewal for %.1fs: closing %d connections whose users may be "
