@@ -1,0 +1,199 @@
+"""``chat-bench``: drive a running server or cluster and print what it can carry.
+
+Prints one summary block per scenario and, last, one JSON line with every
+figure (``{"chat_bench": 1, "ok": ..., "results": {...}}``). Exit status: 0
+when every check passed, 1 when a delivery was lost, repeated or reordered (or
+requests failed), 2 when the run could not be done at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from .model import DEFAULT_PREFIX, BenchConfig
+from .report import describe, json_line
+from .runner import LoadFailed
+from .scenarios import ALL, SCENARIOS, Figures
+from .worker import raise_file_limit
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+def _ports(text: str) -> tuple[int, ...]:
+    try:
+        ports = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write ports as 6000,6002") from None
+    if not ports or not all(0 < port < 65536 for port in ports):
+        raise argparse.ArgumentTypeError(f"{text!r}: write ports as 6000,6002")
+    return ports
+
+
+def _scenarios(text: str) -> list[str]:
+    names: list[str] = []
+    for part in text.split(","):
+        name = part.strip()
+        if name == "all":
+            names.extend(ALL)
+        elif name in SCENARIOS:
+            names.append(name)
+        else:
+            choices = ", ".join([*SCENARIOS, "all"])
+            raise argparse.ArgumentTypeError(f"unknown scenario {name!r} (choose from {choices})")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chat-bench",
+        description="Load a running chat server or cluster over TCP with simulated users; "
+        "check every delivery; print a summary and one JSON line of figures.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="server or load balancer address")
+    parser.add_argument(
+        "--ports",
+        type=_ports,
+        default=(6000,),
+        help="comma-separated ports; users are spread over them (default 6000)",
+    )
+    parser.add_argument(
+        "--scenario",
+        type=_scenarios,
+        default=list(ALL),
+        help="comma-separated: auth, direct, open, group, offline, capacity, or all "
+        "(= auth,direct,open,group,offline; default all)",
+    )
+    parser.add_argument(
+        "--users",
+        type=_positive_int,
+        default=100,
+        help="simulated users (for capacity: connections to hold; default 100)",
+    )
+    parser.add_argument(
+        "--messages",
+        type=_positive_int,
+        default=100,
+        help="messages per sender (direct, offline) or to the group (group); default 100",
+    )
+    parser.add_argument("--group-size", type=_positive_int, default=50, help="default 50")
+    parser.add_argument(
+        "--rate",
+        type=_positive,
+        default=1000.0,
+        help="open loop: messages per second offered, in total (default 1000)",
+    )
+    parser.add_argument(
+        "--group-rate",
+        type=_non_negative,
+        default=0.0,
+        help="group messages per second; 0 = closed loop (default)",
+    )
+    parser.add_argument(
+        "--duration", type=_positive, default=10.0, help="open loop: seconds (default 10)"
+    )
+    parser.add_argument("--procs", type=_positive_int, default=1, help="load processes (default 1)")
+    parser.add_argument("--seed", type=int, default=1, help="shuffles who sends to whom")
+    parser.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help="account names are PREFIX-u0, PREFIX-u1, ...; registered on first use and "
+        "reused by later runs (default %(default)s)",
+    )
+    parser.add_argument(
+        "--server-pid",
+        type=_positive_int,
+        default=None,
+        help="pid of a local server process: capacity reports its memory per connection",
+    )
+    parser.add_argument(
+        "--drain-seconds",
+        type=_positive,
+        default=30.0,
+        help="how long to wait for outstanding deliveries before calling them lost",
+    )
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        host=args.host,
+        ports=args.ports,
+        users=args.users,
+        messages=args.messages,
+        group_size=args.group_size,
+        rate=args.rate,
+        duration=args.duration,
+        group_rate=args.group_rate,
+        procs=args.procs,
+        seed=args.seed,
+        prefix=args.prefix,
+        run_id=uuid.uuid4().hex[:10],
+        drain_seconds=args.drain_seconds,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = config_from(args)
+    limit = raise_file_limit()
+    if "capacity" in args.scenario and limit < config.users + 100:
+        print(
+            f"chat-bench: only {limit} open files allowed; raise `ulimit -n` to hold"
+            f" {config.users} connections",
+            file=sys.stderr,
+        )
+        return 2
+    if "offline" in args.scenario and config.users < 2 * config.procs:
+        print("chat-bench: offline needs at least two users per load process", file=sys.stderr)
+        return 2
+    results: dict[str, Figures] = {}
+    ok = True
+    status = 0
+    for name in args.scenario:
+        try:
+            figures = SCENARIOS[name](config, sys.stderr, args.server_pid)
+        except LoadFailed as exc:
+            print(f"chat-bench: {name}: {exc}", file=sys.stderr)
+            results[name] = {"ok": False, "error": str(exc).splitlines()[-1][:500]}
+            ok = False
+            status = 2
+            break
+        results[name] = figures
+        ok = ok and bool(figures["ok"])
+        print("\n".join(describe(name, figures)), flush=True)
+    if status == 0 and not ok:
+        status = 1
+    params: dict[str, Any] = attrs.asdict(config)
+    params["ports"] = list(config.ports)
+    params["scenarios"] = args.scenario
+    print(json_line(params, results, ok), flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

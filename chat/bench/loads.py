@@ -1,0 +1,454 @@
+"""The load each scenario puts on the server, as run inside one load process.
+
+Each function logs its users in (setup, not measured unless the scenario is
+about logins), meets the other processes at ``worker.sync``, runs, waits for
+outstanding deliveries, and returns plain data for ``scenarios`` to merge.
+Message text is ``run_id|seq|send_time|padding``: the receiver needs nothing
+else to check order and to time the delivery (``time.monotonic`` is one clock
+for every process of the machine).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from array import array
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from .conn import Json
+from .stats import DeliveryChecker
+from .worker import BenchError, BenchUser, Worker
+
+PAD = "x" * 40
+"""Message bodies carry some text, like a short chat line."""
+GROUP_NAME = "{prefix}-g{size}"
+
+
+def message_text(worker: Worker, seq: int, sent_at: float) -> str:
+    return f"{worker.tag}{seq}|{sent_at:.6f}|{PAD}"
+
+
+def parse_text(text: str) -> tuple[int, float]:
+    _, seq, sent_at, _ = text.split("|", 3)
+    return int(seq), float(sent_at)
+
+
+async def sleep_until_monotonic(when: float) -> None:
+    delay = when - time.monotonic()
+    if delay > 0:
+        await trio.sleep(delay)
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    """Poll ``condition`` until it holds or ``seconds`` pass; deliveries arrive meanwhile."""
+    with trio.move_on_after(seconds):
+        # Polling keeps the receive path free of bookkeeping; 10 ms is far below the figures.
+        while not condition():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        return True
+    return condition()
+
+
+class Receipts:
+    """Checks and times the one-to-one messages a load process receives."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.checker = DeliveryChecker()
+        self.latencies = array("d")
+        self.last_receipt = 0.0
+        self.wrong_kind = 0
+
+    def on_event(self, user: BenchUser, event: Json) -> None:
+        now = time.monotonic()
+        if event.get("type") != "message":
+            self.wrong_kind += 1
+            return
+        seq, sent_at = parse_text(event["text"])
+        if self.checker.received(user.id, int(event["from"]["id"]), seq):
+            self.latencies.append(now - sent_at)
+        self.last_receipt = now
+        self.worker.count_received()
+
+
+def ring(worker: Worker, users: list[int]) -> dict[int, int]:
+    """Each user sends to the next one of a ring shuffled by the seed (alone: to itself)."""
+    order = list(users)
+    random.Random(worker.config.seed * 1000 + worker.job.worker).shuffle(order)
+    return {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+
+
+# --- register and login --------------------------------------------------------
+
+
+async def auth(worker: Worker) -> dict[str, Any]:
+    """Register fresh accounts, then log them in: the cost of scrypt, on purpose."""
+    config = worker.config
+    limiter = trio.CapacityLimiter(config.login_concurrency)
+    users = [await worker.connect(index) for index in worker.job.users]
+    for user in users:
+        user.name = f"{config.prefix}-a{config.run_id}-{user.index}"
+    result: dict[str, Any] = {}
+    for phase in ("register", "login"):
+        durations = array("d")
+        errors = 0
+        start_at = await worker.sync()
+        await sleep_until_monotonic(start_at)
+
+        async def one(user: BenchUser, kind: str = phase, times: array[float] = durations) -> None:
+            nonlocal errors
+            async with limiter:
+                started = time.monotonic()
+                reply = await user.conn.call(kind, name=user.name, password="bench-password")
+                if reply.get("type") == "ok":
+                    times.append(time.monotonic() - started)
+                    worker.count_sent()
+                else:
+                    errors += 1
+
+        async with trio.open_nursery() as nursery:
+            for user in users:
+                nursery.start_soon(one, user)
+        result[phase] = {
+            "latencies": durations.tobytes(),
+            "start": start_at,
+            "end": time.monotonic(),
+            "errors": errors,
+        }
+    return result
+
+
+# --- one-to-one ----------------------------------------------------------------------
+
+
+async def direct(worker: Worker) -> dict[str, Any]:
+    """Closed loop: every user sends ``messages`` messages, each after the last one's ``ok``."""
+    users = list(worker.job.users)
+    await worker.connect_all(users)
+    targets = ring(worker, users)
+    receipts = Receipts(worker)
+    worker.on_event = receipts.on_event
+    acks = array("d")
+    errors = 0
+
+    async def sender(index: int) -> None:
+        nonlocal errors
+        me, them = worker.users[index], worker.users[targets[index]]
+        for seq in range(1, worker.config.messages + 1):
+            sent_at = time.monotonic()
+            reply = await me.conn.call("send", to=them.id, text=message_text(worker, seq, sent_at))
+            if reply.get("type") == "ok":
+                acks.append(time.monotonic() - sent_at)
+                receipts.checker.acked(them.id, me.id, seq)
+                worker.count_sent()
+            else:
+                errors += 1
+
+    start_at = await worker.sync(len(users))
+    await sleep_until_monotonic(start_at)
+    async with trio.open_nursery() as nursery:
+        for index in users:
+            nursery.start_soon(sender, index)
+    sends_done = time.monotonic()
+    await wait_for(lambda: receipts.checker.missing() == 0, worker.config.drain_seconds)
+    return {
+        "start": start_at,
+        "sends_done": sends_done,
+        "last_receipt": receipts.last_receipt,
+        "sent": len(acks),
+        "errors": errors,
+        "delivered": receipts.checker.delivered,
+        "latencies": receipts.latencies.tobytes(),
+        "acks": acks.tobytes(),
+        "wrong_kind": receipts.wrong_kind,
+        "verdict": receipts.checker.finish(),
+    }
+
+
+async def open_loop(worker: Worker) -> dict[str, Any]:
+    """Open loop: sends leave on a fixed schedule whether or not earlier ones were answered.
+
+    Latency counts from the *scheduled* time, so a stalled server (or generator)
+    shows up as latency instead of quietly lowering the offered rate.
+    """
+    config = worker.config
+    users = list(worker.job.users)
+    await worker.connect_all(users)
+    targets = ring(worker, users)
+    receipts = Receipts(worker)
+    worker.on_event = receipts.on_event
+    rate = config.rate * len(users) / config.users
+    interval = 1.0 / rate
+    outstanding = 0
+    errors = 0
+    acks = array("d")
+
+    def on_reply(
+        me: BenchUser, them: BenchUser, seq: int, sent_at: float
+    ) -> Callable[[Json], None]:
+        def got(reply: Json) -> None:
+            nonlocal outstanding, errors
+            outstanding -= 1
+            if reply.get("type") == "ok":
+                acks.append(time.monotonic() - sent_at)
+                receipts.checker.acked(them.id, me.id, seq)
+            else:
+                errors += 1
+
+        return got
+
+    start_at = await worker.sync(len(users))
+    end_at = start_at + config.duration
+    seqs: dict[int, int] = defaultdict(int)
+    behind = 0.0
+    tick = 0
+    while True:
+        scheduled = start_at + tick * interval
+        if scheduled >= end_at:
+            break
+        now = time.monotonic()
+        if scheduled > now:
+            await trio.sleep(scheduled - now)
+        else:
+            behind = max(behind, now - scheduled)
+        index = users[tick % len(users)]
+        me, them = worker.users[index], worker.users[targets[index]]
+        seqs[index] += 1
+        seq = seqs[index]
+        outstanding += 1
+        await me.conn.request(
+            "send",
+            on_reply(me, them, seq, scheduled),
+            to=them.id,
+            text=message_text(worker, seq, scheduled),
+        )
+        worker.count_sent()
+        tick += 1
+    sends_done = time.monotonic()
+    await wait_for(lambda: outstanding == 0, config.drain_seconds)
+    await wait_for(lambda: receipts.checker.missing() == 0, config.drain_seconds)
+    return {
+        "start": start_at,
+        "sends_done": sends_done,
+        "last_receipt": receipts.last_receipt,
+        "offered": tick,
+        "sent": len(acks),
+        "errors": errors,
+        "unanswered": outstanding,
+        "generator_lag": behind,
+        "delivered": receipts.checker.delivered,
+        "latencies": receipts.latencies.tobytes(),
+        "acks": acks.tobytes(),
+        "wrong_kind": receipts.wrong_kind,
+        "verdict": receipts.checker.finish(),
+    }
+
+
+# --- group fan-out ---------------------------------------------------------------------
+
+
+async def group(worker: Worker) -> dict[str, Any]:
+    """User 0 sends to a group of ``group_size`` members; the others receive."""
+    config = worker.config
+    users = list(worker.job.users)
+    name = GROUP_NAME.format(prefix=config.prefix, size=config.group_size)
+    group_id = 0
+    if 0 in users:
+        creator = await worker.connect(0)
+        login = await worker.login(creator)
+        known = [g["id"] for g in login["groups"] if g["name"] == name]
+        if known:
+            group_id = int(known[0])
+        else:
+            reply = await creator.conn.call("create_group", name=name, description="chat-bench")
+            if reply.get("type") == "ok":
+                group_id = int(reply["group"]["id"])
+    group_id = await worker.sync(group_id)
+    if not group_id:
+        raise BenchError(f"cannot find or create group {name}")
+    members = [index for index in users if index != 0]
+    await worker.connect_all(members)
+
+    async def join(index: int) -> None:
+        reply = await worker.users[index].conn.call("join_group", group_id=group_id)
+        if reply.get("type") == "error" and reply.get("code") != "already_member":
+            raise BenchError(f"cannot join group {group_id}: {reply.get('message')}")
+
+    async with trio.open_nursery() as nursery:
+        for index in members:
+            nursery.start_soon(join, index)
+
+    checker = DeliveryChecker()
+    last_member: dict[int, float] = defaultdict(float)
+    """For each message, the latest delivery seen by this process (latency to the last member)."""
+    every = array("d")
+    last_receipt = 0.0
+
+    def on_event(user: BenchUser, event: Json) -> None:
+        nonlocal last_receipt
+        now = time.monotonic()
+        if event.get("type") != "group_message" or event.get("group_id") != group_id:
+            worker.stale += 1
+            return
+        seq, sent_at = parse_text(event["text"])
+        if checker.received(user.id, int(event["from"]["id"]), seq):
+            latency = now - sent_at
+            every.append(latency)
+            if latency > last_member[seq]:
+                last_member[seq] = latency
+        last_receipt = now
+        worker.count_received()
+
+    worker.on_event = on_event
+    start_at = await worker.sync(len(members))
+    await sleep_until_monotonic(start_at)
+    acked: list[int] = []
+    acks = array("d")
+    if 0 in users:
+        sender = worker.users[0]
+        interval = 1.0 / config.group_rate if config.group_rate > 0 else 0.0
+        for seq in range(1, config.messages + 1):
+            scheduled = start_at + (seq - 1) * interval
+            if interval:
+                await sleep_until_monotonic(scheduled)
+            sent_at = scheduled if interval else time.monotonic()
+            reply = await sender.conn.call(
+                "group_send", group_id=group_id, text=message_text(worker, seq, sent_at)
+            )
+            if reply.get("type") == "ok":
+                acked.append(seq)
+                acks.append(time.monotonic() - sent_at)
+                worker.count_sent()
+    sends_done = time.monotonic()
+    all_acked: list[int] = await worker.sync(acked)
+    expected = len(members) * len(all_acked)
+    await wait_for(lambda: checker.delivered >= expected, config.drain_seconds)
+    return {
+        "start": start_at,
+        "sends_done": sends_done,
+        "last_receipt": last_receipt,
+        "members": len(members),
+        "acked": acked,
+        "counts": checker.seen_counts(),
+        "last_member": dict(last_member),
+        "latencies": every.tobytes(),
+        "acks": acks.tobytes(),
+        "delivered": checker.delivered,
+        "verdict": checker.finish(check_unexpected=False),
+    }
+
+
+# --- offline drain ---------------------------------------------------------------------
+
+
+async def offline(worker: Worker) -> dict[str, Any]:
+    """Pairs: a sender stores ``messages`` messages for a logged-out recipient, who then
+    logs in; measured from the login reply to the last kept message."""
+    config = worker.config
+    users = list(worker.job.users)
+    pairs = [(users[i], users[i + 1]) for i in range(0, len(users) - 1, 2)]
+    if not pairs:
+        raise BenchError("the offline scenario needs at least two users per load process")
+    await worker.connect_all(users)
+    receipts = Receipts(worker)
+    worker.on_event = receipts.on_event
+    for _, recipient in pairs:
+        reply = await worker.users[recipient].conn.call("logout")
+        if reply.get("type") != "ok":
+            raise BenchError(f"cannot log out: {reply.get('message')}")
+
+    async def fill(sender_index: int, recipient_index: int) -> None:
+        me, them = worker.users[sender_index], worker.users[recipient_index]
+        for seq in range(1, config.messages + 1):
+            reply = await me.conn.call(
+                "send", to=them.id, text=message_text(worker, seq, time.monotonic())
+            )
+            if reply.get("type") == "ok":
+                receipts.checker.acked(them.id, me.id, seq)
+                worker.count_sent()
+
+    async with trio.open_nursery() as nursery:
+        for sender_index, recipient_index in pairs:
+            nursery.start_soon(fill, sender_index, recipient_index)
+    start_at = await worker.sync(len(pairs) * config.messages)
+    await sleep_until_monotonic(start_at)
+    drains: list[dict[str, Any]] = []
+    limiter = trio.CapacityLimiter(config.login_concurrency)
+
+    async def drain(recipient_index: int) -> None:
+        user = worker.users[recipient_index]
+        async with limiter:
+            reply = await worker.login(user, register_missing=False)
+        replied = time.monotonic()
+        drains.append({"user": user.id, "replied": replied, "announced": reply["offline"]})
+
+    async with trio.open_nursery() as nursery:
+        for _, recipient_index in pairs:
+            nursery.start_soon(drain, recipient_index)
+    await wait_for(lambda: receipts.checker.missing() == 0, config.drain_seconds)
+    return {
+        "start": start_at,
+        "drains": drains,
+        "last_receipt": receipts.last_receipt,
+        "delivered": receipts.checker.delivered,
+        "expected": len(pairs) * config.messages,
+        "verdict": receipts.checker.finish(),
+    }
+
+
+# --- connection capacity ---------------------------------------------------------------
+
+
+WARM_UP_USERS = 2
+"""Logged in before the baseline is read, so the hash threads' memory is in the baseline."""
+
+
+async def capacity(worker: Worker) -> dict[str, Any]:
+    """Hold logged-in idle connections; then ping each once to prove it is alive."""
+    users = list(worker.job.users)
+    await worker.connect_all(users[:WARM_UP_USERS])
+    await worker.sync()
+    started = time.monotonic()
+    logins = await worker.connect_all(users[WARM_UP_USERS:])
+    held_at = time.monotonic()
+    await worker.sync({"held": len(worker.users), "login_start": started, "held_at": held_at})
+    pings = array("d")
+    failed = 0
+
+    async def ping(user: BenchUser) -> None:
+        nonlocal failed
+        sent = time.monotonic()
+        reply = await user.conn.call("ping")
+        if reply.get("type") == "ok":
+            pings.append(time.monotonic() - sent)
+        else:
+            failed += 1
+
+    async with trio.open_nursery() as nursery:
+        for user in worker.users.values():
+            nursery.start_soon(ping, user)
+    await worker.sync()
+    return {
+        "held": len(worker.users),
+        "warm": min(WARM_UP_USERS, len(users)),
+        "logins": array("d", logins).tobytes(),
+        "login_start": started,
+        "held_at": held_at,
+        "pings": pings.tobytes(),
+        "ping_failed": failed,
+        "dropped": sum(1 for user in worker.users.values() if user.conn.closed),
+    }
+
+
+LOADS: dict[str, Callable[[Worker], Awaitable[Any]]] = {
+    "auth": auth,
+    "direct": direct,
+    "open": open_loop,
+    "group": group,
+    "offline": offline,
+    "capacity": capacity,
+}

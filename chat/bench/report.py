@@ -1,0 +1,94 @@
+"""The human summary and the one JSON line of figures."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+Figures = dict[str, Any]
+
+
+def _lat(summary: dict[str, Any]) -> str:
+    return (
+        f"p50 {summary['p50_ms']:.1f} / p95 {summary['p95_ms']:.1f} / "
+        f"p99 {summary['p99_ms']:.1f} / max {summary['max_ms']:.1f} ms (n={summary['count']})"
+    )
+
+
+def describe(name: str, figures: Figures) -> list[str]:
+    """A few lines a person can read, for one scenario."""
+    lines = [f"== {name}"]
+    if name == "auth":
+        for phase in ("register", "login"):
+            part = figures[phase]
+            lines.append(
+                f"  {phase:<8} {part['per_second']:>9,.1f}/s   {part['count']} accounts,"
+                f" latency {_lat(part['latency'])}"
+            )
+    elif name in ("direct", "open"):
+        if name == "open":
+            lines.append(
+                f"  offered  {figures['offered_rate']:,.0f}/s for {figures['duration']} s"
+                f" ({figures['offered']} sends; generator lag max {figures['generator_lag_ms']} ms)"
+            )
+        lines.append(
+            f"  sent     {figures['sends_per_second']:>9,.1f}/s   ({figures['sent']} ok,"
+            f" {figures['users']} users)"
+        )
+        lines.append(
+            f"  delivered {figures['delivered_per_second']:>8,.1f}/s   ({figures['delivered']})"
+        )
+        lines.append(f"  send->receipt  {_lat(figures['latency'])}")
+        lines.append(f"  send->ok       {_lat(figures['ack_latency'])}")
+    elif name == "group":
+        lines.append(
+            f"  group of {figures['group_size']} ({figures['recipients']} recipients online),"
+            f" {figures['messages']} messages"
+            + (f" at {figures['group_rate']:g}/s" if figures["group_rate"] else " (closed loop)")
+        )
+        lines.append(
+            f"  delivered {figures['deliveries_per_second']:>8,.1f}/s   ({figures['delivered']})"
+        )
+        lines.append(f"  to last member {_lat(figures['last_member_latency'])}")
+        lines.append(f"  to any member  {_lat(figures['any_member_latency'])}")
+    elif name == "offline":
+        lines.append(
+            f"  drained  {figures['drained_per_second']:>9,.1f}/s   ({figures['delivered']} of"
+            f" {figures['stored']} kept for {figures['recipients']} users,"
+            f" {figures['seconds']} s)"
+        )
+    elif name == "capacity":
+        lines.append(
+            f"  held     {figures['connections']:,} logged-in idle connections"
+            f" (logins {figures['login_per_second']:,.1f}/s)"
+        )
+        if figures["kib_per_connection"] is not None:
+            lines.append(
+                f"  server memory {figures['rss_base_kib'] / 1024:,.1f} ->"
+                f" {figures['rss_held_kib'] / 1024:,.1f} MiB:"
+                f" {figures['kib_per_connection']:.2f} KiB per connection"
+            )
+        else:
+            lines.append("  server memory: unknown (give --server-pid of a local server)")
+        lines.append(f"  ping on all   {_lat(figures['ping_latency'])}")
+    checks = figures["checks"]
+    if figures["ok"]:
+        checked = name not in ("auth", "capacity")
+        note = " (every delivery exactly once, in order)" if checked else ""
+        lines.append("  check: ok" + note)
+    else:
+        lines.append(
+            f"  check: FAILED: {checks['lost']} lost, {checks['duplicates']} duplicated,"
+            f" {checks['out_of_order']} out of order, {checks['unexpected']} unexpected"
+        )
+        lines.extend(f"    {problem}" for problem in figures["problems"])
+        lines.extend(f"    e.g. {example}" for example in checks["examples"])
+    return lines
+
+
+def json_line(params: dict[str, Any], results: dict[str, Figures], ok: bool) -> str:
+    return json.dumps(
+        {"chat_bench": 1, "ok": ok, "params": params, "results": results},
+        separators=(",", ":"),
+        sort_keys=False,
+    )

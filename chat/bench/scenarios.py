@@ -1,0 +1,266 @@
+"""Each scenario from the parent's side: the barrier sequence, then merged figures.
+
+A scenario returns a dict of figures (numbers, latency summaries as dicts, and
+``ok``). ``ok`` is false on any lost, duplicated or reordered delivery, on a
+wrong offline count, or on failed requests: a fast wrong answer is no result.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+import attrs
+
+from .model import BenchConfig
+from .runner import Load
+from .stats import LatencySummary, Verdict
+
+Figures = dict[str, Any]
+
+
+def _floats(blobs: Iterable[bytes]) -> list[float]:
+    values = array("d")
+    for blob in blobs:
+        values.frombytes(blob)
+    return list(values)
+
+
+def _latency(blobs: Iterable[bytes]) -> dict[str, Any]:
+    return attrs.asdict(LatencySummary.of(_floats(blobs)))
+
+
+def _rate(count: float, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+def _verdict(results: list[dict[str, Any]]) -> Verdict:
+    verdict = Verdict()
+    for result in results:
+        verdict.merge(result["verdict"])
+    return verdict
+
+
+def _finish(figures: Figures, verdict: Verdict, *extra_problems: str) -> Figures:
+    problems = [problem for problem in extra_problems if problem]
+    figures["checks"] = attrs.asdict(verdict)
+    figures["problems"] = problems
+    figures["ok"] = verdict.ok and not problems
+    return figures
+
+
+def read_rss_kib(pid: int) -> int | None:
+    """Resident memory of a local process, from /proc (None if it cannot be read)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# --- scenarios -----------------------------------------------------------------------
+
+
+def auth(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
+    with Load("auth", config, range(config.users), progress) as load:
+        load.gather()
+        load.go_at()
+        load.gather()
+        load.go_at()
+        results = load.results()
+    figures: Figures = {"users": config.users}
+    errors = 0
+    for phase in ("register", "login"):
+        parts = [result[phase] for result in results]
+        done = sum(len(part["latencies"]) // 8 for part in parts)
+        seconds = max(part["end"] for part in parts) - min(part["start"] for part in parts)
+        errors += sum(part["errors"] for part in parts)
+        figures[phase] = {
+            "count": done,
+            "per_second": _rate(done, seconds),
+            "latency": _latency(part["latencies"] for part in parts),
+        }
+    return _finish(figures, Verdict(), f"{errors} requests failed" if errors else "")
+
+
+def direct(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
+    with Load("direct", config, range(config.users), progress) as load:
+        load.gather()
+        start = load.go_at()
+        results = load.results()
+    return _one_to_one(config, results, start, closed=True)
+
+
+def open_loop(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
+    with Load("open", config, range(config.users), progress) as load:
+        load.gather()
+        start = load.go_at()
+        results = load.results()
+    return _one_to_one(config, results, start, closed=False)
+
+
+def _one_to_one(
+    config: BenchConfig, results: list[dict[str, Any]], start: float, *, closed: bool
+) -> Figures:
+    sent = sum(result["sent"] for result in results)
+    delivered = sum(result["delivered"] for result in results)
+    errors = sum(result["errors"] for result in results)
+    last = max(result["last_receipt"] for result in results)
+    sends_done = max(result["sends_done"] for result in results)
+    figures: Figures = {
+        "users": config.users,
+        "sent": sent,
+        "delivered": delivered,
+        "send_errors": errors,
+        "stale_skipped": sum(result["stale"] for result in results),
+        "sends_per_second": _rate(sent, sends_done - start),
+        "delivered_per_second": _rate(delivered, last - start),
+        "latency": _latency(result["latencies"] for result in results),
+        "ack_latency": _latency(result["acks"] for result in results),
+    }
+    problems = [f"{errors} sends failed" if errors else ""]
+    if not closed:
+        offered = sum(result["offered"] for result in results)
+        lag = max(result["generator_lag"] for result in results)
+        unanswered = sum(result["unanswered"] for result in results)
+        figures.update(
+            offered_rate=config.rate,
+            offered=offered,
+            duration=config.duration,
+            generator_lag_ms=round(lag * 1000, 1),
+            unanswered=unanswered,
+        )
+        problems.append(f"{unanswered} sends never answered" if unanswered else "")
+    wrong = sum(result["wrong_kind"] for result in results)
+    problems.append(f"{wrong} unexpected events" if wrong else "")
+    return _finish(figures, _verdict(results), *problems)
+
+
+def group(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
+    with Load("group", config, range(config.group_size), progress) as load:
+        group_ids = load.gather()
+        load.go(max(group_ids))
+        load.gather()
+        start = load.go_at()
+        acked_lists = load.gather()
+        acked = sorted({seq for part in acked_lists for seq in part})
+        load.go(acked)
+        results = load.results()
+    members = sum(result["members"] for result in results)
+    counts: dict[int, int] = defaultdict(int)
+    last_member: dict[int, float] = defaultdict(float)
+    for result in results:
+        for seq, count in result["counts"].items():
+            counts[seq] += count
+        for seq, latency in result["last_member"].items():
+            last_member[seq] = max(last_member[seq], latency)
+    verdict = _verdict(results)
+    acked_set = set(acked)
+    for seq in acked:
+        missing = members - counts.get(seq, 0)
+        if missing > 0:
+            verdict.lost += missing
+            verdict.note(f"group message {seq}: {missing} of {members} members never got it")
+    for seq in counts:
+        if seq not in acked_set:
+            verdict.unexpected += counts[seq]
+            verdict.note(f"group message {seq} was delivered but never acknowledged")
+    delivered = sum(result["delivered"] for result in results)
+    last = max(result["last_receipt"] for result in results)
+    complete = [latency for seq, latency in last_member.items() if counts.get(seq) == members]
+    figures: Figures = {
+        "group_size": config.group_size,
+        "recipients": members,
+        "messages": len(acked),
+        "group_rate": config.group_rate,
+        "delivered": delivered,
+        "deliveries_per_second": _rate(delivered, last - start),
+        "last_member_latency": attrs.asdict(LatencySummary.of(complete)),
+        "any_member_latency": _latency(result["latencies"] for result in results),
+        "ack_latency": _latency(result["acks"] for result in results),
+        "stale_skipped": sum(result["stale"] for result in results),
+    }
+    failed = config.messages - len(acked)
+    return _finish(figures, verdict, f"{failed} group sends failed" if failed else "")
+
+
+def offline(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
+    with Load("offline", config, range(config.users), progress) as load:
+        load.gather()
+        start = load.go_at()
+        results = load.results()
+    drains = [drain for result in results for drain in result["drains"]]
+    expected = sum(result["expected"] for result in results)
+    delivered = sum(result["delivered"] for result in results)
+    announced = sum(drain["announced"] for drain in drains)
+    wrong_counts = sum(1 for drain in drains if drain["announced"] != config.messages)
+    first_reply = min((drain["replied"] for drain in drains), default=start)
+    last = max(result["last_receipt"] for result in results)
+    figures: Figures = {
+        "recipients": len(drains),
+        "stored": expected,
+        "announced": announced,
+        "delivered": delivered,
+        "drained_per_second": _rate(delivered, last - first_reply),
+        "seconds": round(last - first_reply, 3),
+    }
+    return _finish(
+        figures,
+        _verdict(results),
+        f"{wrong_counts} logins announced a wrong offline count" if wrong_counts else "",
+    )
+
+
+def capacity(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
+    with Load("capacity", config, range(config.users), progress) as load:
+        load.gather()
+        base = read_rss_kib(server_pid) if server_pid else None
+        held_info = load.step()
+        time.sleep(1.0)  # let the server settle (its writers flush login replies)
+        held = read_rss_kib(server_pid) if server_pid else None
+        load.step()
+        load.go()
+        results = load.results()
+    count = sum(result["held"] for result in results)
+    new = count - sum(result["warm"] for result in results)
+    login_start = min(info["login_start"] for info in held_info)
+    held_at = max(info["held_at"] for info in held_info)
+    figures: Figures = {
+        "connections": count,
+        "login_per_second": _rate(new, held_at - login_start),
+        "login_latency": _latency(result["logins"] for result in results),
+        "ping_latency": _latency(result["pings"] for result in results),
+        "server_pid": server_pid,
+        "rss_base_kib": base,
+        "rss_held_kib": held,
+        "kib_per_connection": (
+            round((held - base) / new, 2) if base is not None and held is not None and new else None
+        ),
+    }
+    failed = sum(result["ping_failed"] for result in results)
+    dropped = sum(result["dropped"] for result in results)
+    return _finish(
+        figures,
+        Verdict(),
+        f"{failed} pings failed" if failed else "",
+        f"{dropped} connections dropped" if dropped else "",
+    )
+
+
+Scenario = Callable[[BenchConfig, "TextIO | None", "int | None"], Figures]
+SCENARIOS: dict[str, Scenario] = {
+    "auth": auth,
+    "direct": direct,
+    "open": open_loop,
+    "group": group,
+    "offline": offline,
+    "capacity": capacity,
+}
+ALL = ("auth", "direct", "open", "group", "offline")
+"""What ``--scenario all`` runs; ``capacity`` needs thousands of logins: ask for it by name."""

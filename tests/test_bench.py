@@ -1,0 +1,204 @@
+"""chat-bench against a real node: it reports figures, and it notices broken delivery.
+
+No timing assertions: the figures are checked for presence and consistency
+(every ``ok``'d message delivered), never for speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from chat.bench.stats import DeliveryChecker
+from chat.protocol import LineSplitter
+from chat.server import Node
+
+from .support import running_node
+
+BENCH = [sys.executable, "-m", "chat.bench.cli"]
+
+
+async def run_bench(port: int, *args: str) -> tuple[int, list[str], str]:
+    result = await trio.run_process(
+        [*BENCH, "--ports", str(port), "--prefix", f"t{os.getpid()}", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    lines = result.stdout.decode().splitlines()
+    return result.returncode, lines, result.stderr.decode()
+
+
+def figures_of(lines: list[str]) -> dict[str, Any]:
+    last = json.loads(lines[-1])
+    assert last["chat_bench"] == 1
+    return last  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def sqlite_node(tmp_path: Path) -> Any:
+    async with running_node(f"sqlite:///{tmp_path / 'bench.db'}") as node:
+        yield node
+
+
+async def test_every_scenario_reports_figures(sqlite_node: Node) -> None:
+    code, lines, err = await run_bench(
+        sqlite_node.ports[0],
+        "--scenario", "all,capacity",
+        "--users", "4",
+        "--messages", "5",
+        "--group-size", "4",
+        "--rate", "40",
+        "--duration", "0.5",
+        "--procs", "2",
+        "--server-pid", str(os.getpid()),
+    )  # fmt: skip
+    assert code == 0, err
+    report = figures_of(lines)
+    assert report["ok"] is True
+    results = report["results"]
+    assert set(results) == {"auth", "direct", "open", "group", "offline", "capacity"}
+    assert results["auth"]["register"]["count"] == 4
+    assert results["auth"]["login"]["count"] == 4
+    assert results["direct"]["sent"] == results["direct"]["delivered"] == 4 * 5
+    assert results["direct"]["latency"]["count"] == 20
+    assert results["open"]["sent"] == results["open"]["delivered"] == 20  # 40/s for 0.5 s
+    assert results["group"]["delivered"] == 3 * 5
+    assert results["group"]["last_member_latency"]["count"] == 5
+    assert results["offline"]["announced"] == results["offline"]["delivered"] == 2 * 5
+    assert results["capacity"]["connections"] == 4
+    assert results["capacity"]["rss_held_kib"] > 0
+    for name in ("direct", "open", "group", "offline"):
+        assert results[name]["checks"]["lost"] == 0
+    summary = "\n".join(lines[:-1])
+    assert "== direct" in summary and "p99" in summary
+
+
+async def test_accounts_are_reused_across_runs(sqlite_node: Node) -> None:
+    for _ in range(2):
+        code, lines, err = await run_bench(
+            sqlite_node.ports[0], "--scenario", "direct", "--users", "2", "--messages", "3"
+        )
+        assert code == 0, err
+        assert figures_of(lines)["results"]["direct"]["delivered"] == 6
+
+
+async def test_bad_arguments_are_refused() -> None:
+    result = await trio.run_process(
+        [*BENCH, "--scenario", "nonsense"], capture_stderr=True, check=False
+    )
+    assert result.returncode == 2
+    assert b"unknown scenario" in result.stderr
+
+
+# --- a broken stream must be caught --------------------------------------------------
+
+
+async def _pump(
+    source: trio.SocketStream, sink: trio.SocketStream, tamper: Any | None = None
+) -> None:
+    splitter = LineSplitter(1 << 20)
+    try:
+        while data := await source.receive_some(65536):
+            if tamper is None:
+                await sink.send_all(data)
+                continue
+            out = b"".join(tamper(line) for line in splitter.feed(data))
+            if out:
+                await sink.send_all(out)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        with trio.move_on_after(1, shield=True):
+            await sink.aclose()
+
+
+class Saboteur:
+    """Passes server lines through, except that the third ``message`` event is
+    repeated (``duplicate``), dropped (``drop``) or held back one place (``swap``)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.seen = 0
+        self.held: bytes | None = None
+
+    def __call__(self, line: bytes) -> bytes:
+        frame = line + b"\n"
+        if json.loads(line).get("type") != "message":
+            return frame
+        self.seen += 1
+        if self.held is not None:
+            held, self.held = self.held, None
+            return frame + held
+        if self.seen != 3:
+            return frame
+        if self.mode == "duplicate":
+            return frame + frame
+        if self.mode == "drop":
+            return b""
+        self.held = frame
+        return b""
+
+
+async def _proxy(upstream: int, mode: str, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    saboteur = Saboteur(mode)
+
+    async def handle(client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream("127.0.0.1", upstream)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_pump, client, server)
+            nursery.start_soon(_pump, server, client, saboteur)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handle, listeners)
+
+
+@pytest.mark.parametrize(
+    ("mode", "field"), [("duplicate", "duplicates"), ("drop", "lost"), ("swap", "out_of_order")]
+)
+async def test_a_broken_stream_fails_the_run(sqlite_node: Node, mode: str, field: str) -> None:
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(_proxy, sqlite_node.ports[0], mode))
+        # One user sending to itself: one connection, one ordered stream to tamper with.
+        code, lines, err = await run_bench(
+            port, "--scenario", "direct", "--users", "1", "--messages", "6", "--drain-seconds", "1"
+        )
+        nursery.cancel_scope.cancel()
+    assert code == 1, err
+    report = figures_of(lines)
+    assert report["ok"] is False
+    assert report["results"]["direct"]["checks"][field] >= 1
+    assert "FAILED" in "\n".join(lines)
+
+
+def test_checker_counts_loss_duplicates_and_reordering() -> None:
+    checker = DeliveryChecker()
+    for seq in range(1, 6):
+        checker.acked(recipient=2, sender=1, seq=seq)
+    for seq in (1, 3, 2, 3, 5):  # 2 late, 3 twice, 4 never
+        checker.received(recipient=2, sender=1, seq=seq)
+    checker.received(recipient=2, sender=9, seq=1)  # nobody got ok for this one
+    verdict = checker.finish()
+    assert (verdict.lost, verdict.duplicates, verdict.out_of_order, verdict.unexpected) == (
+        1,
+        1,
+        1,
+        1,
+    )
+    assert not verdict.ok
+
+
+def test_a_clean_stream_passes() -> None:
+    checker = DeliveryChecker()
+    for seq in range(1, 4):
+        checker.acked(2, 1, seq)
+        checker.received(2, 1, seq)
+    assert checker.finish().ok
