@@ -9,6 +9,7 @@ asserts how long anything took.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -161,6 +162,40 @@ def login(child: pexpect.spawn, name: str) -> None:
     child.expect_exact(f"logged in as {name}")
 
 
+def drawn(text: str) -> str:
+    """A pattern for ``text`` typed at a prompt: drawn maybe in pieces, cursor moves between."""
+    between = r"(?:\x1b\[[0-9;?]*[A-Za-z]|\r)*"
+    return between.join(re.escape(char) for char in text)
+
+
+def wait_until_stopped(pid: int) -> None:
+    """Until ``pid`` is really stopped (SIGSTOP is delivered asynchronously)."""
+    stat = Path(f"/proc/{pid}/stat")
+    deadline = time.monotonic() + TIMEOUT
+    while stat.read_text().rpartition(")")[2].split()[0] != "T":
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.01)
+
+
+def wait_for_unread_request(port: int) -> None:
+    """Until a connection to the (stopped) server on ``port`` holds bytes it has not read.
+
+    That is the sign that the client sent its request: the reply cannot come.
+    """
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError):
+                for row in Path(table).read_text().splitlines()[1:]:
+                    fields = row.split()
+                    local_port = int(fields[1].rpartition(":")[2], 16)
+                    unread = int(fields[4].partition(":")[2], 16)
+                    if local_port == port and fields[3] == "01" and unread > 0:  # ESTABLISHED
+                        return
+        assert time.monotonic() < deadline, "the request never reached the server"
+        time.sleep(0.01)
+
+
 def quit_cleanly(child: pexpect.spawn, *, status: int = 0) -> str:
     child.sendline("/quit")
     child.expect(pexpect.EOF)
@@ -305,6 +340,9 @@ def test_piped_over_websocket(server: Server) -> None:
     assert re.search(r"^\d\d:\d\d \(offline\) wes: note$", received.stdout, re.M)
 
 
+@pytest.mark.skipif(
+    not Path("/proc/net/tcp").exists(), reason="watches the server's socket in Linux's /proc"
+)
 def test_server_goes_away_and_comes_back(server: Server, cli: Spawn) -> None:
     assert run_piped(server, f"/register alice {PASSWORD}\n").returncode == 0
     alice = cli()
@@ -312,11 +350,12 @@ def test_server_goes_away_and_comes_back(server: Server, cli: Spawn) -> None:
     alice.sendline("/msg alice note to self")
     alice.expect_exact("you -> alice: note to self")
     alice.send("half a line")
+    alice.expect(drawn("half a line"))  # the client has read it
     server.kill()
     alice.expect_exact("error: the connection to 127.0.0.1:")
     alice.expect_exact("was lost")
     alice.expect_exact("reconnect? [Y/n]")
-    alice.sendline("y")
+    alice.sendline("y")  # only "y": "half a line" stays with the command line
     alice.expect_exact("connection refused")
     alice.expect_exact("reconnect? [Y/n]")
     server.start(port=server.port)
@@ -326,9 +365,10 @@ def test_server_goes_away_and_comes_back(server: Server, cli: Spawn) -> None:
     alice.expect_exact("you -> alice: half a line and the rest")
 
     # A message whose reply never came is sent again, with the same cid.
-    os.kill(server.pid, signal.SIGSTOP)  # it may read the request, but it cannot answer
+    os.kill(server.pid, signal.SIGSTOP)
+    wait_until_stopped(server.pid)  # it can neither read the request nor answer it
     alice.sendline("/msg alice into the void")
-    alice.expect_exact("\x1b[?2004l")  # the prompt is done with the line
+    wait_for_unread_request(server.port)
     server.kill()
     alice.expect_exact("was lost")
     alice.expect_exact("it is sent again when you reconnect")
@@ -349,6 +389,95 @@ def test_server_goes_away_and_the_user_gives_up(server: Server, cli: Spawn) -> N
     alice.expect(pexpect.EOF)
     alice.close()
     assert alice.exitstatus == 3
+
+
+CONSOLE_SCRIPT = """
+import fcntl, os, signal, struct, sys, termios, threading
+import trio, trio.testing
+from chat.cli.terminal import TerminalConsole
+
+TYPED = sys.argv[1]
+PROMPT = (("", "ready> "),)
+
+def unread():
+    return struct.unpack("i", fcntl.ioctl(0, termios.FIONREAD, bytes(4)))[0]
+
+async def main():
+    console = TerminalConsole(colour=False, history=None)
+    async with console.running():
+        released = threading.Event()
+
+        def hold():  # runs on the terminal's loop, which reads no keys meanwhile
+            os.write(1, b"HOLDING\\r\\n")
+            released.wait()
+
+        with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+            async with trio.open_nursery() as nursery:
+                reading = trio.CancelScope()
+
+                async def read():
+                    with reading:
+                        await console.read_line(PROMPT)
+
+                nursery.start_soon(read)
+                async for _ in signals:  # the test saw the prompt
+                    break
+                console._loop.call_soon_threadsafe(hold)
+                while unread() < len(TYPED):
+                    await trio.sleep(0.01)
+                reading.cancel()  # as when the connection drops
+                await trio.testing.wait_all_tasks_blocked()  # the prompt is told to stop
+                released.set()  # and that comes before the loop reads the keys
+        def say(text):  # through the console: one writer to the terminal
+            console.show((("", text),))
+
+        say(f"HELD {console.held_line()!r}")
+        say(f"ANSWER {await console.confirm('reconnect? ')}")
+        line = await console.read_line(PROMPT)
+        say(f"LINE {line!r}")
+
+trio.run(main)
+"""
+
+
+@pytest.mark.parametrize(
+    ("typed", "held"), [("half a line", None), ("a whole line\r", "a whole line")]
+)
+def test_keys_typed_as_the_prompt_is_cancelled_stay_with_the_command_line(
+    tmp_path: Path, typed: str, held: str | None
+) -> None:
+    """Keys still unread when the command line is cancelled are not the answer to a question.
+
+    The script holds the terminal's loop while the keys arrive and the prompt
+    is cancelled, so the keys are unread when the prompt is told to stop.
+    """
+    child = pexpect.spawn(
+        sys.executable,
+        ["-c", CONSOLE_SCRIPT, typed],
+        env=_env(tmp_path),
+        encoding="utf-8",
+        timeout=TIMEOUT,
+        dimensions=(40, 160),
+    )
+    child.logfile_read = transcript = io.StringIO()
+    try:
+        child.expect_exact("ready>")
+        child.kill(signal.SIGUSR1)
+        child.expect_exact("HOLDING")
+        child.send(typed)
+        child.expect_exact(f"HELD {held!r}")
+        child.expect_exact("reconnect?")
+        child.sendline("n")
+        child.expect_exact("ANSWER False")
+        if held is None:  # the line is offered again, to be finished
+            child.sendline(" and the rest")
+            child.expect_exact(f"LINE {typed + ' and the rest'!r}")
+        else:  # the line was entered: it is the next line read
+            child.expect_exact(f"LINE {held!r}")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, transcript.getvalue()
 
 
 def test_piped_client_sees_the_server_go_away(server: Server) -> None:

@@ -11,7 +11,9 @@ channel ends, or a command, when its reply cannot come) cancels the connection
 nursery, so a prompt or a stdin read in progress ends too. The app then says
 so, and in a terminal offers to reconnect; after reconnecting it logs in again
 with the same name and password and resends a message whose ``ok`` never came,
-with the same ``cid``, so the server delivers it at most once.
+with the same ``cid``, so the server delivers it at most once. A line entered
+just as the connection dropped, before it could be sent, is kept by the console
+and runs first on the new connection.
 
 Everything the client knows (friends, groups, names) lives in ``Known``; how it
 is shown lives in ``render``; where lines come from lives in the ``Console``.
@@ -148,6 +150,8 @@ class App:
             self.console.show(
                 notice("your last message got no reply; it is sent again when you reconnect")
             )
+        if self.console.held_line() is not None:
+            self.console.show(notice("the line you just entered runs when you reconnect"))
         return Outcome.LOST
 
     def _lose(self) -> None:

@@ -11,6 +11,17 @@ while a prompt is shown, output goes through ``run_in_terminal``, which hides
 the prompt, prints, and draws the prompt again with the half-typed line intact
 (what ``patch_stdout`` does, without a second writer thread).
 
+Keystrokes go where they were typed. prompt_toolkit keeps keys read beyond the
+end of a line as typeahead for the next prompt (so "/login NAME", Enter and the
+password typed at once work). When the trio side cancels the command line
+because the connection dropped, everything typed at it up to that moment,
+including keys still unread in the terminal, is processed into that line, and
+keys read too late for it are held for the next command-line prompt: none of
+them becomes the answer to "reconnect?". A line entered at that very moment,
+which the app did not get to run, is held as well and is the next line
+``read_line`` returns. Only keys typed into a cancelled password prompt are
+dropped.
+
 ``PipedConsole`` is for scripts: it reads stdin line by line and prints plain
 lines, errors to stderr with the number of the line that failed.
 """
@@ -23,6 +34,7 @@ import contextlib
 import functools
 import os
 import sys
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,15 +42,17 @@ from typing import Any, Protocol, TextIO, TypeVar
 
 import trio
 from prompt_toolkit import PromptSession
-from prompt_toolkit.application import run_in_terminal
+from prompt_toolkit.application import Application, run_in_terminal
 from prompt_toolkit.application.current import get_app_or_none
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import ANSI
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.input.typeahead import get_typeahead, store_typeahead
+from prompt_toolkit.key_binding import KeyPress
 
 from .commands import COMMAND_NAMES, GROUP_ACTIONS, quote, without_secret
-from .render import Line, to_text
+from .render import Line, clean, to_text
 from .state import Completions
 
 T = TypeVar("T")
@@ -68,6 +82,9 @@ class Console(Protocol):
 
     def completions(self, snapshot: Completions) -> None:
         """What Tab may offer from now on."""
+
+    def held_line(self) -> str | None:
+        """A line entered as the connection dropped, not run yet: ``read_line`` returns it next."""
 
 
 def colour_wanted(stream: TextIO, choice: bool | None = None) -> bool:
@@ -133,6 +150,9 @@ class PipedConsole:
     def completions(self, snapshot: Completions) -> None:
         pass
 
+    def held_line(self) -> str | None:
+        return None  # a script ends when its connection drops
+
     @staticmethod
     def _write(stream: TextIO, text: str) -> None:
         try:
@@ -163,8 +183,15 @@ class TerminalConsole:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._completer = ChatCompleter()
         self._sessions: dict[str, PromptSession[str]] = {}
+        self._held_lines: deque[str] = deque()
+        """Lines entered as their prompt was cancelled, not run yet (trio side)."""
+        # The rest belongs to the terminal's loop.
         self._unfinished = ""
         """A line being typed when its prompt was cancelled: offered again next time."""
+        self._held_keys: list[KeyPress] = []
+        """Keys typed at the command line that no question may take: typed into it next."""
+        self._aborting = False
+        """The prompt being shown was told to stop by the trio side."""
 
     # -- life cycle (trio side)
 
@@ -199,11 +226,17 @@ class TerminalConsole:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
-    async def _in_loop(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    async def _in_loop(
+        self,
+        make: Callable[[], Coroutine[Any, Any, T]],
+        too_late: Callable[[T], None] | None = None,
+    ) -> T:
         """Run a coroutine on the terminal's loop and wait for it, cancellably.
 
         When the trio side is cancelled the prompt is told to exit and the
         terminal is given back (raw mode off) before the cancellation goes on.
+        A result that is there all the same (the line was entered just then)
+        goes to ``too_late`` instead of being lost.
         """
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
@@ -216,21 +249,38 @@ class TerminalConsole:
         future.add_done_callback(wake)
         try:
             await done.wait()
-        finally:
+        except BaseException:
             if not done.is_set():
                 self._loop.call_soon_threadsafe(self._abort, future)
                 with trio.move_on_after(ABORT_GRACE_SECONDS, shield=True):
                     await done.wait()
+            finished = future.done() and not future.cancelled() and future.exception() is None
+            if finished and too_late is not None:
+                too_late(future.result())
+            raise
         return future.result()
 
     # -- Console (trio side)
 
     async def read_line(self, prompt: Line) -> str | None:
         shown = to_text(prompt, colour=self._colour)
+        if self._held_lines:
+            line = self._held_lines.popleft()
+            self.show((*prompt, ("", clean(line))))  # what runs now, on the new connection
+            return line
         try:
-            return await self._in_loop(lambda: self._prompt("main", shown, secret=False))
+            return await self._in_loop(
+                lambda: self._prompt("main", shown, secret=False), self._hold_line
+            )
         except _Interrupted:
             return ""
+
+    def _hold_line(self, line: str | None) -> None:
+        if line is not None:
+            self._held_lines.append(line)
+
+    def held_line(self) -> str | None:
+        return self._held_lines[0] if self._held_lines else None
 
     async def read_secret(self, prompt: str) -> str | None:
         try:
@@ -277,30 +327,54 @@ class TerminalConsole:
         return session
 
     async def _prompt(self, kind: str, message: str, *, secret: bool) -> str | None:
+        """One prompt; keys it leaves unread are sorted out when it was cancelled."""
         session = self._session(kind)
         default = ""
         if kind == "main":
             default, self._unfinished = self._unfinished, ""
+            # Keys held for the command line come before anything typed since.
+            held, self._held_keys = self._held_keys, []
+            store_typeahead(session.input, held + get_typeahead(session.input))
+        elif kind == "ask":
+            # Typed at the command line before "reconnect?" was shown: not an answer.
+            # (A password prompt does take typeahead: "/login NAME", Enter, password.)
+            self._held_keys += get_typeahead(session.input)
         shown = ANSI(message) if self._colour else message
+        self._aborting = False
+        entered = False
         try:
-            return await session.prompt_async(shown, is_password=secret, default=default)
+            line = await session.prompt_async(shown, is_password=secret, default=default)
+            entered = True
+            return line
         except KeyboardInterrupt:
             raise _Interrupted from None
         except EOFError:
             return None
+        finally:
+            if self._aborting:
+                # Keys read after the prompt was told to stop.
+                left = get_typeahead(session.input)
+                if kind == "main" or entered:
+                    self._held_keys += left
+                # Else dropped: they may be the rest of a password.
 
     def _abort(self, future: concurrent.futures.Future[Any]) -> None:
+        """Stop the prompt being shown, keeping what was typed (terminal's loop)."""
+        self._aborting = True
         app = get_app_or_none()
-        if app is not None and app.is_running and app.future is not None and not app.future.done():
-            main = self._sessions.get("main")
-            if main is not None and app is main.app:
-                self._unfinished = app.current_buffer.text
-            try:
+        if app is None or not app.is_running or app.future is None:
+            future.cancel()  # not shown yet
+            return
+        try:
+            if app.context is not None:
+                app.context.copy().run(_take_typed_keys, app)
+        finally:
+            # Unless those keys ended it (Enter: the line goes to ``too_late``).
+            if not app.future.done():
+                main = self._sessions.get("main")
+                if main is not None and app is main.app:
+                    self._unfinished = app.current_buffer.text
                 app.exit(exception=_Aborted())
-                return
-            except Exception:
-                pass
-        future.cancel()
 
     async def _writer(self) -> None:
         """The only writer to the terminal: queued lines, above the prompt if one is shown."""
@@ -318,6 +392,18 @@ class TerminalConsole:
             finally:
                 for _ in texts:
                     self._queue.task_done()
+
+
+def _take_typed_keys(app: Application[Any]) -> None:
+    """Process the keys typed so far, even those still unread in the terminal.
+
+    An application told to exit processes no more keys, and it stops reading
+    only at a later turn of the loop: keys it read meanwhile would stay
+    unprocessed, and keys it never read would go to whatever prompt comes next.
+    """
+    while keys := app.input.read_keys():
+        app.key_processor.feed_multiple(keys)
+        app.key_processor.process_keys()
 
 
 def _emit(data: str) -> None:
