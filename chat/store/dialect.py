@@ -40,6 +40,9 @@ class Dialect(ABC):
     name: str
     """Also the folder under ``migrations/`` that holds this dialect's SQL files."""
     pool_size: int
+    insert_returning = False
+    """``INSERT ... RETURNING`` works: many rows go in with one statement and their ids
+    come back (SQLite 3.35+, MariaDB 10.5+; not MySQL)."""
 
     @abstractmethod
     def connect(self) -> Connection:

@@ -14,6 +14,7 @@ READ_TIMEOUT_SECONDS = 30
 MIGRATION_LOCK_SECONDS = 120
 _DEADLOCK, _LOCK_WAIT_TIMEOUT = 1213, 1205
 _DB_NAME = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
+_MARIADB_VERSION = re.compile(r"(\d+)\.(\d+)\.\d+-MariaDB")
 
 
 class MysqlDialect(Dialect):
@@ -45,7 +46,12 @@ class MysqlDialect(Dialect):
         )
 
     def connect(self) -> Connection:
-        return self._connect(self.database)
+        conn = self._connect(self.database)
+        # MariaDB 10.5+ has INSERT ... RETURNING, MySQL has not: ask the server.
+        version = _MARIADB_VERSION.search(str(getattr(conn, "server_version", "")))
+        release = (int(version[1]), int(version[2])) if version else (0, 0)
+        self.insert_returning = release >= (10, 5)
+        return conn
 
     def prepare_database(self) -> None:
         conn = self._connect(None)

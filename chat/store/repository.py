@@ -1,7 +1,9 @@
 """Every query the chat server makes, written once for both databases.
 
 One public coroutine per use case; each runs one transaction on a pooled
-connection in a worker thread (see ``chat.store.pool``). The caller never
+connection in a worker thread (see ``chat.store.pool``). The hot ones (sends,
+``pending``, ``acknowledge``) share that transaction with concurrent calls of
+the same kind (``chat.store.coalesce``, ``chat.store.sends``). The caller never
 holds a transaction across an ``await``: a request's whole read-check-write
 happens inside one function here, which is what makes checks such as "is the
 ``cid`` used already?" and "is the sender a member?" race-free.
@@ -9,7 +11,6 @@ happens inside one function here, which is what makes checks such as "is the
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from .coalesce import Coalescer
-from .dialect import Connection, Cursor, Dialect
+from .dialect import Connection, Dialect
 from .errors import (
     AlreadyFriends,
     AlreadyMember,
@@ -26,7 +27,6 @@ from .errors import (
     NameTaken,
     NoSuchGroup,
     NoSuchUser,
-    NotAMember,
 )
 from .pool import ConnectionPool
 from .records import (
@@ -41,19 +41,15 @@ from .records import (
     UserRecord,
     text,
 )
+from .sends import DirectSend, GroupSend, SendOutcome, SendRequest, store_sends
+from .sql import Sql as _Sql
+from .sql import no_row as _no_row
+from .sql import now_ms
 
 T = TypeVar("T")
 
-MAX_ROW_ID = 2**63 - 1
-"""Ids are BIGINT: a larger id names no row (and would not fit a query parameter)."""
-
-
-def _no_row(row_id: int) -> bool:
-    return not 0 < row_id <= MAX_ROW_ID
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+MAX_QUERY_ARGS = 2_000
+"""A batched statement is cut once it has this many parameters (SQLite allows 32,766)."""
 
 
 class Store:
@@ -64,6 +60,7 @@ class Store:
         self.pool = ConnectionPool(dialect, pool_size or dialect.pool_size)
         self._pending_calls = Coalescer(self._pending_batch)
         self._acknowledge_calls = Coalescer(self._acknowledge_batch)
+        self._send_calls = Coalescer(self._send_batch)
 
     def close(self) -> None:
         self.pool.close()
@@ -247,86 +244,26 @@ class Store:
     async def store_direct(
         self, sender_id: int, recipient_id: int, body_text: str, cid: str | None
     ) -> StoredMessage:
-        """Store a one-to-one message and keep it for its recipient, in one transaction."""
+        """Store a one-to-one message and keep it for its recipient.
 
-        def body(sql: _Sql) -> StoredMessage:
-            earlier = _earlier_send(sql, sender_id, cid)
-            if earlier is not None:
-                return earlier
-            if _no_row(recipient_id) or not sql.one(
-                "SELECT 1 FROM users WHERE id = ?", (recipient_id,)
-            ):
-                raise NoSuchUser(recipient_id)
-            ts = now_ms()
-            message_id = sql.insert(
-                "INSERT INTO messages (sender_id, recipient_id, group_id, body, ts, cid)"
-                " VALUES (?, ?, NULL, ?, ?, ?)",
-                (sender_id, recipient_id, body_text, ts, cid),
-            )
-            sql.execute(
-                "INSERT INTO deliveries (user_id, message_id) VALUES (?, ?)",
-                (recipient_id, message_id),
-            )
-            return StoredMessage(message_id, ts, [recipient_id], created=True)
-
-        return await self._store_message(body, sender_id, cid)
+        Concurrent sends share one transaction (``chat.store.sends``); this one's
+        checks, errors and savepoint are its own, and it returns once committed."""
+        return await self._send(DirectSend(sender_id, recipient_id, body_text, cid))
 
     async def store_group(
         self, sender_id: int, group_id: int, body_text: str, cid: str | None
     ) -> StoredMessage:
-        """Store a group message and keep it for every other member, in one transaction."""
+        """Store a group message and keep it for every other member (as ``store_direct``)."""
+        return await self._send(GroupSend(sender_id, group_id, body_text, cid))
 
-        def body(sql: _Sql) -> StoredMessage:
-            earlier = _earlier_send(sql, sender_id, cid)
-            if earlier is not None:
-                return earlier
-            if _no_row(group_id) or not sql.one(
-                "SELECT 1 FROM chat_groups WHERE id = ?", (group_id,)
-            ):
-                raise NoSuchGroup(group_id)
-            if not sql.one(
-                "SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?",
-                (group_id, sender_id),
-            ):
-                raise NotAMember()
-            ts = now_ms()
-            message_id = sql.insert(
-                "INSERT INTO messages (sender_id, recipient_id, group_id, body, ts, cid)"
-                " VALUES (?, NULL, ?, ?, ?, ?)",
-                (sender_id, group_id, body_text, ts, cid),
-            )
-            recipients = [
-                int(row[0])
-                for row in sql.all(
-                    "SELECT user_id FROM group_members WHERE group_id = ? AND user_id <> ?"
-                    " ORDER BY user_id",
-                    (group_id, sender_id),
-                )
-            ]
-            if recipients:
-                sql.many(
-                    "INSERT INTO deliveries (user_id, message_id) VALUES (?, ?)",
-                    [(user, message_id) for user in recipients],
-                )
-            return StoredMessage(message_id, ts, recipients, created=True)
+    async def _send(self, request: SendRequest) -> StoredMessage:
+        outcome = await self._send_calls(request)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-        return await self._store_message(body, sender_id, cid)
-
-    async def _store_message(
-        self, body: Callable[[_Sql], StoredMessage], sender_id: int, cid: str | None
-    ) -> StoredMessage:
-        try:
-            return await self._run(body, write=True)
-        except Exception as exc:
-            # Two sends with one cid raced; the loser answers with the winner's message.
-            if cid is None or not self.dialect.is_integrity_error(exc):
-                raise
-            earlier = await self._run(
-                partial(_earlier_send, sender_id=sender_id, cid=cid), write=False
-            )
-            if earlier is None:
-                raise
-            return earlier
+    async def _send_batch(self, requests: Sequence[SendRequest]) -> list[SendOutcome]:
+        return await self._run(partial(store_sends, requests=requests), write=True)
 
     async def pending(self, user_id: int, limit: int, after_seq: int = 0) -> list[PendingDelivery]:
         """The oldest messages kept for a user, oldest first.
@@ -338,19 +275,22 @@ class Store:
     async def _pending_batch(
         self, requests: Sequence[tuple[int, int, int]]
     ) -> list[list[PendingDelivery]]:
-        by_page: dict[tuple[int, int], set[int]] = defaultdict(set)
+        # One query per ``after_seq`` (live reads all have 0), read up to the largest
+        # limit asked; each call then gets its own user's first ``limit`` rows.
+        by_start: dict[int, set[int]] = defaultdict(set)
+        most: dict[int, int] = defaultdict(int)
         for user_id, limit, after_seq in requests:
-            by_page[(limit, after_seq)].add(user_id)
+            by_start[after_seq].add(user_id)
+            most[after_seq] = max(most[after_seq], limit)
 
         def body(sql: _Sql) -> list[list[PendingDelivery]]:
-            found: dict[tuple[int, int, int], list[PendingDelivery]] = {}
-            for (limit, after_seq), users in by_page.items():
-                rows_by_user: dict[int, list[PendingDelivery]] = {user: [] for user in users}
-                for row in _pending_rows(sql, sorted(users), limit, after_seq):
-                    rows_by_user[int(row[8])].append(PendingDelivery.from_row(row))
-                for user, rows in rows_by_user.items():
-                    found[(user, limit, after_seq)] = rows
-            return [found[request] for request in requests]
+            found: dict[tuple[int, int], list[PendingDelivery]] = {}
+            for after_seq, users in by_start.items():
+                for user in users:
+                    found[(user, after_seq)] = []
+                for row in _pending_rows(sql, sorted(users), most[after_seq], after_seq):
+                    found[(int(row[8]), after_seq)].append(PendingDelivery.from_row(row))
+            return [found[(user, after_seq)][:limit] for user, limit, after_seq in requests]
 
         return await self._run(body, write=False)
 
@@ -371,13 +311,19 @@ class Store:
             by_user[user_id].update(seqs)
 
         def body(sql: _Sql) -> None:
+            # Still per user (``user_id = ? AND seq IN (...)``), but many users in one
+            # statement: one round trip instead of one per user.
+            clauses: list[str] = []
+            args: list[int] = []
             for user_id, seqs in sorted(by_user.items()):
                 ordered = sorted(seqs)
-                marks = ", ".join("?" for _ in ordered)
-                sql.execute(
-                    f"DELETE FROM deliveries WHERE user_id = ? AND seq IN ({marks})",
-                    (user_id, *ordered),
-                )
+                clauses.append(f"(user_id = ? AND seq IN ({', '.join('?' for _ in ordered)}))")
+                args += (user_id, *ordered)
+                if len(args) >= MAX_QUERY_ARGS:
+                    sql.execute(f"DELETE FROM deliveries WHERE {' OR '.join(clauses)}", args)
+                    clauses, args = [], []
+            if clauses:
+                sql.execute(f"DELETE FROM deliveries WHERE {' OR '.join(clauses)}", args)
 
         await self._run(body, write=True)
         return [None] * len(requests)
@@ -411,48 +357,8 @@ def _pending_rows(sql: _Sql, users: Sequence[int], limit: int, after_seq: int) -
     )
 
 
-class _Sql:
-    """A cursor that speaks the repository's ``?`` placeholders on every dialect."""
-
-    def __init__(self, cursor: Cursor, dialect: Dialect) -> None:
-        self._cursor = cursor
-        self._dialect = dialect
-
-    def execute(self, query: str, args: Sequence[Any] = ()) -> None:
-        self._cursor.execute(self._dialect.sql(query), tuple(args))
-
-    def many(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
-        self._cursor.executemany(self._dialect.sql(query), [tuple(row) for row in rows])
-
-    def insert(self, query: str, args: Sequence[Any]) -> int:
-        self.execute(query, args)
-        return int(self._cursor.lastrowid)
-
-    def one(self, query: str, args: Sequence[Any] = ()) -> Any:
-        self.execute(query, args)
-        return self._cursor.fetchone()
-
-    def all(self, query: str, args: Sequence[Any] = ()) -> list[Any]:
-        self.execute(query, args)
-        return list(self._cursor.fetchall())
-
-
 def _fetch_one(query: str, args: Sequence[Any], sql: _Sql) -> Any:
     return sql.one(query, args)
-
-
-def _earlier_send(sql: _Sql, sender_id: int, cid: str | None) -> StoredMessage | None:
-    if cid is None:
-        return None
-    row = sql.one("SELECT id, ts FROM messages WHERE sender_id = ? AND cid = ?", (sender_id, cid))
-    if row is None:
-        return None
-    # Recipients still waiting for it: the first attempt may have been stored without
-    # waking them (its reply, or its wake-up, was lost), so the retry wakes them again.
-    waiting = sql.all(
-        "SELECT user_id FROM deliveries WHERE message_id = ? ORDER BY user_id", (int(row[0]),)
-    )
-    return StoredMessage(int(row[0]), int(row[1]), [int(r[0]) for r in waiting], created=False)
 
 
 def _memberships(sql: _Sql, user_id: int) -> list[MembershipRecord]:

@@ -13,6 +13,7 @@ BUSY_TIMEOUT_SECONDS = 10.0
 class SqliteDialect(Dialect):
     name = "sqlite"
     pool_size = 4
+    insert_returning = sqlite3.sqlite_version_info >= (3, 35, 0)
 
     def __init__(self, path: Path) -> None:
         self.path = path
