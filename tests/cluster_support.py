@@ -245,11 +245,10 @@ def render_nginx_conf(listen_port: int, node_ports: tuple[int, int]) -> str:
 
 
 @asynccontextmanager
-async def nginx_proxy(node_ports: tuple[int, int], directory: Path) -> AsyncIterator[int]:
-    """nginx in front of two nodes; yields the port clients connect to."""
-    port = free_port()
+async def run_nginx(text: str, directory: Path) -> AsyncIterator[None]:
+    """nginx with the config ``text``, its prefix (pid file, logs) in ``directory``;
+    ready once its listening sockets are open, stopped on exit."""
     conf = directory / "nginx.conf"
-    text = render_nginx_conf(port, node_ports)
     await trio.to_thread.run_sync(lambda: directory.mkdir(parents=True, exist_ok=True))
     await trio.to_thread.run_sync(conf.write_text, text)
     process = await trio.lowlevel.open_process(
@@ -267,7 +266,7 @@ async def nginx_proxy(node_ports: tuple[int, int], directory: Path) -> AsyncIter
                 if process.returncode is not None:
                     raise RuntimeError(f"nginx exited: {_tail(directory / 'nginx-error.log')}")
                 await trio.sleep(0.05)
-        yield port
+        yield
     finally:
         # SIGTERM: a fast stop (SIGQUIT would wait for every proxied connection to end).
         with trio.move_on_after(10, shield=True):
@@ -277,6 +276,14 @@ async def nginx_proxy(node_ports: tuple[int, int], directory: Path) -> AsyncIter
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+@asynccontextmanager
+async def nginx_proxy(node_ports: tuple[int, int], directory: Path) -> AsyncIterator[int]:
+    """nginx's stream proxy in front of two nodes; yields the port clients connect to."""
+    port = free_port()
+    async with run_nginx(render_nginx_conf(port, node_ports), directory):
+        yield port
 
 
 # --- a freezable TCP proxy -------------------------------------------------------

@@ -8,7 +8,6 @@ with every port moved to a free one, its ``root`` pointing at web/.
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +16,7 @@ import trio
 
 from chat.server import Node
 
-from .cluster_support import REPO, START_SECONDS, free_port, make_broker, nginx_binary
+from .cluster_support import REPO, free_port, make_broker, run_nginx
 from .support import client, login, register, running_node
 from .ws_support import render_web_conf, ws_client
 
@@ -90,34 +89,8 @@ async def test_tcp_and_websocket_users_chat_across_nodes(mysql_url: str, redis_u
 async def nginx_web(ws_ports: tuple[int, int], directory: Path) -> AsyncIterator[int]:
     """nginx's http server in front of two nodes' WebSocket ports; yields its port."""
     port = free_port()
-    conf = directory / "nginx.conf"
-    text = render_web_conf(port, ws_ports)
-    await trio.to_thread.run_sync(lambda: directory.mkdir(parents=True, exist_ok=True))
-    await trio.to_thread.run_sync(conf.write_text, text)
-    process = await trio.lowlevel.open_process(
-        [
-            nginx_binary(),
-            *("-c", str(conf), "-p", f"{directory}/"),
-            *("-e", str(directory / "nginx-early.log"), "-g", "daemon off;"),
-        ],
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        with trio.fail_after(START_SECONDS):
-            while not (directory / "nginx.pid").exists():
-                if process.returncode is not None:
-                    log = (directory / "nginx-error.log").read_text(errors="replace")
-                    raise RuntimeError(f"nginx exited: {log}")
-                await trio.sleep(0.05)
+    async with run_nginx(render_web_conf(port, ws_ports), directory):
         yield port
-    finally:
-        with trio.move_on_after(10, shield=True):
-            process.terminate()
-            with trio.move_on_after(5):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
 
 
 async def http_get(port: int, path: str) -> tuple[str, bytes]:
