@@ -392,7 +392,8 @@ class Session:
         for item in items:
             if item.seq:
                 written[item.user_id].append(item.seq)
-        for user_id, seqs in written.items():
+        pending = list(written.items())
+        for index, (user_id, seqs) in enumerate(pending):
             try:
                 await self.services.store.acknowledge(user_id, seqs)
             except StoreError as exc:
@@ -403,6 +404,12 @@ class Session:
                 )
                 self.services.acknowledger.defer(user_id, seqs)
                 continue
+            except trio.Cancelled:
+                # Cut short (the close grace ran out): what was written is still deleted,
+                # later, by the node. Deleting a row twice is harmless.
+                for later_user, later_seqs in pending[index:]:
+                    self.services.acknowledger.defer(later_user, later_seqs)
+                raise
             self._acknowledged.update(seqs)
 
     def _release_flushes(self) -> None:

@@ -14,14 +14,18 @@ What callers may rely on, exactly as with a call of their own:
 - a call returns only after its batch's transaction committed, and raises the
   batch's error if it failed.
 
-Cancellation: a cancelled caller that waits leaves the queue. A cancelled
-leader whose batch never started hands the batch back to the queue, where the
-next waiting caller picks it up; once started, a batch is never abandoned (the
-pool finishes every transaction it began).
+Cancellation: a cancelled caller whose batch has not started leaves the queue
+(its call never happened). A cancelled leader whose batch never started hands
+the batch back to the queue, where the next waiting caller picks it up. Once
+started, a batch is never abandoned (the pool finishes every transaction it
+began), and a cancelled caller in it waits for it, shielded, and gets its
+result, as a call in a worker thread would; the cancellation reaches it at its
+next checkpoint.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -59,26 +63,36 @@ class Coalescer(Generic[Req, Res]):
     async def __call__(self, request: Req) -> Res:
         call: _Call[Req, Res] = _Call(request)
         self._queue.append(call)
-        while not call.done:
-            if self._busy:
-                try:
+        try:
+            while not call.done:
+                if self._busy:
                     await self._finished.wait()
-                except BaseException:
-                    if call in self._queue:
-                        self._queue.remove(call)
-                    raise
-                continue
-            try:
-                await self._lead()
-            except BaseException:
-                if call in self._queue:  # cancelled before its batch ran
-                    self._queue.remove(call)
+                else:
+                    await self._lead()
+        except BaseException as exc:
+            if call in self._queue:  # its batch has not started: the call never happened
+                self._queue.remove(call)
                 raise
+            if call.done or not isinstance(exc, trio.Cancelled):
+                raise
+            # Its batch is running. Like a call in a worker thread, it completes (its
+            # caller may have to act on it, e.g. wake a message's recipients); the
+            # cancellation is delivered at the caller's next checkpoint.
+            await self._finish_shielded(call, exc)
         if call.error is not None:
-            raise call.error
+            raise _fresh(call.error)
         return call.result  # type: ignore[return-value]
 
+    async def _finish_shielded(self, call: _Call[Req, Res], cancelled: BaseException) -> None:
+        with trio.CancelScope(shield=True):
+            while not call.done:
+                if call in self._queue:  # its batch was handed back before it ran
+                    self._queue.remove(call)
+                    raise cancelled
+                await self._finished.wait()  # not queued, not done: its batch is running
+
     async def _lead(self) -> None:
+        """Run the next batch: the queued calls, up to ``max_batch``."""
         batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
         self._busy = True
         finished = False
@@ -101,3 +115,13 @@ class Coalescer(Generic[Req, Res]):
             self._busy = False
             self._finished.set()
             self._finished = trio.Event()
+
+
+def _fresh(error: Exception) -> Exception:
+    """A copy of a batch's error for one caller: raising one object in many tasks would
+    chain every caller's frames onto one traceback."""
+    try:
+        copied = copy.copy(error)
+    except Exception:
+        return error
+    return copied.with_traceback(error.__traceback__)

@@ -1,0 +1,134 @@
+"""The coalescer's promises, checked without a database (its batches are plain coroutines)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import trio
+import trio.testing
+
+from chat.store.coalesce import Coalescer
+
+
+class Batches:
+    """A batch function whose n-th batch waits for ``gate(n)``; like the store's (a
+    transaction in a worker thread), a batch that started cannot be cancelled."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[str]] = []
+        self.gates: dict[int, trio.Event] = {}
+        self.fail: set[int] = set()
+
+    def gate(self, n: int) -> trio.Event:
+        return self.gates.setdefault(n, trio.Event())
+
+    async def __call__(self, requests: Sequence[str]) -> list[str]:
+        n = len(self.seen)
+        self.seen.append(sorted(requests))
+        with trio.CancelScope(shield=True):
+            await self.gate(n).wait()
+        if n in self.fail:
+            raise ValueError(f"batch {n} failed")
+        return [f"{request}!" for request in requests]
+
+
+async def test_calls_made_while_a_batch_runs_share_the_next_one() -> None:
+    batches = Batches()
+    coalesce = Coalescer(batches)
+    results: dict[str, str] = {}
+
+    async def call(name: str) -> None:
+        results[name] = await coalesce(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, "a")
+        await trio.testing.wait_all_tasks_blocked()
+        for name in "bcd":
+            nursery.start_soon(call, name)
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(0).set()
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(1).set()
+    assert batches.seen == [["a"], ["b", "c", "d"]]
+    assert results == {name: f"{name}!" for name in "abcd"}
+
+
+async def test_a_cancelled_call_whose_batch_runs_still_gets_its_result() -> None:
+    """Like a call in a worker thread: the batch commits, so the caller must learn it.
+    (Which of b and c leads their batch is up to trio's scheduler, so try it often.)"""
+    for _ in range(20):
+        await _cancel_inside_a_running_batch()
+
+
+async def _cancel_inside_a_running_batch() -> None:
+    batches = Batches()
+    coalesce = Coalescer(batches)
+    got: list[str] = []
+    scope = trio.CancelScope()
+
+    async def cancelled_caller() -> None:
+        with scope:
+            got.append(await coalesce("c"))
+            await trio.lowlevel.checkpoint()  # the cancellation arrives here
+            got.append("not reached")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(coalesce, "a")  # batch 0, holds the coalescer busy
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(coalesce, "b")
+        nursery.start_soon(cancelled_caller)
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(0).set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert batches.seen[1] == ["b", "c"]  # c is in a running batch (leading or not)
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []  # still waiting for its batch, shielded
+        batches.gate(1).set()
+    assert got == ["c!"]
+    assert scope.cancelled_caught
+
+
+async def test_a_cancelled_call_whose_batch_has_not_started_never_happens() -> None:
+    batches = Batches()
+    coalesce = Coalescer(batches)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(coalesce, "a")
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.move_on_after(0.01):
+            await coalesce("gone")
+        nursery.start_soon(coalesce, "b")
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(0).set()
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(1).set()
+    assert batches.seen == [["a"], ["b"]]
+
+
+async def test_a_failed_batch_fails_each_call_with_its_own_copy_of_the_error() -> None:
+    batches = Batches()
+    batches.fail.add(1)
+    coalesce = Coalescer(batches)
+    errors: list[BaseException] = []
+
+    async def call(name: str) -> None:
+        try:
+            await coalesce(name)
+        except ValueError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, "a")
+        await trio.testing.wait_all_tasks_blocked()
+        for name in "bcd":
+            nursery.start_soon(call, name)
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(0).set()
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(1).set()
+    assert [str(e) for e in errors] == ["batch 1 failed"] * 3
+    assert len({id(e) for e in errors}) == 3
+    with pytest.raises(ValueError, match="batch 1"):
+        raise errors[0]
