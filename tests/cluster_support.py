@@ -10,13 +10,9 @@ changed.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,19 +26,13 @@ from chat.broker.redis import RedisBroker
 from chat.client import ChatClient, connect
 from chat.server import Node
 
-from .support import running_node
+from .support import ServerProcess, free_port, running_node, server_process
 
 REPO = Path(__file__).resolve().parent.parent
 LEASE_SECONDS = 3.0
 """Short leases keep the crash tests short; heartbeats come every second."""
 START_SECONDS = 30.0
 """The longest a redis-server, nginx or chat-server process may take to be ready."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
@@ -165,57 +155,19 @@ async def dial(port: int) -> AsyncIterator[ChatClient]:
 # --- chat-server processes ---------------------------------------------------------
 
 
-class NodeProcess:
-    def __init__(self, node_id: str, port: int, process: trio.Process, log: Path) -> None:
-        self.node_id = node_id
-        self.port = port
-        self.process = process
-        self.log = log
-
-    def log_tail(self) -> str:
-        return _tail(self.log)
-
-
 @asynccontextmanager
 async def node_process(
     database_url: str, redis_url: str, node_id: str, directory: Path
-) -> AsyncIterator[NodeProcess]:
-    """``python -m chat serve`` on a free port; ready once it logs that it listens.
-    Killed on exit if the test did not stop it."""
-    port = free_port()
-    log = directory / f"{node_id}.log"
-    with log.open("wb") as out:
-        process = await trio.lowlevel.open_process(
-            [
-                sys.executable,
-                *("-m", "chat", "serve", "--host", "127.0.0.1", "--port", str(port)),
-                *("--node-id", node_id, "--database", database_url, "--redis", redis_url),
-                *("--lease-seconds", str(LEASE_SECONDS), "--log-level", "DEBUG"),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={key: value for key, value in os.environ.items() if not key.startswith("CHAT_")},
-        )
-    node = NodeProcess(node_id, port, process, log)
-    try:
-        with trio.fail_after(START_SECONDS):
-            while "listening on" not in log.read_text(errors="replace"):
-                if process.returncode is not None:
-                    raise RuntimeError(f"{node_id} exited: {node.log_tail()}")
-                await trio.sleep(0.05)
+) -> AsyncIterator[ServerProcess]:
+    """A cluster node as a real ``python -m chat serve`` process on a free port."""
+    async with server_process(
+        directory,
+        *("--host", "127.0.0.1", "--node-id", node_id),
+        *("--database", database_url, "--redis", redis_url),
+        *("--lease-seconds", str(LEASE_SECONDS), "--log-level", "DEBUG"),
+        name=node_id,
+    ) as node:
         yield node
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.move_on_after(10, shield=True):
-            await process.wait()
-
-
-async def stop_process(node: NodeProcess, signum: signal.Signals) -> int:
-    node.process.send_signal(signum)
-    with trio.fail_after(15):
-        return await node.process.wait()
 
 
 # --- nginx ---------------------------------------------------------------------

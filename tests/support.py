@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
+import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -109,3 +113,77 @@ async def no_event(c: ChatClient, wait: float = 0.3) -> None:
     with trio.move_on_after(wait):
         event = await c.events.receive()
         raise AssertionError(f"unexpected event {event}")
+
+
+# --- chat-server processes -------------------------------------------------------
+
+PROCESS_START_SECONDS = 30
+_starts = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def chat_env(**extra: str) -> dict[str, str]:
+    """This environment without any CHAT_* setting of the developer's, plus ``extra``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CHAT_")}
+    env.update(extra)
+    return env
+
+
+class ServerProcess:
+    def __init__(self, process: trio.Process, port: int, log: Path) -> None:
+        self.process = process
+        self.port = port
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    async def stop(self, signum: signal.Signals = signal.SIGTERM, within: float = 10) -> int:
+        """Send ``signum`` and return the exit status."""
+        self.process.send_signal(signum)
+        with trio.fail_after(within):
+            return await self.process.wait()
+
+
+@asynccontextmanager
+async def server_process(
+    directory: Path,
+    *args: str,
+    port: int | None = None,
+    name: str = "server",
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[ServerProcess]:
+    """``python -m chat serve --port PORT ARGS`` in ``directory``, ready once it logs that it
+    listens on its port; killed on exit if the test did not stop it."""
+    port = port or free_port()
+    log = directory / f"{name}-{port}-{next(_starts)}.log"
+    with log.open("wb") as out:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "chat", "serve", "--port", str(port), *args],
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env or chat_env(),
+        )
+    running = ServerProcess(process, port, log)
+    try:
+        with trio.fail_after(PROCESS_START_SECONDS):
+            while f"port {port}" not in running.output():
+                if process.returncode is not None:
+                    raise RuntimeError(f"{name} exited: {running.log_tail()}")
+                await trio.sleep(0.05)
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.move_on_after(10, shield=True):
+            await process.wait()

@@ -29,7 +29,7 @@ import pytest
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-from .cluster_support import free_port
+from .support import free_port
 from .ws_support import render_web_conf
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,6 @@ from .cluster_support import (
     make_broker,
     nginx_proxy,
     node_process,
-    stop_process,
 )
 from .support import client, login, no_event, register
 
@@ -333,7 +332,7 @@ async def test_sigterm_frees_only_the_stopped_nodes_users(
         for c, name in [(alice, "alice"), (bob, "bob"), (carol, "carol")]:
             await login(c, name)
 
-        assert await stop_process(a, signal.SIGTERM) == 0, a.log_tail()
+        assert await a.stop(signal.SIGTERM, within=15) == 0, a.log_tail()
         with trio.fail_after(DEADLINE):
             await alice.closed.wait()
 
@@ -366,7 +365,7 @@ async def test_kill_9_frees_users_within_the_lease(
         await login(alice, "alice")
         await login(bob, "bob")
 
-        assert await stop_process(a, signal.SIGKILL) == -signal.SIGKILL
+        assert await a.stop(signal.SIGKILL, within=15) == -signal.SIGKILL
         # Sent while alice's lease still names the dead node: stored, delivered later.
         sent = [
             (await bob.call("send", to=alice_id, text=f"are you there {i}"))["message_id"]

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
-import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pymysql
@@ -18,68 +14,20 @@ from chat.client import connect
 from chat.store import dialect_for
 from chat.store.migrations import migration_files
 
-from .cluster_support import free_port
-from .support import login, mysql_database, register
-
-START_SECONDS = 30
-_starts = itertools.count()
-
-
-class Server:
-    def __init__(self, process: trio.Process, port: int, log: Path) -> None:
-        self.process = process
-        self.port = port
-        self.log = log
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def stop(self, signum: signal.Signals = signal.SIGTERM, within: float = 10) -> int:
-        self.process.send_signal(signum)
-        with trio.fail_after(within):
-            return await self.process.wait()
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CHAT_")}
-    env.update(extra)
-    return env
-
-
-@asynccontextmanager
-async def server(
-    directory: Path, *args: str, port: int | None = None, env: dict[str, str] | None = None
-) -> AsyncIterator[Server]:
-    """``python -m chat serve`` in ``directory``; ready once it logs that it listens."""
-    port = port or free_port()
-    log = directory / f"server-{port}-{next(_starts)}.log"
-    with log.open("wb") as out:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "chat", "serve", "--port", str(port), *args],
-            cwd=directory,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env or _env(),
-        )
-    running = Server(process, port, log)
-    try:
-        with trio.fail_after(START_SECONDS):
-            while f"port {port}" not in running.output():
-                if process.returncode is not None:
-                    raise RuntimeError(f"the server exited: {running.output()}")
-                await trio.sleep(0.05)
-        yield running
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.move_on_after(10, shield=True):
-            await process.wait()
+from .support import (
+    PROCESS_START_SECONDS,
+    chat_env,
+    free_port,
+    login,
+    mysql_database,
+    register,
+    server_process,
+)
 
 
 async def test_sigterm_exits_zero_quickly_and_frees_its_users(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'chat.db'}"
-    async with server(tmp_path, "--database", db) as node:
+    async with server_process(tmp_path, "--database", db) as node:
         async with connect("127.0.0.1", node.port) as ann, connect("127.0.0.1", node.port) as bob:
             await register(ann, "ann")
             await register(bob, "bob")
@@ -93,7 +41,7 @@ async def test_sigterm_exits_zero_quickly_and_frees_its_users(tmp_path: Path) ->
                 await bob.closed.wait()
         assert "stopped" in node.output()
         assert "Traceback" not in node.output()
-    async with server(tmp_path, "--database", db, port=node.port) as again:
+    async with server_process(tmp_path, "--database", db, port=node.port) as again:
         async with connect("127.0.0.1", again.port) as ann, connect("127.0.0.1", again.port) as c:
             await login(ann, "ann")  # not "already_online"
             reply = await login(c, "carol")
@@ -105,7 +53,7 @@ async def test_sigterm_exits_zero_quickly_and_frees_its_users(tmp_path: Path) ->
 async def test_kill_9_loses_no_acknowledged_message(tmp_path: Path) -> None:
     with mysql_database() as db:
         async with (
-            server(tmp_path, "--database", db) as node,
+            server_process(tmp_path, "--database", db) as node,
             connect("127.0.0.1", node.port) as ann,
         ):
             await register(ann, "ann")
@@ -115,7 +63,7 @@ async def test_kill_9_loses_no_acknowledged_message(tmp_path: Path) -> None:
             node.process.kill()  # SIGKILL right after the last ok
             with trio.fail_after(10):
                 await node.process.wait()
-        async with server(tmp_path, "--database", db) as again:
+        async with server_process(tmp_path, "--database", db) as again:
             async with connect("127.0.0.1", again.port) as c:
                 reply = await login(c, "bob")
                 assert reply["offline"] == 50
@@ -125,7 +73,7 @@ async def test_kill_9_loses_no_acknowledged_message(tmp_path: Path) -> None:
 
 
 async def test_no_flags_means_chat_db_in_the_working_directory(tmp_path: Path) -> None:
-    env = _env(CHAT_PORT=str(free_port()))
+    env = chat_env(CHAT_PORT=str(free_port()))
     port = int(env["CHAT_PORT"])
     log = tmp_path / "server.log"
     with log.open("wb") as out:
@@ -137,7 +85,7 @@ async def test_no_flags_means_chat_db_in_the_working_directory(tmp_path: Path) -
             env=env,
         )
     try:
-        with trio.fail_after(START_SECONDS):
+        with trio.fail_after(PROCESS_START_SECONDS):
             while f"port {port}" not in log.read_text():
                 assert process.returncode is None, log.read_text()
                 await trio.sleep(0.05)
@@ -158,7 +106,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         cwd=cwd,
         capture_output=True,
         text=True,
-        env=_env(),
+        env=chat_env(),
         timeout=60,
         check=False,
     )
@@ -171,7 +119,7 @@ async def test_migrate_is_safe_when_two_nodes_start_together(tmp_path: Path) -> 
                 [sys.executable, "-m", "chat", "migrate", "--database", db],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                env=_env(),
+                env=chat_env(),
             )
             for _ in range(3)
         ]
@@ -210,7 +158,7 @@ async def test_bad_settings_are_clear_errors_not_tracebacks(tmp_path: Path) -> N
 
 
 async def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
-    async with server(tmp_path, "--database", f"sqlite:///{tmp_path / 'a.db'}") as first:
+    async with server_process(tmp_path, "--database", f"sqlite:///{tmp_path / 'a.db'}") as first:
         result = _run(
             "serve",
             "--port",

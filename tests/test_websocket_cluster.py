@@ -16,8 +16,8 @@ import trio
 
 from chat.server import Node
 
-from .cluster_support import REPO, free_port, make_broker, run_nginx
-from .support import client, login, register, running_node
+from .cluster_support import REPO, make_broker, run_nginx
+from .support import client, free_port, login, register, running_node
 from .ws_support import render_web_conf, ws_client
 
 DEADLINE = 20.0

@@ -17,7 +17,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 from chat.client import ChatClient, WebSocketLines, client_over
 from chat.server import Node
 
-from .cluster_support import free_port
+from .support import free_port
 
 CLIENT_MAX_MESSAGE = 16 * 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
