@@ -26,6 +26,7 @@ import trio
 from chat.broker import Broker
 from chat.store import Store
 from chat.transports import LineStream, MessageStream, enable_keepalive, serve_websocket
+from chat.transports.tcp import peer_name
 
 from .acknowledger import Acknowledger
 from .passwords import PasswordHasher
@@ -145,7 +146,7 @@ class Node:
     async def _serve_tcp(self, stream: trio.SocketStream) -> None:
         try:
             enable_keepalive(stream)
-            peer = _peer_name(stream)
+            peer = peer_name(stream)
         except OSError as exc:
             if exc.errno not in (errno.ENOTCONN, errno.EINVAL, errno.ECONNRESET):
                 log.exception("cannot set up a connection")
@@ -163,11 +164,3 @@ class Node:
             await session.run()
         finally:
             self._sessions.discard(session)
-
-
-def _peer_name(stream: trio.SocketStream) -> str:
-    address = stream.socket.getpeername()
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address)

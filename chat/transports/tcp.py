@@ -34,6 +34,15 @@ def enable_keepalive(stream: trio.SocketStream) -> None:
             stream.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
+def peer_name(stream: trio.SocketStream) -> str:
+    """``host:port`` of the peer (``[host]:port`` for IPv6), for logs."""
+    address = stream.socket.getpeername()
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
+
 class LineStream:
     """A ``MessageStream`` over a byte stream: one JSON object per ``\\n``-terminated line."""
 

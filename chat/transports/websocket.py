@@ -41,7 +41,7 @@ from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 from chat.protocol import MAX_LINE_BYTES, ErrorCode
 
 from .base import FrameRejected, MessageStream, StreamClosed
-from .tcp import enable_keepalive
+from .tcp import enable_keepalive, peer_name
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ async def _serve_connection(
 ) -> None:
     try:
         enable_keepalive(stream)
-        peer = "ws " + _peer_name(stream)
+        peer = "ws " + peer_name(stream)
     except OSError as exc:
         if exc.errno not in (errno.ENOTCONN, errno.EINVAL, errno.ECONNRESET):
             log.exception("cannot set up a WebSocket connection")
@@ -252,14 +252,6 @@ async def _handshake(
         return await request.accept()
     except ConnectionClosed:
         return None
-
-
-def _peer_name(stream: trio.SocketStream) -> str:
-    address = stream.socket.getpeername()
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address)
 
 
 def _describe(reason: CloseReason | None) -> str:
