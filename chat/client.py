@@ -51,7 +51,6 @@ class ChatClient:
         self._slots: deque[_Slot] = deque()
         self._events_in, self.events = trio.open_memory_channel[dict[str, Any]](math.inf)
         self.closed = trio.Event()
-        self.raw_frames: list[bytes] = []
 
     async def request(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Send a request and return its reply, ``ok`` or ``error``."""

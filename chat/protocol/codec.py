@@ -302,11 +302,6 @@ def decode_server_event(message: dict[str, Any]) -> Event | None:
     return None if cls is None else decode_server_message(cls, message)
 
 
-def unstructure(value: object) -> Any:
-    """Plain JSON-ready data for an attrs value (used by clients and tests)."""
-    return _converter.unstructure(value)
-
-
 __all__ = [
     "EVENT_TYPES",
     "BadServerMessage",
@@ -319,5 +314,4 @@ __all__ = [
     "encode_event",
     "encode_reply",
     "parse_object",
-    "unstructure",
 ]
