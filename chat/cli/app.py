@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from chat.client import ChatClient, ConnectionLost
+from chat.protocol.codec import BadServerMessage, decode_server_event, decode_server_message
 from chat.protocol.messages import (
     FoundUser,
     FriendAddedEvent,
@@ -48,7 +49,7 @@ from . import render
 from .commands import UsageError, quote
 from .connection import CannotConnect, Target, open_client
 from .render import Line, notice
-from .state import BadReply, Conversation, Known, decode, decode_event
+from .state import Conversation, Known
 from .terminal import Console
 
 OFFLINE_WAIT_SECONDS = 10.0
@@ -164,7 +165,7 @@ class App:
             name, password = self._credentials
             try:
                 await self._login(name, password)
-            except (CommandFailed, BadReply) as exc:
+            except (CommandFailed, BadServerMessage) as exc:
                 self._credentials = None
                 self.console.problem(render.error(f"could not log in again as {name}: {exc}"))
         unsent, self._unsent = self._unsent, None
@@ -175,7 +176,7 @@ class App:
             return
         try:
             await self._send(unsent)
-        except (CommandFailed, BadReply) as exc:
+        except (CommandFailed, BadServerMessage) as exc:
             self.console.problem(render.error(f"your last message was not sent: {exc}"))
 
     async def _pump(self, client: ChatClient) -> None:
@@ -206,8 +207,8 @@ class App:
             self.console.problem(render.error(str(message.get("message"))))
             return
         try:
-            event = decode_event(message)
-        except BadReply as exc:
+            event = decode_server_event(message)
+        except BadServerMessage as exc:
             self.console.problem(render.error(str(exc)))
             return
         if isinstance(event, MessageEvent | GroupMessageEvent):
@@ -245,7 +246,7 @@ class App:
                 if isinstance(command, cmd.Quit):
                     return Outcome.QUIT
                 await self._execute(command)
-            except (UsageError, CommandFailed, BadReply) as exc:
+            except (UsageError, CommandFailed, BadServerMessage) as exc:
                 self.failures += 1
                 self.console.problem(render.error(str(exc)))
             self._completions()
@@ -281,13 +282,17 @@ class App:
                 self._credentials = None
                 self.console.show(notice("logged out"))
             case cmd.Who(name):
-                found = decode(FoundUser, await self._call("find_user", name=name)).user
+                found = decode_server_message(
+                    FoundUser, await self._call("find_user", name=name)
+                ).user
                 self.known.seen(found)
                 self.console.show(render.person(found, self.known))
             case cmd.Friend(name):
                 self._need_login()
                 user_id = await self._user_id(name)
-                friend = decode(FriendResult, await self._call("add_friend", user_id=user_id))
+                friend = decode_server_message(
+                    FriendResult, await self._call("add_friend", user_id=user_id)
+                )
                 self.known.befriended(friend.friend)
                 self.console.show(
                     notice(
@@ -308,7 +313,7 @@ class App:
             case cmd.GroupCreate(name, description):
                 self._need_login()
                 reply = await self._call("create_group", name=name, description=description)
-                group = decode(GroupResult, reply).group
+                group = decode_server_message(GroupResult, reply).group
                 self.known.joined(group, "creator")
                 self.console.show(
                     notice(
@@ -319,7 +324,9 @@ class App:
                 )
             case cmd.GroupJoin(group_id):
                 self._need_login()
-                joined = decode(JoinResult, await self._call("join_group", group_id=group_id))
+                joined = decode_server_message(
+                    JoinResult, await self._call("join_group", group_id=group_id)
+                )
                 self.known.joined(joined.group, joined.role)
                 self.console.show(
                     notice(
@@ -371,7 +378,9 @@ class App:
             again = await self._ask_password("the same password again: ")
             if again != password:
                 raise UsageError("the two passwords differ; nothing was registered")
-        user = decode(UserResult, await self._call("register", name=name, password=password)).user
+        user = decode_server_message(
+            UserResult, await self._call("register", name=name, password=password)
+        ).user
         self.known.learn(user.id, user.name)
         hint = "" if self.known.me else f"; /login {quote(user.name)} to use it"
         self.console.show(
@@ -380,7 +389,9 @@ class App:
 
     async def _login(self, name: str, password: str) -> None:
         async with self._events_lock:
-            result = decode(LoginResult, await self._call("login", name=name, password=password))
+            result = decode_server_message(
+                LoginResult, await self._call("login", name=name, password=password)
+            )
             self.known.logged_in(result)
             self._credentials = (name, password)
             self._offline_left = result.offline
@@ -424,7 +435,7 @@ class App:
         """A user's id: from what this client has seen, or else from ``find_user``."""
         user_id = self.known.names.get(name)
         if user_id is None:
-            found = decode(FoundUser, await self._call("find_user", name=name)).user
+            found = decode_server_message(FoundUser, await self._call("find_user", name=name)).user
             self.known.seen(found)
             user_id = found.id
         return user_id
@@ -437,8 +448,8 @@ class App:
             async with limiter:
                 reply = await self._request("find_user", name=name)
             if reply.get("type") == "ok":
-                with contextlib.suppress(BadReply):  # keep what was known before
-                    self.known.seen(decode(FoundUser, reply).user)
+                with contextlib.suppress(BadServerMessage):  # keep what was known before
+                    self.known.seen(decode_server_message(FoundUser, reply).user)
 
         async with trio.open_nursery() as nursery:
             for friend in list(self.known.friends.values()):
@@ -469,7 +480,7 @@ class App:
             self._unsent = None
             raise
         self._unsent = None
-        self.console.show(unsent.show(decode(Sent, reply)))
+        self.console.show(unsent.show(decode_server_message(Sent, reply)))
 
     def _completions(self) -> None:
         self.console.completions(self.known.completions())

@@ -1,20 +1,15 @@
 """What the client knows: who is logged in, friends, groups, and every name seen so far.
 
-The server's replies and events arrive as JSON objects; ``decode`` turns them
-into the protocol's own typed values (``chat.protocol.messages``), so the rest
-of the client reads attributes, not dictionary keys, and a server that sends
-something malformed is reported once, here. No I/O.
+Replies and events reach this module already typed (the app decodes them with
+``chat.protocol.codec.decode_server_message``), so it reads attributes, not
+dictionary keys. No I/O.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
-
 import attrs
 
-from chat.protocol.codec import BadServerMessage, decode_server_event, decode_server_message
 from chat.protocol.messages import (
-    Event,
     GroupInfo,
     LoginResult,
     Role,
@@ -23,21 +18,6 @@ from chat.protocol.messages import (
 )
 
 from .commands import UsageError
-
-T = TypeVar("T")
-
-BadReply = BadServerMessage
-"""The server sent an object that does not match the protocol."""
-
-
-def decode(cls: type[T], message: dict[str, Any]) -> T:
-    """``message`` (a reply's fields) as a ``cls``; raises ``BadReply``."""
-    return decode_server_message(cls, message)
-
-
-def decode_event(message: dict[str, Any]) -> Event | None:
-    """The event in ``message``; ``None`` for a type this client does not know (newer server)."""
-    return decode_server_event(message)
 
 
 @attrs.frozen
