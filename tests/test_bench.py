@@ -1,7 +1,8 @@
 """chat-bench against a real node: it reports figures, and it notices broken delivery.
 
 No timing assertions: the figures are checked for presence and consistency
-(every ``ok``'d message delivered), never for speed.
+(every ``ok``'d message delivered), never for speed. Routes (``same`` and
+``cross`` port) are checked against two in-process cluster nodes, one port each.
 """
 
 from __future__ import annotations
@@ -13,19 +14,22 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
+from chat.bench.model import BenchConfig, PlanError, plan_targets, split_users
 from chat.bench.stats import DeliveryChecker
 from chat.protocol import LineSplitter
 from chat.server import Node
 
+from .cluster_support import cluster_node, make_broker
 from .support import running_node
 
 BENCH = [sys.executable, "-m", "chat.bench.cli"]
 
 
-async def run_bench(port: int, *args: str) -> tuple[int, list[str], str]:
+async def run_bench(port: int | str, *args: str) -> tuple[int, list[str], str]:
     result = await trio.run_process(
         [*BENCH, "--ports", str(port), "--prefix", f"t{os.getpid()}", *args],
         capture_stdout=True,
@@ -77,8 +81,89 @@ async def test_every_scenario_reports_figures(sqlite_node: Node) -> None:
     assert results["capacity"]["rss_held_kib"] > 0
     for name in ("direct", "open", "group", "offline"):
         assert results[name]["checks"]["lost"] == 0
+    assert "routes" not in results["direct"]  # one port: one route
     summary = "\n".join(lines[:-1])
     assert "== direct" in summary and "p99" in summary
+
+
+async def test_burst_passes_its_checks(sqlite_node: Node) -> None:
+    code, lines, err = await run_bench(
+        sqlite_node.ports[0], "--scenario", "burst", "--users", "4", "--messages", "25",
+        "--procs", "2",
+    )  # fmt: skip
+    assert code == 0, err
+    report = figures_of(lines)
+    assert report["ok"] is True
+    burst = report["results"]["burst"]
+    assert burst["sent"] == burst["delivered"] == 4 * 25
+    assert burst["latency"]["count"] == burst["ack_latency"]["count"] == 100
+    assert burst["unanswered"] == burst["send_errors"] == 0
+    assert burst["delivered_per_second"] > 0
+    assert "routes" not in burst
+    assert "== burst" in "\n".join(lines[:-1])
+
+
+async def test_routes_across_two_cluster_nodes(mysql_url: str, redis_url: str) -> None:
+    """One port per node: ``cross`` messages travel between the nodes, ``same`` ones do not."""
+    async with (
+        cluster_node(mysql_url, make_broker(redis_url, "node-a")) as a,
+        cluster_node(mysql_url, make_broker(redis_url, "node-b")) as b,
+    ):
+        ports = f"{a.ports[0]},{b.ports[0]}"
+        for route, other in (("cross", "same"), ("same", "cross")):
+            code, lines, err = await run_bench(
+                ports, "--scenario", "direct,burst", "--route", route, "--users", "4",
+                "--messages", "5", "--procs", "2",
+            )  # fmt: skip
+            assert code == 0, err
+            results = figures_of(lines)["results"]
+            for name in ("direct", "burst"):
+                figures = results[name]
+                assert figures["ok"] is True
+                assert figures["route"] == route
+                routes = figures["routes"]
+                assert set(routes) == {"same", "cross"}
+                assert routes[route]["delivered"] == figures["delivered"] == 4 * 5
+                assert routes[route]["latency"]["count"] == 20
+                assert routes[route]["ack_latency"]["count"] == 20
+                assert routes[route]["delivered_per_second"] > 0
+                assert routes[other]["delivered"] == routes[other]["latency"]["count"] == 0
+            assert f"{route} port" in "\n".join(lines[:-1])
+        # Route any, two load processes: each one holds users of both ports, so both routes.
+        code, lines, err = await run_bench(
+            ports, "--scenario", "open", "--users", "8", "--rate", "80", "--duration", "0.5",
+            "--procs", "2",
+        )  # fmt: skip
+        assert code == 0, err
+        routes = figures_of(lines)["results"]["open"]["routes"]
+        assert routes["same"]["delivered"] + routes["cross"]["delivered"] == 40
+        assert routes["cross"]["delivered"] > 0
+
+
+async def test_an_impossible_route_is_refused() -> None:
+    result = await trio.run_process(
+        [*BENCH, "--ports", "6000", "--scenario", "direct", "--route", "cross"],
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"--route cross needs two ports" in result.stderr
+
+
+def test_every_load_process_gets_every_port() -> None:
+    config = BenchConfig(ports=(6000, 6002), users=8, procs=2, route="cross")
+    shares = split_users(config, range(config.users))
+    assert shares == [(0, 1, 4, 5), (2, 3, 6, 7)]
+    for worker, share in enumerate(shares):
+        targets = plan_targets(config, worker, share)
+        assert sorted(targets) == list(share)
+        assert all(config.port_for(s) != config.port_for(r) for s, r in targets.items())
+        same = plan_targets(attrs.evolve(config, route="same"), worker, share)
+        assert all(config.port_for(s) == config.port_for(r) for s, r in same.items())
+    one_port = BenchConfig(users=6, procs=4)
+    assert split_users(one_port, range(6)) == [(0, 4), (1, 5), (2,), (3,)]  # as before: i mod 4
+    with pytest.raises(PlanError):
+        plan_targets(attrs.evolve(config, ports=(6000, 6000)), 0, range(4))
 
 
 async def test_accounts_are_reused_across_runs(sqlite_node: Node) -> None:
@@ -161,21 +246,25 @@ async def _proxy(upstream: int, mode: str, task_status: Any = trio.TASK_STATUS_I
     await trio.serve_listeners(handle, listeners)
 
 
+@pytest.mark.parametrize("scenario", ["direct", "burst"])
 @pytest.mark.parametrize(
     ("mode", "field"), [("duplicate", "duplicates"), ("drop", "lost"), ("swap", "out_of_order")]
 )
-async def test_a_broken_stream_fails_the_run(sqlite_node: Node, mode: str, field: str) -> None:
+async def test_a_broken_stream_fails_the_run(
+    sqlite_node: Node, scenario: str, mode: str, field: str
+) -> None:
     async with trio.open_nursery() as nursery:
         port = await nursery.start(partial(_proxy, sqlite_node.ports[0], mode))
         # One user sending to itself: one connection, one ordered stream to tamper with.
         code, lines, err = await run_bench(
-            port, "--scenario", "direct", "--users", "1", "--messages", "6", "--drain-seconds", "1"
-        )
+            port, "--scenario", scenario, "--users", "1", "--messages", "6",
+            "--drain-seconds", "1",
+        )  # fmt: skip
         nursery.cancel_scope.cancel()
     assert code == 1, err
     report = figures_of(lines)
     assert report["ok"] is False
-    assert report["results"]["direct"]["checks"][field] >= 1
+    assert report["results"][scenario]["checks"][field] >= 1
     assert "FAILED" in "\n".join(lines)
 
 

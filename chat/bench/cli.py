@@ -4,6 +4,11 @@ Prints one summary block per scenario and, last, one JSON line with every
 figure (``{"chat_bench": 1, "ok": ..., "results": {...}}``). Exit status: 0
 when every check passed, 1 when a delivery was lost, repeated or reordered (or
 requests failed), 2 when the run could not be done at all.
+
+Scale-out: with ``--ports`` naming one node per port, the one-to-one scenarios
+(``direct``, ``open``, ``burst``) report their figures per route as well
+(``results[name]["routes"]["same"|"cross"]``), and ``--route same|cross`` makes
+every message stay on its sender's port or leave it.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ from typing import Any
 
 import attrs
 
-from .model import DEFAULT_PREFIX, BenchConfig
+from .model import DEFAULT_PREFIX, ROUTE_CHOICES, BenchConfig, PlanError, check_plan
 from .report import describe, json_line
 from .runner import LoadFailed
-from .scenarios import ALL, SCENARIOS, Figures
+from .scenarios import ALL, ONE_TO_ONE, SCENARIOS, Figures
 from .worker import raise_file_limit
 
 
@@ -73,19 +78,29 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chat-bench",
         description="Load a running chat server or cluster over TCP with simulated users; "
         "check every delivery; print a summary and one JSON line of figures.",
+        epilog="Scenarios: auth = registrations and logins per second; direct = closed loop, "
+        "every user sends --messages messages to one other user, each after the last ok; "
+        "open = --rate sends per second in total for --duration s, on a fixed schedule; "
+        "burst = every user writes its --messages sends at once, pipelined, all users "
+        "starting together (delivered/s from the start to the last delivery); group = "
+        "fan-out to --group-size members; offline = messages kept for logged-out users, "
+        "drained at login; capacity = --users idle logged-in connections. "
+        "With several --ports (say one per cluster node), direct, open and burst also "
+        "report each route: same (sender and recipient on one port) and cross.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="server or load balancer address")
     parser.add_argument(
         "--ports",
         type=_ports,
         default=(6000,),
-        help="comma-separated ports; users are spread over them (default 6000)",
+        help="comma-separated ports; user i connects to the (i mod n)-th one, and every load "
+        "process gets users on each port (default 6000)",
     )
     parser.add_argument(
         "--scenario",
         type=_scenarios,
         default=list(ALL),
-        help="comma-separated: auth, direct, open, group, offline, capacity, or all "
+        help="comma-separated: auth, direct, open, burst, group, offline, capacity, or all "
         "(= auth,direct,open,group,offline; default all)",
     )
     parser.add_argument(
@@ -98,7 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--messages",
         type=_positive_int,
         default=100,
-        help="messages per sender (direct, offline) or to the group (group); default 100",
+        help="messages per sender (direct, burst, offline) or to the group (group); default 100",
+    )
+    parser.add_argument(
+        "--route",
+        choices=ROUTE_CHOICES,
+        default="any",
+        help="direct, open, burst: whom a sender picks. any = the next user of a ring "
+        "(default); same = a user on the sender's own port; cross = a user on another "
+        "port (needs two ports or more)",
     )
     parser.add_argument("--group-size", type=_positive_int, default=50, help="default 50")
     parser.add_argument(
@@ -152,6 +175,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         procs=args.procs,
         seed=args.seed,
         prefix=args.prefix,
+        route=args.route,
         run_id=uuid.uuid4().hex[:10],
         drain_seconds=args.drain_seconds,
     )
@@ -171,6 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "offline" in args.scenario and config.users < 2 * config.procs:
         print("chat-bench: offline needs at least two users per load process", file=sys.stderr)
         return 2
+    if any(name in ONE_TO_ONE for name in args.scenario):
+        try:
+            check_plan(config)
+        except PlanError as exc:
+            print(f"chat-bench: {exc}", file=sys.stderr)
+            return 2
     results: dict[str, Figures] = {}
     ok = True
     status = 0

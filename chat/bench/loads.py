@@ -5,12 +5,12 @@ about logins), meets the other processes at ``worker.sync``, runs, waits for
 outstanding deliveries, and returns plain data for ``scenarios`` to merge.
 Message text is ``run_id|seq|send_time|padding``: the receiver needs nothing
 else to check order and to time the delivery (``time.monotonic`` is one clock
-for every process of the machine).
+for every process of the machine). One-to-one receipts and ``ok``s are also
+tallied per route (``same`` or ``cross`` port, see ``model``).
 """
 
 from __future__ import annotations
 
-import random
 import time
 from array import array
 from collections import defaultdict
@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from .conn import Json
+from .model import ROUTES, PlanError, plan_targets
 from .stats import DeliveryChecker
 from .worker import BenchError, BenchUser, Worker
 
@@ -53,8 +54,32 @@ async def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
     return condition()
 
 
+class RouteTally:
+    """One route's deliveries (first copies) and ``ok``s in one load process."""
+
+    __slots__ = ("acks", "delivered", "last_receipt", "latencies")
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.latencies = array("d")
+        self.acks = array("d")
+        self.last_receipt = 0.0
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "delivered": self.delivered,
+            "last_receipt": self.last_receipt,
+            "latencies": self.latencies.tobytes(),
+            "acks": self.acks.tobytes(),
+        }
+
+
 class Receipts:
-    """Checks and times the one-to-one messages a load process receives."""
+    """Checks and times the one-to-one messages a load process receives.
+
+    Create it once the users are logged in: it learns each user's port then, to
+    tell ``same`` from ``cross`` deliveries.
+    """
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -62,6 +87,16 @@ class Receipts:
         self.latencies = array("d")
         self.last_receipt = 0.0
         self.wrong_kind = 0
+        self.routes = {route: RouteTally() for route in ROUTES}
+        config = worker.config
+        self._port_of = {user.id: config.port_for(user.index) for user in worker.users.values()}
+
+    def route(self, recipient: int, sender: int) -> RouteTally | None:
+        """The tally of a (recipient, sender) pair's route; None for a sender not of this run."""
+        sender_port = self._port_of.get(sender)
+        if sender_port is None:
+            return None
+        return self.routes["same" if sender_port == self._port_of.get(recipient) else "cross"]
 
     def on_event(self, user: BenchUser, event: Json) -> None:
         now = time.monotonic()
@@ -69,17 +104,35 @@ class Receipts:
             self.wrong_kind += 1
             return
         seq, sent_at = parse_text(event["text"])
-        if self.checker.received(user.id, int(event["from"]["id"]), seq):
-            self.latencies.append(now - sent_at)
+        sender = int(event["from"]["id"])
+        if self.checker.received(user.id, sender, seq):
+            latency = now - sent_at
+            self.latencies.append(latency)
+            tally = self.route(user.id, sender)
+            if tally is not None:
+                tally.delivered += 1
+                tally.latencies.append(latency)
+                tally.last_receipt = now
         self.last_receipt = now
         self.worker.count_received()
 
+    def acked(self, sender: BenchUser, recipient: BenchUser, seq: int, seconds: float) -> None:
+        """``sender`` got ``ok`` for message ``seq`` to ``recipient``, ``seconds`` after sending."""
+        self.checker.acked(recipient.id, sender.id, seq)
+        tally = self.route(recipient.id, sender.id)
+        if tally is not None:
+            tally.acks.append(seconds)
 
-def ring(worker: Worker, users: list[int]) -> dict[int, int]:
-    """Each user sends to the next one of a ring shuffled by the seed (alone: to itself)."""
-    order = list(users)
-    random.Random(worker.config.seed * 1000 + worker.job.worker).shuffle(order)
-    return {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+    def route_results(self) -> dict[str, dict[str, Any]]:
+        return {route: tally.result() for route, tally in self.routes.items()}
+
+
+def targets_of(worker: Worker, users: list[int]) -> dict[int, int]:
+    """Whom each user sends to (``model.plan_targets``, after ``--route``)."""
+    try:
+        return plan_targets(worker.config, worker.job.worker, users)
+    except PlanError as exc:
+        raise BenchError(str(exc)) from None
 
 
 # --- register and login --------------------------------------------------------
@@ -129,7 +182,7 @@ async def direct(worker: Worker) -> dict[str, Any]:
     """Closed loop: every user sends ``messages`` messages, each after the last one's ``ok``."""
     users = list(worker.job.users)
     await worker.connect_all(users)
-    targets = ring(worker, users)
+    targets = targets_of(worker, users)
     receipts = Receipts(worker)
     worker.on_event = receipts.on_event
     acks = array("d")
@@ -142,8 +195,9 @@ async def direct(worker: Worker) -> dict[str, Any]:
             sent_at = time.monotonic()
             reply = await me.conn.call("send", to=them.id, text=message_text(worker, seq, sent_at))
             if reply.get("type") == "ok":
-                acks.append(time.monotonic() - sent_at)
-                receipts.checker.acked(them.id, me.id, seq)
+                seconds = time.monotonic() - sent_at
+                acks.append(seconds)
+                receipts.acked(me, them, seq, seconds)
                 worker.count_sent()
             else:
                 errors += 1
@@ -165,6 +219,7 @@ async def direct(worker: Worker) -> dict[str, Any]:
         "latencies": receipts.latencies.tobytes(),
         "acks": acks.tobytes(),
         "wrong_kind": receipts.wrong_kind,
+        "routes": receipts.route_results(),
         "verdict": receipts.checker.finish(),
     }
 
@@ -178,7 +233,7 @@ async def open_loop(worker: Worker) -> dict[str, Any]:
     config = worker.config
     users = list(worker.job.users)
     await worker.connect_all(users)
-    targets = ring(worker, users)
+    targets = targets_of(worker, users)
     receipts = Receipts(worker)
     worker.on_event = receipts.on_event
     rate = config.rate * len(users) / config.users
@@ -194,8 +249,9 @@ async def open_loop(worker: Worker) -> dict[str, Any]:
             nonlocal outstanding, errors
             outstanding -= 1
             if reply.get("type") == "ok":
-                acks.append(time.monotonic() - sent_at)
-                receipts.checker.acked(them.id, me.id, seq)
+                seconds = time.monotonic() - sent_at
+                acks.append(seconds)
+                receipts.acked(me, them, seq, seconds)
             else:
                 errors += 1
 
@@ -244,6 +300,80 @@ async def open_loop(worker: Worker) -> dict[str, Any]:
         "latencies": receipts.latencies.tobytes(),
         "acks": acks.tobytes(),
         "wrong_kind": receipts.wrong_kind,
+        "routes": receipts.route_results(),
+        "verdict": receipts.checker.finish(),
+    }
+
+
+async def burst(worker: Worker) -> dict[str, Any]:
+    """Burst: at the common start every user writes its ``messages`` sends at once.
+
+    The sends are pipelined (each is written without waiting for an earlier
+    ``ok``), so the server gets ``users x messages`` requests in one go. A
+    message's send time is when its request was handed to the connection.
+    Deliveries are checked as in ``direct``; ``sends_done`` is the last ``ok``.
+    """
+    config = worker.config
+    users = list(worker.job.users)
+    await worker.connect_all(users)
+    targets = targets_of(worker, users)
+    receipts = Receipts(worker)
+    worker.on_event = receipts.on_event
+    outstanding = 0
+    errors = 0
+    last_ok = 0.0
+    acks = array("d")
+
+    def on_reply(
+        me: BenchUser, them: BenchUser, seq: int, sent_at: float
+    ) -> Callable[[Json], None]:
+        def got(reply: Json) -> None:
+            nonlocal outstanding, errors, last_ok
+            outstanding -= 1
+            if reply.get("type") == "ok":
+                last_ok = time.monotonic()
+                acks.append(last_ok - sent_at)
+                receipts.acked(me, them, seq, last_ok - sent_at)
+                worker.count_sent()
+            else:
+                errors += 1
+
+        return got
+
+    async def sender(index: int) -> None:
+        nonlocal outstanding
+        me, them = worker.users[index], worker.users[targets[index]]
+        for seq in range(1, config.messages + 1):
+            sent_at = time.monotonic()
+            outstanding += 1
+            await me.conn.request(
+                "send",
+                on_reply(me, them, seq, sent_at),
+                to=them.id,
+                text=message_text(worker, seq, sent_at),
+            )
+
+    start_at = await worker.sync(len(users))
+    await sleep_until_monotonic(start_at)
+    async with trio.open_nursery() as nursery:
+        for index in users:
+            nursery.start_soon(sender, index)
+    written = time.monotonic()
+    await wait_for(lambda: outstanding == 0, config.drain_seconds)
+    await wait_for(lambda: receipts.checker.missing() == 0, config.drain_seconds)
+    return {
+        "start": start_at,
+        "written": written,
+        "sends_done": last_ok or written,
+        "last_receipt": receipts.last_receipt,
+        "sent": len(acks),
+        "errors": errors,
+        "unanswered": outstanding,
+        "delivered": receipts.checker.delivered,
+        "latencies": receipts.latencies.tobytes(),
+        "acks": acks.tobytes(),
+        "wrong_kind": receipts.wrong_kind,
+        "routes": receipts.route_results(),
         "verdict": receipts.checker.finish(),
     }
 
@@ -448,6 +578,7 @@ LOADS: dict[str, Callable[[Worker], Awaitable[Any]]] = {
     "auth": auth,
     "direct": direct,
     "open": open_loop,
+    "burst": burst,
     "group": group,
     "offline": offline,
     "capacity": capacity,

@@ -1,11 +1,34 @@
-"""What the parent tells a load process: picklable, frozen values."""
+"""What the parent tells a load process (picklable, frozen values), and the plan.
+
+The plan is pure code shared by the parent and the load processes: which load
+process drives which users (``split_users``), which port each user connects
+to (``BenchConfig.port_for``) and whom each user sends to (``plan_targets``).
+A one-to-one message is checked where both its sender and its recipient are,
+so a sender's recipient is always one of its own load process's users.
+
+Routes: a delivery is ``same`` when the sender and the recipient are connected
+to the same port, ``cross`` when to different ones (with one node per port,
+``cross`` is a message that travels between nodes).
+"""
 
 from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
 
 import attrs
 
 PASSWORD = "bench-password"
 DEFAULT_PREFIX = "bench"
+ROUTES = ("same", "cross")
+"""Delivery routes, by the ports of sender and recipient."""
+ROUTE_CHOICES = ("any", *ROUTES)
+"""``--route``: whom a sender may pick (``any``: the ring, whatever the ports)."""
+
+
+class PlanError(ValueError):
+    """The asked-for plan cannot be made (e.g. ``--route cross`` with one port)."""
 
 
 @attrs.frozen
@@ -22,6 +45,8 @@ class BenchConfig:
     procs: int = 1
     seed: int = 1
     prefix: str = DEFAULT_PREFIX
+    route: str = "any"
+    """One-to-one scenarios: ``any``, ``same`` or ``cross`` (see ``plan_targets``)."""
     run_id: str = "run"
     """Unique per run: events of earlier runs (kept messages) are recognised and skipped."""
     login_concurrency: int = 32
@@ -35,7 +60,13 @@ class BenchConfig:
         return f"{self.prefix}-u{index}"
 
     def port_for(self, index: int) -> int:
+        """Users are dealt over ``--ports`` in turn: user i on the (i mod n)-th port."""
         return self.ports[index % len(self.ports)]
+
+    @property
+    def multi_port(self) -> bool:
+        """More than one distinct port: deliveries have routes worth telling apart."""
+        return len(set(self.ports)) > 1
 
 
 @attrs.frozen
@@ -47,3 +78,77 @@ class Job:
     worker: int
     users: tuple[int, ...]
     """Global user indexes this process drives."""
+
+
+def split_users(config: BenchConfig, users: Sequence[int]) -> list[tuple[int, ...]]:
+    """Each load process's users: as many processes as asked (at most one per user).
+
+    Users are ordered by their place in ``--ports`` and then dealt in turn, so
+    the counts differ by at most one and every process gets its share of every
+    port (dealing user i to process i mod procs would give each process a single
+    port whenever procs and the number of ports share a factor, and then no
+    message would ever cross). With one port this is ``users[w::procs]``. User 0
+    always goes to process 0 (the group sender).
+    """
+    procs = max(1, min(config.procs, len(users)))
+    count = len(config.ports)
+    order = sorted(users, key=lambda index: (index % count, index))
+    return [tuple(sorted(order[worker::procs])) for worker in range(procs)]
+
+
+def ring(config: BenchConfig, worker: int, users: Sequence[int]) -> dict[int, int]:
+    """Each user sends to the next one of a ring shuffled by the seed (alone: to itself)."""
+    order = list(users)
+    random.Random(config.seed * 1000 + worker).shuffle(order)
+    return {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+
+
+def plan_targets(config: BenchConfig, worker: int, users: Sequence[int]) -> dict[int, int]:
+    """Whom each of a load process's users sends to, following ``config.route``.
+
+    - ``any``: a ring over all the process's users, whatever their ports;
+    - ``same``: a ring over the users of each port (a user alone on its port
+      sends to itself);
+    - ``cross``: the users of each port send to the users of the next port
+      (ports in ascending order, the last one to the first), the j-th sender
+      to the (j mod n)-th recipient; raises ``PlanError`` when the process's
+      users are all on one port.
+
+    Each sender has exactly one recipient, so per-sender order stays checkable.
+    """
+    if config.route == "any":
+        return ring(config, worker, users)
+    if config.route not in ROUTES:
+        raise PlanError(f"unknown route {config.route!r} (choose from {', '.join(ROUTE_CHOICES)})")
+    by_port: dict[int, list[int]] = defaultdict(list)
+    for index in users:
+        by_port[config.port_for(index)].append(index)
+    rng = random.Random(config.seed * 1000 + worker)
+    ports = sorted(by_port)
+    for port in ports:
+        rng.shuffle(by_port[port])
+    targets: dict[int, int] = {}
+    if config.route == "same":
+        for port in ports:
+            group = by_port[port]
+            targets.update({group[i]: group[(i + 1) % len(group)] for i in range(len(group))})
+        return targets
+    if len(ports) < 2:
+        if not config.multi_port:
+            raise PlanError("--route cross needs two ports or more in --ports (say 6000,6002)")
+        raise PlanError(
+            f"--route cross: load process {worker} would have users on port"
+            f" {ports[0] if ports else '-'} only ({len(users)} of them); give more --users or"
+            f" fewer --procs, so that every load process has users on two ports"
+        )
+    for place, port in enumerate(ports):
+        recipients = by_port[ports[(place + 1) % len(ports)]]
+        for j, sender in enumerate(by_port[port]):
+            targets[sender] = recipients[j % len(recipients)]
+    return targets
+
+
+def check_plan(config: BenchConfig) -> None:
+    """Raise ``PlanError`` if the one-to-one scenarios cannot follow ``config.route``."""
+    for worker, share in enumerate(split_users(config, range(config.users))):
+        plan_targets(config, worker, share)

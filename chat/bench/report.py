@@ -15,6 +15,25 @@ def _lat(summary: dict[str, Any]) -> str:
     )
 
 
+def _p50_p99(summary: dict[str, Any]) -> str:
+    return f"p50 {summary['p50_ms']:.1f} / p99 {summary['p99_ms']:.1f} ms"
+
+
+def _route_lines(routes: dict[str, Any]) -> list[str]:
+    """One line per route: a cross-node message next to a same-node one."""
+    lines = []
+    for route, part in routes.items():
+        if not part["delivered"]:
+            lines.append(f"  {route + ' port':<10}{'-':>10}     none delivered")
+            continue
+        lines.append(
+            f"  {route + ' port':<10}{part['delivered_per_second']:>8,.1f}/s   delivered"
+            f" {part['delivered']}; send->receipt {_p50_p99(part['latency'])};"
+            f" send->ok {_p50_p99(part['ack_latency'])}"
+        )
+    return lines
+
+
 def describe(name: str, figures: Figures) -> list[str]:
     """A few lines a person can read, for one scenario."""
     lines = [f"== {name}"]
@@ -25,21 +44,29 @@ def describe(name: str, figures: Figures) -> list[str]:
                 f"  {phase:<8} {part['per_second']:>9,.1f}/s   {part['count']} accounts,"
                 f" latency {_lat(part['latency'])}"
             )
-    elif name in ("direct", "open"):
+    elif name in ("direct", "open", "burst"):
         if name == "open":
             lines.append(
                 f"  offered  {figures['offered_rate']:,.0f}/s for {figures['duration']} s"
                 f" ({figures['offered']} sends; generator lag max {figures['generator_lag_ms']} ms)"
             )
+        if name == "burst":
+            lines.append(
+                f"  burst    {figures['users']} users x {figures['messages']} messages at once,"
+                f" pipelined (all written in {figures['written_seconds']} s)"
+            )
+        route = "" if figures["route"] == "any" else f", route {figures['route']}"
         lines.append(
             f"  sent     {figures['sends_per_second']:>9,.1f}/s   ({figures['sent']} ok,"
-            f" {figures['users']} users)"
+            f" {figures['users']} users{route})"
         )
         lines.append(
             f"  delivered {figures['delivered_per_second']:>8,.1f}/s   ({figures['delivered']})"
         )
         lines.append(f"  send->receipt  {_lat(figures['latency'])}")
         lines.append(f"  send->ok       {_lat(figures['ack_latency'])}")
+        if "routes" in figures:
+            lines.extend(_route_lines(figures["routes"]))
     elif name == "group":
         lines.append(
             f"  group of {figures['group_size']} ({figures['recipients']} recipients online),"

@@ -1,8 +1,9 @@
 """The parent's side of a scenario: start the load processes and walk them through barriers.
 
-Each load process gets every ``procs``-th user (user 0 always goes to process
-0, which matters for the group sender). Between barriers the parent prints a
-progress line from the shared counters.
+Each load process gets an equal share of the users and of every port
+(``model.split_users``; user 0 always goes to process 0, which matters for the
+group sender). Between barriers the parent prints a progress line from the
+shared counters.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
 from typing import Any, TextIO
 
-from .model import BenchConfig, Job
+from .model import BenchConfig, Job, split_users
 from .worker import worker_main
 
 START_DELAY = 0.3
@@ -39,17 +40,17 @@ class Load:
     ) -> None:
         self.scenario = scenario
         self.config = config
-        procs = max(1, min(config.procs, len(users)))
+        shares = split_users(config, users)
         context = multiprocessing.get_context("spawn")
-        self.counters = context.Array("q", 2 * procs, lock=False)
+        self.counters = context.Array("q", 2 * len(shares), lock=False)
         self.pipes: list[Connection] = []
         self.processes: list[SpawnProcess] = []
         self.progress = progress
         self.started = time.monotonic()
         self._last_line = 0.0
-        for worker in range(procs):
+        for worker, share in enumerate(shares):
             parent_end, child_end = context.Pipe(duplex=True)
-            job = Job(scenario, config, worker, tuple(users[worker::procs]))
+            job = Job(scenario, config, worker, share)
             process = context.Process(
                 target=worker_main,
                 args=(job, child_end, self.counters),

@@ -3,6 +3,12 @@
 A scenario returns a dict of figures (numbers, latency summaries as dicts, and
 ``ok``). ``ok`` is false on any lost, duplicated or reordered delivery, on a
 wrong offline count, or on failed requests: a fast wrong answer is no result.
+
+The one-to-one scenarios (``direct``, ``open``, ``burst``) also report
+``route`` (the ``--route`` asked for) and, when ``--ports`` names more than one
+port, ``routes``: for ``same`` and ``cross`` each, ``delivered``,
+``delivered_per_second`` (from the common start to that route's last
+delivery), ``latency`` (send->receipt) and ``ack_latency`` (send->``ok``).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from .model import BenchConfig
+from .model import ROUTES, BenchConfig
 from .runner import Load
 from .stats import LatencySummary, Verdict
 
@@ -94,7 +100,7 @@ def direct(config: BenchConfig, progress: TextIO | None, server_pid: int | None)
         load.gather()
         start = load.go_at()
         results = load.results()
-    return _one_to_one(config, results, start, closed=True)
+    return _one_to_one(config, results, start, "direct")
 
 
 def open_loop(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
@@ -102,11 +108,35 @@ def open_loop(config: BenchConfig, progress: TextIO | None, server_pid: int | No
         load.gather()
         start = load.go_at()
         results = load.results()
-    return _one_to_one(config, results, start, closed=False)
+    return _one_to_one(config, results, start, "open")
+
+
+def burst(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
+    with Load("burst", config, range(config.users), progress) as load:
+        load.gather()
+        start = load.go_at()
+        results = load.results()
+    return _one_to_one(config, results, start, "burst")
+
+
+def _routes(results: list[dict[str, Any]], start: float) -> Figures:
+    """Per-route figures, merged over the load processes."""
+    routes: Figures = {}
+    for route in ROUTES:
+        parts = [result["routes"][route] for result in results]
+        delivered = sum(part["delivered"] for part in parts)
+        last = max(part["last_receipt"] for part in parts)
+        routes[route] = {
+            "delivered": delivered,
+            "delivered_per_second": _rate(delivered, last - start) if delivered else 0.0,
+            "latency": _latency(part["latencies"] for part in parts),
+            "ack_latency": _latency(part["acks"] for part in parts),
+        }
+    return routes
 
 
 def _one_to_one(
-    config: BenchConfig, results: list[dict[str, Any]], start: float, *, closed: bool
+    config: BenchConfig, results: list[dict[str, Any]], start: float, scenario: str
 ) -> Figures:
     sent = sum(result["sent"] for result in results)
     delivered = sum(result["delivered"] for result in results)
@@ -115,6 +145,7 @@ def _one_to_one(
     sends_done = max(result["sends_done"] for result in results)
     figures: Figures = {
         "users": config.users,
+        "route": config.route,
         "sent": sent,
         "delivered": delivered,
         "send_errors": errors,
@@ -124,18 +155,24 @@ def _one_to_one(
         "latency": _latency(result["latencies"] for result in results),
         "ack_latency": _latency(result["acks"] for result in results),
     }
+    if config.multi_port:
+        figures["routes"] = _routes(results, start)
     problems = [f"{errors} sends failed" if errors else ""]
-    if not closed:
+    if scenario == "open":
         offered = sum(result["offered"] for result in results)
         lag = max(result["generator_lag"] for result in results)
-        unanswered = sum(result["unanswered"] for result in results)
         figures.update(
             offered_rate=config.rate,
             offered=offered,
             duration=config.duration,
             generator_lag_ms=round(lag * 1000, 1),
-            unanswered=unanswered,
         )
+    if scenario == "burst":
+        written = max(result["written"] for result in results)
+        figures.update(messages=config.messages, written_seconds=round(written - start, 3))
+    if scenario in ("open", "burst"):
+        unanswered = sum(result["unanswered"] for result in results)
+        figures["unanswered"] = unanswered
         problems.append(f"{unanswered} sends never answered" if unanswered else "")
     wrong = sum(result["wrong_kind"] for result in results)
     problems.append(f"{wrong} unexpected events" if wrong else "")
@@ -258,9 +295,13 @@ SCENARIOS: dict[str, Scenario] = {
     "auth": auth,
     "direct": direct,
     "open": open_loop,
+    "burst": burst,
     "group": group,
     "offline": offline,
     "capacity": capacity,
 }
 ALL = ("auth", "direct", "open", "group", "offline")
-"""What ``--scenario all`` runs; ``capacity`` needs thousands of logins: ask for it by name."""
+"""What ``--scenario all`` runs; ask for ``burst`` (a second one-to-one load as big as
+``direct``) and ``capacity`` (thousands of logins) by name."""
+ONE_TO_ONE = ("direct", "open", "burst")
+"""The scenarios that follow ``--route`` and report per-route figures."""
