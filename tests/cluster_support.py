@@ -107,12 +107,8 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def make_broker(
-    redis_url: str, node_id: str, *, settle_seconds: float | None = None
-) -> RedisBroker:
-    return RedisBroker(
-        redis_url, node_id, lease_seconds=LEASE_SECONDS, settle_seconds=settle_seconds
-    )
+def make_broker(redis_url: str, node_id: str, *, prefix: str | None = None) -> RedisBroker:
+    return RedisBroker(redis_url, node_id, lease_seconds=LEASE_SECONDS, prefix=prefix)
 
 
 class Tally:

@@ -1,6 +1,17 @@
 """Brokers: how nodes learn who is online where, and wake each other."""
 
-from .base import Broker, BrokerUnavailable, Evict, Notice, NoticeHandler, Push, Resync, Wake
+from .base import (
+    Broker,
+    BrokerUnavailable,
+    Evict,
+    Notice,
+    NoticeHandler,
+    Pause,
+    Push,
+    Resume,
+    Resync,
+    Wake,
+)
 from .memory import MemoryBroker
 
 __all__ = [
@@ -10,7 +21,9 @@ __all__ = [
     "MemoryBroker",
     "Notice",
     "NoticeHandler",
+    "Pause",
     "Push",
+    "Resume",
     "Resync",
     "Wake",
 ]

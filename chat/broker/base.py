@@ -7,9 +7,17 @@ any notice about it is sent. A notice only says "look in the store now" (a
 re-reads the store for every user it holds, so a lost notice delays a message,
 never loses it.
 
+Notices for other nodes travel in batches: ``route`` takes every wake-up and
+push queued meanwhile, looks up who holds each user in one go and sends each
+node one message. A node that holds a user itself gets its notices by direct
+call.
+
 Presence is a claim per user, held by one connection (its ``holder`` string,
 unique in the cluster) and released by the same holder only, so a late release
-from an old connection can never free a newer login.
+from an old connection can never free a newer login. While a node cannot
+confirm that its claims still stand (its presence store is out of reach, or
+lost its data), it gets ``Pause``: its sessions neither deliver nor act until
+``Resume``; a session whose user was claimed elsewhere meanwhile gets ``Evict``.
 """
 
 from __future__ import annotations
@@ -51,7 +59,23 @@ class Evict:
     holder: str
 
 
-Notice = Wake | Push | Resync | Evict
+@attrs.frozen
+class Pause:
+    """This node cannot confirm its users' claims right now (Redis does not answer, or
+    may have lost them): its sessions stop delivering and acting until ``Resume``, so
+    that a user claimed elsewhere meanwhile is never served twice. Only ever handed to
+    the node's own handler."""
+
+    reason: str
+
+
+@attrs.frozen
+class Resume:
+    """Every claim this node holds is confirmed again (renewed or re-created); the ones
+    lost to another login were evicted first. Only ever handed to the node's own handler."""
+
+
+Notice = Wake | Push | Resync | Evict | Pause | Resume
 NoticeHandler = Callable[[Notice], None]
 
 
@@ -80,8 +104,10 @@ class Broker(Protocol):
     async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
         """The node id holding each of these users that is online."""
 
-    async def notify(self, node_id: str, notice: Notice) -> None:
-        """Deliver a notice to a node (this one included)."""
+    async def route(self, wake: Sequence[int], push: Sequence[Push]) -> None:
+        """Wake these users and hand these events to whichever node holds each user,
+        this one included, with one presence look-up and one message per node for the
+        whole batch. Users held by nobody are skipped: their messages wait in the store."""
 
     async def aclose(self) -> None:
         """Release what the broker holds (connections, threads)."""

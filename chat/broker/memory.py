@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import trio
 
-from .base import Notice, NoticeHandler
+from .base import NoticeHandler, Push, Wake
 
 
 class MemoryBroker:
@@ -43,9 +43,15 @@ class MemoryBroker:
     async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
         return {user: self.node_id for user in user_ids if user in self._holders}
 
-    async def notify(self, node_id: str, notice: Notice) -> None:
-        if node_id == self.node_id and self._handler is not None:
-            self._handler(notice)
+    async def route(self, wake: Sequence[int], push: Sequence[Push]) -> None:
+        if self._handler is None:
+            return
+        held = [user for user in wake if user in self._holders]
+        if held:
+            self._handler(Wake(tuple(held)))
+        for event in push:
+            if event.user_id in self._holders:
+                self._handler(event)
 
     async def aclose(self) -> None:
         self._holders.clear()

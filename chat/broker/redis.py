@@ -4,31 +4,47 @@ Redis holds nothing that matters: every message is in the database before any
 notice about it is published, so Redis may lose everything (it keeps nothing on
 disk) and the cluster only has to re-learn who is online where.
 
-Keys and channels (one Redis database per cluster)::
+Keys and channels, all under the cluster's prefix ``P`` (``--redis-prefix``,
+by default ``chat:<database index of the URL>``; Redis's pub/sub channels are
+shared by every database of one server, so the prefix is what keeps two
+clusters on one Redis apart)::
 
-    chat:presence:<user_id>   "<holder>@<incarnation>": the holder string
-                              ("<node_id>/<serial>") of the one connection
-                              logged in as that user, and a token of the node
-                              process (serials restart with the process); a
-                              lease: it expires after ``lease_seconds`` unless
-                              the owning node's heartbeat renews it
-    chat:epoch                a random token, written once by the first node
-                              that finds it missing; a new token means Redis
-                              lost its data (restart, flush)
-    chat:settling             exists for ``settle_seconds`` after a new epoch:
-                              claims are refused (``BrokerUnavailable``, so
-                              ``login`` answers ``unavailable``) while every
-                              live node re-asserts its users' leases
-    chat:node:<node_id>       pub/sub channel: notices for one node
-    chat:all                  pub/sub channel: notices for every node (a
-                              ``Resync`` from a node that could not reach Redis)
+    P:presence:<user_id>   "<holder>@<incarnation>": the holder string
+                           ("<node_id>/<serial>") of the one connection logged
+                           in as that user, and a token of the node process
+                           (serials restart with the process); a lease: it
+                           expires after ``lease_seconds`` unless the owning
+                           node's heartbeat renews it
+    P:epoch                a random token, written by the first node that finds
+                           it missing; a new token means Redis lost its data
+                           (restart, flush), or is new
+    P:node:<node_id>       pub/sub channel: notices for one node, in batches
+    P:all                  pub/sub channel: notices for every node (a ``Resync``
+                           from a node that could not reach Redis, or from the
+                           node that found the epoch missing)
 
 Threads: redis-py blocks, so each command runs in ``trio.to_thread.run_sync``
 under this broker's own ``CapacityLimiter``, on pooled connections. The pub/sub
 subscription lives in one dedicated worker thread that polls ``get_message``,
-checks ``trio.from_thread.check_cancelled()`` between polls and hands each
-notice to a trio task with ``trio.from_thread.run``. When the subscription
-breaks, the thread ends; the trio side waits (backoff) and starts a new one.
+checks ``trio.from_thread.check_cancelled()`` between polls and hands what it
+received to a trio task with one ``trio.from_thread.run`` per batch (everything
+that had arrived). When the subscription breaks, the thread ends; the trio side
+waits (backoff) and starts a new one.
+
+Routing: ``route`` takes a batch of wake-ups and pushes, and in one worker
+thread call reads every recipient's lease (``MGET``) and publishes one message
+per node that holds any of them (one pipelined round trip), so a burst of
+messages to another node costs a few Redis round trips, not two per message.
+
+Leases in doubt: whenever a command fails, the subscription breaks, or no
+renewal has reached Redis for a lease minus a heartbeat, the node cannot be sure
+its leases still stand (Redis may have restarted empty, or they may lapse): it
+hands ``Pause`` to its handler, so its sessions neither deliver nor act, and
+retries its heartbeat every ``RETRY_SECONDS``. The first heartbeat that then
+succeeds renews or re-creates every lease the node holds; a lease someone else
+holds by now ends that session (``Evict``), and only that one; then ``Resume``
+and a ``Resync``. So a Redis restart shorter than a lease disconnects nobody,
+and a user is never served by two nodes at once.
 
 Failures and what covers them:
 
@@ -37,12 +53,17 @@ Failures and what covers them:
   the store), so lost wake-ups delay messages, never lose them;
 - a node that could not reach Redis may have failed to wake other nodes (the
   message is stored, the wake-up is not sent): once Redis answers again it
-  publishes a ``Resync`` on ``chat:all``;
-- Redis restarted empty: the first node to notice writes a new epoch and the
-  settling key; each node's heartbeat re-creates the leases of the users it
-  holds (renew-or-create, within one heartbeat of Redis answering, sooner when
-  its subscription comes back) and then re-reads the store for them, since
-  wake-ups sent while their lease was missing went nowhere;
+  publishes a ``Resync`` on ``P:all``;
+- Redis restarted empty: every node's connections break, so each pauses at once;
+  the first node back writes a new epoch and publishes a ``Resync`` on
+  ``P:all`` (every node that hears it beats at once); each node's next beat
+  re-creates its users' leases and resumes. A login elsewhere in between (no
+  longer refused: there is no settling period) wins the user, and the paused
+  session is closed when its node comes back: it never served meanwhile;
+- Redis flushed without a restart (nobody's connection breaks): the node that
+  finds the epoch missing broadcasts at once, and every node re-asserts within
+  a round trip of hearing it, or within a heartbeat at the latest: in that short
+  window a user could be served by two connections (docs/cluster.md);
 - a node killed without warning stops renewing: its users' leases expire after
   ``lease_seconds`` and they can log in elsewhere;
 - a node stopping gracefully releases its own users' leases (compare-and-delete
@@ -58,6 +79,7 @@ import logging
 import math
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -67,7 +89,17 @@ import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .base import BrokerUnavailable, Evict, Notice, NoticeHandler, Push, Resync, Wake
+from .base import (
+    BrokerUnavailable,
+    Evict,
+    Notice,
+    NoticeHandler,
+    Pause,
+    Push,
+    Resume,
+    Resync,
+    Wake,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,24 +121,28 @@ a reconnecting one."""
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
 """Reconnection delays of the subscription: doubling from the first to the maximum."""
-NOTICE_BUFFER = 1024
-"""Notices received but not yet handled before the subscription thread waits."""
+NOTICE_BUFFER = 64
+"""Batches of notices received but not yet handled before the subscription thread waits."""
+RECEIVE_BATCH = 256
+"""Pub/sub messages the subscription thread hands to trio at once, at most."""
 BATCH = 500
 """Keys per command or script call (presence renewal, locate), so Redis is never held long."""
-KEY_PREFIX = "chat"
+RETRY_SECONDS = 0.25
+"""While its leases are in doubt, a node tries to renew them this often."""
+DEFAULT_PREFIX = "chat"
+"""Keys and channels start with ``chat:<database index>`` unless told otherwise."""
 
-_SETTLING = -1
+# What a node publishes on the broadcast channel when it finds the epoch missing (and
+# after an outage): every node re-reads the store and renews its leases at once.
+_RESYNC = b'{"resync":true}'
 
-# Claim a user's lease unless Redis lost its data (then start settling) or is settling.
-# Claiming again with the same holder succeeds (a retried command must not refuse itself).
+# Claim a user's lease. A missing epoch (Redis is new or lost its data) is written
+# first and announced, so that every node re-asserts its leases now. Claiming again
+# with the same holder succeeds (a retried command must not refuse itself).
 _CLAIM = """
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[2], ARGV[3])
-  redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
-  return -1
-end
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  return -1
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
@@ -148,12 +184,13 @@ end
 return {recreated, conflicts}
 """
 
-# The current epoch; a missing one means Redis lost its data: write a new one and settle.
+# The current epoch; a missing one means Redis is new or lost its data: write a new
+# one and announce it, so that every node re-asserts its leases now.
 _EPOCH = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
   return ARGV[1]
 end
 return epoch
@@ -165,39 +202,64 @@ class _Subscribed:
     """The subscription thread is listening on every channel now."""
 
 
-def encode_notice(notice: Notice) -> bytes:
-    """The wire form of a notice on a node's channel (JSON)."""
-    body: dict[str, Any]
-    if isinstance(notice, Wake):
-        body = {"wake": list(notice.user_ids)}
-    elif isinstance(notice, Push):
-        body = {"push": notice.user_id, "payload": notice.payload.decode()}
-    elif isinstance(notice, Resync):
-        body = {"resync": True}
-    else:
-        raise TypeError(f"{notice!r} is never sent to another node")
+@attrs.frozen
+class _Received:
+    """Notices that arrived together, handed to trio at once; ``broadcast``: they came
+    on the channel of every node."""
+
+    notices: list[Notice]
+    broadcast: bool = False
+
+
+def encode_notices(wake: Sequence[int] = (), push: Sequence[Push] = ()) -> bytes:
+    """One message on a node's channel: ``{"wake": [ids], "push": [[id, "event"], ...]}``."""
+    body: dict[str, Any] = {}
+    if wake:
+        body["wake"] = list(wake)
+    if push:
+        body["push"] = [[event.user_id, event.payload.decode()] for event in push]
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def decode_notice(data: bytes) -> Notice | None:
-    """Parse a notice; None (and a warning) for anything malformed, never an exception."""
+def decode_notices(data: bytes) -> list[Notice]:
+    """Parse a message of a node's channel; nothing (and a warning) for anything
+    malformed, never an exception."""
     try:
         body = json.loads(data)
-        if isinstance(body, dict):
-            if "wake" in body:
-                ids = body["wake"]
-                if isinstance(ids, list) and all(_is_id(user_id) for user_id in ids):
-                    return Wake(tuple(ids))
-            elif "push" in body:
-                user_id, payload = body["push"], body.get("payload")
-                if _is_id(user_id) and isinstance(payload, str):
-                    return Push(user_id, payload.encode())
-            elif body.get("resync") is True:
-                return Resync()
     except (ValueError, UnicodeError):
-        pass
-    log.warning("ignoring a malformed notice: %r", data[:200])
-    return None
+        body = None
+    notices = _notices_in(body) if isinstance(body, dict) else None
+    if not notices:
+        log.warning("ignoring a malformed notice: %r", data[:200])
+        return []
+    return notices
+
+
+def _notices_in(body: dict[str, Any]) -> list[Notice] | None:
+    """The notices of a decoded message; None if any part of it is malformed."""
+    notices: list[Notice] = []
+    for key, value in body.items():
+        if key == "wake":
+            if not (isinstance(value, list) and value and all(_is_id(u) for u in value)):
+                return None
+            notices.append(Wake(tuple(value)))
+        elif key == "push":
+            if not isinstance(value, list):
+                return None
+            for item in value:
+                if not (
+                    isinstance(item, list)
+                    and len(item) == 2
+                    and _is_id(item[0])
+                    and isinstance(item[1], str)
+                ):
+                    return None
+                notices.append(Push(item[0], item[1].encode()))
+        elif key == "resync" and value is True:
+            notices.append(Resync())
+        else:
+            return None
+    return notices
 
 
 def _is_id(value: object) -> bool:
@@ -211,6 +273,20 @@ def node_of(value: str) -> str:
     return node if slash else value
 
 
+def default_prefix(url: str) -> str:
+    """``chat:<database index>``: clusters on different databases of one Redis never
+    share a channel (pub/sub ignores the database index)."""
+    db = redis.ConnectionPool.from_url(url).connection_kwargs.get("db", 0)
+    return f"{DEFAULT_PREFIX}:{int(db)}"
+
+
+def check_prefix(prefix: str) -> str:
+    """A prefix is 1-64 printable characters without spaces: it names keys and channels."""
+    if not 1 <= len(prefix) <= 64 or not prefix.isprintable() or any(c.isspace() for c in prefix):
+        raise ValueError(f"Redis prefix {prefix!r}: use 1-64 printable characters, no spaces")
+    return prefix
+
+
 def _chunks(items: Sequence[T], size: int = BATCH) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -221,12 +297,11 @@ def _text(value: bytes | str | None) -> str | None:
 
 
 class RedisBroker:
-    """Presence leases and notices through one Redis database, shared by the cluster's nodes.
+    """Presence leases and notices through one Redis server, shared by the cluster's nodes.
 
     ``heartbeat_seconds`` (default a third of the lease) is how often leases are
-    renewed; ``settle_seconds`` (default two heartbeats) is how long claims are
-    refused after Redis lost its data, which must exceed the time a live node
-    needs to re-assert its leases.
+    renewed; ``prefix`` names the cluster's keys and channels (default
+    ``chat:<database index>``).
     """
 
     def __init__(
@@ -236,7 +311,7 @@ class RedisBroker:
         *,
         lease_seconds: float = LEASE_SECONDS,
         heartbeat_seconds: float | None = None,
-        settle_seconds: float | None = None,
+        prefix: str | None = None,
         pool_size: int = POOL_SIZE,
         socket_timeout: float = SOCKET_TIMEOUT,
     ) -> None:
@@ -246,9 +321,6 @@ class RedisBroker:
         self.url = url
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = heartbeat_seconds or lease_seconds / 3
-        self.settle_seconds = (
-            settle_seconds if settle_seconds is not None else 2 * self.heartbeat_seconds
-        )
         if self.heartbeat_seconds >= lease_seconds:
             raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
         options: dict[str, Any] = {
@@ -264,6 +336,7 @@ class RedisBroker:
         self._sub_pool = redis.ConnectionPool.from_url(
             url, max_connections=2, **(options | {"retry": Retry(NoBackoff(), 0)})
         )
+        self.prefix = check_prefix(prefix) if prefix is not None else default_prefix(url)
         self._redis = redis.Redis(connection_pool=self._pool)
         self._limiter = trio.CapacityLimiter(pool_size)
         self._listen_limiter = trio.CapacityLimiter(1)
@@ -272,10 +345,9 @@ class RedisBroker:
         self._renew_script = self._redis.register_script(_RENEW)
         self._epoch_script = self._redis.register_script(_EPOCH)
 
-        self._epoch_key = f"{KEY_PREFIX}:epoch"
-        self._settling_key = f"{KEY_PREFIX}:settling"
+        self._epoch_key = f"{self.prefix}:epoch"
         self._channel = self.channel_of(node_id)
-        self._broadcast = f"{KEY_PREFIX}:all"
+        self._broadcast = f"{self.prefix}:all"
 
         self._incarnation = uuid.uuid4().hex[:12]
         self._claims: dict[int, str] = {}
@@ -284,7 +356,11 @@ class RedisBroker:
         self._handler: NoticeHandler | None = None
         self._degraded = False
         """A command failed since Redis last answered: others may have missed wake-ups."""
-        self._outage_logged = False
+        self._in_doubt: str | None = None
+        """Why this node's leases are in doubt (its sessions are paused); None: confirmed."""
+        self._doubts = 0
+        """How many times the leases were put in doubt: a beat that began before the
+        latest doubt cannot lift it."""
         self._backoff = BACKOFF_FIRST
         self._pong_timeout = max(socket_timeout, POLL_SECONDS * 2)
         self._renewed_at = 0.0
@@ -293,17 +369,15 @@ class RedisBroker:
         self._subscribed = trio.Event()
 
     def __repr__(self) -> str:
-        return f"RedisBroker({self.url!r}, {self.node_id!r})"
+        return f"RedisBroker({self.url!r}, {self.node_id!r}, prefix={self.prefix!r})"
 
     # --- names ------------------------------------------------------------------
 
-    @staticmethod
-    def presence_key(user_id: int) -> str:
-        return f"{KEY_PREFIX}:presence:{user_id}"
+    def presence_key(self, user_id: int) -> str:
+        return f"{self.prefix}:presence:{user_id}"
 
-    @staticmethod
-    def channel_of(node_id: str) -> str:
-        return f"{KEY_PREFIX}:node:{node_id}"
+    def channel_of(self, node_id: str) -> str:
+        return f"{self.prefix}:node:{node_id}"
 
     def _value(self, holder: str) -> str:
         """What a lease holds: the holder, made unique across restarts of this node."""
@@ -314,8 +388,9 @@ class RedisBroker:
         return max(1, math.ceil(self.lease_seconds * 1000))
 
     @property
-    def settle_ms(self) -> int:
-        return max(1, math.ceil(self.settle_seconds * 1000))
+    def paused(self) -> bool:
+        """This node's leases are in doubt: its sessions wait."""
+        return self._in_doubt is not None
 
     # --- the Broker protocol -------------------------------------------------------
 
@@ -327,10 +402,9 @@ class RedisBroker:
     ) -> None:
         """Subscribe (reconnecting as needed) and renew this node's leases until cancelled.
 
-        Starts once the first subscription attempt is over, whatever its outcome: a
-        node whose Redis is down still serves, storing messages and answering
-        ``unavailable`` to logins. If Redis is settling after losing its data, the
-        start waits for that to end, so the node's first logins are not refused.
+        Starts once the first subscription attempt and the first beat are over,
+        whatever their outcome: a node whose Redis is down still serves, storing
+        messages and answering ``unavailable`` to logins.
         """
         self._handler = handler
         try:
@@ -339,7 +413,6 @@ class RedisBroker:
                 nursery.start_soon(self._bridge, attempted)
                 await attempted.wait()
                 await self._beat()
-                await self._sit_out_settling()
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(self._fence_watch)
                 task_status.started()
@@ -349,12 +422,11 @@ class RedisBroker:
     async def claim(self, user_id: int, holder: str) -> bool:
         result = await self._call(
             self._claim_script,
-            [self.presence_key(user_id), self._epoch_key, self._settling_key],
-            [self._value(holder), self.lease_ms, uuid.uuid4().hex, self.settle_ms],
+            [self.presence_key(user_id), self._epoch_key],
+            [self._value(holder), self.lease_ms, uuid.uuid4().hex, self._broadcast, _RESYNC],
         )
-        if result == _SETTLING:
-            self._beat_now.set()  # perhaps this node has not noticed the new epoch yet
-            raise BrokerUnavailable("presence is being re-asserted after Redis lost its data")
+        if self.paused:
+            self._beat_now.set()  # Redis answers again: confirm the leases now
         if result == 1:
             self._claims[user_id] = holder
             return True
@@ -362,29 +434,22 @@ class RedisBroker:
 
     async def release(self, user_id: int, holder: str) -> None:
         if self._claims.get(user_id) != holder:
-            # Fenced off (or never held): the lease is left to expire, and the closing
-            # connection must not wait on a Redis that may not answer.
+            # Evicted (or never held): nothing of ours to release.
             return
         # Forget the lease first: if Redis cannot be told now, it expires unrenewed.
         del self._claims[user_id]
         await self._call(self._release_script, [self.presence_key(user_id)], [self._value(holder)])
 
     async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
-        found: dict[int, str] = {}
-        for chunk in _chunks(list(dict.fromkeys(user_ids))):
-            keys = [self.presence_key(user_id) for user_id in chunk]
-            values = await self._call(self._redis.mget, keys)
-            for user_id, value in zip(chunk, values, strict=True):
-                text = _text(value)
-                if text is not None:
-                    found[user_id] = node_of(text)
-        return found
+        return await self._call(self._locate, list(dict.fromkeys(user_ids)))
 
-    async def notify(self, node_id: str, notice: Notice) -> None:
-        if node_id == self.node_id:
-            self._deliver(notice)
+    async def route(self, wake: Sequence[int], push: Sequence[Push]) -> None:
+        users = list(dict.fromkeys([*wake, *(event.user_id for event in push)]))
+        if not users:
             return
-        await self._call(self._redis.publish, self.channel_of(node_id), encode_notice(notice))
+        mine = await self._call(self._route, users, wake, push)
+        for notice in mine:
+            self._deliver(notice)
 
     async def aclose(self) -> None:
         """Release the leases this node still holds (and only those), then disconnect."""
@@ -402,23 +467,60 @@ class RedisBroker:
             self._pool.disconnect()
             self._sub_pool.disconnect()
 
-    # --- commands -------------------------------------------------------------------
+    # --- commands (each runs in a worker thread) --------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run one blocking redis-py call in a worker thread; Redis errors become
-        ``BrokerUnavailable``. Not abandoned on cancellation: the socket timeouts
-        bound how long it can take."""
+        """Run blocking redis-py calls in a worker thread; Redis errors become
+        ``BrokerUnavailable`` and put the leases in doubt. Not abandoned on
+        cancellation: the socket timeouts bound how long it can take."""
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
         except (redis.RedisError, OSError) as exc:
             self._degraded = True
+            self._doubt(f"Redis does not answer ({exc})")
             raise BrokerUnavailable(f"redis: {exc}") from exc
+
+    def _locate(self, users: Sequence[int]) -> dict[int, str]:
+        found: dict[int, str] = {}
+        for chunk in _chunks(users):
+            values = self._redis.mget([self.presence_key(user_id) for user_id in chunk])
+            for user_id, value in zip(chunk, values, strict=True):
+                text = _text(value)
+                if text is not None:
+                    found[user_id] = node_of(text)
+        return found
+
+    def _route(
+        self, users: Sequence[int], wake: Sequence[int], push: Sequence[Push]
+    ) -> list[Notice]:
+        """Look up every user's node, publish one message per other node (pipelined),
+        and return what is for this node."""
+        nodes = self._locate(users)
+        wakes: dict[str, list[int]] = defaultdict(list)
+        pushes: dict[str, list[Push]] = defaultdict(list)
+        for user_id in dict.fromkeys(wake):
+            if user_id in nodes:
+                wakes[nodes[user_id]].append(user_id)
+        for event in push:
+            if event.user_id in nodes:
+                pushes[nodes[event.user_id]].append(event)
+        others = (set(wakes) | set(pushes)) - {self.node_id}
+        if others:
+            pipe = self._redis.pipeline(transaction=False)
+            for node in sorted(others):
+                pipe.publish(self.channel_of(node), encode_notices(wakes[node], pushes[node]))
+            pipe.execute()
+        mine: list[Notice] = []
+        if wakes.get(self.node_id):
+            mine.append(Wake(tuple(wakes[self.node_id])))
+        mine.extend(pushes.get(self.node_id, ()))
+        return mine
 
     # --- subscription -----------------------------------------------------------------
 
     async def _bridge(self, attempted: trio.Event) -> None:
         """Keep one subscription thread alive, reconnecting with backoff."""
-        send, receive = trio.open_memory_channel[Notice | _Subscribed](NOTICE_BUFFER)
+        send, receive = trio.open_memory_channel[_Received | _Subscribed](NOTICE_BUFFER)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._dispatch, receive, attempted)
             while True:
@@ -433,12 +535,15 @@ class RedisBroker:
                         self._channel,
                         exc,
                     )
+                    if first:
+                        # Redis may have restarted empty: our leases may be gone.
+                        self._doubt(f"the subscription broke ({exc})")
                 self._subscribed = trio.Event()
                 attempted.set()
                 await trio.sleep(self._backoff)
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
-    def _listen(self, send: trio.MemorySendChannel[Notice | _Subscribed]) -> None:
+    def _listen(self, send: trio.MemorySendChannel[_Received | _Subscribed]) -> None:
         """The subscription thread: one connection's lifetime, until it breaks or the
         trio side is cancelled."""
         pubsub = redis.Redis(connection_pool=self._sub_pool).pubsub()  # type: ignore[no-untyped-call]
@@ -459,19 +564,33 @@ class RedisBroker:
                         pinged = now
                     continue
                 heard, pinged = now, None  # anything at all proves the connection alive
-                if message["type"] == "subscribe":
-                    pending -= 1
-                    if pending == 0:
-                        trio.from_thread.run(send.send, _Subscribed())
-                elif message["type"] == "message":
-                    notice = decode_notice(message["data"])
-                    if notice is not None:
-                        trio.from_thread.run(send.send, notice)
+                # Take everything that has arrived meanwhile: one hand-over per batch.
+                batch = [message]
+                while len(batch) < RECEIVE_BATCH:
+                    more = pubsub.get_message(timeout=0)
+                    if more is None:
+                        break
+                    batch.append(more)
+                direct: list[Notice] = []
+                broadcast: list[Notice] = []
+                for item in batch:
+                    if item["type"] == "subscribe":
+                        pending -= 1
+                        if pending == 0:
+                            trio.from_thread.run(send.send, _Subscribed())
+                    elif item["type"] == "message":
+                        channel = _text(item["channel"])
+                        target = broadcast if channel == self._broadcast else direct
+                        target.extend(decode_notices(item["data"]))
+                if direct:
+                    trio.from_thread.run(send.send, _Received(direct))
+                if broadcast:
+                    trio.from_thread.run(send.send, _Received(broadcast, broadcast=True))
         finally:
             pubsub.close()
 
     async def _dispatch(
-        self, receive: trio.MemoryReceiveChannel[Notice | _Subscribed], attempted: trio.Event
+        self, receive: trio.MemoryReceiveChannel[_Received | _Subscribed], attempted: trio.Event
     ) -> None:
         async for item in receive:
             if isinstance(item, _Subscribed):
@@ -482,8 +601,11 @@ class RedisBroker:
                 self._beat_now.set()  # re-assert leases now if Redis came back empty
                 # Notices published while we were not listening are lost: re-read the store.
                 self._deliver(Resync())
-            else:
-                self._deliver(item)
+                continue
+            if item.broadcast:
+                self._beat_now.set()  # another node found Redis empty, or recovered
+            for notice in item.notices:
+                self._deliver(notice)
 
     def _deliver(self, notice: Notice) -> None:
         if self._handler is not None:
@@ -491,56 +613,68 @@ class RedisBroker:
 
     # --- leases -----------------------------------------------------------------------
 
+    def _doubt(self, reason: str) -> None:
+        """This node's leases may not stand: pause its sessions until a beat confirms them."""
+        self._doubts += 1
+        if self._in_doubt is not None:
+            return
+        self._in_doubt = reason
+        self._beat_now.set()
+        if self._claims:
+            log.warning(
+                "pausing %d sessions until their leases are confirmed: %s",
+                len(self._claims),
+                reason,
+            )
+        self._deliver(Pause(reason))
+
+    def _confirm(self) -> None:
+        if self._in_doubt is None:
+            return
+        self._in_doubt = None
+        if self._claims:
+            log.warning("leases confirmed: %d sessions resume", len(self._claims))
+        self._deliver(Resume())
+
     async def _heartbeat(self) -> None:
         self._renewed_at = trio.current_time()
         while True:
-            with trio.move_on_after(self.heartbeat_seconds):
+            interval = RETRY_SECONDS if self.paused else self.heartbeat_seconds
+            with trio.move_on_after(interval):
                 await self._beat_now.wait()
             self._beat_now = trio.Event()
             await self._beat()
 
     async def _fence_watch(self) -> None:
-        """Give up users whose leases may lapse while Redis is out of reach.
+        """Pause the sessions before their leases may lapse while Redis is out of reach.
 
         Once no renewal has reached Redis for a lease minus a heartbeat, the leases
-        run out within a heartbeat and another node may then log our users in: close
-        their connections here first, rather than serve a user twice. This runs on its
-        own clock, not after a beat, because a beat against a Redis that does not
-        answer hangs for its socket timeouts. The users can log in again as soon as
-        Redis answers."""
+        run out within a heartbeat and another node may then log our users in. This
+        runs on its own clock, not after a beat, because a beat against a Redis that
+        does not answer hangs for its socket timeouts."""
         margin = self.lease_seconds - self.heartbeat_seconds
         while True:
             fence_at = self._renewed_at + margin
             if trio.current_time() < fence_at:
                 await trio.sleep_until(fence_at)
                 continue
-            self._fence(trio.current_time() - self._renewed_at)
+            silent = trio.current_time() - self._renewed_at
+            self._doubt(f"no lease renewal for {silent:.1f}s")
             await trio.sleep(self.heartbeat_seconds / 2)  # still silent: look again soon
 
-    def _fence(self, silent: float) -> None:
-        if not self._claims:
-            return
-        log.error(
-            "no lease renewal for %.1fs: closing %d connections whose users may be "
-            "logged in elsewhere by now",
-            silent,
-            len(self._claims),
-        )
-        claims, self._claims = list(self._claims.items()), {}
-        for user_id, holder in claims:
-            self._deliver(Evict(user_id, holder))
-
     async def _beat(self) -> None:
-        """Check the epoch and renew (or re-create) this node's leases; never raises
-        ``BrokerUnavailable`` (the next beat tries again)."""
+        """Check the epoch and renew (or re-create) this node's leases, evicting the
+        sessions whose user someone else holds now; never raises ``BrokerUnavailable``
+        (the next beat tries again)."""
         claims = list(self._claims.items())
         started = trio.current_time()
+        doubts = self._doubts
         try:
             epoch = _text(
                 await self._call(
                     self._epoch_script,
-                    [self._epoch_key, self._settling_key],
-                    [uuid.uuid4().hex, self.settle_ms],
+                    [self._epoch_key],
+                    [uuid.uuid4().hex, self._broadcast, _RESYNC],
                 )
             )
             recreated: list[tuple[int, str]] = []
@@ -561,10 +695,7 @@ class RedisBroker:
                     [self.presence_key(user_id) for user_id, _ in stale],
                     [self._value(holder) for _, holder in stale],
                 )
-        except BrokerUnavailable as exc:
-            if not self._outage_logged:
-                log.warning("Redis unavailable: %s (logins answer 'unavailable')", exc)
-                self._outage_logged = True
+        except BrokerUnavailable:
             return
         self._renewed_at = started
         reset = self._epoch is not None and epoch != self._epoch
@@ -575,27 +706,23 @@ class RedisBroker:
             log.warning("%d leases had lapsed and were re-created", len(recreated))
         for user_id, holder in conflicts:
             if self._claims.get(user_id) == holder:
-                log.error("user %d is held elsewhere now: lease of %s lost", user_id, holder)
+                log.error(
+                    "user %d was logged in elsewhere while this node could not renew its "
+                    "lease: closing %s",
+                    user_id,
+                    holder,
+                )
                 del self._claims[user_id]
                 self._deliver(Evict(user_id, holder))
-        if self._outage_logged:
-            log.info("Redis answers again")
-            self._outage_logged = False
         if self._degraded:
             self._degraded = False
             # Still degraded if this fails: the next beat tries again.
             with contextlib.suppress(BrokerUnavailable):
-                await self._call(self._redis.publish, self._broadcast, encode_notice(Resync()))
+                await self._call(self._redis.publish, self._broadcast, _RESYNC)
+        if self._doubts == doubts:
+            self._confirm()
+        else:
+            self._beat_now.set()  # put in doubt meanwhile: this beat proves too little
         if reset or recreated:
             # Wake-ups sent while these leases were missing went nowhere.
             self._deliver(Resync())
-
-    async def _sit_out_settling(self) -> None:
-        try:
-            remaining_ms = await self._call(self._redis.pttl, self._settling_key)
-        except BrokerUnavailable:
-            return
-        if remaining_ms > 0:
-            wait = min(remaining_ms / 1000, self.settle_seconds)
-            log.info("presence is settling after Redis lost its data: starting in %.1fs", wait)
-            await trio.sleep(wait)

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import trio
-
 from chat.protocol import ErrorCode, RequestError
 from chat.protocol.codec import encode_event
 from chat.protocol.messages import (
@@ -75,9 +73,23 @@ def _handles(kind: type[R]) -> Callable[[Callable[[Session, R], Awaitable[Result
     return register
 
 
+# What a logged-in session may still do while its node is paused (leases in doubt).
+_WHILE_PAUSED = (Ping, Logout)
+
+
 async def dispatch(session: Session, request: Request) -> Result:
     if isinstance(request, _NEEDS_LOGIN) and session.user is None:
         raise RequestError(ErrorCode.NOT_LOGGED_IN, f"log in before {request.TYPE}")
+    if (
+        session.user is not None
+        and session.services.router.paused
+        and not isinstance(request, _WHILE_PAUSED)
+    ):
+        # The user may be logged in elsewhere by now: act for them only once that is known.
+        raise RequestError(
+            ErrorCode.UNAVAILABLE,
+            "this server cannot confirm your login right now (Redis does not answer); try again",
+        )
     return await _HANDLERS[type(request)](session, request)
 
 
@@ -181,7 +193,7 @@ async def add_friend(session: Session, request: AddFriend) -> Result:
             ErrorCode.ALREADY_FRIENDS, f"user_id: {request.user_id} is your friend already"
         ) from None
     event = FriendAddedEvent(UserPresence(me.id, me.name, True))
-    await services.router.push(friend.id, encode_event(event))
+    services.router.push(friend.id, encode_event(event))
     online = await services.router.online([friend.id])
     return FriendResult(UserPresence(friend.id, friend.name, friend.id in online))
 
@@ -195,7 +207,7 @@ async def send(session: Session, request: Send) -> Result:
         )
     except NoSuchUser:
         raise RequestError(ErrorCode.NO_SUCH_USER, f"to: no user has id {request.to}") from None
-    return await _sent(session, stored)
+    return _sent(session, stored)
 
 
 @_handles(CreateGroup)
@@ -241,18 +253,15 @@ async def group_send(session: Session, request: GroupSend) -> Result:
         raise RequestError(
             ErrorCode.NOT_A_MEMBER, f"group_id: you are not in group {request.group_id}"
         ) from None
-    return await _sent(session, stored)
+    return _sent(session, stored)
 
 
-async def _sent(session: Session, stored: StoredMessage) -> Result:
-    """The message is durable now; wake its recipients wherever they are.
-
-    Shielded: once stored, the wake-up must go out even if this request is being
-    cancelled (the node is stopping), or an online recipient would wait for their
-    next login. Redis's socket timeouts bound how long it can take."""
+def _sent(session: Session, stored: StoredMessage) -> Result:
+    """The message is durable now; wake its recipients wherever they are (without
+    waiting: the wake-ups of other nodes' users go out with the relay's next batch,
+    which a stopping node still sends before it lets go of Redis)."""
     if stored.recipients:
-        with trio.CancelScope(shield=True):
-            await session.services.router.wake(stored.recipients)
+        session.services.router.wake(stored.recipients)
     return Sent(stored.message_id, stored.ts)
 
 

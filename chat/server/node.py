@@ -4,15 +4,23 @@ Task tree::
 
     Node.run
     ├── broker.run            (notices from other nodes -> Router.on_notice)
+    ├── acknowledger.run      (deletions that failed, retried)
+    ├── relay.run             (wake-ups and events for other nodes, in batches)
     └── connections nursery
         ├── accept loop       (trio.serve_listeners; cancelled first on shutdown)
         ├── WebSocket accept loop (with ``ws_port``; cancelled with the other)
         └── Session.run ...   (one per connection, each with its own writer
                                and delivery tasks)
 
+Ready before listening: the ports are bound only once the node can serve (its
+database is migrated before ``Node`` exists; the broker has subscribed and
+checked its leases), so a load balancer or client never reaches a node that
+accepts connections and then does not answer them.
+
 Shutdown (``stop()``, called on SIGINT/SIGTERM): stop accepting, ask every
 session to finish (flush its queue, release its user's presence, close), give
-them ``shutdown_grace_seconds``, then cancel what is left and stop the broker.
+them ``shutdown_grace_seconds``, send the wake-ups still queued for other nodes,
+then stop the broker.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from chat.transports import LineStream, MessageStream, enable_keepalive, serve_w
 from chat.transports.tcp import peer_name
 
 from .acknowledger import Acknowledger
+from .listeners import bound_ports, open_listeners
 from .passwords import PasswordHasher
 from .router import Router
 from .services import Services
@@ -64,12 +73,15 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         settings = self.settings
-        listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
-        self.ports = sorted({listener.socket.getsockname()[1] for listener in listeners})
-        ws_listeners = await self._open_ws_listeners(listeners)
         async with trio.open_nursery() as services:
             await services.start(self.services.broker.run, self.router.on_notice)
             await services.start(self.services.acknowledger.run)
+            await services.start(self.router.relay.run)
+            listeners = await open_listeners(
+                settings.port, settings.host, reuse_port=settings.reuse_port
+            )
+            self.ports = bound_ports(listeners)
+            ws_listeners = await self._open_ws_listeners(listeners)
             async with trio.open_nursery() as connections:
                 accepting = trio.CancelScope()
                 connections.start_soon(self._accept, listeners, connections, accepting)
@@ -96,6 +108,9 @@ class Node:
                 connections.cancel_scope.deadline = (
                     trio.current_time() + settings.shutdown_grace_seconds
                 )
+            # Stored messages whose recipients are on other nodes: wake them before leaving.
+            with trio.move_on_after(settings.close_grace_seconds, shield=True):
+                await self.router.relay.drain()
             services.cancel_scope.cancel()
         log.info("node %s stopped", settings.node_id)
 
@@ -119,14 +134,14 @@ class Node:
         if self.settings.ws_port is None:
             return []
         try:
-            listeners = await trio.open_tcp_listeners(
-                self.settings.ws_port, host=self.settings.host
+            listeners = await open_listeners(
+                self.settings.ws_port, self.settings.host, reuse_port=self.settings.reuse_port
             )
         except OSError:
             for listener in tcp_listeners:
                 await listener.aclose()
             raise
-        self.ws_ports = sorted({listener.socket.getsockname()[1] for listener in listeners})
+        self.ws_ports = bound_ports(listeners)
         return listeners
 
     async def _accept_websocket(

@@ -1,17 +1,36 @@
 """Who is connected to this node, and how to reach users on other nodes.
 
 The table of local sessions is touched only from the trio thread (the broker's
-notices are handed to ``on_notice`` there too), so it needs no lock.
+notices are handed to ``on_notice`` there too), so it needs no lock. Users held
+here are woken by direct call; the others through the ``Relay``, in batches.
+
+While the broker cannot confirm this node's presence leases (``Pause``), the
+node is *paused*: its sessions deliver nothing and answer requests with
+``unavailable`` until ``Resume``, so that a user claimed elsewhere meanwhile is
+never served by two connections at once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from chat.broker import Broker, BrokerUnavailable, Evict, Notice, Push, Resync, Wake
+import trio
+
+from chat.broker import (
+    Broker,
+    BrokerUnavailable,
+    Evict,
+    Notice,
+    Pause,
+    Push,
+    Resume,
+    Resync,
+    Wake,
+)
+
+from .relay import Relay
 
 if TYPE_CHECKING:
     from .session import Session
@@ -22,7 +41,12 @@ log = logging.getLogger(__name__)
 class Router:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+        self.relay = Relay(broker)
         self._local: dict[int, Session] = {}
+        self.paused = False
+        """The broker cannot confirm this node's leases: sessions wait (see the module)."""
+        self._resumed = trio.Event()
+        self._resumed.set()
 
     @property
     def node_id(self) -> str:
@@ -37,6 +61,11 @@ class Router:
 
     def sessions(self) -> list[Session]:
         return list(self._local.values())
+
+    async def wait_live(self) -> None:
+        """Return at once unless the node is paused; then when it resumes."""
+        while self.paused:
+            await self._resumed.wait()
 
     def on_notice(self, notice: Notice) -> None:
         """Called by the broker, in the trio thread, for every notice addressed to this node."""
@@ -55,14 +84,28 @@ class Router:
         elif isinstance(notice, Evict):
             session = self._local.get(notice.user_id)
             if session is not None and session.holder == notice.holder:
-                log.warning("closing %s: its user is logged in elsewhere", notice.holder)
+                log.warning(
+                    "closing %s: user %d logged in elsewhere while this node could not "
+                    "confirm its lease",
+                    notice.holder,
+                    notice.user_id,
+                )
                 session.request_close()
+        elif isinstance(notice, Pause):
+            if not self.paused:
+                self.paused = True
+                self._resumed = trio.Event()
+        elif isinstance(notice, Resume) and self.paused:
+            self.paused = False
+            self._resumed.set()
+            for session in self._local.values():
+                session.resume()
 
-    async def wake(self, user_ids: Iterable[int]) -> None:
+    def wake(self, user_ids: Iterable[int]) -> None:
         """Tell whoever holds these users that the store has messages for them.
 
-        Local users are woken directly. A broker failure is logged, not raised: the
-        messages are stored already, and nodes re-read the store when the broker returns.
+        Local users are woken at once; the others with the relay's next batch. Never
+        waits: the messages are stored already, and a lost wake-up only delays them.
         """
         remote = []
         for user_id in user_ids:
@@ -71,29 +114,16 @@ class Router:
                 session.wake()
             else:
                 remote.append(user_id)
-        if not remote:
-            return
-        try:
-            by_node: dict[str, list[int]] = defaultdict(list)
-            for user_id, node in (await self.broker.locate(remote)).items():
-                by_node[node].append(user_id)
-            for node, users in by_node.items():
-                await self.broker.notify(node, Wake(tuple(users)))
-        except BrokerUnavailable:
-            log.warning("broker unavailable: %d recipients will be woken later", len(remote))
+        if remote:
+            self.relay.wake(remote)
 
-    async def push(self, user_id: int, payload: bytes) -> None:
+    def push(self, user_id: int, payload: bytes) -> None:
         """Send a transient event to a user if online anywhere; dropped otherwise."""
         session = self._local.get(user_id)
         if session is not None:
             session.push(payload)
-            return
-        try:
-            node = (await self.broker.locate([user_id])).get(user_id)
-            if node is not None:
-                await self.broker.notify(node, Push(user_id, payload))
-        except BrokerUnavailable:
-            log.warning("broker unavailable: an event for user %d was dropped", user_id)
+        else:
+            self.relay.push(user_id, payload)
 
     async def online(self, user_ids: Sequence[int]) -> set[int]:
         """Which of these users are logged in anywhere in the cluster."""

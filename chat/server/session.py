@@ -15,6 +15,12 @@ A client that does not read is not buffered without limit: the outbox holds
 ``outbox_frames`` frames, and a producer that cannot queue within
 ``slow_client_seconds`` disconnects the client. Messages not yet written stay in
 the store for the next login.
+
+While the node is paused (its presence leases are in doubt: the user may be
+logged in elsewhere by now), nothing is delivered: the delivery task waits, the
+writer holds back kept messages (in order) and writes only replies, and
+transient events are dropped. On resume the writer writes what it held; if the
+session ends first, what it held stays kept for the next login.
 """
 
 from __future__ import annotations
@@ -61,6 +67,11 @@ class Outgoing:
 
 
 @attrs.frozen
+class Nudge:
+    """Nothing to write: wakes the writer to look at what it holds back (on resume)."""
+
+
+@attrs.frozen
 class Flush:
     """Set ``done`` once everything queued before it is written and acknowledged."""
 
@@ -83,9 +94,11 @@ class Session:
         """This connection's name in the cluster's presence table."""
         self.user: UserRecord | None = None
         settings = services.settings
-        self._outbox, self._outbox_reader = trio.open_memory_channel[Outgoing | Flush](
+        self._outbox, self._outbox_reader = trio.open_memory_channel[Outgoing | Flush | Nudge](
             settings.outbox_frames
         )
+        self._held: list[Outgoing] = []
+        """Kept messages the writer holds back while the node is paused, in order."""
         self._inflight: set[int] = set()
         """Kept messages queued or written, not yet known to be gone from the store."""
         self._acknowledged: set[int] = set()
@@ -239,6 +252,7 @@ class Session:
         self._delivery_scope = self._delivery_done = None
         self._held_pushes = None
         await self._flush()
+        self._held.clear()  # not written: they stay kept for the next login
         self.user = None
         self.services.router.detach(user.id, self)
         try:
@@ -255,9 +269,17 @@ class Session:
         """The store may hold new messages for this session's user."""
         self._wake.set()
 
+    def resume(self) -> None:
+        """The node resumed: write what was held back, and read what may have come."""
+        self._wake.set()
+        with contextlib.suppress(
+            trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
+        ):
+            self._outbox.send_nowait(Nudge())  # a full outbox wakes the writer anyway
+
     def push(self, payload: bytes) -> None:
         """Queue a transient event now, or hold it while a login is being served."""
-        if self.user is None:
+        if self.user is None or self.services.router.paused:
             return
         if self._held_pushes is not None:
             if len(self._held_pushes) < MAX_HELD_PUSHES:
@@ -297,6 +319,7 @@ class Session:
             with scope:
                 while True:
                     await self._wake.wait()
+                    await self.services.router.wait_live()
                     self._wake = trio.Event()
                     while True:
                         limit = len(self._inflight) + page
@@ -328,7 +351,7 @@ class Session:
 
     # --- the outbox and the writer ---------------------------------------------
 
-    async def _queue(self, item: Outgoing | Flush) -> None:
+    async def _queue(self, item: Outgoing | Flush | Nudge) -> None:
         """Put an item in the outbox, waiting a little if it is full; a client that
         does not make room in time is disconnected."""
         try:
@@ -365,7 +388,7 @@ class Session:
                         break
                     items.append(item)
                     size += len(item.payload) if isinstance(item, Outgoing) else 0
-                outgoing = [item for item in items if isinstance(item, Outgoing)]
+                outgoing = self._writable([item for item in items if isinstance(item, Outgoing)])
                 before = self.stream.frames_sent
                 try:
                     if outgoing:
@@ -386,6 +409,16 @@ class Session:
             self._writer_alive = False
             self._release_flushes()
             self._outbox_reader.close()  # producers now fail fast instead of waiting
+
+    def _writable(self, outgoing: list[Outgoing]) -> list[Outgoing]:
+        """What may be written now: while the node is paused, kept messages are held
+        back (replies go out); once it resumes, what was held goes first."""
+        if self.services.router.paused:
+            self._held.extend(item for item in outgoing if item.seq)
+            return [item for item in outgoing if not item.seq]
+        if self._held:
+            outgoing, self._held = [*self._held, *outgoing], []
+        return outgoing
 
     async def _acknowledge(self, items: Sequence[Outgoing]) -> None:
         written: dict[int, list[int]] = defaultdict(list)

@@ -35,3 +35,6 @@ class Settings:
     hash_concurrency: int = 2
     ws_port: int | None = None
     """Port for protocol v1 over WebSocket; ``None``: no WebSocket listener."""
+    reuse_port: bool = False
+    """Listen with ``SO_REUSEPORT``, sharing the ports with the other workers of
+    ``chat-server serve --workers N``."""
