@@ -160,9 +160,10 @@ async def server_process(
     port: int | None = None,
     name: str = "server",
     env: dict[str, str] | None = None,
+    ready_text: str | None = None,
 ) -> AsyncIterator[ServerProcess]:
     """``python -m chat serve --port PORT ARGS`` in ``directory``, ready once it logs that it
-    listens on its port; killed on exit if the test did not stop it."""
+    listens on its port (or ``ready_text``); killed on exit if the test did not stop it."""
     port = port or free_port()
     log = directory / f"{name}-{port}-{next(_starts)}.log"
     with log.open("wb") as out:
@@ -177,7 +178,7 @@ async def server_process(
     running = ServerProcess(process, port, log)
     try:
         with trio.fail_after(PROCESS_START_SECONDS):
-            while f"port {port}" not in running.output():
+            while (ready_text or f"port {port}") not in running.output():
                 if process.returncode is not None:
                     raise RuntimeError(f"{name} exited: {running.log_tail()}")
                 await trio.sleep(0.05)

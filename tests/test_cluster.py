@@ -34,7 +34,7 @@ from .cluster_support import (
     nginx_proxy,
     node_process,
 )
-from .support import client, login, no_event, register
+from .support import client, login, mysql_database, no_event, register
 
 # Generous: a loaded machine may be slow, and these only bound a wait that polls.
 DEADLINE = 20.0
@@ -585,3 +585,126 @@ async def test_a_node_cut_off_from_redis_pauses_and_closes_only_users_taken_else
                 assert drained(bob) == [], "the paused connection got something"
         finally:
             proxy.thaw()  # B's Redis calls in flight finish, so B stops promptly
+
+
+# --- routing in batches -------------------------------------------------------------------
+
+
+def publishes(redis_server: RedisServer) -> int:
+    """How many PUBLISH commands the test's Redis has run so far."""
+    direct = redis.Redis(port=redis_server.port)
+    try:
+        stats = direct.info("commandstats")
+    finally:
+        direct.close()
+    return int(stats.get("cmdstat_publish", {}).get("calls", 0))
+
+
+async def test_a_burst_to_another_node_goes_in_batches_and_arrives_whole(
+    mysql_url: str, redis_url: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten senders on A write five messages each to twenty recipients on B, all at once.
+    The wake-ups travel in batches (far fewer PUBLISHes than messages); B's subscription
+    goes deaf in the middle of the burst, so some batches are lost; every message still
+    reaches its recipient exactly once, in order, read from the store."""
+    monkeypatch.setattr("chat.broker.redis.PING_SECONDS", 1.0)  # notice the deafness sooner
+    senders, recipients, each = 10, 20, 5
+    async with (
+        freezable_proxy(redis_server.port) as proxy,
+        cluster_node(mysql_url, make_broker(redis_url, "node-a")) as a,
+        cluster_node(mysql_url, make_broker(proxy.url(redis_url), "node-b")) as b,
+        trio.open_nursery() as nursery,
+    ):
+        async with client(a) as c:
+            for i in range(senders):
+                await register(c, f"s{i}")
+            ids = [await register(c, f"r{i}") for i in range(recipients)]
+        outs: list[ChatClient] = []
+        ins: list[ChatClient] = []
+        stack = trio.Event()
+
+        async def hold(node: Node, name: str, into: list[ChatClient], ready: trio.Event) -> None:
+            async with client(node) as c:
+                await login(c, name)
+                into.append(c)
+                ready.set()
+                await stack.wait()
+
+        for name, node, into in [
+            *((f"s{i}", a, outs) for i in range(senders)),
+            *((f"r{i}", b, ins) for i in range(recipients)),
+        ]:
+            ready = trio.Event()
+            nursery.start_soon(hold, node, name, into, ready)
+            await ready.wait()
+
+        expected: dict[int, list[int]] = {user: [] for user in ids}
+
+        async def send_all(round_: int) -> None:
+            async def one(sender: int, to: int) -> None:
+                reply = await outs[sender].call("send", to=to, text=f"{sender}:{round_}")
+                expected[to].append(reply["message_id"])
+
+            async with trio.open_nursery() as group:
+                for sender in range(senders):
+                    for k in range(recipients // senders):
+                        group.start_soon(one, sender, ids[(sender * 2 + k) % recipients])
+
+        before = publishes(redis_server)
+        for round_ in range(each):
+            if round_ == 2:
+                assert proxy.freeze(subscribers_only=True) == 1  # B goes deaf mid-burst
+            await send_all(round_)
+        sent = sum(len(v) for v in expected.values())
+        assert sent == senders * (recipients // senders) * each
+        assert publishes(redis_server) - before <= sent // 2, "wake-ups were not batched"
+
+        for user, c in zip(ids, ins, strict=True):
+            got = [(await receive(c, "message"))["message_id"] for _ in expected[user]]
+            assert sorted(got) == sorted(expected[user])
+            assert got == sorted(got)  # one store, one order: message ids grow
+        # Sentinels: anything repeated would have come before them.
+        for user in ids:
+            await outs[0].call("send", to=user, text="sentinel")
+        for c in ins:
+            assert (await receive(c, "message"))["text"] == "sentinel"
+        stack.set()
+
+
+# --- clusters side by side -------------------------------------------------------------------
+
+
+async def test_two_clusters_on_one_redis_never_hear_each_other(
+    redis_server: RedisServer,
+) -> None:
+    """Two clusters on two databases of one Redis server, with the same node ids and
+    (separate MariaDB databases) the same user ids: a login in one does not make the
+    other's user with that id ``already_online``, and an event in one reaches nobody in
+    the other."""
+    url_x, url_y = redis_server.new_url(), redis_server.new_url()
+    with mysql_database() as db_x, mysql_database() as db_y:
+        async with (
+            cluster_node(db_x, make_broker(url_x, "n1")) as x1,
+            cluster_node(db_x, make_broker(url_x, "n2")) as x2,
+            cluster_node(db_y, make_broker(url_y, "n1")) as y1,
+            cluster_node(db_y, make_broker(url_y, "n2")) as y2,
+            client(x1) as alice,
+            client(x2) as bob,
+            client(y1) as carol,
+            client(y2) as dave,
+        ):
+            for c, name in [(alice, "alice"), (bob, "bob"), (carol, "carol"), (dave, "dave")]:
+                await register(c, name)
+            # Same ids in both clusters: bob and dave are both user 2.
+            await login(alice, "alice")
+            bob_reply = await login(bob, "bob")
+            carol_reply = await login(carol, "carol")
+            dave_reply = await login(dave, "dave")  # would be already_online if shared
+            assert bob_reply["user"]["id"] == dave_reply["user"]["id"]
+            assert carol_reply["user"]["id"] == 1
+            # An event in X for user 2 on n2 (bob) must not reach Y's user 2 on n2 (dave).
+            await alice.call("add_friend", user_id=bob_reply["user"]["id"])
+            assert (await receive(bob, "friend_added"))["friend"]["name"] == "alice"
+            sent = await carol.call("send", to=dave_reply["user"]["id"], text="only this")
+            event = await receive(dave, "message")
+            assert event["message_id"] == sent["message_id"], event

@@ -16,6 +16,8 @@ from chat.broker import Broker, MemoryBroker
 from chat.server import Node, Settings
 from chat.store import DEFAULT_DATABASE_URL, StoreError, open_store
 
+from .workers import Supervisor, announce_ready, cpu_count, die_with_parent, reserve_port
+
 log = logging.getLogger("chat.server")
 
 ENV_PREFIX = "CHAT_"
@@ -32,6 +34,15 @@ def _lease(text: str) -> float:
     value = float(text)
     if not 1 <= value <= LEASE_LIMIT:
         raise argparse.ArgumentTypeError(f"{value} is not between 1 and {LEASE_LIMIT} seconds")
+    return value
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return cpu_count()
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give a number of workers (1 or more) or auto")
     return value
 
 
@@ -69,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="redis://host:port/db to join a cluster (default: alone, in-process broker)",
     )
     serve.add_argument(
+        "--redis-prefix",
+        default=_env("redis_prefix", None),
+        help="with --redis: the start of this cluster's Redis keys and channels, so that "
+        "several clusters can share one Redis server (default: chat:<database index>)",
+    )
+    serve.add_argument(
         "--lease-seconds",
         type=_lease,
         default=_env("lease_seconds", "10"),  # a string default goes through type= too
@@ -79,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("node_id", None),
         help="this node's name in logs and in the cluster (default: HOST-PORT)",
     )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=_env("workers", "1"),  # a string default goes through type= too
+        help="run N worker processes on the same ports, each a node of the cluster "
+        "(NODE-w1, NODE-w2, ...), restarted if they die; auto: one per CPU. More than 1 "
+        "needs --redis and a MariaDB/MySQL database (default 1: this process is the node)",
+    )
+    # Set by the --workers parent for its workers: listen with SO_REUSEPORT.
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _log_flag(serve)
 
     migrate = commands.add_parser("migrate", help="create the database and apply migrations")
@@ -124,13 +151,16 @@ def configure_logging(level: str, node_id: str) -> None:
 
 
 def make_broker(
-    redis_url: str | None, node_id: str, lease_seconds: float = LEASE_SECONDS
+    redis_url: str | None,
+    node_id: str,
+    lease_seconds: float = LEASE_SECONDS,
+    redis_prefix: str | None = None,
 ) -> Broker:
     if redis_url is None:
         return MemoryBroker(node_id)
     from chat.broker.redis import RedisBroker
 
-    return RedisBroker(redis_url, node_id, lease_seconds=lease_seconds)
+    return RedisBroker(redis_url, node_id, lease_seconds=lease_seconds, prefix=redis_prefix)
 
 
 async def serve(
@@ -138,15 +168,19 @@ async def serve(
     database_url: str,
     redis_url: str | None,
     lease_seconds: float = LEASE_SECONDS,
+    redis_prefix: str | None = None,
 ) -> None:
-    broker = make_broker(redis_url, settings.node_id, lease_seconds)  # a bad URL fails first
+    # A bad URL or prefix fails first, before the database is touched.
+    broker = make_broker(redis_url, settings.node_id, lease_seconds, redis_prefix)
     store = await trio.to_thread.run_sync(open_store, database_url)
     node = Node(settings, store, broker)
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, node, nursery.cancel_scope)
-                await node.run()
+                async with trio.open_nursery() as running:
+                    await running.start(node.run)
+                    announce_ready()  # to a --workers parent, if there is one
                 nursery.cancel_scope.cancel()
     finally:
         with trio.move_on_after(2, shield=True):
@@ -180,9 +214,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     node_id = args.node_id or f"{socket.gethostname()}-{args.port}"
     configure_logging(args.log_level, node_id)
-    settings = Settings(host=args.host, port=args.port, node_id=node_id, ws_port=args.ws_port)
+    if args.workers > 1:
+        return _run_workers(args, node_id)
+    die_with_parent()  # a --workers parent's worker stops with its parent
+    settings = Settings(
+        host=args.host,
+        port=args.port,
+        node_id=node_id,
+        ws_port=args.ws_port,
+        reuse_port=args.reuse_port,
+    )
     try:
-        trio.run(serve, settings, args.database, args.redis, args.lease_seconds)
+        trio.run(serve, settings, args.database, args.redis, args.lease_seconds, args.redis_prefix)
     except BaseException as raised:
         # Nurseries wrap errors in groups; a lone expected error is a message, not a trace.
         error = _only_error(raised)
@@ -193,6 +236,51 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         raise
     return 0
+
+
+def _run_workers(args: argparse.Namespace, node_id: str) -> int:
+    """The ``--workers`` parent: refuse what cannot work, then supervise."""
+    if args.redis is None:
+        log.error(
+            "--workers %d needs --redis: each worker is a node of its own, and nodes "
+            "reach each other's users only through Redis",
+            args.workers,
+        )
+        return 2
+    if not args.database.startswith("mysql://"):
+        log.error(
+            "--workers %d needs a MariaDB/MySQL database (--database mysql://...) that "
+            "every worker shares; SQLite lets only one process write at a time",
+            args.workers,
+        )
+        return 2
+    try:
+        port, held = reserve_port(args.host, args.port)
+        ws_port, ws_held = (
+            reserve_port(args.host, args.ws_port) if args.ws_port is not None else (None, None)
+        )
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+
+    def command(worker_id: str) -> list[str]:
+        argv = [sys.executable, "-m", "chat", "serve", "--workers", "1", "--reuse-port"]
+        argv += ["--host", args.host, "--port", str(port), "--node-id", worker_id]
+        argv += ["--database", args.database, "--redis", args.redis]
+        argv += ["--lease-seconds", str(args.lease_seconds), "--log-level", args.log_level]
+        if ws_port is not None:
+            argv += ["--ws-port", str(ws_port)]
+        if args.redis_prefix is not None:
+            argv += ["--redis-prefix", args.redis_prefix]
+        return argv
+
+    log.info("starting %d workers on port %d", args.workers, port)
+    try:
+        return trio.run(Supervisor(args.workers, node_id, command).run)
+    finally:
+        for sock in (held, ws_held):
+            if sock is not None:
+                sock.close()
 
 
 def _only_error(exc: BaseException) -> BaseException:
