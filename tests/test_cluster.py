@@ -19,7 +19,7 @@ import pytest
 import redis
 import trio
 
-from chat.broker import Push, Resync, Wake
+from chat.broker import Pause, Push, Resume, Resync, Wake
 from chat.broker.redis import RedisBroker, decode_notices, encode_notices
 from chat.client import ChatClient
 from chat.server import Node
@@ -708,3 +708,65 @@ async def test_two_clusters_on_one_redis_never_hear_each_other(
             sent = await carol.call("send", to=dave_reply["user"]["id"], text="only this")
             event = await receive(dave, "message")
             assert event["message_id"] == sent["message_id"], event
+
+
+# --- a paused session -------------------------------------------------------------------
+
+
+async def test_a_paused_session_holds_kept_messages_back_until_it_resumes(
+    mysql_url: str, redis_url: str
+) -> None:
+    """While its node is paused, a login is answered but its kept messages wait; on
+    resume they follow, in order. (The pause is handed to the node's router the way
+    the broker hands it over.)"""
+    async with two_nodes(mysql_url, redis_url) as (a, b), client(a) as alice:
+        await register(alice, "alice")
+        bob_id = await register(alice, "bob")
+        await login(alice, "alice")
+        sent = [(await alice.call("send", to=bob_id, text=f"{i}"))["message_id"] for i in range(3)]
+        b.router.on_notice(Pause("a test"))
+        async with client(b) as bob:
+            assert (await login(bob, "bob"))["offline"] == 3
+            await no_event(bob)
+            b.router.on_notice(Resume())
+            got = [(await receive(bob, "message"))["message_id"] for _ in sent]
+            assert got == sent
+
+
+async def test_a_resumed_session_whose_lease_was_recreated_reads_the_store_again(
+    mysql_url: str, redis_url: str
+) -> None:
+    """bob's session on B is paused with kept messages held back; meanwhile his lease
+    vanished and he logged in on A, got them, and logged out. When B resumes with his
+    lease re-created, the old session must not write them a second time."""
+    async with two_nodes(mysql_url, redis_url) as (a, b), client(a) as alice:
+        await register(alice, "alice")
+        bob_id = await register(alice, "bob")
+        await login(alice, "alice")
+        sent = [(await alice.call("send", to=bob_id, text=f"{i}"))["message_id"] for i in range(3)]
+        b.router.on_notice(Pause("a test"))
+        async with client(b) as bob:
+            assert (await login(bob, "bob"))["offline"] == 3
+            # His lease lapses; he logs in on A, gets the three, and leaves. (B's
+            # heartbeat may re-create the lease before A's login: then try again.)
+            key = make_broker(redis_url, "probe").presence_key(bob_id)
+            direct = redis.Redis.from_url(redis_url)
+            async with client(a) as elsewhere:
+                try:
+                    with trio.fail_after(DEADLINE):
+                        while True:
+                            await trio.to_thread.run_sync(direct.delete, key)
+                            reply = await elsewhere.request("login", name="bob", password="secret")
+                            if reply["type"] == "ok":
+                                break
+                            assert reply["code"] == "already_online", reply
+                finally:
+                    direct.close()
+                assert reply["offline"] == 3
+                got = [(await receive(elsewhere, "message"))["message_id"] for _ in sent]
+                assert got == sent
+                await elsewhere.call("logout")
+            b.router.on_notice(Resume(frozenset({bob_id})))
+            last = await alice.call("send", to=bob_id, text="sentinel")
+            event = await receive(bob, "message")
+            assert event["message_id"] == last["message_id"], "a message came twice"

@@ -72,7 +72,13 @@ class Pause:
 @attrs.frozen
 class Resume:
     """Every claim this node holds is confirmed again (renewed or re-created); the ones
-    lost to another login were evicted first. Only ever handed to the node's own handler."""
+    lost to another login were evicted first. Only ever handed to the node's own handler.
+
+    ``recreated``: users whose claim had vanished and was made anew. Someone may have
+    logged in as them and out again meanwhile and been delivered what their session
+    here had queued: such a session must forget what it queued and re-read the store."""
+
+    recreated: frozenset[int] = frozenset()
 
 
 Notice = Wake | Push | Resync | Evict | Pause | Resume

@@ -361,6 +361,8 @@ class RedisBroker:
         self._doubts = 0
         """How many times the leases were put in doubt: a beat that began before the
         latest doubt cannot lift it."""
+        self._recreated: set[int] = set()
+        """Users whose lease was re-created since the last ``Resume``."""
         self._backoff = BACKOFF_FIRST
         self._pong_timeout = max(socket_timeout, POLL_SECONDS * 2)
         self._renewed_at = 0.0
@@ -632,9 +634,14 @@ class RedisBroker:
         if self._in_doubt is None:
             return
         self._in_doubt = None
+        recreated, self._recreated = frozenset(self._recreated & set(self._claims)), set()
         if self._claims:
-            log.warning("leases confirmed: %d sessions resume", len(self._claims))
-        self._deliver(Resume())
+            log.warning(
+                "leases confirmed: %d sessions resume (%d leases had to be re-created)",
+                len(self._claims),
+                len(recreated),
+            )
+        self._deliver(Resume(recreated))
 
     async def _heartbeat(self) -> None:
         self._renewed_at = trio.current_time()
@@ -698,6 +705,7 @@ class RedisBroker:
         except BrokerUnavailable:
             return
         self._renewed_at = started
+        self._recreated.update(user_id for user_id, _ in recreated)
         reset = self._epoch is not None and epoch != self._epoch
         self._epoch = epoch
         if reset:

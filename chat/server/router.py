@@ -98,8 +98,8 @@ class Router:
         elif isinstance(notice, Resume) and self.paused:
             self.paused = False
             self._resumed.set()
-            for session in self._local.values():
-                session.resume()
+            for user_id, session in self._local.items():
+                session.resume(reread=user_id in notice.recreated)
 
     def wake(self, user_ids: Iterable[int]) -> None:
         """Tell whoever holds these users that the store has messages for them.

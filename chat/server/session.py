@@ -20,7 +20,12 @@ While the node is paused (its presence leases are in doubt: the user may be
 logged in elsewhere by now), nothing is delivered: the delivery task waits, the
 writer holds back kept messages (in order) and writes only replies, and
 transient events are dropped. On resume the writer writes what it held; if the
-session ends first, what it held stays kept for the next login.
+session ends first, what it held stays kept for the next login. If the user's lease
+had vanished meanwhile (and was re-created), someone may have logged in as the user
+elsewhere and been delivered those very messages: then the session forgets every kept
+message it had queued (they carry the session's *generation*, which the resume
+bumps), and re-reads the store once the writer has passed them, so nothing comes twice
+and the order holds.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ class Outgoing:
     user_id: int = 0
     seq: int = 0
     """Non-zero for a kept message: acknowledge ``(user_id, seq)`` once written."""
+    generation: int = 0
+    """The session's generation when a kept message was queued (see the module)."""
 
 
 @attrs.frozen
@@ -99,6 +106,10 @@ class Session:
         )
         self._held: list[Outgoing] = []
         """Kept messages the writer holds back while the node is paused, in order."""
+        self._generation = 0
+        """Bumped when queued kept messages must be forgotten and read again."""
+        self._forgetting = False
+        """Kept messages of an older generation may still be queued."""
         self._inflight: set[int] = set()
         """Kept messages queued or written, not yet known to be gone from the store."""
         self._acknowledged: set[int] = set()
@@ -269,8 +280,12 @@ class Session:
         """The store may hold new messages for this session's user."""
         self._wake.set()
 
-    def resume(self) -> None:
-        """The node resumed: write what was held back, and read what may have come."""
+    def resume(self, *, reread: bool = False) -> None:
+        """The node resumed: write what was held back, and read what may have come;
+        with ``reread``, forget the kept messages queued so far and read them again."""
+        if reread:
+            self._generation += 1
+            self._forgetting = True
         self._wake.set()
         with contextlib.suppress(
             trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
@@ -315,12 +330,18 @@ class Session:
         self, user: UserRecord, scope: trio.CancelScope, done: trio.Event
     ) -> None:
         page = self.services.settings.delivery_page
+        generation = self._generation
         try:
             with scope:
                 while True:
                     await self._wake.wait()
                     await self.services.router.wait_live()
                     self._wake = trio.Event()
+                    if generation != self._generation:
+                        # Let the writer drop the forgotten messages before reading again.
+                        generation = self._generation
+                        await self._flush()
+                        self._forgetting = generation != self._generation
                     while True:
                         limit = len(self._inflight) + page
                         # Acknowledged before this read began: surely gone from its result.
@@ -345,9 +366,9 @@ class Session:
         finally:
             done.set()
 
-    @staticmethod
-    def _kept(user: UserRecord, row: PendingDelivery, *, offline: bool) -> Outgoing:
-        return Outgoing(encode_event(event_for(row, offline=offline)), user.id, row.seq)
+    def _kept(self, user: UserRecord, row: PendingDelivery, *, offline: bool) -> Outgoing:
+        payload = encode_event(event_for(row, offline=offline))
+        return Outgoing(payload, user.id, row.seq, self._generation)
 
     # --- the outbox and the writer ---------------------------------------------
 
@@ -412,7 +433,15 @@ class Session:
 
     def _writable(self, outgoing: list[Outgoing]) -> list[Outgoing]:
         """What may be written now: while the node is paused, kept messages are held
-        back (replies go out); once it resumes, what was held goes first."""
+        back (replies go out); once it resumes, what was held goes first. Kept messages
+        of an older generation are forgotten (see the module)."""
+        current = self._generation
+        if self._forgetting:
+            self._inflight.difference_update(
+                item.seq for item in [*self._held, *outgoing] if item.generation != current
+            )
+            self._held = [item for item in self._held if item.generation == current]
+            outgoing = [item for item in outgoing if not item.seq or item.generation == current]
         if self.services.router.paused:
             self._held.extend(item for item in outgoing if item.seq)
             return [item for item in outgoing if not item.seq]
