@@ -89,7 +89,7 @@ async def test_every_scenario_reports_figures(sqlite_node: Node) -> None:
 async def test_burst_passes_its_checks(sqlite_node: Node) -> None:
     code, lines, err = await run_bench(
         sqlite_node.ports[0], "--scenario", "burst", "--users", "4", "--messages", "25",
-        "--procs", "2",
+        "--procs", "2", "--cpu-pids", str(os.getpid()),  # the node runs in this process
     )  # fmt: skip
     assert code == 0, err
     report = figures_of(lines)
@@ -100,7 +100,10 @@ async def test_burst_passes_its_checks(sqlite_node: Node) -> None:
     assert burst["unanswered"] == burst["send_errors"] == 0
     assert burst["delivered_per_second"] > 0
     assert "routes" not in burst
+    assert burst["server_cpu_seconds"] > 0
+    assert burst["server_cpu_us_per_delivered"] > 0
     assert "== burst" in "\n".join(lines[:-1])
+    assert "server CPU" in "\n".join(lines[:-1])
 
 
 async def test_routes_across_two_cluster_nodes(mysql_url: str, redis_url: str) -> None:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
 from chat.client import ChatClient, client_over
@@ -249,3 +250,17 @@ async def test_a_node_is_ready_when_it_accepts_even_on_an_empty_redis(
             await process.wait()
         if process.returncode is None:
             process.kill()
+
+
+@pytest.mark.slow
+async def test_workers_outlive_the_parents_idle_threads(
+    mysql_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """trio starts processes from worker threads that end after 10 s idle: nothing tied
+    to that thread (such as PR_SET_PDEATHSIG) may stop the workers."""
+    async with workers(tmp_path, mysql_url, redis_url) as parent, AsyncExitStack() as stack:
+        pids = set(children(parent.process.pid))
+        await trio.sleep(12)
+        assert set(children(parent.process.pid)) == pids, parent.log_tail()
+        c, _ = await dial_worker(parent, stack)
+        assert (await c.request("ping"))["type"] == "ok"

@@ -59,6 +59,16 @@ def _ports(text: str) -> tuple[int, ...]:
     return ports
 
 
+def _pids(text: str) -> tuple[int, ...]:
+    try:
+        pids = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write pids as 1234,5678") from None
+    if not all(pid > 0 for pid in pids):
+        raise argparse.ArgumentTypeError(f"{text!r}: write pids as 1234,5678")
+    return pids
+
+
 def _scenarios(text: str) -> list[str]:
     names: list[str] = []
     for part in text.split(","):
@@ -154,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="pid of a local server process: capacity reports its memory per connection",
     )
     parser.add_argument(
+        "--cpu-pids",
+        type=_pids,
+        default=(),
+        help="comma-separated pids of local server processes: direct, open and burst "
+        "report their CPU time (and their children's, e.g. --workers) per delivered "
+        "message, over the loaded window only",
+    )
+    parser.add_argument(
         "--drain-seconds",
         type=_positive,
         default=30.0,
@@ -178,6 +196,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         route=args.route,
         run_id=uuid.uuid4().hex[:10],
         drain_seconds=args.drain_seconds,
+        cpu_pids=args.cpu_pids,
     )
 
 

@@ -55,6 +55,9 @@ class BenchConfig:
     """After the last send, how long to wait for outstanding deliveries before calling them lost."""
     setup_seconds: float = 1800.0
     """Upper bound for a setup phase (registering 10,000 accounts takes minutes by design)."""
+    cpu_pids: tuple[int, ...] = ()
+    """Local server processes (with their children, such as ``--workers``) whose CPU time
+    over the loaded window the one-to-one scenarios report per delivered message."""
 
     def user_name(self, index: int) -> str:
         return f"{self.prefix}-u{index}"

@@ -65,6 +65,11 @@ def describe(name: str, figures: Figures) -> list[str]:
         )
         lines.append(f"  send->receipt  {_lat(figures['latency'])}")
         lines.append(f"  send->ok       {_lat(figures['ack_latency'])}")
+        if figures.get("server_cpu_us_per_delivered") is not None:
+            lines.append(
+                f"  server CPU     {figures['server_cpu_us_per_delivered']:,.0f} us per delivered"
+                f" message ({figures['server_cpu_seconds']:.2f} s in all)"
+            )
         if "routes" in figures:
             lines.extend(_route_lines(figures["routes"]))
     elif name == "group":

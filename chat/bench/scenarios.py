@@ -13,6 +13,7 @@ delivery), ``latency`` (send->receipt) and ``ack_latency`` (send->``ok``).
 
 from __future__ import annotations
 
+import os
 import time
 from array import array
 from collections import defaultdict
@@ -59,6 +60,34 @@ def _finish(figures: Figures, verdict: Verdict, *extra_problems: str) -> Figures
     return figures
 
 
+def cpu_seconds(pids: tuple[int, ...]) -> float | None:
+    """User + system CPU time so far of these local processes and all their descendants
+    (from /proc); None without pids or where /proc cannot be read."""
+    if not pids:
+        return None
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    if not any(pid in times for pid in pids):
+        return None
+    chosen = set(pids)
+    grew = True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in chosen} - chosen
+        chosen |= more
+        grew = bool(more)
+    return sum(times.get(pid, 0.0) for pid in chosen)
+
+
 def read_rss_kib(pid: int) -> int | None:
     """Resident memory of a local process, from /proc (None if it cannot be read)."""
     try:
@@ -98,25 +127,46 @@ def auth(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -
 def direct(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
     with Load("direct", config, range(config.users), progress) as load:
         load.gather()
+        cpu_before = cpu_seconds(config.cpu_pids)
         start = load.go_at()
         results = load.results()
-    return _one_to_one(config, results, start, "direct")
+        cpu_after = cpu_seconds(config.cpu_pids)
+    figures = _one_to_one(config, results, start, "direct")
+    return _with_cpu(figures, cpu_before, cpu_after)
 
 
 def open_loop(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
     with Load("open", config, range(config.users), progress) as load:
         load.gather()
+        cpu_before = cpu_seconds(config.cpu_pids)
         start = load.go_at()
         results = load.results()
-    return _one_to_one(config, results, start, "open")
+        cpu_after = cpu_seconds(config.cpu_pids)
+    figures = _one_to_one(config, results, start, "open")
+    return _with_cpu(figures, cpu_before, cpu_after)
 
 
 def burst(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
     with Load("burst", config, range(config.users), progress) as load:
         load.gather()
+        cpu_before = cpu_seconds(config.cpu_pids)
         start = load.go_at()
         results = load.results()
-    return _one_to_one(config, results, start, "burst")
+        cpu_after = cpu_seconds(config.cpu_pids)
+    figures = _one_to_one(config, results, start, "burst")
+    return _with_cpu(figures, cpu_before, cpu_after)
+
+
+def _with_cpu(figures: Figures, before: float | None, after: float | None) -> Figures:
+    """The servers' CPU time over the loaded window, per delivered message."""
+    if before is not None and after is not None:
+        used = after - before
+        figures["server_cpu_seconds"] = round(used, 3)
+        delivered = figures["delivered"]
+        figures["server_cpu_us_per_delivered"] = (
+            round(used / delivered * 1e6, 1) if delivered else None
+        )
+    return figures
 
 
 def _routes(results: list[dict[str, Any]], start: float) -> Figures:

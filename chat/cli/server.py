@@ -16,7 +16,7 @@ from chat.broker import Broker, MemoryBroker
 from chat.server import Node, Settings
 from chat.store import DEFAULT_DATABASE_URL, StoreError, open_store
 
-from .workers import Supervisor, announce_ready, cpu_count, die_with_parent, reserve_port
+from .workers import Supervisor, announce_ready, cpu_count, reserve_port, watch_parent
 
 log = logging.getLogger("chat.server")
 
@@ -178,6 +178,7 @@ async def serve(
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, node, nursery.cancel_scope)
+                nursery.start_soon(watch_parent, node.stop)  # a --workers worker only
                 async with trio.open_nursery() as running:
                     await running.start(node.run)
                     announce_ready()  # to a --workers parent, if there is one
@@ -216,7 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, node_id)
     if args.workers > 1:
         return _run_workers(args, node_id)
-    die_with_parent()  # a --workers parent's worker stops with its parent
     settings = Settings(
         host=args.host,
         port=args.port,

@@ -15,19 +15,21 @@ The parent only supervises:
   users are free to log in again once their leases expire;
 - SIGINT or SIGTERM to the parent is passed to every worker (each stops
   gracefully, releasing its users); once they have all exited the parent exits
-  0. A second signal kills them at once. Workers ask the kernel to stop them if
-  the parent dies (``PR_SET_PDEATHSIG``), so nothing is left running.
+  0. A second signal kills them at once.
+- every worker holds the read end of a *lifeline* pipe whose only write end is
+  the parent's: if the parent dies (even by ``kill -9``), the workers read EOF
+  and stop gracefully, so nothing is left running. (``PR_SET_PDEATHSIG`` would
+  not do: it fires when the *thread* that started the child ends, and trio
+  starts processes from worker threads that end when idle.)
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import attrs
@@ -37,8 +39,8 @@ log = logging.getLogger("chat.server.workers")
 
 READY_FD_ENV = "CHAT_READY_FD"
 """The pipe a worker writes to once it listens (set by the parent for each worker)."""
-PARENT_PID_ENV = "CHAT_PARENT_PID"
-"""The supervising parent's pid: a worker stops when that process is gone."""
+LIFELINE_FD_ENV = "CHAT_LIFELINE_FD"
+"""A pipe a worker reads: EOF means the supervising parent is gone."""
 RESTART_DELAY_FIRST = 0.5
 RESTART_DELAY_MAX = 10.0
 """A worker that keeps dying is restarted after a delay doubling up to this."""
@@ -48,7 +50,6 @@ STOP_SECONDS = 20.0
 """How long the workers get to stop gracefully before they are killed."""
 READY_SECONDS = 120.0
 """How long a worker may take to become ready (migrations, Redis) before it counts as failed."""
-_PR_SET_PDEATHSIG = 1
 
 
 def cpu_count() -> int:
@@ -72,15 +73,17 @@ def reserve_port(host: str, port: int) -> tuple[int, socket.socket | None]:
     return int(sock.getsockname()[1]), sock
 
 
-def die_with_parent() -> None:
-    """In a worker: stop (SIGTERM) when the supervising parent dies, even by kill -9."""
-    expected = os.environ.pop(PARENT_PID_ENV, None)
-    if expected is None or not sys.platform.startswith("linux"):
+async def watch_parent(stop: Callable[[], None]) -> None:
+    """In a worker: call ``stop`` when the supervising parent is gone (its end of the
+    lifeline pipe closed); returns at once in a process that is not a worker."""
+    fd = os.environ.pop(LIFELINE_FD_ENV, None)
+    if fd is None:
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if str(os.getppid()) != expected:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+    async with trio.lowlevel.FdStream(int(fd)) as lifeline:
+        while await lifeline.receive_some(16):
+            pass
+    log.error("the --workers parent is gone: stopping")
+    stop()
 
 
 def announce_ready() -> None:
@@ -113,6 +116,8 @@ class Supervisor:
         self.workers = [_Worker(n, f"{node_id}-w{n}") for n in range(1, count + 1)]
         self.failure: str | None = None
         self._stopping = trio.Event()
+        self._lifeline, self._lifeline_keep = os.pipe()
+        """Workers read the first; the parent alone holds the second until it exits."""
 
     async def run(self) -> int:
         """Until a signal (or a worker that cannot start); the exit status."""
@@ -137,6 +142,8 @@ class Supervisor:
                         if worker.process is not None and worker.process.returncode is None:
                             worker.process.kill()
                             await worker.process.wait()
+                os.close(self._lifeline)
+                os.close(self._lifeline_keep)
         if self.failure is not None:
             log.error("%s; stopped every worker", self.failure)
             return 1
@@ -181,9 +188,9 @@ class Supervisor:
                 process = await trio.lowlevel.open_process(
                     list(self.command(worker.node_id)),
                     stdin=subprocess.DEVNULL,
-                    pass_fds=(write_end,),
+                    pass_fds=(write_end, self._lifeline),
                     env=os.environ
-                    | {READY_FD_ENV: str(write_end), PARENT_PID_ENV: str(os.getpid())},
+                    | {READY_FD_ENV: str(write_end), LIFELINE_FD_ENV: str(self._lifeline)},
                 )
             finally:
                 os.close(write_end)
