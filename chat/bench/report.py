@@ -70,6 +70,8 @@ def describe(name: str, figures: Figures) -> list[str]:
                 f"  server CPU     {figures['server_cpu_us_per_delivered']:,.0f} us per delivered"
                 f" message ({figures['server_cpu_seconds']:.2f} s in all)"
             )
+        if figures.get("machine_cpu_busy") is not None:
+            lines.append(f"  machine CPU    {figures['machine_cpu_busy']:.0%} busy (all cores)")
         if "routes" in figures:
             lines.extend(_route_lines(figures["routes"]))
     elif name == "group":

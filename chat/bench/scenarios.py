@@ -88,6 +88,17 @@ def cpu_seconds(pids: tuple[int, ...]) -> float | None:
     return sum(times.get(pid, 0.0) for pid in chosen)
 
 
+def machine_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of every CPU of this machine so far, from /proc/stat."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def read_rss_kib(pid: int) -> int | None:
     """Resident memory of a local process, from /proc (None if it cannot be read)."""
     try:
@@ -127,38 +138,48 @@ def auth(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -
 def direct(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
     with Load("direct", config, range(config.users), progress) as load:
         load.gather()
-        cpu_before = cpu_seconds(config.cpu_pids)
+        cpu_before, machine_before = cpu_seconds(config.cpu_pids), machine_ticks()
         start = load.go_at()
         results = load.results()
-        cpu_after = cpu_seconds(config.cpu_pids)
+        cpu_after, machine_after = cpu_seconds(config.cpu_pids), machine_ticks()
     figures = _one_to_one(config, results, start, "direct")
-    return _with_cpu(figures, cpu_before, cpu_after)
+    return _with_cpu(figures, (cpu_before, cpu_after), (machine_before, machine_after))
 
 
 def open_loop(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
     with Load("open", config, range(config.users), progress) as load:
         load.gather()
-        cpu_before = cpu_seconds(config.cpu_pids)
+        cpu_before, machine_before = cpu_seconds(config.cpu_pids), machine_ticks()
         start = load.go_at()
         results = load.results()
-        cpu_after = cpu_seconds(config.cpu_pids)
+        cpu_after, machine_after = cpu_seconds(config.cpu_pids), machine_ticks()
     figures = _one_to_one(config, results, start, "open")
-    return _with_cpu(figures, cpu_before, cpu_after)
+    return _with_cpu(figures, (cpu_before, cpu_after), (machine_before, machine_after))
 
 
 def burst(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
     with Load("burst", config, range(config.users), progress) as load:
         load.gather()
-        cpu_before = cpu_seconds(config.cpu_pids)
+        cpu_before, machine_before = cpu_seconds(config.cpu_pids), machine_ticks()
         start = load.go_at()
         results = load.results()
-        cpu_after = cpu_seconds(config.cpu_pids)
+        cpu_after, machine_after = cpu_seconds(config.cpu_pids), machine_ticks()
     figures = _one_to_one(config, results, start, "burst")
-    return _with_cpu(figures, cpu_before, cpu_after)
+    return _with_cpu(figures, (cpu_before, cpu_after), (machine_before, machine_after))
 
 
-def _with_cpu(figures: Figures, before: float | None, after: float | None) -> Figures:
-    """The servers' CPU time over the loaded window, per delivered message."""
+def _with_cpu(
+    figures: Figures,
+    servers: tuple[float | None, float | None],
+    machine: tuple[tuple[int, int] | None, tuple[int, int] | None],
+) -> Figures:
+    """The servers' CPU time over the loaded window, per delivered message, and how
+    busy the whole machine was meanwhile (servers, database, this load, all of it)."""
+    start, end = machine
+    if start is not None and end is not None:
+        busy, total = end[0] - start[0], end[1] - start[1]
+        figures["machine_cpu_busy"] = round(busy / total, 3) if total else None
+    before, after = servers
     if before is not None and after is not None:
         used = after - before
         figures["server_cpu_seconds"] = round(used, 3)

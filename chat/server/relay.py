@@ -76,6 +76,9 @@ class Relay:
                         len(push),
                         exc,
                     )
+                except Exception:
+                    # A bug must cost this batch (hints only), never the node's routing.
+                    log.exception("routing a batch to other nodes failed")
                 finally:
                     self._busy = False
             self._idle.set()
