@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import socket
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from chat.client import ChatClient
 from chat.server import Node
 from chat.store import StoreUnavailable
 
-from .support import client, login, no_event, register
+from .support import client, login, no_event, register, running_node
 
 
 async def test_offline_messages_come_first_then_live(node: Node) -> None:
@@ -261,3 +263,39 @@ async def test_a_failed_acknowledgement_does_not_deliver_twice(
         assert failures == 0
         assert reply["offline"] == 0
         await no_event(bob)
+
+
+async def test_logout_with_a_stuck_writer_releases_the_user(tmp_path: Path) -> None:
+    """bob stops reading while megabytes are written to him, then sends ``logout``. The
+    logout waits for the writer, which is stuck in a write nobody reads: the write
+    deadline (``slow_client_seconds``) ends the connection, so bob is free to log in
+    again, and what was not written stays kept for him. (The outbox is made too large
+    to fill, so only the write deadline can end this.)"""
+    async with (
+        running_node(
+            f"sqlite:///{tmp_path / 'stuck.db'}", slow_client_seconds=1.0, outbox_frames=100_000
+        ) as node,
+        client(node) as ann,
+    ):
+        await register(ann, "ann")
+        bob_id = await register(ann, "bob")
+        await login(ann, "ann")
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+        await sock.connect(("127.0.0.1", node.ports[0]))
+        stuck = trio.SocketStream(sock)
+        await stuck.send_all(b'{"type":"login","name":"bob","password":"secret"}\n')
+        assert b'"ok"' in await stuck.receive_some(65536)
+        text = "x" * 4000
+        sent = [(await ann.call("send", to=bob_id, text=text))["message_id"] for _ in range(1500)]
+        await stuck.send_all(b'{"type":"logout"}\n')  # never reads the answer
+        async with client(node) as again:
+            with trio.fail_after(30):
+                while True:
+                    reply = await again.request("login", name="bob", password="secret")
+                    if reply["type"] == "ok":
+                        break
+                    assert reply["code"] == "already_online", reply
+                    await trio.sleep(0.1)
+            assert 0 < reply["offline"] < len(sent)  # the rest got through before it stuck
+        await stuck.aclose()

@@ -13,8 +13,11 @@ Tasks, all in the session's nursery:
 
 A client that does not read is not buffered without limit: the outbox holds
 ``outbox_frames`` frames, and a producer that cannot queue within
-``slow_client_seconds`` disconnects the client. Messages not yet written stay in
-the store for the next login.
+``slow_client_seconds`` disconnects the client; so does a write to the connection
+that does not finish within ``slow_client_seconds`` (a client that stopped
+reading), so nothing waiting on the writer (a flush, a logout, the release of the
+user's presence) waits for ever. Messages not yet written stay in the store for
+the next login.
 
 While the node is paused (its presence leases are in doubt: the user may be
 logged in elsewhere by now), nothing is delivered: the delivery task waits, the
@@ -412,8 +415,9 @@ class Session:
                 outgoing = self._writable([item for item in items if isinstance(item, Outgoing)])
                 before = self.stream.frames_sent
                 try:
-                    if outgoing:
-                        await self.stream.send([item.payload for item in outgoing])
+                    with trio.move_on_after(self.services.settings.slow_client_seconds) as write:
+                        if outgoing:
+                            await self.stream.send([item.payload for item in outgoing])
                 except StreamClosed:
                     self._abort("connection lost while writing")
                     return
@@ -423,6 +427,9 @@ class Session:
                     with trio.move_on_after(self.services.settings.close_grace_seconds) as scope:
                         scope.shield = True
                         await self._acknowledge(written)
+                if write.cancelled_caught:
+                    self._abort("a write did not finish in time (client not reading)")
+                    return
                 for item in items:
                     if isinstance(item, Flush):
                         item.done.set()

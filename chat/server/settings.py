@@ -9,7 +9,8 @@ from chat.protocol import MAX_LINE_BYTES
 OUTBOX_FRAMES = 256
 """Frames queued for one connection before its producers must wait."""
 SLOW_CLIENT_SECONDS = 10.0
-"""How long a producer waits on a full outbox before the client counts as too slow."""
+"""How long a producer waits on a full outbox, and how long one write to the connection
+may take, before the client counts as too slow and is disconnected."""
 DELIVERY_PAGE = 200
 """Kept messages read from the store at once for one user."""
 WRITE_BATCH_BYTES = 64 * 1024

@@ -17,18 +17,24 @@ READ_CHUNK = 16_384
 KEEPALIVE_IDLE_SECONDS = 60
 KEEPALIVE_INTERVAL_SECONDS = 15
 KEEPALIVE_PROBES = 4
+USER_TIMEOUT_SECONDS = 60
+"""Data the peer has not acknowledged for this long ends the connection (TCP_USER_TIMEOUT):
+a peer that vanished while we were writing to it is noticed in a minute, not after the
+kernel's retransmissions give up (about 15 minutes)."""
 LINGER_SECONDS = 1.0
 """After our FIN, how long to wait for the peer's, discarding what it still sends."""
 LINGER_MAX_BYTES = 1024 * 1024
 
 
 def enable_keepalive(stream: trio.SocketStream) -> None:
-    """Let the kernel notice peers that vanished without closing (a pulled cable)."""
+    """Let the kernel notice peers that vanished without closing (a pulled cable), both
+    while the connection is idle (keepalive) and while we write to it (user timeout)."""
     stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
     for option, value in (
         ("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS),
         ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECONDS),
         ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+        ("TCP_USER_TIMEOUT", USER_TIMEOUT_SECONDS * 1000),
     ):
         if hasattr(socket, option):
             stream.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
