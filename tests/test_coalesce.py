@@ -132,3 +132,78 @@ async def test_a_failed_batch_fails_each_call_with_its_own_copy_of_the_error() -
     assert len({id(e) for e in errors}) == 3
     with pytest.raises(ValueError, match="batch 1"):
         raise errors[0]
+
+
+async def test_a_batch_with_work_after_its_commit_runs_once_though_its_leader_is_cancelled() -> (
+    None
+):
+    """A batch commits, then awaits more (as routing after a commit would). Cancelling
+    its leader meanwhile must not abandon it and hand its calls to another leader, which
+    would run them a second time; every caller, the cancelled leader too, gets its
+    result."""
+    committed: list[list[str]] = []
+    after_commit = trio.Event()
+
+    async def commit_then_wait(requests: Sequence[str]) -> list[str]:
+        committed.append(sorted(requests))
+        await after_commit.wait()  # not shielded by the batch function itself
+        return [f"{request}!" for request in requests]
+
+    coalesce = Coalescer(commit_then_wait)
+    got: dict[str, str] = {}
+    leader = trio.CancelScope()
+
+    async def call(name: str, scope: trio.CancelScope | None = None) -> None:
+        with scope or trio.CancelScope():
+            got[name] = await coalesce(name)
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, "a", leader)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(call, "b")
+        await trio.testing.wait_all_tasks_blocked()
+        leader.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        after_commit.set()
+    assert committed == [["a"], ["b"]]
+    assert got == {"a": "a!", "b": "b!"}
+    assert leader.cancelled_caught
+
+
+class Wakeups(trio.abc.Instrument):
+    """Counts tasks made runnable."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+        self.count += 1
+
+
+async def test_a_finished_batch_wakes_its_own_calls_and_the_next_leader_only() -> None:
+    batches = Batches()
+    coalesce = Coalescer(batches)
+    with trio.fail_after(10):
+        await _wake_only_whom_it_concerns(batches, coalesce)
+
+
+async def _wake_only_whom_it_concerns(batches: Batches, coalesce: Coalescer[str, str]) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(coalesce, "a")  # batch 0
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(50):  # batch 1, waiting
+            nursery.start_soon(coalesce, f"w{i}")
+        await trio.testing.wait_all_tasks_blocked()
+        wakeups = Wakeups()
+        trio.lowlevel.add_instrument(wakeups)
+        try:
+            batches.gate(0).set()
+            await trio.testing.wait_all_tasks_blocked()
+        finally:
+            trio.lowlevel.remove_instrument(wakeups)
+            batches.gate(1).set()  # a failure below must not leave batch 1 hanging
+        # batch 0's task, batch 1's leader, and a few of trio's own (this test's):
+        # not the 49 others waiting for batch 1.
+        assert wakeups.count < 10, wakeups.count
+        assert batches.seen[1] == sorted(f"w{i}" for i in range(50))

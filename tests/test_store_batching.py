@@ -55,7 +55,7 @@ async def count_messages(store: Store, body: str) -> int:
     return await store.pool.run(work)
 
 
-async def together(calls: Sequence[Callable[[], Awaitable[StoredMessage]]]) -> list[Any]:
+async def together(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
     """Run the calls concurrently; each one's result or exception, in call order."""
     outcomes: list[Any] = [None] * len(calls)
 
@@ -103,7 +103,10 @@ async def test_each_send_in_a_batch_gets_its_own_answer(store: Store) -> None:
                 expected.append("no_such_group")
     calls.append(lambda: store.store_group(ann, group.id, "to the group", "g-1"))
     expected.append("group")
+    runs = store.pool.runs
     outcomes = await together(calls)
+    # 41 sends made together share a few transactions (one alone, then the rest).
+    assert store.pool.runs - runs <= 4, store.pool.runs - runs
 
     for sender, kind, outcome in zip([*senders, ann], expected, outcomes, strict=True):
         if kind == "stored":
@@ -224,3 +227,24 @@ async def test_one_senders_messages_stay_in_order_among_concurrent_sends(store: 
             f"other {n}" for n in range(10)
         ]
     assert len(kept) == 30 + 10 * len(others)
+
+
+async def test_reads_and_deletions_made_together_share_transactions(store: Store) -> None:
+    """Forty sessions woken at once read their kept messages, then forty writers delete
+    what they wrote: a few transactions each, not forty."""
+    ann, *readers = await users(store, "ann", *(f"r{i}" for i in range(40)))
+    for reader in readers:
+        await store.store_direct(ann, reader, f"for {reader}", None)
+    runs = store.pool.runs
+    rows = await together([partial(store.pending, reader, 10) for reader in readers])
+    assert store.pool.runs - runs <= 4, store.pool.runs - runs
+    assert [len(found) for found in rows] == [1] * 40
+    runs = store.pool.runs
+    await together(
+        [
+            partial(store.acknowledge, reader, [found[0].seq])
+            for reader, found in zip(readers, rows, strict=True)
+        ]
+    )
+    assert store.pool.runs - runs <= 4, store.pool.runs - runs
+    assert [await store.pending(reader, 10) for reader in readers] == [[]] * 40

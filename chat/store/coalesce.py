@@ -5,7 +5,7 @@ messages (``pending``) and, after writing them, deletes them (``acknowledge``).
 Done one by one, a group message to 500 members costs 500 reads and 500
 deletions, each a thread hop and a transaction (a deletion: a commit, so a log
 flush). Here the first caller runs a batch with everything queued; calls made
-while it runs wait and go, together, in the next batch.
+while it runs wait and go, together, in the next batch, led by the first of them.
 
 What callers may rely on, exactly as with a call of their own:
 
@@ -14,13 +14,18 @@ What callers may rely on, exactly as with a call of their own:
 - a call returns only after its batch's transaction committed, and raises the
   batch's error if it failed.
 
-Cancellation: a cancelled caller whose batch has not started leaves the queue
-(its call never happened). A cancelled leader whose batch never started hands
-the batch back to the queue, where the next waiting caller picks it up. Once
-started, a batch is never abandoned (the pool finishes every transaction it
-began), and a cancelled caller in it waits for it, shielded, and gets its
-result, as a call in a worker thread would; the cancellation reaches it at its
-next checkpoint.
+A started batch always finishes: it runs shielded from cancellation, and every
+call in it gets its result (or error), also a cancelled one, whose cancellation
+then arrives at its next checkpoint, as for a call in a worker thread. That
+matters when a batch has side effects after its commit: abandoning it there and
+handing its calls to another leader would run them twice.
+
+A cancelled call whose batch has not started leaves the queue (it never happened);
+if it had been chosen to lead the next batch, the next queued call leads instead.
+
+Waking: each waiting call sleeps on an event of its own, set when its batch has
+finished or when it is its turn to lead, so a batch wakes its own calls and the
+next leader, nobody else.
 """
 
 from __future__ import annotations
@@ -44,7 +49,12 @@ class _Call(Generic[Req, Res]):
     request: Req
     result: Res | None = None
     error: Exception | None = None
-    done: bool = False
+    finished: bool = False
+    """Its batch ran (``result`` or ``error`` is set)."""
+    leads: bool = False
+    """It was chosen to run the next batch."""
+    wake: trio.Event = attrs.field(factory=trio.Event)
+    """Set once: when its batch finished, or when it must lead."""
 
 
 class Coalescer(Generic[Req, Res]):
@@ -57,64 +67,58 @@ class Coalescer(Generic[Req, Res]):
         self._max_batch = max_batch
         self._queue: list[_Call[Req, Res]] = []
         self._busy = False
-        self._finished = trio.Event()
-        """Set when the running batch ends (a fresh one per batch)."""
+        """A batch is running, or a queued call has been told to lead the next one."""
+        self.batches = 0
+        """Batches run so far (each is one transaction of the store)."""
 
     async def __call__(self, request: Req) -> Res:
         call: _Call[Req, Res] = _Call(request)
         self._queue.append(call)
-        try:
-            while not call.done:
-                if self._busy:
-                    await self._finished.wait()
-                else:
-                    await self._lead()
-        except BaseException as exc:
-            if call in self._queue:  # its batch has not started: the call never happened
-                self._queue.remove(call)
-                raise
-            if call.done or not isinstance(exc, trio.Cancelled):
-                raise
-            # Its batch is running. Like a call in a worker thread, it completes (its
-            # caller may have to act on it, e.g. wake a message's recipients); the
-            # cancellation is delivered at the caller's next checkpoint.
-            await self._finish_shielded(call, exc)
+        if self._busy:
+            try:
+                await call.wake.wait()
+            except trio.Cancelled:
+                if call in self._queue:  # its batch has not started: it never happened
+                    self._queue.remove(call)
+                    if call.leads:
+                        self._next_leader()
+                    raise
+                # Its batch is running: it completes, and the cancellation comes later.
+                with trio.CancelScope(shield=True):
+                    await call.wake.wait()
+        else:
+            self._busy = True
+            call.leads = True
+        if not call.finished:
+            await self._lead()
         if call.error is not None:
             raise _fresh(call.error)
         return call.result  # type: ignore[return-value]
 
-    async def _finish_shielded(self, call: _Call[Req, Res], cancelled: BaseException) -> None:
-        with trio.CancelScope(shield=True):
-            while not call.done:
-                if call in self._queue:  # its batch was handed back before it ran
-                    self._queue.remove(call)
-                    raise cancelled
-                await self._finished.wait()  # not queued, not done: its batch is running
-
     async def _lead(self) -> None:
-        """Run the next batch: the queued calls, up to ``max_batch``."""
+        """Run the next batch (the queued calls, up to ``max_batch``), shielded."""
         batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
-        self._busy = True
-        finished = False
-        try:
-            results = await self._run_batch([call.request for call in batch])
-            for call, result in zip(batch, results, strict=True):
-                call.result = result
-            finished = True
-        except Exception as exc:
-            for call in batch:
-                call.error = exc
-            finished = True
-        finally:
-            if finished:
+        self.batches += 1
+        with trio.CancelScope(shield=True):
+            try:
+                results = await self._run_batch([call.request for call in batch])
+                for call, result in zip(batch, results, strict=True):
+                    call.result = result
+            except Exception as exc:
                 for call in batch:
-                    call.done = True
-            else:
-                # Cancelled before the batch ran: the others wait for it still.
-                self._queue[:0] = [call for call in batch if not call.done]
+                    call.error = exc
+        for call in batch:
+            call.finished = True
+            call.wake.set()
+        self._next_leader()
+
+    def _next_leader(self) -> None:
+        """Hand the next batch to the first queued call, or become idle."""
+        if self._queue:
+            self._queue[0].leads = True
+            self._queue[0].wake.set()
+        else:
             self._busy = False
-            self._finished.set()
-            self._finished = trio.Event()
 
 
 def _fresh(error: Exception) -> Exception:

@@ -42,9 +42,13 @@ class ConnectionPool:
         self._idle: list[tuple[Connection, float]] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.runs = 0
+        """Units of work run from trio so far (each is one transaction): what coalescing
+        saves shows here."""
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(connection)`` in a worker thread and return its result."""
+        self.runs += 1
         return await trio.to_thread.run_sync(self.run_blocking, work, limiter=self.limiter)
 
     def run_blocking(self, work: Callable[[Connection], T]) -> T:
