@@ -139,7 +139,7 @@ class Session:
                     await self._read_loop()
                 # The client left or the node is stopping: flush what is queued, then go.
                 with trio.move_on_after(settings.close_grace_seconds, shield=True):
-                    await self._end_login()
+                    await self.end_login()
                 self._outbox.close()
                 nursery.cancel_scope.deadline = trio.current_time() + settings.close_grace_seconds
         except Exception:
@@ -147,7 +147,7 @@ class Session:
             log.exception("session %s failed", self.holder)
         finally:
             with trio.move_on_after(settings.close_grace_seconds, shield=True):
-                await self._end_login()
+                await self.end_login()
                 await self.stream.aclose()
             log.info("connection closed: %s (%s)", self.stream.peer, self.holder)
 
@@ -223,10 +223,6 @@ class Session:
         self.services.router.attach(user.id, self)
         return True
 
-    async def abandon_login(self) -> None:
-        """Undo ``begin_login`` when the login cannot finish."""
-        await self._end_login()
-
     async def _after_login(self, offline: int) -> None:
         """Queue the ``offline`` kept messages right after the reply, then go live."""
         user = self.user
@@ -254,7 +250,7 @@ class Session:
             self._deliver_live, user, self._delivery_scope, self._delivery_done
         )
 
-    async def _end_login(self) -> None:
+    async def end_login(self) -> None:
         """Log the user out of this connection: nothing more is queued, the queue is
         written and acknowledged, then presence is released. Idempotent."""
         user = self.user
@@ -273,9 +269,6 @@ class Session:
             await self.services.broker.release(user.id, self.holder)
         except BrokerUnavailable:
             log.warning("could not release user %d now; the lease will expire", user.id)
-
-    async def logout(self) -> None:
-        await self._end_login()
 
     # --- delivery -------------------------------------------------------------
 

@@ -1,0 +1,104 @@
+"""The handler registry: one entry per request type, and the checks every request gets.
+
+A handler is registered with ``@handler(RequestType, ...)`` next to its code, in
+the module of its area (accounts, contacts, messages, groups). It receives a
+``Caller``, the narrow view of a connection that handlers need (who is logged
+in, the node's services, and the two steps of a login), never the session
+itself. ``dispatch`` applies the checks in the protocol's order: logged-in
+state first, then (while the node is paused) ``unavailable``, then the
+request's own checks, which are the handler's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import attrs
+
+from chat.protocol import ErrorCode, RequestError
+from chat.protocol.messages import REQUEST_TYPES, Request, Result
+from chat.store import UserRecord
+
+from ..services import Services
+
+R = TypeVar("R", bound=Request)
+
+
+class Caller(Protocol):
+    """What a handler may see and do of the connection that made the request."""
+
+    @property
+    def user(self) -> UserRecord | None:
+        """Who is logged in on this connection (never an id the client sent)."""
+
+    @property
+    def services(self) -> Services: ...
+
+    async def begin_login(self, user: UserRecord) -> bool:
+        """Claim the user's presence for this connection; False if online elsewhere."""
+
+    async def end_login(self) -> None:
+        """Log the user out of this connection (also to undo a login that failed)."""
+
+
+HandlerFn = Callable[[Caller, Any], Awaitable[Result]]
+
+
+@attrs.frozen
+class _Entry:
+    run: HandlerFn
+    needs_login: bool
+    while_paused: bool
+
+
+_HANDLERS: dict[type, _Entry] = {}
+"""Request class -> its handler."""
+
+
+def handler(
+    kind: type[R], *, needs_login: bool = True, while_paused: bool = False
+) -> Callable[[Callable[[Caller, R], Awaitable[Result]]], Callable[[Caller, R], Awaitable[Result]]]:
+    """Register the decorated coroutine for requests of ``kind``.
+
+    ``needs_login``: refused with ``not_logged_in`` on a connection not logged in.
+    ``while_paused``: still served for a logged-in user while the node is paused (its
+    presence leases in doubt); every other request then answers ``unavailable``.
+    """
+
+    def register(
+        fn: Callable[[Caller, R], Awaitable[Result]],
+    ) -> Callable[[Caller, R], Awaitable[Result]]:
+        if kind in _HANDLERS:
+            raise ValueError(f"two handlers for {kind.__name__}")
+        _HANDLERS[kind] = _Entry(fn, needs_login, while_paused)
+        return fn
+
+    return register
+
+
+async def dispatch(caller: Caller, request: Request) -> Result:
+    entry = _HANDLERS[type(request)]
+    user = caller.user
+    if entry.needs_login and user is None:
+        raise RequestError(ErrorCode.NOT_LOGGED_IN, f"log in before {request.TYPE}")
+    if user is not None and caller.services.router.paused and not entry.while_paused:
+        # The user may be logged in elsewhere by now: act for them only once that is known.
+        raise RequestError(
+            ErrorCode.UNAVAILABLE,
+            "this server cannot confirm your login right now (Redis does not answer); try again",
+        )
+    return await entry.run(caller, request)
+
+
+def me(caller: Caller) -> UserRecord:
+    """The logged-in user, in a handler registered with ``needs_login``."""
+    assert caller.user is not None  # dispatch checked
+    return caller.user
+
+
+def check_complete() -> None:
+    """Every request type of the protocol has a handler (checked at import)."""
+    missing = set(REQUEST_TYPES.values()) - set(_HANDLERS)
+    if missing:
+        raise AssertionError(f"no handler for {sorted(kind.__name__ for kind in missing)}")
