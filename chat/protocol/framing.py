@@ -34,11 +34,6 @@ class LineSplitter:
         """Bytes that may be read next; one more than a full line plus ``\\r\\n``."""
         return self._max_line + 2 - len(self._partial)
 
-    @property
-    def pending(self) -> int:
-        """Bytes of an unfinished line held now."""
-        return len(self._partial)
-
     def feed(self, data: bytes | bytearray) -> list[bytes]:
         if isinstance(data, bytearray):
             data = bytes(data)

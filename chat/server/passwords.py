@@ -8,6 +8,7 @@ instead of freezing every connection or exhausting memory.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -51,9 +52,16 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
-# A hash of nothing anyone knows: verifying against it makes "no such user" cost as much
-# time as "wrong password", so response times do not reveal which names exist.
-_DUMMY = hash_password(base64.b64encode(os.urandom(24)).decode("ascii"))
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash of nothing anyone knows: verifying against it makes "no such user" cost as
+    much time as "wrong password", so response times do not reveal which names exist.
+    Made on first use (in a worker thread), not at import: it costs a hash."""
+    return hash_password(base64.b64encode(os.urandom(24)).decode("ascii"))
+
+
+def _verify_or_pretend(password: str, stored: str | None) -> bool:
+    return verify_password(password, stored if stored is not None else _dummy_hash())
 
 
 class PasswordHasher:
@@ -68,6 +76,6 @@ class PasswordHasher:
     async def verify(self, password: str, stored: str | None) -> bool:
         """True if ``password`` matches; with ``stored`` None, spends the same time and says no."""
         ok = await trio.to_thread.run_sync(
-            verify_password, password, stored or _DUMMY, limiter=self.limiter
+            _verify_or_pretend, password, stored, limiter=self.limiter
         )
         return ok and stored is not None

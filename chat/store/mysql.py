@@ -46,15 +46,17 @@ class MysqlDialect(Dialect):
         )
 
     def connect(self) -> Connection:
-        conn = self._connect(self.database)
+        return self._connect(self.database)
+
+    def prepare_database(self) -> None:
+        """Create the database if needed, and learn what the server can do. Runs once,
+        before the pool exists: pooled connections, made in worker threads, change
+        nothing shared."""
+        conn = self._connect(None)
         # MariaDB 10.5+ has INSERT ... RETURNING, MySQL has not: ask the server.
         version = _MARIADB_VERSION.search(str(getattr(conn, "server_version", "")))
         release = (int(version[1]), int(version[2])) if version else (0, 0)
         self.insert_returning = release >= (10, 5)
-        return conn
-
-    def prepare_database(self) -> None:
-        conn = self._connect(None)
         try:
             with conn.cursor() as cursor:
                 cursor.execute(
