@@ -22,6 +22,7 @@ import trio
 from chat.broker import Pause, Push, Resume, Resync, Wake
 from chat.broker.redis import RedisBroker, decode_notices, encode_notices
 from chat.client import ChatClient
+from chat.protocol.messages import FriendAddedEvent, UserPresence
 from chat.server import Node
 
 from .cluster_support import (
@@ -105,7 +106,10 @@ async def test_leases_are_held_by_one_holder(redis_url: str) -> None:
 
 
 def test_notices_survive_the_wire() -> None:
-    pushes = [Push(3, b'{"type":"friend_added"}'), Push(1, "\u00e9\U0001f600".encode())]
+    pushes = [
+        Push(3, FriendAddedEvent(UserPresence(1, "ann", True))),
+        Push(1, FriendAddedEvent(UserPresence(2, "\u00e9\U0001f600", False))),
+    ]
     assert decode_notices(encode_notices([1, 2], pushes)) == [Wake((1, 2)), *pushes]
     assert decode_notices(encode_notices([7])) == [Wake((7,))]
     assert decode_notices(b'{"resync":true}') == [Resync()]
@@ -119,6 +123,7 @@ def test_notices_survive_the_wire() -> None:
         b'{"push": 1}',
         b'{"push": [[1]]}',
         b'{"push": [[1, 2]]}',
+        b'{"push": [[1, "{\\"type\\": \\"nonsense\\"}"]]}',
         b'{"wake": [1], "what": 2}',
         b"\xff",
     ]:

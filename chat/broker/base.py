@@ -28,6 +28,8 @@ from typing import Protocol
 import attrs
 import trio
 
+from chat.protocol.messages import Event
+
 
 @attrs.frozen
 class Wake:
@@ -38,10 +40,11 @@ class Wake:
 
 @attrs.frozen
 class Push:
-    """A transient event for a user (not kept if the user is gone): JSON bytes."""
+    """A transient event for a user (not kept if the user is gone), as a typed value:
+    the user's connection encodes it with its own codec."""
 
     user_id: int
-    payload: bytes
+    event: Event
 
 
 @attrs.frozen

@@ -89,6 +89,9 @@ import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from chat.protocol.codec import BadServerMessage, decode_server_event, encode_event
+from chat.protocol.messages import Event
+
 from .base import (
     BrokerUnavailable,
     Evict,
@@ -217,7 +220,7 @@ def encode_notices(wake: Sequence[int] = (), push: Sequence[Push] = ()) -> bytes
     if wake:
         body["wake"] = list(wake)
     if push:
-        body["push"] = [[event.user_id, event.payload.decode()] for event in push]
+        body["push"] = [[item.user_id, encode_event(item.event).decode()] for item in push]
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -254,12 +257,24 @@ def _notices_in(body: dict[str, Any]) -> list[Notice] | None:
                     and isinstance(item[1], str)
                 ):
                     return None
-                notices.append(Push(item[0], item[1].encode()))
+                event = _event_of(item[1])
+                if event is None:
+                    return None
+                notices.append(Push(item[0], event))
         elif key == "resync" and value is True:
             notices.append(Resync())
         else:
             return None
     return notices
+
+
+def _event_of(text: str) -> Event | None:
+    """The typed event in a pushed event's JSON; None if it is not one we know."""
+    try:
+        message = json.loads(text)
+        return decode_server_event(message) if isinstance(message, dict) else None
+    except (ValueError, BadServerMessage):
+        return None
 
 
 def _is_id(value: object) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import unicodedata
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import cattrs
@@ -302,10 +302,47 @@ def decode_server_event(message: dict[str, Any]) -> Event | None:
     return None if cls is None else decode_server_message(cls, message)
 
 
+class Codec(Protocol):
+    """A wire format for a connection: how requests are read and replies and events
+    written. Protocol v1 is ``V1``; another (such as the original system's) plugs in
+    beside it, and a connection encodes what it sends with its own codec."""
+
+    @property
+    def name(self) -> str: ...
+
+    def decode_request(self, frame: bytes | str) -> DecodedRequest: ...
+
+    def encode_reply(self, reply: Ok | Error) -> bytes: ...
+
+    def encode_event(self, event: Event) -> bytes: ...
+
+
+@attrs.frozen
+class JsonCodec:
+    """Protocol v1 and its additions: one JSON object per frame."""
+
+    name: str = "v1"
+
+    def decode_request(self, frame: bytes | str) -> DecodedRequest:
+        return decode_request(frame)
+
+    def encode_reply(self, reply: Ok | Error) -> bytes:
+        return encode_reply(reply)
+
+    def encode_event(self, event: Event) -> bytes:
+        return encode_event(event)
+
+
+V1: Codec = JsonCodec()
+
+
 __all__ = [
     "EVENT_TYPES",
+    "V1",
     "BadServerMessage",
+    "Codec",
     "DecodedRequest",
+    "JsonCodec",
     "ProtocolError",
     "check_rid",
     "decode_request",

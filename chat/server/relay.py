@@ -23,6 +23,7 @@ from collections.abc import Iterable
 import trio
 
 from chat.broker import Broker, BrokerUnavailable, Push
+from chat.protocol.messages import Event
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,12 @@ class Relay:
         self._wake.update(dict.fromkeys(user_ids))
         self._kick()
 
-    def push(self, user_id: int, payload: bytes) -> None:
+    def push(self, user_id: int, event: Event) -> None:
         """Hand an event to this user wherever they are held, with the next batch."""
         if len(self._push) >= MAX_PUSHES:
             log.warning("too many events queued for other nodes: one for user %d dropped", user_id)
             return
-        self._push.append(Push(user_id, payload))
+        self._push.append(Push(user_id, event))
         self._kick()
 
     def _kick(self) -> None:

@@ -33,7 +33,9 @@ from chat.broker import (
 from .relay import Relay
 
 if TYPE_CHECKING:
-    from .session import Session
+    from chat.protocol.messages import Event
+
+    from .user_session import UserSession
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class Router:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.relay = Relay(broker)
-        self._local: dict[int, Session] = {}
+        self._local: dict[int, UserSession] = {}
         self.paused = False
         """The broker cannot confirm this node's leases: sessions wait (see the module)."""
         self._resumed = trio.Event()
@@ -52,14 +54,14 @@ class Router:
     def node_id(self) -> str:
         return self.broker.node_id
 
-    def attach(self, user_id: int, session: Session) -> None:
+    def attach(self, user_id: int, session: UserSession) -> None:
         self._local[user_id] = session
 
-    def detach(self, user_id: int, session: Session) -> None:
+    def detach(self, user_id: int, session: UserSession) -> None:
         if self._local.get(user_id) is session:
             del self._local[user_id]
 
-    def sessions(self) -> list[Session]:
+    def sessions(self) -> list[UserSession]:
         return list(self._local.values())
 
     async def wait_live(self) -> None:
@@ -77,7 +79,7 @@ class Router:
         elif isinstance(notice, Push):
             session = self._local.get(notice.user_id)
             if session is not None:
-                session.push(notice.payload)
+                session.push(notice.event)
         elif isinstance(notice, Resync):
             for session in self._local.values():
                 session.wake()
@@ -117,13 +119,13 @@ class Router:
         if remote:
             self.relay.wake(remote)
 
-    def push(self, user_id: int, payload: bytes) -> None:
+    def push(self, user_id: int, event: Event) -> None:
         """Send a transient event to a user if online anywhere; dropped otherwise."""
         session = self._local.get(user_id)
         if session is not None:
-            session.push(payload)
+            session.push(event)
         else:
-            self.relay.push(user_id, payload)
+            self.relay.push(user_id, event)
 
     async def online(self, user_ids: Sequence[int]) -> set[int]:
         """Which of these users are logged in anywhere in the cluster."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from chat.protocol import ErrorCode, RequestError
-from chat.protocol.codec import encode_event
 from chat.protocol.messages import (
     AddFriend,
     FindUser,
@@ -45,6 +44,6 @@ async def add_friend(caller: Caller, request: AddFriend) -> Result:
             ErrorCode.ALREADY_FRIENDS, f"user_id: {request.user_id} is your friend already"
         ) from None
     event = FriendAddedEvent(UserPresence(user.id, user.name, True))
-    services.router.push(friend.id, encode_event(event))
+    services.router.push(friend.id, event)
     online = await services.router.online([friend.id])
     return FriendResult(UserPresence(friend.id, friend.name, friend.id in online))

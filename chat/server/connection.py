@@ -1,0 +1,193 @@
+"""One client connection: its stream, its codec, its outbox, and the only task that writes.
+
+The connection knows nothing of users or the store. What it writes are
+``Outgoing`` frames, already encoded with the connection's codec (so a
+second wire protocol plugs in as another codec); a frame that carries a
+``Receipt`` is a kept message, and the connection's ``WriteHooks`` (the user
+session) decide whether such frames may be written now and are told, after
+each write, exactly which of them left.
+
+The writer is the only task that writes to the stream. It drains a bounded
+outbox and joins queued frames into one write, up to ``write_batch_bytes``. A
+client that does not keep up is disconnected, never buffered without limit:
+a producer that cannot queue within ``slow_client_seconds`` ends the
+connection, and so does a write that does not finish within
+``slow_client_seconds`` (a client that stopped reading), so nothing waiting on
+the writer (a flush, a logout, the release of the user's presence) waits for
+ever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import attrs
+import trio
+
+from chat.protocol import Codec
+from chat.transports import MessageStream, StreamClosed
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Receipt:
+    """Which kept message a frame is: once written, ``(user_id, seq)`` may be forgotten.
+    ``generation`` is the user session's, when it was queued."""
+
+    user_id: int
+    seq: int
+    generation: int = 0
+
+
+@attrs.frozen
+class Outgoing:
+    payload: bytes
+    receipt: Receipt | None = None
+    """Set for a kept message."""
+
+
+@attrs.frozen
+class Nudge:
+    """Nothing to write: wakes the writer to look again at what its hooks hold back."""
+
+
+@attrs.frozen
+class Flush:
+    """Set ``done`` once everything queued before it is written (and acknowledged)."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+class WriteHooks(Protocol):
+    def writable(self, outgoing: list[Outgoing]) -> list[Outgoing]:
+        """What of a batch may be written now (the rest is held back or dropped)."""
+
+    async def written(self, outgoing: Sequence[Outgoing]) -> None:
+        """These frames left, in this order (also after a write was cut off)."""
+
+
+class _WriteEverything:
+    def writable(self, outgoing: list[Outgoing]) -> list[Outgoing]:
+        return outgoing
+
+    async def written(self, outgoing: Sequence[Outgoing]) -> None:
+        pass
+
+
+class Connection:
+    def __init__(self, stream: MessageStream, codec: Codec, settings: Settings, name: str) -> None:
+        self.stream = stream
+        self.codec = codec
+        self.name = name
+        """For logs: the peer and the holder string."""
+        self.hooks: WriteHooks = _WriteEverything()
+        self._settings = settings
+        self._outbox, self._outbox_reader = trio.open_memory_channel[Outgoing | Flush | Nudge](
+            settings.outbox_frames
+        )
+        self._scope: trio.CancelScope | None = None
+        self._writer_alive = False
+
+    # --- producers -------------------------------------------------------------
+
+    async def queue(self, item: Outgoing | Flush) -> None:
+        """Put an item in the outbox, waiting a little if it is full; a client that
+        does not make room in time is disconnected."""
+        try:
+            self._outbox.send_nowait(item)
+            return
+        except trio.WouldBlock:
+            pass
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return  # the writer is gone with the connection; kept messages stay kept
+        with trio.move_on_after(self._settings.slow_client_seconds):
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                await self._outbox.send(item)
+            return
+        self.abort("outbox full (client too slow)")
+        await trio.lowlevel.checkpoint()  # raises Cancelled: the connection is over
+
+    def queue_nowait(self, item: Outgoing | Nudge) -> bool:
+        """Queue without waiting; False if the outbox is full or closed."""
+        try:
+            self._outbox.send_nowait(item)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is written (or the writer is gone)."""
+        if not self._writer_alive:
+            return
+        marker = Flush()
+        await self.queue(marker)
+        await marker.done.wait()
+
+    def close_outbox(self) -> None:
+        """Nothing more will be queued: the writer ends once it has written the rest."""
+        self._outbox.close()
+
+    def abort(self, reason: str) -> None:
+        """End the connection now (the scope given to ``run_writer`` is cancelled)."""
+        log.warning("disconnecting %s: %s", self.name, reason)
+        if self._scope is not None:
+            self._scope.cancel()
+
+    # --- the writer --------------------------------------------------------------
+
+    async def run_writer(self, scope: trio.CancelScope) -> None:
+        """The writer task; ``scope`` is what ``abort`` cancels (the connection's)."""
+        self._scope = scope
+        self._writer_alive = True
+        settings = self._settings
+        try:
+            async for first in self._outbox_reader:
+                items = [first]
+                size = len(first.payload) if isinstance(first, Outgoing) else 0
+                while size < settings.write_batch_bytes and not isinstance(items[-1], Flush):
+                    try:
+                        item = self._outbox_reader.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    items.append(item)
+                    size += len(item.payload) if isinstance(item, Outgoing) else 0
+                outgoing = self.hooks.writable([i for i in items if isinstance(i, Outgoing)])
+                before = self.stream.frames_sent
+                try:
+                    with trio.move_on_after(settings.slow_client_seconds) as write:
+                        if outgoing:
+                            await self.stream.send([item.payload for item in outgoing])
+                except StreamClosed:
+                    self.abort("connection lost while writing")
+                    return
+                finally:
+                    # Also when cancelled or cut off halfway: what left is not kept any more.
+                    written = outgoing[: self.stream.frames_sent - before]
+                    with trio.move_on_after(settings.close_grace_seconds, shield=True):
+                        await self.hooks.written(written)
+                if write.cancelled_caught:
+                    self.abort("a write did not finish in time (client not reading)")
+                    return
+                for item in items:
+                    if isinstance(item, Flush):
+                        item.done.set()
+        finally:
+            self._writer_alive = False
+            self._release_flushes()
+            self._outbox_reader.close()  # producers now fail fast instead of waiting
+
+    def _release_flushes(self) -> None:
+        """The writer is gone: wake anyone waiting for a flush that cannot happen."""
+        while True:
+            try:
+                item = self._outbox_reader.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            if isinstance(item, Flush):
+                item.done.set()

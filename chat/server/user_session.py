@@ -1,0 +1,288 @@
+"""The logged-in user of one connection: login state, the delivery task, kept messages.
+
+A ``UserSession`` is what handlers see (``Caller``) and what the router reaches
+(``wake``, ``push``, ``resume``, ``request_close``). It queues frames on its
+``Connection``, encoded with that connection's codec, and is the connection's
+``WriteHooks``: it decides whether kept messages may be written now and, once
+they are, tells the store to forget them.
+
+Delivery: while a user is logged in, the delivery task reads what the store keeps
+for the user and queues it. It never trusts a notice's content: a wake-up only
+says "read the store", so a lost or repeated notice changes nothing. A kept
+message is forgotten by the store only after it was written to the connection.
+
+While the node is paused (its presence leases are in doubt: the user may be
+logged in elsewhere by now), nothing is delivered: the delivery task waits, kept
+messages are held back (in order) and only replies are written, and transient
+events are dropped. On resume what was held is written; if the login ends first,
+it stays kept for the next login. If the user's lease had vanished meanwhile
+(and was re-created), someone may have logged in as the user elsewhere and been
+delivered those very messages: then the session forgets every kept message it
+had queued (they carry the session's *generation*, which the resume bumps), and
+re-reads the store once the writer has passed them, so nothing comes twice and
+the order holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import trio
+
+from chat.broker import BrokerUnavailable
+from chat.protocol.messages import Event, GroupMessageEvent, MessageEvent, UserRef
+from chat.store import PendingDelivery, StoreError, UserRecord
+
+from .connection import Connection, Nudge, Outgoing, Receipt
+from .services import Services
+
+log = logging.getLogger(__name__)
+
+MAX_HELD_PUSHES = 100
+"""Transient events held while a login's kept messages are being queued."""
+
+
+def event_for(row: PendingDelivery, *, offline: bool) -> Event:
+    sender = UserRef(row.sender_id, row.sender_name)
+    if row.group_id is not None:
+        return GroupMessageEvent(row.message_id, row.group_id, sender, row.body, row.ts, offline)
+    assert row.recipient_id is not None
+    return MessageEvent(row.message_id, sender, row.recipient_id, row.body, row.ts, offline)
+
+
+class UserSession:
+    def __init__(
+        self,
+        services: Services,
+        connection: Connection,
+        holder: str,
+        close: Callable[[], None],
+    ) -> None:
+        self.services = services
+        self.connection = connection
+        self.holder = holder
+        """This connection's name in the cluster's presence table."""
+        self.request_close = close
+        """Ask the connection to finish gracefully (an eviction, the node stopping)."""
+        self.user: UserRecord | None = None
+        self._held: list[Outgoing] = []
+        """Kept messages held back while the node is paused, in order."""
+        self._generation = 0
+        """Bumped when queued kept messages must be forgotten and read again."""
+        self._forgetting = False
+        """Kept messages of an older generation may still be queued."""
+        self._inflight: set[int] = set()
+        """Kept messages queued or written, not yet known to be gone from the store."""
+        self._acknowledged: set[int] = set()
+        """Of those, the ones whose deletion has committed."""
+        self._wake = trio.Event()
+        self._delivery_scope: trio.CancelScope | None = None
+        self._delivery_done: trio.Event | None = None
+        self._held_pushes: list[Event] | None = None
+        connection.hooks = self
+
+    # --- login state (the Caller interface) ----------------------------------------
+
+    async def begin_login(self, user: UserRecord) -> bool:
+        """Claim the user's presence and route its notices here; False if online elsewhere."""
+        if not await self.services.broker.claim(user.id, self.holder):
+            return False
+        self.user = user
+        self._held_pushes = []
+        self._inflight.clear()
+        self._acknowledged.clear()
+        self._wake = trio.Event()
+        self.services.router.attach(user.id, self)
+        return True
+
+    async def go_live(self, offline: int, nursery: trio.Nursery) -> None:
+        """After the login reply: queue the ``offline`` kept messages, then start the
+        delivery task in ``nursery`` (the connection's)."""
+        user = self.user
+        if user is None:
+            return
+        try:
+            queued = await self._queue_kept(user, offline)
+        except StoreError as exc:
+            # The reply promised ``offline`` messages that cannot be read now; closing
+            # is the honest answer. They stay kept for the next login.
+            self.connection.abort(f"cannot read kept messages of user {user.id}: {exc}")
+            await trio.lowlevel.checkpoint()
+            return
+        if queued != offline:
+            log.error(
+                "login of user %d announced %d kept messages, sent %d", user.id, offline, queued
+            )
+        held, self._held_pushes = self._held_pushes or [], None
+        for event in held:
+            await self.connection.queue(Outgoing(self.connection.codec.encode_event(event)))
+        self._delivery_done = trio.Event()
+        self._delivery_scope = trio.CancelScope()
+        self._wake.set()
+        nursery.start_soon(self._deliver_live, user, self._delivery_scope, self._delivery_done)
+
+    async def end_login(self) -> None:
+        """Log the user out of this connection: nothing more is queued, the queue is
+        written and acknowledged, then presence is released. Idempotent."""
+        user = self.user
+        if user is None:
+            return
+        if self._delivery_scope is not None and self._delivery_done is not None:
+            self._delivery_scope.cancel()
+            await self._delivery_done.wait()
+        self._delivery_scope = self._delivery_done = None
+        self._held_pushes = None
+        await self.connection.flush()
+        self._held.clear()  # not written: they stay kept for the next login
+        self.user = None
+        self.services.router.detach(user.id, self)
+        try:
+            await self.services.broker.release(user.id, self.holder)
+        except BrokerUnavailable:
+            log.warning("could not release user %d now; the lease will expire", user.id)
+
+    # --- what the router calls -------------------------------------------------------
+
+    def wake(self) -> None:
+        """The store may hold new messages for this session's user."""
+        self._wake.set()
+
+    def resume(self, *, reread: bool = False) -> None:
+        """The node resumed: write what was held back, and read what may have come;
+        with ``reread``, forget the kept messages queued so far and read them again."""
+        if reread:
+            self._generation += 1
+            self._forgetting = True
+        self._wake.set()
+        self.connection.queue_nowait(Nudge())  # a full outbox wakes the writer anyway
+
+    def push(self, event: Event) -> None:
+        """Queue a transient event now, or hold it while a login is being served."""
+        if self.user is None or self.services.router.paused:
+            return
+        if self._held_pushes is not None:
+            if len(self._held_pushes) < MAX_HELD_PUSHES:
+                self._held_pushes.append(event)
+            return
+        if not self.connection.queue_nowait(Outgoing(self.connection.codec.encode_event(event))):
+            # A busy client is not a slow one yet (queued messages get their grace time);
+            # a transient event is not kept, and the next login's friend list shows it.
+            log.warning(
+                "outbox of %s full (or closed): a %s event was dropped", self.holder, event.TYPE
+            )
+
+    # --- delivery ---------------------------------------------------------------------
+
+    async def _queue_kept(self, user: UserRecord, count: int) -> int:
+        """Queue the ``count`` oldest kept messages, marked ``offline``."""
+        page = self.services.settings.delivery_page
+        after = queued = 0
+        while queued < count:
+            rows = await self.services.store.pending(
+                user.id, min(page, count - queued), after_seq=after
+            )
+            if not rows:
+                break
+            for row in rows:
+                self._inflight.add(row.seq)
+                await self.connection.queue(self._kept(user, row, offline=True))
+            after = rows[-1].seq
+            queued += len(rows)
+        return queued
+
+    async def _deliver_live(
+        self, user: UserRecord, scope: trio.CancelScope, done: trio.Event
+    ) -> None:
+        page = self.services.settings.delivery_page
+        generation = self._generation
+        try:
+            with scope:
+                while True:
+                    await self._wake.wait()
+                    await self.services.router.wait_live()
+                    self._wake = trio.Event()
+                    if generation != self._generation:
+                        # Let the writer drop the forgotten messages before reading again.
+                        generation = self._generation
+                        await self.connection.flush()
+                        self._forgetting = generation != self._generation
+                    while True:
+                        limit = len(self._inflight) + page
+                        # Acknowledged before this read began: surely gone from its result.
+                        # One acknowledged while it runs may still be in it: it stays in
+                        # ``_inflight`` (and is skipped) until the next read.
+                        settled = set(self._acknowledged)
+                        try:
+                            rows = await self.services.store.pending(user.id, limit)
+                        except StoreError as exc:
+                            log.warning("cannot read kept messages of user %d: %s", user.id, exc)
+                            await trio.sleep(1.0)
+                            self._wake.set()
+                            break
+                        self._inflight -= settled
+                        self._acknowledged -= settled
+                        for row in rows:
+                            if row.seq not in self._inflight:
+                                self._inflight.add(row.seq)
+                                await self.connection.queue(self._kept(user, row, offline=False))
+                        if len(rows) < limit:
+                            break
+        finally:
+            done.set()
+
+    def _kept(self, user: UserRecord, row: PendingDelivery, *, offline: bool) -> Outgoing:
+        payload = self.connection.codec.encode_event(event_for(row, offline=offline))
+        return Outgoing(payload, Receipt(user.id, row.seq, self._generation))
+
+    # --- the connection's write hooks -----------------------------------------------------
+
+    def writable(self, outgoing: list[Outgoing]) -> list[Outgoing]:
+        """While the node is paused, kept messages are held back (replies go out); once it
+        resumes, what was held goes first. Kept messages of an older generation are
+        forgotten (see the module)."""
+        current = self._generation
+        if self._forgetting:
+            stale = [
+                item
+                for item in [*self._held, *outgoing]
+                if item.receipt is not None and item.receipt.generation != current
+            ]
+            self._inflight.difference_update(
+                item.receipt.seq for item in stale if item.receipt is not None
+            )
+            self._held = [item for item in self._held if item not in stale]
+            outgoing = [item for item in outgoing if item not in stale]
+        if self.services.router.paused:
+            self._held.extend(item for item in outgoing if item.receipt is not None)
+            return [item for item in outgoing if item.receipt is None]
+        if self._held:
+            outgoing, self._held = [*self._held, *outgoing], []
+        return outgoing
+
+    async def written(self, outgoing: Sequence[Outgoing]) -> None:
+        """Kept messages that were written: the store forgets them."""
+        written: dict[int, list[int]] = defaultdict(list)
+        for item in outgoing:
+            if item.receipt is not None:
+                written[item.receipt.user_id].append(item.receipt.seq)
+        pending = list(written.items())
+        for index, (user_id, seqs) in enumerate(pending):
+            try:
+                await self.services.store.acknowledge(user_id, seqs)
+            except StoreError as exc:
+                # Still kept (and still in ``_inflight``, so not queued again here): the
+                # node retries the deletion, and the next login settles it first.
+                log.warning(
+                    "acknowledging %d messages of user %d failed: %s", len(seqs), user_id, exc
+                )
+                self.services.acknowledger.defer(user_id, seqs)
+                continue
+            except trio.Cancelled:
+                # Cut short (the close grace ran out): what was written is still deleted,
+                # later, by the node. Deleting a row twice is harmless.
+                for later_user, later_seqs in pending[index:]:
+                    self.services.acknowledger.defer(later_user, later_seqs)
+                raise
+            self._acknowledged.update(seqs)
