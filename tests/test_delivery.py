@@ -6,6 +6,7 @@ import random
 import socket
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +300,21 @@ async def test_logout_with_a_stuck_writer_releases_the_user(tmp_path: Path) -> N
                     await trio.sleep(0.1)
             assert 0 < reply["offline"] < len(sent)  # the rest got through before it stuck
         await stuck.aclose()
+
+
+async def test_a_group_message_is_encoded_once_for_all_its_members(node: Node) -> None:
+    names = [f"m{i}" for i in range(6)]
+    async with AsyncExitStack() as stack:
+        members = [await stack.enter_async_context(client(node)) for _ in names]
+        for c, name in zip(members, names, strict=True):
+            await register(c, name)
+            await login(c, name)
+        group = (await members[0].call("create_group", name="all"))["group"]
+        for c in members[1:]:
+            await c.call("join_group", group_id=group["id"])
+        before = node.services.encoded.encoded
+        sent = await members[0].call("group_send", group_id=group["id"], text="to everyone")
+        for c in members[1:]:
+            event = await c.next_event()
+            assert (event["message_id"], event["text"]) == (sent["message_id"], "to everyone")
+        assert node.services.encoded.encoded - before == 1

@@ -8,6 +8,7 @@ from chat.broker import Broker
 from chat.store import Store
 
 from .acknowledger import Acknowledger
+from .encoded import EncodedEvents
 from .passwords import PasswordHasher
 from .router import Router
 from .settings import Settings
@@ -21,3 +22,4 @@ class Services:
     router: Router
     hasher: PasswordHasher
     acknowledger: Acknowledger
+    encoded: EncodedEvents = attrs.field(factory=EncodedEvents)

@@ -233,7 +233,12 @@ class UserSession:
             done.set()
 
     def _kept(self, user: UserRecord, row: PendingDelivery, *, offline: bool) -> Outgoing:
-        payload = self.connection.codec.encode_event(event_for(row, offline=offline))
+        event = event_for(row, offline=offline)
+        codec = self.connection.codec
+        if isinstance(event, GroupMessageEvent):  # the same bytes for every member
+            payload = self.services.encoded.group_message(codec, event)
+        else:
+            payload = codec.encode_event(event)
         return Outgoing(payload, Receipt(user.id, row.seq, self._generation))
 
     # --- the connection's write hooks -----------------------------------------------------
