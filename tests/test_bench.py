@@ -102,6 +102,7 @@ async def test_burst_passes_its_checks(sqlite_node: Node) -> None:
     assert "routes" not in burst
     assert burst["server_cpu_seconds"] > 0
     assert burst["server_cpu_us_per_delivered"] > 0
+    assert 0 < burst["trio_thread_us_per_delivered"] <= burst["server_cpu_us_per_delivered"]
     assert 0 < burst["machine_cpu_busy"] <= 1
     assert "== burst" in "\n".join(lines[:-1])
     assert "server CPU" in "\n".join(lines[:-1])

@@ -68,7 +68,8 @@ def describe(name: str, figures: Figures) -> list[str]:
         if figures.get("server_cpu_us_per_delivered") is not None:
             lines.append(
                 f"  server CPU     {figures['server_cpu_us_per_delivered']:,.0f} us per delivered"
-                f" message ({figures['server_cpu_seconds']:.2f} s in all)"
+                f" message ({figures['server_cpu_seconds']:.2f} s in all), of which the trio"
+                f" threads {figures['trio_thread_us_per_delivered']:,.0f} us"
             )
         if figures.get("machine_cpu_busy") is not None:
             lines.append(f"  machine CPU    {figures['machine_cpu_busy']:.0%} busy (all cores)")

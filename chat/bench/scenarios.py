@@ -60,24 +60,33 @@ def _finish(figures: Figures, verdict: Verdict, *extra_problems: str) -> Figures
     return figures
 
 
-def cpu_seconds(pids: tuple[int, ...]) -> float | None:
+@attrs.frozen
+class CpuTimes:
+    """CPU seconds so far of some server processes: all their threads, and their main
+    threads alone (a chat-server's trio thread is its main thread)."""
+
+    total: float
+    main_threads: float
+
+
+def _stat_fields(path: Path) -> list[str] | None:
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def cpu_seconds(pids: tuple[int, ...]) -> CpuTimes | None:
     """User + system CPU time so far of these local processes and all their descendants
     (from /proc); None without pids or where /proc cannot be read."""
     if not pids:
         return None
     parents: dict[int, int] = {}
-    times: dict[int, float] = {}
     ticks = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    if not any(pid in times for pid in pids):
+        if entry.name.isdigit() and (fields := _stat_fields(entry / "stat")) is not None:
+            parents[int(entry.name)] = int(fields[1])
+    if not any(pid in parents for pid in pids):
         return None
     chosen = set(pids)
     grew = True
@@ -85,7 +94,15 @@ def cpu_seconds(pids: tuple[int, ...]) -> float | None:
         more = {pid for pid, parent in parents.items() if parent in chosen} - chosen
         chosen |= more
         grew = bool(more)
-    return sum(times.get(pid, 0.0) for pid in chosen)
+    total = main = 0.0
+    for pid in chosen:
+        process = _stat_fields(Path(f"/proc/{pid}/stat"))
+        thread = _stat_fields(Path(f"/proc/{pid}/task/{pid}/stat"))
+        if process is not None:
+            total += (int(process[11]) + int(process[12])) / ticks
+        if thread is not None:
+            main += (int(thread[11]) + int(thread[12])) / ticks
+    return CpuTimes(total, main)
 
 
 def machine_ticks() -> tuple[int, int] | None:
@@ -170,7 +187,7 @@ def burst(config: BenchConfig, progress: TextIO | None, server_pid: int | None) 
 
 def _with_cpu(
     figures: Figures,
-    servers: tuple[float | None, float | None],
+    servers: tuple[CpuTimes | None, CpuTimes | None],
     machine: tuple[tuple[int, int] | None, tuple[int, int] | None],
 ) -> Figures:
     """The servers' CPU time over the loaded window, per delivered message, and how
@@ -181,11 +198,15 @@ def _with_cpu(
         figures["machine_cpu_busy"] = round(busy / total, 3) if total else None
     before, after = servers
     if before is not None and after is not None:
-        used = after - before
-        figures["server_cpu_seconds"] = round(used, 3)
+        used = after.total - before.total
+        trio_used = after.main_threads - before.main_threads
         delivered = figures["delivered"]
+        figures["server_cpu_seconds"] = round(used, 3)
         figures["server_cpu_us_per_delivered"] = (
             round(used / delivered * 1e6, 1) if delivered else None
+        )
+        figures["trio_thread_us_per_delivered"] = (
+            round(trio_used / delivered * 1e6, 1) if delivered else None
         )
     return figures
 

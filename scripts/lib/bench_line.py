@@ -38,11 +38,12 @@ extra = " ".join(
     if part.get("delivered")
 )
 cpu = burst.get("server_cpu_us_per_delivered") or 0
+trio_cpu = burst.get("trio_thread_us_per_delivered") or 0
 busy = burst.get("machine_cpu_busy") or 0
 print(
     f"{label:8} {name:8} ok={data['ok']!s:5} delivered/s={burst['delivered_per_second']:>8,.0f}"
     f"  p50={lat['p50_ms']:>6.0f} ms  p99={lat['p99_ms']:>6.0f} ms"
-    f"  server CPU/msg={cpu:>5.0f} us  machine {busy:4.0%} busy  {extra}",
+    f"  server CPU/msg={cpu:>5.0f} us (trio {trio_cpu:>4.0f})  machine {busy:4.0%} busy  {extra}",
     flush=True,
 )
 buckets: collections.Counter[str] = collections.Counter()
