@@ -153,35 +153,27 @@ def auth(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -
 
 
 def direct(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
-    with Load("direct", config, range(config.users), progress) as load:
-        load.gather()
-        cpu_before, machine_before = cpu_seconds(config.cpu_pids), machine_ticks()
-        start = load.go_at()
-        results = load.results()
-        cpu_after, machine_after = cpu_seconds(config.cpu_pids), machine_ticks()
-    figures = _one_to_one(config, results, start, "direct")
-    return _with_cpu(figures, (cpu_before, cpu_after), (machine_before, machine_after))
+    return _measured_one_to_one("direct", config, progress)
 
 
 def open_loop(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
-    with Load("open", config, range(config.users), progress) as load:
-        load.gather()
-        cpu_before, machine_before = cpu_seconds(config.cpu_pids), machine_ticks()
-        start = load.go_at()
-        results = load.results()
-        cpu_after, machine_after = cpu_seconds(config.cpu_pids), machine_ticks()
-    figures = _one_to_one(config, results, start, "open")
-    return _with_cpu(figures, (cpu_before, cpu_after), (machine_before, machine_after))
+    return _measured_one_to_one("open", config, progress)
 
 
 def burst(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
-    with Load("burst", config, range(config.users), progress) as load:
+    return _measured_one_to_one("burst", config, progress)
+
+
+def _measured_one_to_one(scenario: str, config: BenchConfig, progress: TextIO | None) -> Figures:
+    """Run a one-to-one load; the servers' CPU and the machine's are read around the
+    loaded window only (after the logins, until the last result)."""
+    with Load(scenario, config, range(config.users), progress) as load:
         load.gather()
         cpu_before, machine_before = cpu_seconds(config.cpu_pids), machine_ticks()
         start = load.go_at()
         results = load.results()
         cpu_after, machine_after = cpu_seconds(config.cpu_pids), machine_ticks()
-    figures = _one_to_one(config, results, start, "burst")
+    figures = _one_to_one(config, results, start, scenario)
     return _with_cpu(figures, (cpu_before, cpu_after), (machine_before, machine_after))
 
 
