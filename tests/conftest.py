@@ -9,6 +9,7 @@ from chat.server import Node
 
 from .cluster_support import RedisServer
 from .support import database, mysql_database, running_node
+from .ws_support import TRANSPORTS, Connect, connector
 
 
 @pytest.fixture(params=["sqlite", "mysql"])
@@ -20,8 +21,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 async def node(database_url: str) -> AsyncIterator[Node]:
-    async with running_node(database_url) as running:
+    """A node on port 0 for TCP and port 0 for WebSocket (``node.ws_ports``)."""
+    async with running_node(database_url, ws_port=0) as running:
         yield running
+
+
+@pytest.fixture(params=TRANSPORTS)
+def connect(request: pytest.FixtureRequest, node: Node) -> Connect:
+    """Each test that uses it runs once per transport: ``async with connect() as c``
+    gives a ``ChatClient`` connected to ``node`` over TCP, then over WebSocket."""
+    return connector(request.param, node)
 
 
 @pytest.fixture(scope="module")

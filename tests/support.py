@@ -8,6 +8,7 @@ talks to real MariaDB (``CHAT_TEST_MYSQL``, default root on 127.0.0.1:3306).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import socket
@@ -108,11 +109,70 @@ async def login(c: ChatClient, name: str, password: str = "secret") -> dict[str,
     return await c.call("login", name=name, password=password)
 
 
+async def next_is_sentinel(recipient: ChatClient, recipient_id: int, sender: ChatClient) -> None:
+    """Assert that nothing more is on its way to ``recipient``: ``sender`` sends it one
+    more message, the sentinel, and the very next event ``recipient`` gets must be it.
+
+    Let ``sender`` be the user whose messages (or whose request's side effects) are
+    checked: one sender's messages reach one recipient in the order sent, so a
+    duplicate, a copy that should not exist or a kept event would arrive before the
+    sentinel. Unlike a quiet window, this holds however slow the machine is."""
+    sent = await sender.call("send", to=recipient_id, text="sentinel")
+    event = await recipient.next_event()
+    assert (event["type"], event.get("message_id")) == ("message", sent["message_id"]), event
+    assert event["offline"] is False, event
+
+
 async def no_event(c: ChatClient, wait: float = 0.3) -> None:
-    """Assert that no event arrives within ``wait`` seconds."""
+    """Assert that no event arrives within ``wait`` seconds.
+
+    A quiet window proves little (a late event arrives after it): use
+    ``next_is_sentinel`` wherever someone can send the client one more message, and
+    this only where nothing may be sent (say why at the call)."""
     with trio.move_on_after(wait):
         event = await c.events.receive()
         raise AssertionError(f"unexpected event {event}")
+
+
+class RawClient:
+    """Bytes in, JSON lines out: for input no well-behaved client would send.
+
+    TCP keeps no message boundaries: one read may hold part of a line or several
+    lines, so replies are read up to a full line, never as one ``receive_some``."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def line(self, within: float = 10) -> dict[str, Any]:
+        with trio.fail_after(within):
+            while b"\n" not in self.buffer:
+                chunk = await self.stream.receive_some(65536)
+                if not chunk:
+                    raise EOFError(f"closed; unread {self.buffer!r}")
+                self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        value: dict[str, Any] = json.loads(line)
+        return value
+
+    async def closed(self, within: float = 10) -> bool:
+        """True once the server closes the connection (after any pending lines)."""
+        with trio.fail_after(within):
+            while True:
+                try:
+                    chunk = await self.stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    return True
+                if not chunk:
+                    return True
+                self.buffer += chunk
+
+
+async def raw(node: Node) -> RawClient:
+    return RawClient(await trio.open_tcp_stream("127.0.0.1", node.ports[0]))
 
 
 # --- chat-server processes -------------------------------------------------------
@@ -122,6 +182,9 @@ _starts = itertools.count()
 
 
 def free_port() -> int:
+    """A port that was free a moment ago. Someone may take it before it is used: prefer
+    port 0 where the listener reports its port, else retry on "address already in use"
+    (as ``server_process`` does)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -153,6 +216,14 @@ class ServerProcess:
             return await self.process.wait()
 
 
+PORT_ATTEMPTS = 5
+"""How many free ports ``server_process`` tries when the one it chose was taken meanwhile."""
+
+
+class PortTaken(RuntimeError):
+    """The process could not bind a port it was given."""
+
+
 @asynccontextmanager
 async def server_process(
     directory: Path,
@@ -163,8 +234,33 @@ async def server_process(
     ready_text: str | None = None,
 ) -> AsyncIterator[ServerProcess]:
     """``python -m chat serve --port PORT ARGS`` in ``directory``, ready once it logs that it
-    listens on its port (or ``ready_text``); killed on exit if the test did not stop it."""
-    port = port or free_port()
+    listens on its port (or ``ready_text``); killed on exit if the test did not stop it.
+
+    Without ``port`` it takes a free one, and another if that was taken before the
+    process could bind it (``free_port`` cannot reserve it)."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            running = await _start_server(
+                directory, args, port or free_port(), name, env, ready_text
+            )
+            break
+        except PortTaken:
+            if port is not None or attempt == PORT_ATTEMPTS:
+                raise
+    try:
+        yield running
+    finally:
+        await _reap(running.process)
+
+
+async def _start_server(
+    directory: Path,
+    args: tuple[str, ...],
+    port: int,
+    name: str,
+    env: dict[str, str] | None,
+    ready_text: str | None,
+) -> ServerProcess:
     log = directory / f"{name}-{port}-{next(_starts)}.log"
     with log.open("wb") as out:
         process = await trio.lowlevel.open_process(
@@ -177,14 +273,26 @@ async def server_process(
         )
     running = ServerProcess(process, port, log)
     try:
-        with trio.fail_after(PROCESS_START_SECONDS):
-            while (ready_text or f"port {port}") not in running.output():
-                if process.returncode is not None:
-                    raise RuntimeError(f"{name} exited: {running.log_tail()}")
-                await trio.sleep(0.05)
-        yield running
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.move_on_after(10, shield=True):
-            await process.wait()
+        await _wait_ready(running, ready_text or f"port {port}", name)
+    except BaseException:
+        await _reap(process)
+        raise
+    return running
+
+
+async def _wait_ready(running: ServerProcess, ready_text: str, name: str) -> None:
+    with trio.fail_after(PROCESS_START_SECONDS):
+        while ready_text not in running.output():
+            if running.process.returncode is not None:
+                if "address already in use" in running.output().lower():
+                    raise PortTaken(f"{name}: a port was taken: {running.log_tail()}")
+                raise RuntimeError(f"{name} exited: {running.log_tail()}")
+            await trio.sleep(0.05)
+
+
+async def _reap(process: trio.Process) -> None:
+    """Kill ``process`` unless it has exited, and wait for it."""
+    if process.returncode is None:
+        process.kill()
+    with trio.move_on_after(10, shield=True):
+        await process.wait()

@@ -12,45 +12,7 @@ import trio
 from chat.protocol import MAX_LINE_BYTES
 from chat.server import Node
 
-from .support import client, login, register, running_node
-
-
-class RawClient:
-    """Bytes in, JSON lines out: for input no well-behaved client would send."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
-    async def line(self, within: float = 10) -> dict[str, Any]:
-        with trio.fail_after(within):
-            while b"\n" not in self.buffer:
-                chunk = await self.stream.receive_some(65536)
-                if not chunk:
-                    raise EOFError(f"closed; unread {self.buffer!r}")
-                self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        value: dict[str, Any] = json.loads(line)
-        return value
-
-    async def closed(self, within: float = 10) -> bool:
-        """True once the server closes the connection (after any pending lines)."""
-        with trio.fail_after(within):
-            while True:
-                try:
-                    chunk = await self.stream.receive_some(65536)
-                except trio.BrokenResourceError:
-                    return True
-                if not chunk:
-                    return True
-                self.buffer += chunk
-
-
-async def raw(node: Node) -> RawClient:
-    return RawClient(await trio.open_tcp_stream("127.0.0.1", node.ports[0]))
+from .support import RawClient, client, login, raw, register, running_node
 
 
 @pytest.mark.parametrize(
@@ -165,8 +127,9 @@ async def test_abrupt_disconnects_release_the_user(node: Node) -> None:
     for _ in range(3):
         sock = trio.socket.socket()
         await sock.connect(("127.0.0.1", node.ports[0]))
-        await sock.send(b'{"type":"login","name":"ann","password":"secret"}\n')
-        assert b'"ok"' in await sock.recv(65536)
+        ann = RawClient(trio.SocketStream(sock))
+        await ann.send(b'{"type":"login","name":"ann","password":"secret"}\n')
+        assert (await ann.line())["type"] == "ok"
         # A reset instead of a clean close.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         sock.close()

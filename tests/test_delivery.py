@@ -7,6 +7,7 @@ import socket
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from chat.client import ChatClient
 from chat.server import Node
 from chat.store import StoreUnavailable
 
-from .support import client, login, no_event, register, running_node
+from .support import RawClient, client, login, next_is_sentinel, no_event, register, running_node
 
 
 async def test_offline_messages_come_first_then_live(node: Node) -> None:
@@ -48,10 +49,10 @@ async def test_offline_messages_come_first_then_live(node: Node) -> None:
         live = await ann.call("send", to=bob_id, text="four")
         event = await bob.next_event()
         assert (event["message_id"], event["offline"]) == (live["message_id"], False)
-        # Delivered messages are not kept: a new login finds nothing.
+        # Delivered messages are not kept: a new login finds nothing, and sends nothing.
         await bob.call("logout")
         assert (await login(bob, "bob"))["offline"] == 0
-        await no_event(bob)
+        await next_is_sentinel(bob, bob_id, sender=ann)
 
 
 async def test_many_offline_messages_page_through(node: Node) -> None:
@@ -65,18 +66,22 @@ async def test_many_offline_messages_page_through(node: Node) -> None:
         assert reply["offline"] == 450
         texts = [(await bob.next_event())["text"] for _ in range(450)]
         assert texts == [f"m{i}" for i in range(450)]
-        await no_event(bob)
+        await next_is_sentinel(bob, bob_id, sender=ann)  # no page was delivered twice
 
 
-async def collect(c: ChatClient, into: list[dict[str, Any]], stop: trio.Event) -> None:
-    while not stop.is_set():
-        with trio.move_on_after(0.2):
-            into.append(await c.events.receive())
+async def collect(c: ChatClient, me: int, into: list[dict[str, Any]]) -> None:
+    """Every event ``c`` gets, up to the sentinel that user ``me`` sends itself last."""
+    while True:
+        event = await c.events.receive()
+        if (event["from"]["id"], event["text"]) == (me, "sentinel"):
+            return
+        into.append(event)
 
 
 async def test_hundred_clients_chat_at_once(node: Node) -> None:
     """Every message is delivered exactly once and each sender's messages in order."""
     users, per_user = 100, 8
+    total = users * per_user
     rng = random.Random(7)
     async with trio.open_nursery() as nursery:
         clients: list[ChatClient] = []
@@ -90,30 +95,32 @@ async def test_hundred_clients_chat_at_once(node: Node) -> None:
         id_of = {name: uid for name, uid in ids}
         names = sorted(id_of)
         received: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        stop = trio.Event()
-        async with trio.open_nursery() as readers:
-            for i, c in enumerate(clients):
-                readers.start_soon(collect, c, received[id_of[names[i]]], stop)
-            plan = {
-                names[i]: [id_of[rng.choice(names)] for _ in range(per_user)] for i in range(users)
-            }
-            sent: dict[int, list[tuple[int, int]]] = defaultdict(list)  # to -> (from, message_id)
+        plan = {names[i]: [id_of[rng.choice(names)] for _ in range(per_user)] for i in range(users)}
+        sent: dict[int, list[tuple[int, int]]] = defaultdict(list)  # to -> (from, message_id)
 
-            async def chatter(i: int) -> None:
-                me = id_of[names[i]]
-                for n, to in enumerate(plan[names[i]]):
-                    reply = await clients[i].call("send", to=to, text=f"{me}:{n}")
-                    sent[to].append((me, reply["message_id"]))
+        async def chatter(i: int) -> None:
+            me = id_of[names[i]]
+            for n, to in enumerate(plan[names[i]]):
+                reply = await clients[i].call("send", to=to, text=f"{me}:{n}")
+                sent[to].append((me, reply["message_id"]))
 
-            async with trio.open_nursery() as senders:
-                for i in range(users):
-                    senders.start_soon(chatter, i)
-            total = users * per_user
-            with trio.fail_after(60):
+        with trio.fail_after(60):
+            async with trio.open_nursery() as readers:
+                for i, c in enumerate(clients):
+                    readers.start_soon(collect, c, id_of[names[i]], received[id_of[names[i]]])
+                async with trio.open_nursery() as senders:
+                    for i in range(users):
+                        senders.start_soon(chatter, i)
                 while sum(len(v) for v in received.values()) < total:  # noqa: ASYNC110 (polls many lists)
                     await trio.sleep(0.05)
-            await trio.sleep(0.3)  # anything extra (a duplicate) would arrive now
-            stop.set()
+                # Then nothing more: each user sends itself a sentinel, the last message
+                # stored for it, and its reader stops there. A duplicate would be an
+                # earlier stored message delivered again: it would come before.
+                async with trio.open_nursery() as sentinels:
+                    for i, c in enumerate(clients):
+                        sentinels.start_soon(
+                            partial(c.call, "send", to=id_of[names[i]], text="sentinel")
+                        )
         nursery.cancel_scope.cancel()
 
     assert sum(len(v) for v in received.values()) == total
@@ -186,7 +193,7 @@ async def test_recipient_logging_in_and_out_gets_everything_once_in_order(node: 
         assert [int(e["text"]) for e in events] == list(range(total))
         assert len({e["message_id"] for e in events}) == total
         assert (await login(bob, "bob"))["offline"] == 0
-        await no_event(bob)
+        await next_is_sentinel(bob, bob_id, sender=ann)
 
 
 async def test_offline_count_matches_what_follows_while_messages_arrive(node: Node) -> None:
@@ -211,7 +218,7 @@ async def test_offline_count_matches_what_follows_while_messages_arrive(node: No
         assert reply["offline"] >= 50
         assert flags == [True] * reply["offline"] + [False] * (150 - reply["offline"])
         assert [int(e["text"]) for e in received] == list(range(150))
-        await no_event(bob)
+        await next_is_sentinel(bob, bob_id, sender=ann)
 
 
 async def test_a_retried_send_wakes_recipients_the_first_attempt_did_not(node: Node) -> None:
@@ -226,15 +233,17 @@ async def test_a_retried_send_wakes_recipients_the_first_attempt_did_not(node: N
         # his first read is spent), his delivery task is idle, waiting for a wake-up.
         await ann.call("send", to=bob_id, text="hello")
         assert (await bob.next_event())["text"] == "hello"
-        await no_event(bob, 0.3)
+        # Quiet windows, on purpose: any message sent to bob now would wake his delivery
+        # task and carry the stored one along, so no sentinel can prove "nothing yet".
+        await no_event(bob, 0.3)  # the moment that lets his delivery task go idle
         stored = await node.services.store.store_direct(ann_id, bob_id, "lost wake", "c-1")
-        await no_event(bob)
+        await no_event(bob)  # the premise: without a wake-up, nothing is delivered
         retry = await ann.call("send", to=bob_id, text="lost wake", cid="c-1")
         assert retry["message_id"] == stored.message_id
         event = await bob.next_event()
         assert (event["message_id"], event["offline"]) == (stored.message_id, False)
         await ann.call("send", to=bob_id, text="lost wake", cid="c-1")
-        await no_event(bob)  # written and acknowledged: not again
+        await next_is_sentinel(bob, bob_id, sender=ann)  # written and acknowledged: not again
 
 
 async def test_a_failed_acknowledgement_does_not_deliver_twice(
@@ -263,7 +272,7 @@ async def test_a_failed_acknowledgement_does_not_deliver_twice(
         reply = await login(bob, "bob")
         assert failures == 0
         assert reply["offline"] == 0
-        await no_event(bob)
+        await next_is_sentinel(bob, bob_id, sender=ann)
 
 
 async def test_logout_with_a_stuck_writer_releases_the_user(tmp_path: Path) -> None:
@@ -284,12 +293,12 @@ async def test_logout_with_a_stuck_writer_releases_the_user(tmp_path: Path) -> N
         sock = trio.socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
         await sock.connect(("127.0.0.1", node.ports[0]))
-        stuck = trio.SocketStream(sock)
-        await stuck.send_all(b'{"type":"login","name":"bob","password":"secret"}\n')
-        assert b'"ok"' in await stuck.receive_some(65536)
+        stuck = RawClient(trio.SocketStream(sock))
+        await stuck.send(b'{"type":"login","name":"bob","password":"secret"}\n')
+        assert (await stuck.line())["type"] == "ok"
         text = "x" * 4000
         sent = [(await ann.call("send", to=bob_id, text=text))["message_id"] for _ in range(1500)]
-        await stuck.send_all(b'{"type":"logout"}\n')  # never reads the answer
+        await stuck.send(b'{"type":"logout"}\n')  # never reads the answer
         async with client(node) as again:
             with trio.fail_after(30):
                 while True:
@@ -299,7 +308,7 @@ async def test_logout_with_a_stuck_writer_releases_the_user(tmp_path: Path) -> N
                     assert reply["code"] == "already_online", reply
                     await trio.sleep(0.1)
             assert 0 < reply["offline"] < len(sent)  # the rest got through before it stuck
-        await stuck.aclose()
+        await stuck.stream.aclose()
 
 
 async def test_a_group_message_is_encoded_once_for_all_its_members(node: Node) -> None:

@@ -2,14 +2,15 @@
 
 ``ws_client`` gives the same ``ChatClient`` the TCP tests use, so one test can
 mix TCP and WebSocket users with the same helpers (``register``, ``login``,
-``next_event``). ``raw_ws`` gives the bare connection, for tests of framing.
+``next_event``), and ``connector`` lets one test run over either transport (the
+``connect`` fixture). ``raw_ws`` gives the bare connection, for tests of framing.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from trio_websocket import WebSocketConnection, open_websocket_url
@@ -17,7 +18,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 from chat.client import ChatClient, WebSocketLines, client_over
 from chat.server import Node
 
-from .support import free_port
+from .support import client, free_port
 
 CLIENT_MAX_MESSAGE = 16 * 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +42,21 @@ async def ws_client(target: Node | str) -> AsyncIterator[ChatClient]:
     """A ``ChatClient`` over WebSocket; its reader lives as long as the block."""
     async with raw_ws(target) as ws, client_over(WebSocketLines(ws)) as chat:
         yield chat
+
+
+Connect = Callable[[], AbstractAsyncContextManager[ChatClient]]
+"""Opens one more client to the node under test: ``async with connect() as c``."""
+
+TRANSPORTS = ["tcp", "ws"]
+
+
+def connector(transport: str, node: Node) -> Connect:
+    """How a test opens clients to ``node`` over ``transport`` (``tcp`` or ``ws``)."""
+    if transport == "tcp":
+        return lambda: client(node)
+    if transport == "ws":
+        return lambda: ws_client(node)
+    raise ValueError(f"unknown transport {transport!r}")
 
 
 def render_web_conf(http_port: int, ws_ports: tuple[int, int]) -> str:
