@@ -243,14 +243,14 @@ async def test_a_retried_send_wakes_recipients_the_first_attempt_did_not(node: N
         event = await bob.next_event()
         assert (event["message_id"], event["offline"]) == (stored.message_id, False)
         await ann.call("send", to=bob_id, text="lost wake", cid="c-1")
-        await next_is_sentinel(bob, bob_id, sender=ann)  # written and acknowledged: not again
+        await next_is_sentinel(bob, bob_id, sender=ann)  # written and forgotten: not again
 
 
-async def test_a_failed_acknowledgement_does_not_deliver_twice(
+async def test_a_failed_deletion_of_a_written_message_does_not_deliver_twice(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = node.services.store
-    real = store.acknowledge
+    real = store.forget_written
     failures = 2  # the writer's attempt and the first background retry
 
     async def flaky(user_id: int, seqs: Sequence[int]) -> None:
@@ -265,7 +265,7 @@ async def test_a_failed_acknowledgement_does_not_deliver_twice(
         bob_id = await register(bob, "bob")
         await login(ann, "ann")
         await login(bob, "bob")
-        monkeypatch.setattr(store, "acknowledge", flaky)
+        monkeypatch.setattr(store, "forget_written", flaky)
         sent = await ann.call("send", to=bob_id, text="once")
         assert (await bob.next_event())["message_id"] == sent["message_id"]
         await bob.call("logout")

@@ -242,7 +242,7 @@ async def test_reads_and_deletions_made_together_share_transactions(store: Store
     runs = store.pool.runs
     await together(
         [
-            partial(store.acknowledge, reader, [found[0].seq])
+            partial(store.forget_written, reader, [found[0].seq])
             for reader, found in zip(readers, rows, strict=True)
         ]
     )

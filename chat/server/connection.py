@@ -59,7 +59,7 @@ class Nudge:
 
 @attrs.frozen
 class Flush:
-    """Set ``done`` once everything queued before it is written (and acknowledged)."""
+    """Set ``done`` once everything queued before it is written (and its hooks told)."""
 
     done: trio.Event = attrs.field(factory=trio.Event)
 

@@ -4,7 +4,7 @@ Task tree::
 
     Node.run
     ├── broker.run            (notices from other nodes -> Router.on_notice)
-    ├── acknowledger.run      (deletions that failed, retried)
+    ├── late_deletions.run    (deletions that failed, retried)
     ├── relay.run             (wake-ups and events for other nodes, in batches)
     └── connections nursery
         ├── accept loop       (trio.serve_listeners; cancelled first on shutdown)
@@ -36,7 +36,7 @@ from chat.store import Store
 from chat.transports import LineStream, MessageStream, enable_keepalive, serve_websocket
 from chat.transports.tcp import peer_name
 
-from .acknowledger import Acknowledger
+from .late_deletions import LateDeletions
 from .listeners import bound_ports, open_listeners
 from .passwords import PasswordHasher
 from .router import Router
@@ -57,7 +57,7 @@ class Node:
             broker=broker,
             router=self.router,
             hasher=PasswordHasher(settings.hash_concurrency),
-            acknowledger=Acknowledger(store),
+            late_deletions=LateDeletions(store),
         )
         self._serials = itertools.count(1)
         self._sessions: set[Session] = set()
@@ -75,7 +75,7 @@ class Node:
         settings = self.settings
         async with trio.open_nursery() as services:
             await services.start(self.services.broker.run, self.router.on_notice)
-            await services.start(self.services.acknowledger.run)
+            await services.start(self.services.late_deletions.run)
             await services.start(self.router.relay.run)
             listeners = await open_listeners(
                 settings.port, settings.host, reuse_port=settings.reuse_port

@@ -75,7 +75,7 @@ class UserSession:
         """Kept messages of an older generation may still be queued."""
         self._inflight: set[int] = set()
         """Kept messages queued or written, not yet known to be gone from the store."""
-        self._acknowledged: set[int] = set()
+        self._forgotten: set[int] = set()
         """Of those, the ones whose deletion has committed."""
         self._wake = trio.Event()
         self._delivery_scope: trio.CancelScope | None = None
@@ -92,7 +92,7 @@ class UserSession:
         self.user = user
         self._held_pushes = []
         self._inflight.clear()
-        self._acknowledged.clear()
+        self._forgotten.clear()
         self._wake = trio.Event()
         self.services.router.attach(user.id, self)
         return True
@@ -125,7 +125,7 @@ class UserSession:
 
     async def end_login(self) -> None:
         """Log the user out of this connection: nothing more is queued, the queue is
-        written and acknowledged, then presence is released. Idempotent."""
+        written and forgotten by the store, then presence is released. Idempotent."""
         user = self.user
         if user is None:
             return
@@ -210,10 +210,10 @@ class UserSession:
                         self._forgetting = generation != self._generation
                     while True:
                         limit = len(self._inflight) + page
-                        # Acknowledged before this read began: surely gone from its result.
-                        # One acknowledged while it runs may still be in it: it stays in
+                        # Forgotten before this read began: surely gone from its result.
+                        # One forgotten while it runs may still be in it: it stays in
                         # ``_inflight`` (and is skipped) until the next read.
-                        settled = set(self._acknowledged)
+                        settled = set(self._forgotten)
                         try:
                             rows = await self.services.store.pending(user.id, limit)
                         except StoreError as exc:
@@ -222,7 +222,7 @@ class UserSession:
                             self._wake.set()
                             break
                         self._inflight -= settled
-                        self._acknowledged -= settled
+                        self._forgotten -= settled
                         for row in rows:
                             if row.seq not in self._inflight:
                                 self._inflight.add(row.seq)
@@ -275,19 +275,19 @@ class UserSession:
         pending = list(written.items())
         for index, (user_id, seqs) in enumerate(pending):
             try:
-                await self.services.store.acknowledge(user_id, seqs)
+                await self.services.store.forget_written(user_id, seqs)
             except StoreError as exc:
                 # Still kept (and still in ``_inflight``, so not queued again here): the
                 # node retries the deletion, and the next login settles it first.
                 log.warning(
-                    "acknowledging %d messages of user %d failed: %s", len(seqs), user_id, exc
+                    "deleting %d written messages of user %d failed: %s", len(seqs), user_id, exc
                 )
-                self.services.acknowledger.defer(user_id, seqs)
+                self.services.late_deletions.defer(user_id, seqs)
                 continue
             except trio.Cancelled:
                 # Cut short (the close grace ran out): what was written is still deleted,
                 # later, by the node. Deleting a row twice is harmless.
                 for later_user, later_seqs in pending[index:]:
-                    self.services.acknowledger.defer(later_user, later_seqs)
+                    self.services.late_deletions.defer(later_user, later_seqs)
                 raise
-            self._acknowledged.update(seqs)
+            self._forgotten.update(seqs)

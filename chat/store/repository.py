@@ -2,7 +2,7 @@
 
 One public coroutine per use case; each runs one transaction on a pooled
 connection in a worker thread (see ``chat.store.pool``). The hot ones (sends,
-``pending``, ``acknowledge``) share that transaction with concurrent calls of
+``pending``, ``forget_written``) share that transaction with concurrent calls of
 the same kind (``chat.store.coalesce``, ``chat.store.sends``). The caller never
 holds a transaction across an ``await``: a request's whole read-check-write
 happens inside one function here, which is what makes checks such as "is the
@@ -59,7 +59,7 @@ class Store:
         self.dialect = dialect
         self.pool = ConnectionPool(dialect, pool_size or dialect.pool_size)
         self._pending_calls = Coalescer(self._pending_batch)
-        self._acknowledge_calls = Coalescer(self._acknowledge_batch)
+        self._forget_calls = Coalescer(self._forget_batch)
         self._send_calls = Coalescer(self._send_batch)
 
     def close(self) -> None:
@@ -294,18 +294,16 @@ class Store:
 
         return await self._run(body, write=False)
 
-    async def acknowledge(self, user_id: int, seqs: Sequence[int]) -> None:
+    async def forget_written(self, user_id: int, seqs: Sequence[int]) -> None:
         """Forget deliveries that were written to the user's connection.
 
         Concurrent calls (the writers of many sessions) share one transaction, so one
         commit, instead of one each; each call returns once that commit is done."""
         if not seqs:
             return
-        await self._acknowledge_calls((user_id, tuple(seqs)))
+        await self._forget_calls((user_id, tuple(seqs)))
 
-    async def _acknowledge_batch(
-        self, requests: Sequence[tuple[int, tuple[int, ...]]]
-    ) -> list[None]:
+    async def _forget_batch(self, requests: Sequence[tuple[int, tuple[int, ...]]]) -> list[None]:
         by_user: dict[int, set[int]] = defaultdict(set)
         for user_id, seqs in requests:
             by_user[user_id].update(seqs)

@@ -31,7 +31,7 @@ class MessageStream(Protocol):
     """Who is at the other end, for logs."""
     frames_sent: int
     """Frames handed whole to the operating system so far. Kept exact even when a
-    ``send`` is cancelled or fails halfway, so the writer acknowledges precisely the
+    ``send`` is cancelled or fails halfway, so the writer forgets precisely the
     kept messages that left, and no more."""
 
     async def receive(self) -> bytes | str:

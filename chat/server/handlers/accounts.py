@@ -59,7 +59,7 @@ async def login(caller: Caller, request: Login) -> Result:
         raise RequestError(ErrorCode.ALREADY_ONLINE, f"{user.name!r} is logged in elsewhere")
     try:
         # Deletions that failed earlier on this node must happen before counting.
-        await services.acknowledger.settle(user.id)
+        await services.late_deletions.settle(user.id)
         # Presence is claimed before the snapshot: a message stored from now on either
         # counts in ``offline`` or wakes this session, never neither.
         snapshot = await services.store.login_snapshot(user.id)

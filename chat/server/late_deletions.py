@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0
 
 
-class Acknowledger:
+class LateDeletions:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._backlog: dict[int, set[int]] = defaultdict(set)
@@ -39,7 +39,7 @@ class Acknowledger:
         seqs = set(self._backlog.get(user_id, ()))
         if not seqs:
             return
-        await self._store.acknowledge(user_id, sorted(seqs))
+        await self._store.forget_written(user_id, sorted(seqs))
         left = self._backlog.get(user_id, set()) - seqs
         if left:
             self._backlog[user_id] = left
@@ -56,5 +56,5 @@ class Acknowledger:
                     for user_id in list(self._backlog):
                         await self.settle(user_id)
                 except StoreError as exc:
-                    log.warning("deferred acknowledgements still failing: %s", exc)
+                    log.warning("deferred deletions still failing: %s", exc)
                     await trio.sleep(RETRY_SECONDS)
