@@ -6,6 +6,7 @@ Task tree::
     ├── broker.run            (notices from other nodes -> Router.on_notice)
     ├── late_deletions.run    (deletions that failed, retried)
     ├── relay.run             (wake-ups and events for other nodes, in batches)
+    ├── watchdog              (ends connections whose write is overdue)
     └── connections nursery
         ├── accept loop       (trio.serve_listeners; cancelled first on shutdown)
         ├── WebSocket accept loop (with ``ws_port``; cancelled with the other)
@@ -77,6 +78,7 @@ class Node:
             await services.start(self.services.broker.run, self.router.on_notice)
             await services.start(self.services.late_deletions.run)
             await services.start(self.router.relay.run)
+            services.start_soon(self._watch_writes)
             listeners = await open_listeners(
                 settings.port, settings.host, reuse_port=settings.reuse_port
             )
@@ -113,6 +115,18 @@ class Node:
                 await self.router.relay.drain()
             services.cancel_scope.cancel()
         log.info("node %s stopped", settings.node_id)
+
+    async def _watch_writes(self) -> None:
+        """Abort every connection whose write has been under way longer than
+        ``slow_client_seconds``: one look at each connection a fraction of that period,
+        instead of a timer around every write."""
+        period = self.settings.slow_client_seconds / 4
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            for session in list(self._sessions):
+                if session.connection.overdue(now):
+                    session.connection.abort("a write did not finish in time (client not reading)")
 
     async def _accept(
         self,
