@@ -19,7 +19,7 @@ import pytest
 import redis
 import trio
 
-from chat.broker import Pause, Push, Resume, Resync, Wake
+from chat.broker import Evict, Pause, Push, Resume, Resync, Wake
 from chat.broker.redis import RedisBroker, decode_notices, encode_notices
 from chat.client import ChatClient
 from chat.protocol.messages import FriendAddedEvent, UserPresence
@@ -113,6 +113,9 @@ def test_notices_survive_the_wire() -> None:
     assert decode_notices(encode_notices([1, 2], pushes)) == [Wake((1, 2)), *pushes]
     assert decode_notices(encode_notices([7])) == [Wake((7,))]
     assert decode_notices(b'{"resync":true}') == [Resync()]
+    # An event this node cannot read costs that event, not the wake-ups beside it.
+    unreadable = b'{"wake": [4], "push": [[1, "{\\"type\\": \\"from_the_future\\"}"]]}'
+    assert decode_notices(unreadable) == [Wake((4,))]
     for junk in [
         b"",
         b"[]",
@@ -775,3 +778,27 @@ async def test_a_resumed_session_whose_lease_was_recreated_reads_the_store_again
             last = await alice.call("send", to=bob_id, text="sentinel")
             event = await receive(bob, "message")
             assert event["message_id"] == last["message_id"], "a message came twice"
+
+
+async def test_an_evicted_session_never_writes_what_it_held(mysql_url: str, redis_url: str) -> None:
+    """bob's session on B holds kept messages back while B is paused; then B learns
+    that bob logged in elsewhere (Evict) and resumes in the same breath. The evicted
+    session must close without writing them: they stay kept for bob's other login."""
+    async with two_nodes(mysql_url, redis_url) as (a, b), client(a) as alice:
+        await register(alice, "alice")
+        bob_id = await register(alice, "bob")
+        await login(alice, "alice")
+        for i in range(3):
+            await alice.call("send", to=bob_id, text=f"{i}")
+        b.router.on_notice(Pause("a test"))
+        async with client(b) as bob:
+            assert (await login(bob, "bob"))["offline"] == 3
+            (held,) = [s for s in b.router.sessions() if s.user and s.user.id == bob_id]
+            b.router.on_notice(Evict(bob_id, held.holder))
+            b.router.on_notice(Resume())
+            with trio.fail_after(DEADLINE):
+                await bob.closed.wait()
+            assert [e for e in drained(bob) if e["type"] == "message"] == []
+        async with client(a) as again:
+            reply = await login_when_free(again, "bob")
+            assert reply["offline"] == 3

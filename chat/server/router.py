@@ -92,7 +92,9 @@ class Router:
                     notice.holder,
                     notice.user_id,
                 )
-                session.request_close()
+                # Out of the table at once, so no wake-up or resume reaches it again.
+                del self._local[notice.user_id]
+                session.revoke()
         elif isinstance(notice, Pause):
             if not self.paused:
                 self.paused = True

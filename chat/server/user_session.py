@@ -81,6 +81,9 @@ class UserSession:
         self._delivery_scope: trio.CancelScope | None = None
         self._delivery_done: trio.Event | None = None
         self._held_pushes: list[Event] | None = None
+        self._revoked = False
+        """The user was logged in elsewhere while this node was paused: this session
+        must never deliver again; it is closing."""
         connection.hooks = self
 
     # --- login state (the Caller interface) ----------------------------------------
@@ -90,6 +93,7 @@ class UserSession:
         if not await self.services.broker.claim(user.id, self.holder):
             return False
         self.user = user
+        self._revoked = False
         self._held_pushes = []
         self._inflight.clear()
         self._forgotten.clear()
@@ -103,8 +107,9 @@ class UserSession:
         user = self.user
         if user is None:
             return
+        generation = self._generation
         try:
-            queued = await self._queue_kept(user, offline)
+            queued = await self._queue_kept(user, offline, generation)
         except StoreError as exc:
             # The reply promised ``offline`` messages that cannot be read now; closing
             # is the honest answer. They stay kept for the next login.
@@ -121,7 +126,9 @@ class UserSession:
         self._delivery_done = trio.Event()
         self._delivery_scope = trio.CancelScope()
         self._wake.set()
-        nursery.start_soon(self._deliver_live, user, self._delivery_scope, self._delivery_done)
+        nursery.start_soon(
+            self._deliver_live, user, generation, self._delivery_scope, self._delivery_done
+        )
 
     async def end_login(self) -> None:
         """Log the user out of this connection: nothing more is queued, the queue is
@@ -149,6 +156,12 @@ class UserSession:
         """The store may hold new messages for this session's user."""
         self._wake.set()
 
+    def revoke(self) -> None:
+        """The user was logged in elsewhere while this node was paused: never deliver
+        again (what is held or queued stays kept for that login), and close."""
+        self._revoked = True
+        self.request_close()
+
     def resume(self, *, reread: bool = False) -> None:
         """The node resumed: write what was held back, and read what may have come;
         with ``reread``, forget the kept messages queued so far and read them again."""
@@ -160,7 +173,7 @@ class UserSession:
 
     def push(self, event: Event) -> None:
         """Queue a transient event now, or hold it while a login is being served."""
-        if self.user is None or self.services.router.paused:
+        if self.user is None or self._revoked or self.services.router.paused:
             return
         if self._held_pushes is not None:
             if len(self._held_pushes) < MAX_HELD_PUSHES:
@@ -175,7 +188,7 @@ class UserSession:
 
     # --- delivery ---------------------------------------------------------------------
 
-    async def _queue_kept(self, user: UserRecord, count: int) -> int:
+    async def _queue_kept(self, user: UserRecord, count: int, generation: int) -> int:
         """Queue the ``count`` oldest kept messages, marked ``offline``."""
         page = self.services.settings.delivery_page
         after = queued = 0
@@ -187,21 +200,29 @@ class UserSession:
                 break
             for row in rows:
                 self._inflight.add(row.seq)
-                await self.connection.queue(self._kept(user, row, offline=True))
+                await self.connection.queue(self._kept(user, row, True, generation))
             after = rows[-1].seq
             queued += len(rows)
         return queued
 
     async def _deliver_live(
-        self, user: UserRecord, scope: trio.CancelScope, done: trio.Event
+        self, user: UserRecord, generation: int, scope: trio.CancelScope, done: trio.Event
     ) -> None:
+        """Read what the store keeps for the user whenever woken, and queue it.
+
+        ``generation`` is the one the login's kept messages were queued under. Every
+        read stamps what it queues with the generation current when it began, and a
+        read loop stops as soon as the node pauses or the generation moves on; after a
+        move, the writer first drops the forgotten messages (a flush), then the store
+        is read again from the oldest kept message, so the order holds."""
         page = self.services.settings.delivery_page
-        generation = self._generation
         try:
             with scope:
                 while True:
                     await self._wake.wait()
                     await self.services.router.wait_live()
+                    if self._revoked:
+                        return
                     self._wake = trio.Event()
                     if generation != self._generation:
                         # Let the writer drop the forgotten messages before reading again.
@@ -209,6 +230,9 @@ class UserSession:
                         await self.connection.flush()
                         self._forgetting = generation != self._generation
                     while True:
+                        if self.services.router.paused or generation != self._generation:
+                            self._wake.set()  # read on once live (and forgotten) again
+                            break
                         limit = len(self._inflight) + page
                         # Forgotten before this read began: surely gone from its result.
                         # One forgotten while it runs may still be in it: it stays in
@@ -226,40 +250,47 @@ class UserSession:
                         for row in rows:
                             if row.seq not in self._inflight:
                                 self._inflight.add(row.seq)
-                                await self.connection.queue(self._kept(user, row, offline=False))
+                                await self.connection.queue(
+                                    self._kept(user, row, False, generation)
+                                )
                         if len(rows) < limit:
                             break
         finally:
             done.set()
 
-    def _kept(self, user: UserRecord, row: PendingDelivery, *, offline: bool) -> Outgoing:
+    def _kept(
+        self, user: UserRecord, row: PendingDelivery, offline: bool, generation: int
+    ) -> Outgoing:
         event = event_for(row, offline=offline)
         codec = self.connection.codec
         if isinstance(event, GroupMessageEvent):  # the same bytes for every member
             payload = self.services.encoded.group_message(codec, event)
         else:
             payload = codec.encode_event(event)
-        return Outgoing(payload, Receipt(user.id, row.seq, self._generation))
+        return Outgoing(payload, Receipt(user.id, row.seq, generation))
 
     # --- the connection's write hooks -----------------------------------------------------
 
     def writable(self, outgoing: list[Outgoing]) -> list[Outgoing]:
-        """While the node is paused, kept messages are held back (replies go out); once it
-        resumes, what was held goes first. Kept messages of an older generation are
-        forgotten (see the module)."""
-        current = self._generation
+        """While the node is paused (or this session revoked), kept messages are held
+        back and replies go out; once it resumes, what was held goes first. Kept
+        messages of an older generation are forgotten (see the module)."""
         if self._forgetting:
-            stale = [
+            current = self._generation
+            for item in [*self._held, *outgoing]:
+                if item.receipt is not None and item.receipt.generation != current:
+                    self._inflight.discard(item.receipt.seq)
+            self._held = [
                 item
-                for item in [*self._held, *outgoing]
-                if item.receipt is not None and item.receipt.generation != current
+                for item in self._held
+                if item.receipt is not None and item.receipt.generation == current
             ]
-            self._inflight.difference_update(
-                item.receipt.seq for item in stale if item.receipt is not None
-            )
-            self._held = [item for item in self._held if item not in stale]
-            outgoing = [item for item in outgoing if item not in stale]
-        if self.services.router.paused:
+            outgoing = [
+                item
+                for item in outgoing
+                if item.receipt is None or item.receipt.generation == current
+            ]
+        if self._revoked or self.services.router.paused:
             self._held.extend(item for item in outgoing if item.receipt is not None)
             return [item for item in outgoing if item.receipt is None]
         if self._held:
