@@ -259,7 +259,10 @@ def _notices_in(body: dict[str, Any]) -> list[Notice] | None:
                     return None
                 event = _event_of(item[1])
                 if event is None:
-                    return None
+                    # One event this node cannot read (say, a newer node's) costs that
+                    # event only, never the wake-ups beside it.
+                    log.warning("ignoring an event it cannot read: %r", item[1][:200])
+                    continue
                 notices.append(Push(item[0], event))
         elif key == "resync" and value is True:
             notices.append(Resync())
@@ -709,6 +712,9 @@ class RedisBroker:
                 )
                 recreated += [chunk[i - 1] for i in new]
                 conflicts += [chunk[i - 1] for i in lost]
+                # Remembered at once: if a later chunk fails, the next beat finds these
+                # leases in place and would not know they had vanished.
+                self._recreated.update(chunk[i - 1][0] for i in new)
             # A lease released while this beat was running must not be left re-created.
             stale = [(u, h) for u, h in recreated if self._claims.get(u) != h]
             if stale:
@@ -720,7 +726,6 @@ class RedisBroker:
         except BrokerUnavailable:
             return
         self._renewed_at = started
-        self._recreated.update(user_id for user_id, _ in recreated)
         reset = self._epoch is not None and epoch != self._epoch
         self._epoch = epoch
         if reset:
@@ -742,10 +747,12 @@ class RedisBroker:
             # Still degraded if this fails: the next beat tries again.
             with contextlib.suppress(BrokerUnavailable):
                 await self._call(self._redis.publish, self._broadcast, _RESYNC)
-        if self._doubts == doubts:
-            self._confirm()
-        else:
+        if self._doubts != doubts:
             self._beat_now.set()  # put in doubt meanwhile: this beat proves too little
+        elif self._subscribed.is_set():
+            # Only with a live subscription: without one, a second Redis restart would go
+            # unnoticed until the next beat. (Subscribing triggers a beat.)
+            self._confirm()
         if reset or recreated:
             # Wake-ups sent while these leases were missing went nowhere.
             self._deliver(Resync())
