@@ -191,7 +191,13 @@ class Supervisor:
                     pass_fds=(write_end, self._lifeline),
                     env=os.environ
                     | {READY_FD_ENV: str(write_end), LIFELINE_FD_ENV: str(self._lifeline)},
+                    # Its own session: a Ctrl-C at the terminal reaches the parent only,
+                    # which then stops each worker once (a second signal would mean "now").
+                    start_new_session=True,
                 )
+            except BaseException:
+                os.close(read_end)
+                raise
             finally:
                 os.close(write_end)
             worker.process = process
@@ -223,9 +229,11 @@ class Supervisor:
 
 
 async def _wait_ready(read_end: int, process: trio.Process) -> bool:
-    """True once the worker wrote to its pipe; False if it exited (or closed it) first."""
+    """True once the worker wrote to its pipe; False if it exited (or closed it) first.
+    A worker not ready within ``READY_SECONDS`` is killed: it counts as failed."""
     async with trio.lowlevel.FdStream(read_end) as stream:
         with trio.move_on_after(READY_SECONDS):
             return bool(await stream.receive_some(16))
-    log.error("worker pid %d is not ready after %.0fs", process.pid, READY_SECONDS)
+    log.error("worker pid %d is not ready after %.0fs: killing it", process.pid, READY_SECONDS)
+    process.kill()
     return False

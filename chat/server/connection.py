@@ -20,7 +20,6 @@ cancel scope around every write: a write costs two assignments, not a timer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Protocol
@@ -99,22 +98,25 @@ class Connection:
 
     # --- producers -------------------------------------------------------------
 
-    async def queue(self, item: Outgoing | Flush) -> None:
+    async def queue(self, item: Outgoing | Flush) -> bool:
         """Put an item in the outbox, waiting a little if it is full; a client that
-        does not make room in time is disconnected."""
+        does not make room in time is disconnected. False if the writer is gone."""
         try:
             self._outbox.send_nowait(item)
-            return
+            return True
         except trio.WouldBlock:
             pass
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return  # the writer is gone with the connection; kept messages stay kept
+            return False  # the writer is gone with the connection; kept messages stay kept
         with trio.move_on_after(self._settings.slow_client_seconds):
-            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            try:
                 await self._outbox.send(item)
-            return
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return False
+            return True
         self.abort("outbox full (client too slow)")
         await trio.lowlevel.checkpoint()  # raises Cancelled: the connection is over
+        return False
 
     def queue_nowait(self, item: Outgoing | Nudge) -> bool:
         """Queue without waiting; False if the outbox is full or closed."""
@@ -129,8 +131,8 @@ class Connection:
         if not self._writer_alive:
             return
         marker = Flush()
-        await self.queue(marker)
-        await marker.done.wait()
+        if await self.queue(marker):
+            await marker.done.wait()
 
     def close_outbox(self) -> None:
         """Nothing more will be queued: the writer ends once it has written the rest."""
@@ -155,6 +157,7 @@ class Connection:
         self._scope = scope
         self._writer_alive = True
         settings = self._settings
+        items: list[Outgoing | Flush | Nudge] = []
         try:
             async for first in self._outbox_reader:
                 items = [first]
@@ -186,6 +189,9 @@ class Connection:
                         item.done.set()
         finally:
             self._writer_alive = False
+            for item in items:  # a batch cut short: its flushes cannot happen either
+                if isinstance(item, Flush):
+                    item.done.set()
             self._release_flushes()
             self._outbox_reader.close()  # producers now fail fast instead of waiting
 

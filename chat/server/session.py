@@ -69,7 +69,8 @@ class Session:
         finally:
             with trio.move_on_after(settings.close_grace_seconds, shield=True):
                 await self.user_session.end_login()
-                await self.stream.aclose()
+            with trio.move_on_after(settings.close_grace_seconds, shield=True):
+                await self.stream.aclose()  # even if the logout above ran out of time
             log.info("connection closed: %s (%s)", self.stream.peer, self.holder)
 
     def request_close(self) -> None:
