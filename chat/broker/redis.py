@@ -354,13 +354,19 @@ class RedisBroker:
         self._sub_pool = redis.ConnectionPool.from_url(
             url, max_connections=2, **(options | {"retry": Retry(NoBackoff(), 0)})
         )
+        # Renewals never retry: a renewal that ran but whose reply was lost would, run
+        # again, find its re-created leases in place and not report them re-created.
+        # A failed beat is simply tried again (RETRY_SECONDS later, while in doubt).
+        self._renew_pool = redis.ConnectionPool.from_url(
+            url, max_connections=2, **(options | {"retry": Retry(NoBackoff(), 0)})
+        )
         self.prefix = check_prefix(prefix) if prefix is not None else default_prefix(url)
         self._redis = redis.Redis(connection_pool=self._pool)
         self._limiter = trio.CapacityLimiter(pool_size)
         self._listen_limiter = trio.CapacityLimiter(1)
         self._claim_script = self._redis.register_script(_CLAIM)
         self._release_script = self._redis.register_script(_RELEASE)
-        self._renew_script = self._redis.register_script(_RENEW)
+        self._renew_script = redis.Redis(connection_pool=self._renew_pool).register_script(_RENEW)
         self._epoch_script = self._redis.register_script(_EPOCH)
 
         self._epoch_key = f"{self.prefix}:epoch"
@@ -486,6 +492,7 @@ class RedisBroker:
         finally:
             self._pool.disconnect()
             self._sub_pool.disconnect()
+            self._renew_pool.disconnect()
 
     # --- commands (each runs in a worker thread) --------------------------------------
 
