@@ -138,6 +138,61 @@ def targets_of(worker: Worker, users: list[int]) -> dict[int, int]:
 # --- register and login --------------------------------------------------------
 
 
+class Replies:
+    """The answers to one load's sends: ``ok`` latencies (also per route), failed sends,
+    and how many pipelined sends are still unanswered."""
+
+    def __init__(self, worker: Worker, receipts: Receipts) -> None:
+        self.worker = worker
+        self.receipts = receipts
+        self.acks = array("d")
+        self.errors = 0
+        self.outstanding = 0
+        self.last_ok = 0.0
+
+    def answered(
+        self, me: BenchUser, them: BenchUser, seq: int, sent_at: float, reply: Json
+    ) -> bool:
+        """Record the answer to send ``seq`` from ``me`` to ``them``; True if it was ``ok``."""
+        if reply.get("type") != "ok":
+            self.errors += 1
+            return False
+        self.last_ok = time.monotonic()
+        seconds = self.last_ok - sent_at
+        self.acks.append(seconds)
+        self.receipts.acked(me, them, seq, seconds)
+        return True
+
+    def expect(
+        self, me: BenchUser, them: BenchUser, seq: int, sent_at: float, *, count_ok: bool
+    ) -> Callable[[Json], None]:
+        """A reply callback for a pipelined send (counted as outstanding until answered);
+        ``count_ok``: count the send in the progress line when its ``ok`` comes."""
+        self.outstanding += 1
+
+        def got(reply: Json) -> None:
+            self.outstanding -= 1
+            if self.answered(me, them, seq, sent_at, reply) and count_ok:
+                self.worker.count_sent()
+
+        return got
+
+    def results(self) -> dict[str, Any]:
+        return {"sent": len(self.acks), "errors": self.errors, "acks": self.acks.tobytes()}
+
+
+def delivery_results(receipts: Receipts) -> dict[str, Any]:
+    """What a one-to-one load reports of its deliveries (after its waits are over)."""
+    return {
+        "last_receipt": receipts.last_receipt,
+        "delivered": receipts.checker.delivered,
+        "latencies": receipts.latencies.tobytes(),
+        "wrong_kind": receipts.wrong_kind,
+        "routes": receipts.route_results(),
+        "verdict": receipts.checker.finish(),
+    }
+
+
 async def auth(worker: Worker) -> dict[str, Any]:
     """Register fresh accounts, then log them in: the cost of scrypt, on purpose."""
     config = worker.config
@@ -185,22 +240,15 @@ async def direct(worker: Worker) -> dict[str, Any]:
     targets = targets_of(worker, users)
     receipts = Receipts(worker)
     worker.on_event = receipts.on_event
-    acks = array("d")
-    errors = 0
+    replies = Replies(worker, receipts)
 
     async def sender(index: int) -> None:
-        nonlocal errors
         me, them = worker.users[index], worker.users[targets[index]]
         for seq in range(1, worker.config.messages + 1):
             sent_at = time.monotonic()
             reply = await me.conn.call("send", to=them.id, text=message_text(worker, seq, sent_at))
-            if reply.get("type") == "ok":
-                seconds = time.monotonic() - sent_at
-                acks.append(seconds)
-                receipts.acked(me, them, seq, seconds)
+            if replies.answered(me, them, seq, sent_at, reply):
                 worker.count_sent()
-            else:
-                errors += 1
 
     start_at = await worker.sync(len(users))
     await sleep_until_monotonic(start_at)
@@ -212,15 +260,8 @@ async def direct(worker: Worker) -> dict[str, Any]:
     return {
         "start": start_at,
         "sends_done": sends_done,
-        "last_receipt": receipts.last_receipt,
-        "sent": len(acks),
-        "errors": errors,
-        "delivered": receipts.checker.delivered,
-        "latencies": receipts.latencies.tobytes(),
-        "acks": acks.tobytes(),
-        "wrong_kind": receipts.wrong_kind,
-        "routes": receipts.route_results(),
-        "verdict": receipts.checker.finish(),
+        **replies.results(),
+        **delivery_results(receipts),
     }
 
 
@@ -238,24 +279,7 @@ async def open_loop(worker: Worker) -> dict[str, Any]:
     worker.on_event = receipts.on_event
     rate = config.rate * len(users) / config.users
     interval = 1.0 / rate
-    outstanding = 0
-    errors = 0
-    acks = array("d")
-
-    def on_reply(
-        me: BenchUser, them: BenchUser, seq: int, sent_at: float
-    ) -> Callable[[Json], None]:
-        def got(reply: Json) -> None:
-            nonlocal outstanding, errors
-            outstanding -= 1
-            if reply.get("type") == "ok":
-                seconds = time.monotonic() - sent_at
-                acks.append(seconds)
-                receipts.acked(me, them, seq, seconds)
-            else:
-                errors += 1
-
-        return got
+    replies = Replies(worker, receipts)
 
     start_at = await worker.sync(len(users))
     end_at = start_at + config.duration
@@ -275,33 +299,25 @@ async def open_loop(worker: Worker) -> dict[str, Any]:
         me, them = worker.users[index], worker.users[targets[index]]
         seqs[index] += 1
         seq = seqs[index]
-        outstanding += 1
         await me.conn.request(
             "send",
-            on_reply(me, them, seq, scheduled),
+            replies.expect(me, them, seq, scheduled, count_ok=False),
             to=them.id,
             text=message_text(worker, seq, scheduled),
         )
         worker.count_sent()
         tick += 1
     sends_done = time.monotonic()
-    await wait_for(lambda: outstanding == 0, config.drain_seconds)
+    await wait_for(lambda: replies.outstanding == 0, config.drain_seconds)
     await wait_for(lambda: receipts.checker.missing() == 0, config.drain_seconds)
     return {
         "start": start_at,
         "sends_done": sends_done,
-        "last_receipt": receipts.last_receipt,
         "offered": tick,
-        "sent": len(acks),
-        "errors": errors,
-        "unanswered": outstanding,
+        "unanswered": replies.outstanding,
         "generator_lag": behind,
-        "delivered": receipts.checker.delivered,
-        "latencies": receipts.latencies.tobytes(),
-        "acks": acks.tobytes(),
-        "wrong_kind": receipts.wrong_kind,
-        "routes": receipts.route_results(),
-        "verdict": receipts.checker.finish(),
+        **replies.results(),
+        **delivery_results(receipts),
     }
 
 
@@ -319,36 +335,15 @@ async def burst(worker: Worker) -> dict[str, Any]:
     targets = targets_of(worker, users)
     receipts = Receipts(worker)
     worker.on_event = receipts.on_event
-    outstanding = 0
-    errors = 0
-    last_ok = 0.0
-    acks = array("d")
-
-    def on_reply(
-        me: BenchUser, them: BenchUser, seq: int, sent_at: float
-    ) -> Callable[[Json], None]:
-        def got(reply: Json) -> None:
-            nonlocal outstanding, errors, last_ok
-            outstanding -= 1
-            if reply.get("type") == "ok":
-                last_ok = time.monotonic()
-                acks.append(last_ok - sent_at)
-                receipts.acked(me, them, seq, last_ok - sent_at)
-                worker.count_sent()
-            else:
-                errors += 1
-
-        return got
+    replies = Replies(worker, receipts)
 
     async def sender(index: int) -> None:
-        nonlocal outstanding
         me, them = worker.users[index], worker.users[targets[index]]
         for seq in range(1, config.messages + 1):
             sent_at = time.monotonic()
-            outstanding += 1
             await me.conn.request(
                 "send",
-                on_reply(me, them, seq, sent_at),
+                replies.expect(me, them, seq, sent_at, count_ok=True),
                 to=them.id,
                 text=message_text(worker, seq, sent_at),
             )
@@ -359,26 +354,16 @@ async def burst(worker: Worker) -> dict[str, Any]:
         for index in users:
             nursery.start_soon(sender, index)
     written = time.monotonic()
-    await wait_for(lambda: outstanding == 0, config.drain_seconds)
+    await wait_for(lambda: replies.outstanding == 0, config.drain_seconds)
     await wait_for(lambda: receipts.checker.missing() == 0, config.drain_seconds)
     return {
         "start": start_at,
         "written": written,
-        "sends_done": last_ok or written,
-        "last_receipt": receipts.last_receipt,
-        "sent": len(acks),
-        "errors": errors,
-        "unanswered": outstanding,
-        "delivered": receipts.checker.delivered,
-        "latencies": receipts.latencies.tobytes(),
-        "acks": acks.tobytes(),
-        "wrong_kind": receipts.wrong_kind,
-        "routes": receipts.route_results(),
-        "verdict": receipts.checker.finish(),
+        "sends_done": replies.last_ok or written,
+        "unanswered": replies.outstanding,
+        **replies.results(),
+        **delivery_results(receipts),
     }
-
-
-# --- group fan-out ---------------------------------------------------------------------
 
 
 async def group(worker: Worker) -> dict[str, Any]:
