@@ -721,6 +721,18 @@ async def test_two_clusters_on_one_redis_never_hear_each_other(
 # --- a paused session -------------------------------------------------------------------
 
 
+async def three_kept_for_bob_then_pause(alice: ChatClient, paused: Node) -> tuple[int, list[int]]:
+    """alice (logged in here) keeps three messages for bob (not logged in anywhere),
+    then the node ``paused`` gets ``Pause`` the way its broker hands it over. bob's id
+    and the three message ids, in order."""
+    await register(alice, "alice")
+    bob_id = await register(alice, "bob")
+    await login(alice, "alice")
+    sent = [(await alice.call("send", to=bob_id, text=f"{i}"))["message_id"] for i in range(3)]
+    paused.router.on_notice(Pause("a test"))
+    return bob_id, sent
+
+
 async def test_a_paused_session_holds_kept_messages_back_until_it_resumes(
     mysql_url: str, redis_url: str
 ) -> None:
@@ -728,14 +740,10 @@ async def test_a_paused_session_holds_kept_messages_back_until_it_resumes(
     resume they follow, in order. (The pause is handed to the node's router the way
     the broker hands it over.)"""
     async with two_nodes(mysql_url, redis_url) as (a, b), client(a) as alice:
-        await register(alice, "alice")
-        bob_id = await register(alice, "bob")
-        await login(alice, "alice")
-        sent = [(await alice.call("send", to=bob_id, text=f"{i}"))["message_id"] for i in range(3)]
-        b.router.on_notice(Pause("a test"))
+        _, sent = await three_kept_for_bob_then_pause(alice, b)
         async with client(b) as bob:
             assert (await login(bob, "bob"))["offline"] == 3
-            await no_event(bob)
+            await no_event(bob)  # a quiet window: while paused, no sentinel could arrive either
             b.router.on_notice(Resume())
             got = [(await receive(bob, "message"))["message_id"] for _ in sent]
             assert got == sent
@@ -748,11 +756,7 @@ async def test_a_resumed_session_whose_lease_was_recreated_reads_the_store_again
     vanished and he logged in on A, got them, and logged out. When B resumes with his
     lease re-created, the old session must not write them a second time."""
     async with two_nodes(mysql_url, redis_url) as (a, b), client(a) as alice:
-        await register(alice, "alice")
-        bob_id = await register(alice, "bob")
-        await login(alice, "alice")
-        sent = [(await alice.call("send", to=bob_id, text=f"{i}"))["message_id"] for i in range(3)]
-        b.router.on_notice(Pause("a test"))
+        bob_id, sent = await three_kept_for_bob_then_pause(alice, b)
         async with client(b) as bob:
             assert (await login(bob, "bob"))["offline"] == 3
             # His lease lapses; he logs in on A, gets the three, and leaves. (B's
@@ -785,12 +789,7 @@ async def test_an_evicted_session_never_writes_what_it_held(mysql_url: str, redi
     that bob logged in elsewhere (Evict) and resumes in the same breath. The evicted
     session must close without writing them: they stay kept for bob's other login."""
     async with two_nodes(mysql_url, redis_url) as (a, b), client(a) as alice:
-        await register(alice, "alice")
-        bob_id = await register(alice, "bob")
-        await login(alice, "alice")
-        for i in range(3):
-            await alice.call("send", to=bob_id, text=f"{i}")
-        b.router.on_notice(Pause("a test"))
+        bob_id, _ = await three_kept_for_bob_then_pause(alice, b)
         async with client(b) as bob:
             assert (await login(bob, "bob"))["offline"] == 3
             (held,) = [s for s in b.router.sessions() if s.user and s.user.id == bob_id]
