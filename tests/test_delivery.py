@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import socket
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
@@ -250,22 +250,22 @@ async def test_a_failed_deletion_of_a_written_message_does_not_deliver_twice(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = node.services.store
-    real = store.forget_written
-    failures = 2  # the writer's attempt and the first background retry
+    real = store.forget_delivered
+    failures = 2  # the first attempt and the first retry
 
-    async def flaky(user_id: int, seqs: Sequence[int]) -> None:
+    async def flaky(rows: Mapping[int, Iterable[int]]) -> None:
         nonlocal failures
         if failures:
             failures -= 1
             raise StoreUnavailable("injected: the database hiccuped")
-        await real(user_id, seqs)
+        await real(rows)
 
     async with client(node) as ann, client(node) as bob:
         await register(ann, "ann")
         bob_id = await register(bob, "bob")
         await login(ann, "ann")
         await login(bob, "bob")
-        monkeypatch.setattr(store, "forget_written", flaky)
+        monkeypatch.setattr(store, "forget_delivered", flaky)
         sent = await ann.call("send", to=bob_id, text="once")
         assert (await bob.next_event())["message_id"] == sent["message_id"]
         await bob.call("logout")

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 
+from chat.server.deletions import Deletions
 from chat.store import (
     NoSuchGroup,
     NoSuchUser,
@@ -230,8 +231,9 @@ async def test_one_senders_messages_stay_in_order_among_concurrent_sends(store: 
 
 
 async def test_reads_and_deletions_made_together_share_transactions(store: Store) -> None:
-    """Forty sessions woken at once read their kept messages, then forty writers delete
-    what they wrote: a few transactions each, not forty."""
+    """Forty sessions woken at once read their kept messages: a few transactions, not
+    forty. What their forty writers wrote is deleted by the node's ``Deletions``: one
+    transaction for all of them."""
     ann, *readers = await users(store, "ann", *(f"r{i}" for i in range(40)))
     for reader in readers:
         await store.store_direct(ann, reader, f"for {reader}", None)
@@ -239,12 +241,15 @@ async def test_reads_and_deletions_made_together_share_transactions(store: Store
     rows = await together([partial(store.pending, reader, 10) for reader in readers])
     assert store.pool.runs - runs <= 4, store.pool.runs - runs
     assert [len(found) for found in rows] == [1] * 40
+    deletions = Deletions(store)
+    gone: list[int] = []
+    for reader, found in zip(readers, rows, strict=True):
+        deletions.written(reader, [found[0].message_id], gone.extend)
     runs = store.pool.runs
-    await together(
-        [
-            partial(store.forget_written, reader, [found[0].seq])
-            for reader, found in zip(readers, rows, strict=True)
-        ]
-    )
-    assert store.pool.runs - runs <= 4, store.pool.runs - runs
+    async with trio.open_nursery() as nursery:
+        await nursery.start(deletions.run)
+        await deletions.settle(readers[-1])
+        nursery.cancel_scope.cancel()
+    assert (store.pool.runs - runs, deletions.batches) == (1, 1)
+    assert sorted(gone) == sorted(found[0].message_id for found in rows)
     assert [await store.pending(reader, 10) for reader in readers] == [[]] * 40

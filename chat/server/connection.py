@@ -37,11 +37,11 @@ log = logging.getLogger(__name__)
 
 @attrs.frozen
 class Receipt:
-    """Which kept message a frame is: once written, ``(user_id, seq)`` may be forgotten.
-    ``generation`` is the user session's, when it was queued."""
+    """Which kept message a frame is: once written, ``(user_id, message_id)`` may be
+    forgotten. ``generation`` is the user session's, when it was queued."""
 
     user_id: int
-    seq: int
+    message_id: int
     generation: int = 0
 
 
@@ -68,15 +68,16 @@ class WriteHooks(Protocol):
     def writable(self, outgoing: list[Outgoing]) -> list[Outgoing]:
         """What of a batch may be written now (the rest is held back or dropped)."""
 
-    async def written(self, outgoing: Sequence[Outgoing]) -> None:
-        """These frames left, in this order (also after a write was cut off)."""
+    def written(self, outgoing: Sequence[Outgoing]) -> None:
+        """These frames left, in this order (also after a write was cut off). Must not
+        wait: the writer goes on at once."""
 
 
 class _WriteEverything:
     def writable(self, outgoing: list[Outgoing]) -> list[Outgoing]:
         return outgoing
 
-    async def written(self, outgoing: Sequence[Outgoing]) -> None:
+    def written(self, outgoing: Sequence[Outgoing]) -> None:
         pass
 
 
@@ -181,9 +182,7 @@ class Connection:
                 finally:
                     self._write_started = None
                     # Also when cancelled or cut off halfway: what left is not kept any more.
-                    written = outgoing[: self.stream.frames_sent - before]
-                    with trio.move_on_after(settings.close_grace_seconds, shield=True):
-                        await self.hooks.written(written)
+                    self.hooks.written(outgoing[: self.stream.frames_sent - before])
                 for item in items:
                     if isinstance(item, Flush):
                         item.done.set()

@@ -4,7 +4,7 @@ Task tree::
 
     Node.run
     ├── broker.run            (notices from other nodes -> Router.on_notice)
-    ├── late_deletions.run    (deletions that failed, retried)
+    ├── deletions.run         (written kept messages, deleted in batches)
     ├── relay.run             (wake-ups and events for other nodes, in batches)
     ├── watchdog              (ends connections whose write is overdue)
     └── connections nursery
@@ -37,7 +37,7 @@ from chat.store import Store
 from chat.transports import LineStream, MessageStream, enable_keepalive, serve_websocket
 from chat.transports.tcp import peer_name
 
-from .late_deletions import LateDeletions
+from .deletions import Deletions
 from .listeners import bound_ports, open_listeners
 from .passwords import PasswordHasher
 from .router import Router
@@ -58,7 +58,7 @@ class Node:
             broker=broker,
             router=self.router,
             hasher=PasswordHasher(settings.hash_concurrency),
-            late_deletions=LateDeletions(store),
+            deletions=Deletions(store),
         )
         self._serials = itertools.count(1)
         self._sessions: set[Session] = set()
@@ -76,7 +76,7 @@ class Node:
         settings = self.settings
         async with trio.open_nursery() as services:
             await services.start(self.services.broker.run, self.router.on_notice)
-            await services.start(self.services.late_deletions.run)
+            await services.start(self.services.deletions.run)
             await services.start(self.router.relay.run)
             services.start_soon(self._watch_writes)
             listeners = await open_listeners(

@@ -7,8 +7,8 @@ import attrs
 from chat.broker import Broker
 from chat.store import Store
 
+from .deletions import Deletions
 from .encoded import EncodedEvents
-from .late_deletions import LateDeletions
 from .passwords import PasswordHasher
 from .router import Router
 from .settings import Settings
@@ -21,5 +21,5 @@ class Services:
     broker: Broker
     router: Router
     hasher: PasswordHasher
-    late_deletions: LateDeletions
+    deletions: Deletions
     encoded: EncodedEvents = attrs.field(factory=EncodedEvents)

@@ -74,7 +74,8 @@ class UserSession:
         self._forgetting = False
         """Kept messages of an older generation may still be queued."""
         self._inflight: set[int] = set()
-        """Kept messages queued or written, not yet known to be gone from the store."""
+        """Message ids of kept messages queued or written, not yet known to be gone
+        from the store."""
         self._forgotten: set[int] = set()
         """Of those, the ones whose deletion has committed."""
         self._wake = trio.Event()
@@ -143,6 +144,7 @@ class UserSession:
         self._held_pushes = None
         await self.connection.flush()
         self._held.clear()  # not written: they stay kept for the next login
+        await self._settle_deletions(user)
         self.user = None
         self.services.router.detach(user.id, self)
         try:
@@ -199,7 +201,7 @@ class UserSession:
             if not rows:
                 break
             for row in rows:
-                self._inflight.add(row.seq)
+                self._inflight.add(row.message_id)
                 await self.connection.queue(self._kept(user, row, True, generation))
             after = rows[-1].seq
             queued += len(rows)
@@ -248,8 +250,8 @@ class UserSession:
                         self._inflight -= settled
                         self._forgotten -= settled
                         for row in rows:
-                            if row.seq not in self._inflight:
-                                self._inflight.add(row.seq)
+                            if row.message_id not in self._inflight:
+                                self._inflight.add(row.message_id)
                                 await self.connection.queue(
                                     self._kept(user, row, False, generation)
                                 )
@@ -267,7 +269,7 @@ class UserSession:
             payload = self.services.encoded.group_message(codec, event)
         else:
             payload = codec.encode_event(event)
-        return Outgoing(payload, Receipt(user.id, row.seq, generation))
+        return Outgoing(payload, Receipt(user.id, row.message_id, generation))
 
     # --- the connection's write hooks -----------------------------------------------------
 
@@ -279,7 +281,7 @@ class UserSession:
             current = self._generation
             for item in [*self._held, *outgoing]:
                 if item.receipt is not None and item.receipt.generation != current:
-                    self._inflight.discard(item.receipt.seq)
+                    self._inflight.discard(item.receipt.message_id)
             self._held = [
                 item
                 for item in self._held
@@ -297,28 +299,25 @@ class UserSession:
             outgoing, self._held = [*self._held, *outgoing], []
         return outgoing
 
-    async def written(self, outgoing: Sequence[Outgoing]) -> None:
-        """Kept messages that were written: the store forgets them."""
+    def written(self, outgoing: Sequence[Outgoing]) -> None:
+        """Kept messages that were written: the node's ``Deletions`` deletes them from
+        the store soon, and tells this session once they are gone."""
         written: dict[int, list[int]] = defaultdict(list)
         for item in outgoing:
             if item.receipt is not None:
-                written[item.receipt.user_id].append(item.receipt.seq)
-        pending = list(written.items())
-        for index, (user_id, seqs) in enumerate(pending):
+                written[item.receipt.user_id].append(item.receipt.message_id)
+        for user_id, message_ids in written.items():
+            self.services.deletions.written(user_id, message_ids, self._deleted)
+
+    def _deleted(self, message_ids: Sequence[int]) -> None:
+        self._forgotten.update(message_ids)
+
+    async def _settle_deletions(self, user: UserRecord) -> None:
+        """Before the user is released: what was written is deleted from the store, so
+        the next login (anywhere) does not get it again. If that fails or takes too
+        long, the node goes on trying, and a next login here settles it first."""
+        with trio.move_on_after(self.services.settings.close_grace_seconds, shield=True):
             try:
-                await self.services.store.forget_written(user_id, seqs)
+                await self.services.deletions.settle(user.id)
             except StoreError as exc:
-                # Still kept (and still in ``_inflight``, so not queued again here): the
-                # node retries the deletion, and the next login settles it first.
-                log.warning(
-                    "deleting %d written messages of user %d failed: %s", len(seqs), user_id, exc
-                )
-                self.services.late_deletions.defer(user_id, seqs)
-                continue
-            except trio.Cancelled:
-                # Cut short (the close grace ran out): what was written is still deleted,
-                # later, by the node. Deleting a row twice is harmless.
-                for later_user, later_seqs in pending[index:]:
-                    self.services.late_deletions.defer(later_user, later_seqs)
-                raise
-            self._forgotten.update(seqs)
+                log.warning("written messages of user %d not deleted yet: %s", user.id, exc)

@@ -1,11 +1,11 @@
 """Coalescing: many concurrent calls of one query become one transaction.
 
 A node serves thousands of sessions, and each one that is woken reads its kept
-messages (``pending``) and, after writing them, deletes them (``forget_written``).
-Done one by one, a group message to 500 members costs 500 reads and 500
-deletions, each a thread hop and a transaction (a deletion: a commit, so a log
-flush). Here the first caller runs a batch with everything queued; calls made
-while it runs wait and go, together, in the next batch, led by the first of them.
+messages (``pending``); many send at once (``store_direct``, ``store_group``).
+Done one by one, a group message to 500 members costs 500 reads, each a thread
+hop and a transaction, and every send a commit (on MariaDB a log flush). Here
+the first caller runs a batch with everything queued; calls made while it runs
+wait and go, together, in the next batch, led by the first of them.
 
 What callers may rely on, exactly as with a call of their own:
 

@@ -2,8 +2,9 @@
 
 One public coroutine per use case; each runs one transaction on a pooled
 connection in a worker thread (see ``chat.store.pool``). The hot ones (sends,
-``pending``, ``forget_written``) share that transaction with concurrent calls of
-the same kind (``chat.store.coalesce``, ``chat.store.sends``). The caller never
+``pending``) share that transaction with concurrent calls of the same kind
+(``chat.store.coalesce``, ``chat.store.sends``); deletions of delivered messages
+come in batches already (``chat.server.deletions``). The caller never
 holds a transaction across an ``await``: a request's whole read-check-write
 happens inside one function here, which is what makes checks such as "is the
 ``cid`` used already?" and "is the sender a member?" race-free.
@@ -12,7 +13,7 @@ happens inside one function here, which is what makes checks such as "is the
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
@@ -59,7 +60,6 @@ class Store:
         self.dialect = dialect
         self.pool = ConnectionPool(dialect, pool_size or dialect.pool_size)
         self._pending_calls = Coalescer(self._pending_batch)
-        self._forget_calls = Coalescer(self._forget_batch)
         self._send_calls = Coalescer(self._send_batch)
 
     def close(self) -> None:
@@ -294,29 +294,21 @@ class Store:
 
         return await self._run(body, write=False)
 
-    async def forget_written(self, user_id: int, seqs: Sequence[int]) -> None:
-        """Forget deliveries that were written to the user's connection.
-
-        Concurrent calls (the writers of many sessions) share one transaction, so one
-        commit, instead of one each; each call returns once that commit is done."""
-        if not seqs:
+    async def forget_delivered(self, rows: Mapping[int, Iterable[int]]) -> None:
+        """Forget kept messages that were written to their recipients' connections:
+        ``rows`` maps a user id to message ids. One transaction for them all (the
+        node's ``Deletions`` hands in what every connection wrote meanwhile)."""
+        by_user = {user_id: sorted(set(ids)) for user_id, ids in rows.items() if ids}
+        if not by_user:
             return
-        await self._forget_calls((user_id, tuple(seqs)))
-
-    async def _forget_batch(self, requests: Sequence[tuple[int, tuple[int, ...]]]) -> list[None]:
-        by_user: dict[int, set[int]] = defaultdict(set)
-        for user_id, seqs in requests:
-            by_user[user_id].update(seqs)
 
         def body(sql: _Sql) -> None:
-            # Still per user (``user_id = ? AND seq IN (...)``), but many users in one
-            # statement: one round trip instead of one per user.
+            # Many users in one statement: one round trip instead of one per user.
             clauses: list[str] = []
             args: list[int] = []
-            for user_id, seqs in sorted(by_user.items()):
-                ordered = sorted(seqs)
-                clauses.append(f"(user_id = ? AND seq IN ({', '.join('?' for _ in ordered)}))")
-                args += (user_id, *ordered)
+            for user_id, ids in sorted(by_user.items()):
+                clauses.append(f"(user_id = ? AND message_id IN ({', '.join('?' for _ in ids)}))")
+                args += (user_id, *ids)
                 if len(args) >= MAX_QUERY_ARGS:
                     sql.execute(f"DELETE FROM deliveries WHERE {' OR '.join(clauses)}", args)
                     clauses, args = [], []
@@ -324,7 +316,6 @@ class Store:
                 sql.execute(f"DELETE FROM deliveries WHERE {' OR '.join(clauses)}", args)
 
         await self._run(body, write=True)
-        return [None] * len(requests)
 
 
 _PENDING_COLUMNS = (

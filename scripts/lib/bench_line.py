@@ -1,4 +1,5 @@
-"""One line of figures from a chat-bench burst (for scripts/bench-scale-out) and, if the
+"""One line of figures from a chat-bench load (burst unless named; for scripts/bench-scale-out
+and scripts/bench-hot-path) and, if the
 run was profiled, where the servers' trio threads spent their samples.
 
 py-spy's raw output has one line per distinct stack with its sample count. The trio
@@ -25,11 +26,12 @@ BUCKETS = [
 """Matched anywhere in a stack, in this order; then "trio scheduling" when the innermost
 frame is trio's own run loop, else "chat logic" (sessions, handlers, store calls)."""
 
-label, name, out, work = sys.argv[1:]
+label, name, out, work = sys.argv[1:5]
+scenario = sys.argv[5] if len(sys.argv) > 5 else "burst"
 with open(out) as lines:
     line = [row for row in lines if row.startswith('{"chat_bench"')][-1]
 data = json.loads(line)
-burst = data["results"]["burst"]
+burst = data["results"][scenario]
 lat = burst["latency"]
 routes = burst.get("routes") or {}
 extra = " ".join(

@@ -58,8 +58,8 @@ async def login(caller: Caller, request: Login) -> Result:
     if not await caller.begin_login(user):
         raise RequestError(ErrorCode.ALREADY_ONLINE, f"{user.name!r} is logged in elsewhere")
     try:
-        # Deletions that failed earlier on this node must happen before counting.
-        await services.late_deletions.settle(user.id)
+        # What this node wrote to an earlier login must be deleted before counting.
+        await services.deletions.settle(user.id)
         # Presence is claimed before the snapshot: a message stored from now on either
         # counts in ``offline`` or wakes this session, never neither.
         snapshot = await services.store.login_snapshot(user.id)

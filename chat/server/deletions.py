@@ -1,0 +1,114 @@
+"""Kept messages that were written to their recipient, deleted from the store in batches.
+
+A kept message is deleted from the store only after it was written to the
+recipient's connection. The writers of all the node's connections hand what
+they wrote here and go on writing at once; one node-level task deletes
+everything handed in meanwhile with one transaction, so one commit (on
+MariaDB a log flush) serves every connection, and no writer waits for it.
+
+Only two things wait for deletions: the end of a login (logout, close), so
+the next login anywhere does not count and deliver them again, and a login,
+which first settles what this node still has to delete for its user (or fails
+with ``unavailable``) before it counts what is kept. A batch that fails (the
+database hiccups) is retried, merged into the next one, until it succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+
+import attrs
+import trio
+
+from chat.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 1.0
+"""Pause after a failed batch before the next attempt."""
+
+Deleted = Callable[[Sequence[int]], None]
+"""Told, in the trio thread, which message ids of its user are gone from the store."""
+
+
+@attrs.define(eq=False)
+class _Batch:
+    rows: dict[int, set[int]] = attrs.field(factory=lambda: defaultdict(set))
+    """user id -> message ids."""
+    listeners: list[tuple[Deleted, list[int]]] = attrs.field(factory=list)
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: StoreError | None = None
+
+
+class Deletions:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._next = _Batch()
+        self._last: dict[int, _Batch] = {}
+        """The batch that holds a user's newest rows, while it has rows to delete."""
+        self._more = trio.Event()
+        self.batches = 0
+        """Transactions run so far (successful or not)."""
+
+    def written(self, user_id: int, message_ids: Iterable[int], deleted: Deleted | None) -> None:
+        """These kept messages of the user were written: delete them soon. Never waits."""
+        ids = list(message_ids)
+        if not ids:
+            return
+        batch = self._next
+        batch.rows[user_id].update(ids)
+        if deleted is not None:
+            batch.listeners.append((deleted, ids))
+        self._last[user_id] = batch
+        self._more.set()
+
+    def waiting(self, user_id: int) -> bool:
+        """This node still has rows of the user to delete."""
+        return user_id in self._last
+
+    async def settle(self, user_id: int) -> None:
+        """Return once every row handed in for the user so far is deleted; raises
+        ``StoreError`` if the attempt that held them failed (they stay queued)."""
+        while (batch := self._last.get(user_id)) is not None:
+            await batch.done.wait()
+            if batch.error is not None and self._last.get(user_id) is not batch:
+                raise batch.error
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._more.wait()
+            self._more = trio.Event()
+            batch, self._next = self._next, _Batch()
+            self.batches += 1
+            try:
+                await self._store.forget_delivered(batch.rows)
+            except StoreError as exc:
+                log.warning(
+                    "deleting written messages of %d users failed, retrying: %s",
+                    len(batch.rows),
+                    exc,
+                )
+                batch.error = exc
+                self._retry(batch)
+                batch.done.set()
+                await trio.sleep(RETRY_SECONDS)
+                continue
+            for user_id in batch.rows:
+                if self._last.get(user_id) is batch:
+                    del self._last[user_id]
+            batch.done.set()
+            for deleted, ids in batch.listeners:
+                deleted(ids)
+
+    def _retry(self, failed: _Batch) -> None:
+        """Put a failed batch's rows and listeners into the next batch."""
+        retry = self._next
+        for user_id, ids in failed.rows.items():
+            retry.rows[user_id].update(ids)
+            if self._last.get(user_id) is failed:
+                self._last[user_id] = retry
+        retry.listeners[:0] = failed.listeners
+        self._more.set()
