@@ -265,3 +265,5 @@ class FriendAddedEvent:
 
 
 Event = MessageEvent | GroupMessageEvent | FriendAddedEvent
+DeliveredEvent = MessageEvent | GroupMessageEvent
+"""A stored message, as its recipients get it."""

@@ -33,7 +33,7 @@ from chat.broker import (
 from .relay import Relay
 
 if TYPE_CHECKING:
-    from chat.protocol.messages import Event
+    from chat.protocol.messages import DeliveredEvent, Event
 
     from .user_session import UserSession
 
@@ -118,6 +118,20 @@ class Router:
                 session.wake()
             else:
                 remote.append(user_id)
+        if remote:
+            self.relay.wake(remote)
+
+    def deliver(self, user_ids: Iterable[int], event: DeliveredEvent) -> None:
+        """A message was just stored for these users: a session of this node takes it
+        straight into its outbox when it can (see ``UserSession.offer``), or is woken to
+        read it from the store; users held elsewhere are woken with the relay."""
+        remote = []
+        for user_id in user_ids:
+            session = self._local.get(user_id)
+            if session is None:
+                remote.append(user_id)
+            elif not session.offer(event):
+                session.wake()
         if remote:
             self.relay.wake(remote)
 

@@ -32,7 +32,13 @@ from collections.abc import Callable, Sequence
 import trio
 
 from chat.broker import BrokerUnavailable
-from chat.protocol.messages import Event, GroupMessageEvent, MessageEvent, UserRef
+from chat.protocol.messages import (
+    DeliveredEvent,
+    Event,
+    GroupMessageEvent,
+    MessageEvent,
+    UserRef,
+)
 from chat.store import PendingDelivery, StoreError, UserRecord
 
 from .connection import Connection, Nudge, Outgoing, Receipt
@@ -44,7 +50,7 @@ MAX_HELD_PUSHES = 100
 """Transient events held while a login's kept messages are being queued."""
 
 
-def event_for(row: PendingDelivery, *, offline: bool) -> Event:
+def event_for(row: PendingDelivery, *, offline: bool) -> DeliveredEvent:
     sender = UserRef(row.sender_id, row.sender_name)
     if row.group_id is not None:
         return GroupMessageEvent(row.message_id, row.group_id, sender, row.body, row.ts, offline)
@@ -79,6 +85,9 @@ class UserSession:
         self._forgotten: set[int] = set()
         """Of those, the ones whose deletion has committed."""
         self._wake = trio.Event()
+        self._idle = False
+        """The delivery task waits for a wake-up: everything the store kept for the
+        user when it last read is queued (see ``offer``)."""
         self._delivery_scope: trio.CancelScope | None = None
         self._delivery_done: trio.Event | None = None
         self._held_pushes: list[Event] | None = None
@@ -173,6 +182,33 @@ class UserSession:
         self._wake.set()
         self.connection.queue_nowait(Nudge())  # a full outbox wakes the writer anyway
 
+    def offer(self, event: DeliveredEvent) -> bool:
+        """Take a message just stored for this user straight into the outbox, without
+        reading it back from the store; False if the store must be read instead.
+
+        Only while the delivery task is idle: then every message stored for the user
+        before this one is queued already (a message stored after the last read began
+        would have woken it), so queuing this one now keeps each sender's order. Not
+        while a read is under way or due (it may return older messages, which must go
+        first), nor while paused, forgetting or logging in. The store still keeps the
+        message until it is written, like any other kept message."""
+        user = self.user
+        if (
+            user is None
+            or not self._idle
+            or self._wake.is_set()
+            or self._forgetting
+            or self._revoked
+            or self.services.router.paused
+        ):
+            return False
+        if event.message_id in self._inflight:
+            return True
+        if not self.connection.queue_nowait(self._outgoing(user, event, self._generation)):
+            return False  # a full outbox: the delivery task waits for room instead
+        self._inflight.add(event.message_id)
+        return True
+
     def push(self, event: Event) -> None:
         """Queue a transient event now, or hold it while a login is being served."""
         if self.user is None or self._revoked or self.services.router.paused:
@@ -221,7 +257,11 @@ class UserSession:
         try:
             with scope:
                 while True:
-                    await self._wake.wait()
+                    self._idle = True
+                    try:
+                        await self._wake.wait()
+                    finally:
+                        self._idle = False
                     await self.services.router.wait_live()
                     if self._revoked:
                         return
@@ -263,13 +303,15 @@ class UserSession:
     def _kept(
         self, user: UserRecord, row: PendingDelivery, offline: bool, generation: int
     ) -> Outgoing:
-        event = event_for(row, offline=offline)
+        return self._outgoing(user, event_for(row, offline=offline), generation)
+
+    def _outgoing(self, user: UserRecord, event: DeliveredEvent, generation: int) -> Outgoing:
         codec = self.connection.codec
         if isinstance(event, GroupMessageEvent):  # the same bytes for every member
             payload = self.services.encoded.group_message(codec, event)
         else:
             payload = codec.encode_event(event)
-        return Outgoing(payload, Receipt(user.id, row.message_id, generation))
+        return Outgoing(payload, Receipt(user.id, event.message_id, generation))
 
     # --- the connection's write hooks -----------------------------------------------------
 

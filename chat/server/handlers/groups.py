@@ -6,11 +6,13 @@ from chat.protocol import ErrorCode, RequestError
 from chat.protocol.messages import (
     CreateGroup,
     GroupInfo,
+    GroupMessageEvent,
     GroupResult,
     GroupSend,
     JoinGroup,
     JoinResult,
     Result,
+    UserRef,
 )
 from chat.store import AlreadyMember, GroupNameTaken, NoSuchGroup, NotAMember
 
@@ -61,4 +63,12 @@ async def group_send(caller: Caller, request: GroupSend) -> Result:
         raise RequestError(
             ErrorCode.NOT_A_MEMBER, f"group_id: you are not in group {request.group_id}"
         ) from None
-    return sent(caller, stored)
+    event = GroupMessageEvent(
+        stored.message_id,
+        request.group_id,
+        UserRef(user.id, user.name),
+        request.text,
+        stored.ts,
+        False,
+    )
+    return sent(caller, stored, event)

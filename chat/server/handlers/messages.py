@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chat.protocol import ErrorCode, RequestError
-from chat.protocol.messages import Result, Send, Sent
+from chat.protocol.messages import DeliveredEvent, MessageEvent, Result, Send, Sent, UserRef
 from chat.store import NoSuchUser, StoredMessage
 
 from .registry import Caller, handler, me
@@ -18,13 +18,21 @@ async def send(caller: Caller, request: Send) -> Result:
         )
     except NoSuchUser:
         raise RequestError(ErrorCode.NO_SUCH_USER, f"to: no user has id {request.to}") from None
-    return sent(caller, stored)
+    event = MessageEvent(
+        stored.message_id, UserRef(user.id, user.name), request.to, request.text, stored.ts, False
+    )
+    return sent(caller, stored, event)
 
 
-def sent(caller: Caller, stored: StoredMessage) -> Result:
-    """The message is durable now; wake its recipients wherever they are (without
-    waiting: the wake-ups of other nodes' users go out with the relay's next batch,
-    which a stopping node still sends before it lets go of Redis)."""
+def sent(caller: Caller, stored: StoredMessage, event: DeliveredEvent) -> Result:
+    """The message is durable now: hand it to its recipients held by this node, and
+    wake the others wherever they are. Never waits: the wake-ups of other nodes' users
+    go out with the relay's next batch, which a stopping node still sends before it
+    lets go of Redis. A retried send (its ``cid`` used already) only wakes: its
+    recipients read the first attempt's message from the store."""
     if stored.recipients:
-        caller.services.router.wake(stored.recipients)
+        if stored.created:
+            caller.services.router.deliver(stored.recipients, event)
+        else:
+            caller.services.router.wake(stored.recipients)
     return Sent(stored.message_id, stored.ts)
