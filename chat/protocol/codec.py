@@ -17,8 +17,10 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 import cattrs
+import orjson
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.preconf.orjson import make_converter
 
 from .errors import ErrorCode, RequestError
 from .messages import (
@@ -163,8 +165,13 @@ def _configure_converter(converter: cattrs.Converter) -> None:
         )
 
 
-_converter = cattrs.Converter(detailed_validation=True)
+_converter = make_converter(detailed_validation=False)
+"""The fast one: valid requests and everything the server sends."""
 _configure_converter(_converter)
+_explaining_converter = make_converter(detailed_validation=True)
+"""Used only to say what is wrong with a request the fast one refused: it names every
+bad field, at a cost that valid requests need not pay."""
+_configure_converter(_explaining_converter)
 
 
 def _describe(exc: ClassValidationError) -> str:
@@ -187,7 +194,21 @@ def _reject_constant(name: str) -> object:
 
 
 def parse_object(frame: bytes | str) -> dict[str, Any]:
-    """Parse one frame into a JSON object, or raise ``bad_json``."""
+    """Parse one frame into a JSON object, or raise ``bad_json``.
+
+    orjson parses; the standard library's parser only explains a refusal, and reads
+    the frames whose meaning orjson would change: orjson turns an integer beyond 64
+    bits into a float, where the checks must see the integer to say what is wrong."""
+    try:
+        value = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return _parse_object_slowly(frame)
+    if not isinstance(value, dict) or any(type(item) is float for item in value.values()):
+        return _parse_object_slowly(frame)
+    return value
+
+
+def _parse_object_slowly(frame: bytes | str) -> dict[str, Any]:
     try:
         text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
     except UnicodeDecodeError as exc:
@@ -241,18 +262,34 @@ def decode_request(frame: bytes | str) -> DecodedRequest:
         )
     try:
         request = _converter.structure(fields, cls)
-    except ClassValidationError as exc:
-        raise ProtocolError(ErrorCode.INVALID_REQUEST, _describe(exc), rid) from None
-    except ForbiddenExtraKeysError as exc:  # pragma: no cover - extra keys are allowed
-        raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc), rid) from None
+    except Exception:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, _explain(fields, cls), rid) from None
     return DecodedRequest(request=request, rid=rid)
+
+
+def _explain(fields: dict[str, Any], cls: type[Request]) -> str:
+    """Why the fast converter refused these fields, naming each bad one."""
+    try:
+        _explaining_converter.structure(fields, cls)
+    except ClassValidationError as exc:
+        return _describe(exc)
+    except ForbiddenExtraKeysError as exc:  # pragma: no cover - extra keys are allowed
+        return str(exc)
+    except Exception as exc:  # pragma: no cover - the two converters agree
+        return f"invalid request: {exc}"
+    return "invalid request"  # pragma: no cover - the two converters agree
 
 
 # --- encoding -----------------------------------------------------------------
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        # orjson refuses a lone surrogate (say, in an error message quoting bad input);
+        # the standard library escapes it, and the frame stays valid JSON.
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 def encode_reply(reply: Ok | Error) -> bytes:
