@@ -43,6 +43,10 @@ class Dialect(ABC):
     insert_returning = False
     """``INSERT ... RETURNING`` works: many rows go in with one statement and their ids
     come back (SQLite 3.35+, MariaDB 10.5+; not MySQL)."""
+    reads_in_transaction = True
+    """Reads run in a transaction of their own. False where each statement of a read
+    sees the latest commits anyway (MySQL's READ COMMITTED with autocommit): then a
+    read is its statements alone, without the round trips of BEGIN and COMMIT."""
 
     @abstractmethod
     def connect(self) -> Connection:

@@ -37,7 +37,9 @@ class MysqlDialect(Dialect):
             password=self.password,
             database=database,
             charset="utf8mb4",
-            autocommit=False,
+            # Writes begin their transaction explicitly; a read is its statements alone
+            # (``reads_in_transaction``), each seeing the latest commits (READ COMMITTED).
+            autocommit=True,
             connect_timeout=CONNECT_TIMEOUT_SECONDS,
             read_timeout=READ_TIMEOUT_SECONDS,
             write_timeout=READ_TIMEOUT_SECONDS,
@@ -65,6 +67,8 @@ class MysqlDialect(Dialect):
                 )
         finally:
             conn.close()
+
+    reads_in_transaction = False
 
     def begin(self, conn: Connection, *, write: bool) -> None:
         conn.cursor().execute("START TRANSACTION")

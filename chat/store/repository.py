@@ -69,6 +69,13 @@ class Store:
 
     @contextmanager
     def _transaction(self, conn: Connection, *, write: bool) -> Iterator[_Sql]:
+        if not write and not self.dialect.reads_in_transaction:
+            cursor = conn.cursor()
+            try:
+                yield _Sql(cursor, self.dialect)
+            finally:
+                cursor.close()
+            return
         self.dialect.begin(conn, write=write)
         cursor = conn.cursor()
         try:
