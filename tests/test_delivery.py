@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from chat.client import ChatClient
+from chat.protocol.messages import MessageEvent, UserRef
 from chat.server import Node
 from chat.store import StoreUnavailable
 
@@ -244,6 +245,29 @@ async def test_a_retried_send_wakes_recipients_the_first_attempt_did_not(node: N
         assert (event["message_id"], event["offline"]) == (stored.message_id, False)
         await ann.call("send", to=bob_id, text="lost wake", cid="c-1")
         await next_is_sentinel(bob, bob_id, sender=ann)  # written and forgotten: not again
+
+
+async def test_a_message_read_at_login_is_not_handed_to_the_session_again(node: Node) -> None:
+    """A sender's handler hands a stored message to the recipient's session after the
+    store answered; by then the recipient may have logged in, been delivered that very
+    message as kept, and had it deleted. Played here in slow motion: the hand-off that
+    comes late must not deliver it a second time."""
+    async with client(node) as ann, client(node) as bob:
+        ann_id = await register(ann, "ann")
+        bob_id = await register(bob, "bob")
+        await login(ann, "ann")
+        router = node.services.router
+        asked = router.mark()  # the send handler's moment before the store
+        stored = await node.services.store.store_direct(ann_id, bob_id, "early", None)
+        assert (await login(bob, "bob"))["offline"] == 1
+        event = await bob.next_event()
+        assert (event["message_id"], event["offline"]) == (stored.message_id, True)
+        await no_event(bob, 0.3)  # written, deleted, and the delivery task idle again
+        late = MessageEvent(
+            stored.message_id, UserRef(ann_id, "ann"), bob_id, "early", stored.ts, False
+        )
+        router.deliver([bob_id], late, asked)
+        await next_is_sentinel(bob, bob_id, sender=ann)
 
 
 async def test_a_failed_deletion_of_a_written_message_does_not_deliver_twice(

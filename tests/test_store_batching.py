@@ -244,7 +244,7 @@ async def test_reads_and_deletions_made_together_share_transactions(store: Store
     deletions = Deletions(store)
     gone: list[int] = []
     for reader, found in zip(readers, rows, strict=True):
-        deletions.written(reader, [found[0].message_id], gone.extend)
+        deletions.written(reader, [found[0].message_id], lambda _, ids: gone.extend(ids))
     runs = store.pool.runs
     async with trio.open_nursery() as nursery:
         await nursery.start(deletions.run)

@@ -29,15 +29,15 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0
 """Pause after a failed batch before the next attempt."""
 
-Deleted = Callable[[Sequence[int]], None]
-"""Told, in the trio thread, which message ids of its user are gone from the store."""
+Deleted = Callable[[int, Sequence[int]], None]
+"""Told, in the trio thread, which message ids of a user are gone from the store."""
 
 
 @attrs.define(eq=False)
 class _Batch:
     rows: dict[int, set[int]] = attrs.field(factory=lambda: defaultdict(set))
     """user id -> message ids."""
-    listeners: list[tuple[Deleted, list[int]]] = attrs.field(factory=list)
+    listeners: list[tuple[Deleted, int, list[int]]] = attrs.field(factory=list)
     done: trio.Event = attrs.field(factory=trio.Event)
     error: StoreError | None = None
 
@@ -60,7 +60,7 @@ class Deletions:
         batch = self._next
         batch.rows[user_id].update(ids)
         if deleted is not None:
-            batch.listeners.append((deleted, ids))
+            batch.listeners.append((deleted, user_id, ids))
         self._last[user_id] = batch
         self._more.set()
 
@@ -100,8 +100,8 @@ class Deletions:
                 if self._last.get(user_id) is batch:
                     del self._last[user_id]
             batch.done.set()
-            for deleted, ids in batch.listeners:
-                deleted(ids)
+            for deleted, user_id, ids in batch.listeners:
+                deleted(user_id, ids)
 
     def _retry(self, failed: _Batch) -> None:
         """Put a failed batch's rows and listeners into the next batch."""

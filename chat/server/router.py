@@ -49,6 +49,7 @@ class Router:
         """The broker cannot confirm this node's leases: sessions wait (see the module)."""
         self._resumed = trio.Event()
         self._resumed.set()
+        self._marks = 0
 
     @property
     def node_id(self) -> str:
@@ -121,16 +122,23 @@ class Router:
         if remote:
             self.relay.wake(remote)
 
-    def deliver(self, user_ids: Iterable[int], event: DeliveredEvent) -> None:
-        """A message was just stored for these users: a session of this node takes it
-        straight into its outbox when it can (see ``UserSession.offer``), or is woken to
-        read it from the store; users held elsewhere are woken with the relay."""
+    def mark(self) -> int:
+        """A number larger than every one returned before: what happened before and
+        after a moment on this node (a read of the store began, a send was made)."""
+        self._marks += 1
+        return self._marks
+
+    def deliver(self, user_ids: Iterable[int], event: DeliveredEvent, stored_after: int) -> None:
+        """A message was just stored for these users (handed to the store after
+        ``mark()`` returned ``stored_after``): a session of this node takes it straight
+        into its outbox when it can (see ``UserSession.offer``), or is woken to read it
+        from the store; users held elsewhere are woken with the relay."""
         remote = []
         for user_id in user_ids:
             session = self._local.get(user_id)
             if session is None:
                 remote.append(user_id)
-            elif not session.offer(event):
+            elif not session.offer(event, stored_after):
                 session.wake()
         if remote:
             self.relay.wake(remote)

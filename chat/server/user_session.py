@@ -83,7 +83,11 @@ class UserSession:
         """Message ids of kept messages queued or written, not yet known to be gone
         from the store."""
         self._forgotten: set[int] = set()
-        """Of those, the ones whose deletion has committed."""
+        """Of those, the ones whose deletion committed while a read was under way."""
+        self._reading = False
+        """The delivery task's read of the store is under way."""
+        self._last_read = 0
+        """``Router.mark()`` when the newest read of the store for this login began."""
         self._wake = trio.Event()
         self._idle = False
         """The delivery task waits for a wake-up: everything the store kept for the
@@ -108,6 +112,7 @@ class UserSession:
         self._inflight.clear()
         self._forgotten.clear()
         self._wake = trio.Event()
+        self._last_read = self.services.router.mark()
         self.services.router.attach(user.id, self)
         return True
 
@@ -182,19 +187,23 @@ class UserSession:
         self._wake.set()
         self.connection.queue_nowait(Nudge())  # a full outbox wakes the writer anyway
 
-    def offer(self, event: DeliveredEvent) -> bool:
+    def offer(self, event: DeliveredEvent, stored_after: int) -> bool:
         """Take a message just stored for this user straight into the outbox, without
         reading it back from the store; False if the store must be read instead.
 
-        Only while the delivery task is idle: then every message stored for the user
-        before this one is queued already (a message stored after the last read began
-        would have woken it), so queuing this one now keeps each sender's order. Not
-        while a read is under way or due (it may return older messages, which must go
-        first), nor while paused, forgetting or logging in. The store still keeps the
-        message until it is written, like any other kept message."""
+        ``stored_after`` is ``Router.mark()`` taken before the message was handed to
+        the store: if a read of this login began after that, it may have returned the
+        message already (and the message may be written and deleted by now), so only
+        a read can tell. Otherwise only while the delivery task is idle: then every
+        message stored for the user before this one is queued already (a message
+        stored after the last read began would have woken it), so queuing this one
+        now keeps each sender's order. Not while a read is under way or due (it may
+        return older messages, which must go first), nor while paused, forgetting or
+        logging in. The store keeps the message until it is written, like any other."""
         user = self.user
         if (
             user is None
+            or self._last_read > stored_after
             or not self._idle
             or self._wake.is_set()
             or self._forgetting
@@ -231,6 +240,7 @@ class UserSession:
         page = self.services.settings.delivery_page
         after = queued = 0
         while queued < count:
+            self._last_read = self.services.router.mark()
             rows = await self.services.store.pending(
                 user.id, min(page, count - queued), after_seq=after
             )
@@ -276,10 +286,8 @@ class UserSession:
                             self._wake.set()  # read on once live (and forgotten) again
                             break
                         limit = len(self._inflight) + page
-                        # Forgotten before this read began: surely gone from its result.
-                        # One forgotten while it runs may still be in it: it stays in
-                        # ``_inflight`` (and is skipped) until the next read.
-                        settled = set(self._forgotten)
+                        self._reading = True
+                        self._last_read = self.services.router.mark()
                         try:
                             rows = await self.services.store.pending(user.id, limit)
                         except StoreError as exc:
@@ -287,14 +295,18 @@ class UserSession:
                             await trio.sleep(1.0)
                             self._wake.set()
                             break
-                        self._inflight -= settled
-                        self._forgotten -= settled
+                        finally:
+                            self._reading = False
                         for row in rows:
                             if row.message_id not in self._inflight:
                                 self._inflight.add(row.message_id)
                                 await self.connection.queue(
                                     self._kept(user, row, False, generation)
                                 )
+                        # Deleted while the read ran, so perhaps in its result (skipped
+                        # above): no later read returns them.
+                        self._inflight -= self._forgotten
+                        self._forgotten.clear()
                         if len(rows) < limit:
                             break
         finally:
@@ -351,8 +363,15 @@ class UserSession:
         for user_id, message_ids in written.items():
             self.services.deletions.written(user_id, message_ids, self._deleted)
 
-    def _deleted(self, message_ids: Sequence[int]) -> None:
-        self._forgotten.update(message_ids)
+    def _deleted(self, user_id: int, message_ids: Sequence[int]) -> None:
+        """Gone from the store: no read begun from now on returns them. A read under way
+        still may, so until it is done they stay in ``_inflight`` (and are skipped)."""
+        if self.user is None or self.user.id != user_id:
+            return  # an earlier login's (its deletion outlasted the logout's grace)
+        if self._reading:
+            self._forgotten.update(message_ids)
+        else:
+            self._inflight.difference_update(message_ids)
 
     async def _settle_deletions(self, user: UserRecord) -> None:
         """Before the user is released: what was written is deleted from the store, so

@@ -51,6 +51,7 @@ async def join_group(caller: Caller, request: JoinGroup) -> Result:
 @handler(GroupSend)
 async def group_send(caller: Caller, request: GroupSend) -> Result:
     user = me(caller)
+    stored_after = caller.services.router.mark()
     try:
         stored = await caller.services.store.store_group(
             user.id, request.group_id, request.text, request.cid
@@ -71,4 +72,4 @@ async def group_send(caller: Caller, request: GroupSend) -> Result:
         stored.ts,
         False,
     )
-    return sent(caller, stored, event)
+    return sent(caller, stored, event, stored_after)

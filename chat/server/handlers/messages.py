@@ -12,6 +12,7 @@ from .registry import Caller, handler, me
 @handler(Send)
 async def send(caller: Caller, request: Send) -> Result:
     user = me(caller)
+    stored_after = caller.services.router.mark()
     try:
         stored = await caller.services.store.store_direct(
             user.id, request.to, request.text, request.cid
@@ -21,18 +22,19 @@ async def send(caller: Caller, request: Send) -> Result:
     event = MessageEvent(
         stored.message_id, UserRef(user.id, user.name), request.to, request.text, stored.ts, False
     )
-    return sent(caller, stored, event)
+    return sent(caller, stored, event, stored_after)
 
 
-def sent(caller: Caller, stored: StoredMessage, event: DeliveredEvent) -> Result:
+def sent(caller: Caller, stored: StoredMessage, event: DeliveredEvent, stored_after: int) -> Result:
     """The message is durable now: hand it to its recipients held by this node, and
-    wake the others wherever they are. Never waits: the wake-ups of other nodes' users
+    wake the others wherever they are (``stored_after``: ``Router.mark()`` taken before
+    the store was asked). Never waits: the wake-ups of other nodes' users
     go out with the relay's next batch, which a stopping node still sends before it
     lets go of Redis. A retried send (its ``cid`` used already) only wakes: its
     recipients read the first attempt's message from the store."""
     if stored.recipients:
         if stored.created:
-            caller.services.router.deliver(stored.recipients, event)
+            caller.services.router.deliver(stored.recipients, event, stored_after)
         else:
             caller.services.router.wake(stored.recipients)
     return Sent(stored.message_id, stored.ts)
