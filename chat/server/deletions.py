@@ -76,13 +76,18 @@ class Deletions:
         return user_id in self._last
 
     async def settle(self, user_id: int) -> None:
-        """Return once every row handed in for the user so far is deleted; raises
-        ``StoreError`` if the attempt that held them failed (they stay queued)."""
+        """Return once every row handed in for the user so far is deleted. The batches
+        it waits for run at once (no lingering, no pause after a failure); if one that
+        held the user's rows fails and so does the attempt right after it, raises
+        ``StoreError`` (the rows stay queued and are retried)."""
+        failed = False
         while (batch := self._last.get(user_id)) is not None:
             self._hurry.set()
             await batch.done.wait()
             if batch.error is not None and self._last.get(user_id) is not batch:
-                raise batch.error
+                if failed:
+                    raise batch.error
+                failed = True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -105,7 +110,8 @@ class Deletions:
                 batch.error = exc
                 self._retry(batch)
                 batch.done.set()
-                await trio.sleep(RETRY_SECONDS)
+                with trio.move_on_after(RETRY_SECONDS):
+                    await self._hurry.wait()
                 continue
             for user_id in batch.rows:
                 if self._last.get(user_id) is batch:
