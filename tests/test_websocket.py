@@ -21,13 +21,13 @@ import trio
 import trio_websocket
 import wsproto
 from trio_websocket import ConnectionClosed, WebSocketConnection
-from wsproto.events import AcceptConnection, CloseConnection, Request
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from chat.cli.server import build_parser
 from chat.protocol import MAX_LINE_BYTES
 from chat.server import Node
 from chat.transports import MessageStream, StreamClosed, serve_websocket
-from chat.transports.websocket import READ_LIMIT_FACTOR
+from chat.transports.websocket import READ_LIMIT_FACTOR, _text_frame_header
 
 from .support import client, login, register, running_node
 from .ws_support import raw_ws, ws_client
@@ -298,3 +298,37 @@ def test_ws_port_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert build_parser().parse_args(["serve"]).ws_port == 6082
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--ws-port", "70000"])
+
+
+async def test_frames_written_together_arrive_whole_and_in_order(node: Node) -> None:
+    """The writer joins queued frames into one write of text messages it frames itself:
+    short, 16-bit and multi-byte lengths, many at once, each arrives whole."""
+    texts = [f"{n}:" + "é€😀x"[n % 4] * (n * 37 % 4090) for n in range(120)]
+    async with client(node) as ann, ws_client(node) as bob:
+        await register(ann, "ann")
+        bob_id = await register(bob, "bob")
+        await login(ann, "ann")
+        await login(bob, "bob")
+        async with trio.open_nursery() as nursery:  # pipelined: they queue up together
+            for text in texts:
+                nursery.start_soon(partial(ann.call, "send", to=bob_id, text=text))
+        got = [(await bob.next_event())["text"] for _ in texts]
+    assert sorted(got) == sorted(texts)
+
+
+@pytest.mark.parametrize("length", [0, 125, 126, 65_535, 65_536, 70_000])
+def test_text_frame_header_is_what_a_websocket_client_reads(length: int) -> None:
+    payload = ("é" * (length // 2) + "x" * (length % 2)).encode()
+    assert len(payload) == length
+    client_side = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    server_side = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    server_side.receive_data(client_side.send(Request(host="x", target="/")))
+    for _ in server_side.events():
+        pass
+    client_side.receive_data(server_side.send(AcceptConnection()))
+    for _ in client_side.events():
+        pass
+    client_side.receive_data(_text_frame_header(len(payload)) + payload)
+    (message,) = list(client_side.events())
+    assert isinstance(message, TextMessage) and message.message_finished
+    assert message.data.encode() == payload

@@ -6,6 +6,7 @@ import bisect
 import socket
 from collections import deque
 from collections.abc import Sequence
+from typing import Protocol
 
 import trio
 
@@ -49,6 +50,27 @@ def peer_name(stream: trio.SocketStream) -> str:
     return str(address)
 
 
+class _Counts(Protocol):
+    frames_sent: int
+
+
+async def send_counted(
+    sock: trio.socket.SocketType, data: bytes, ends: Sequence[int], counts: _Counts
+) -> None:
+    """Write ``data`` (frames ending at the offsets ``ends``) on a socket, adding to
+    ``counts.frames_sent`` the frames that left whole, also when cancelled or failing
+    halfway: a trio socket's ``send`` either sends or, when cancelled, does nothing,
+    so the count of bytes that left is exact whatever happens."""
+    sent = 0
+    try:
+        with memoryview(data) as view:
+            while sent < len(data):
+                with view[sent:] as remaining:
+                    sent += await sock.send(remaining)
+    finally:
+        counts.frames_sent += bisect.bisect_right(ends, sent)
+
+
 class LineStream:
     """A ``MessageStream`` over a byte stream: one JSON object per ``\\n``-terminated line."""
 
@@ -82,23 +104,14 @@ class LineStream:
                 raise StreamClosed(str(exc)) from exc
             self.frames_sent += len(frames)
             return
-        # On a socket, count the bytes that left: a trio socket's ``send`` either sends
-        # or, when cancelled, does nothing, so ``sent`` is exact whatever happens.
         ends, end = [], 0
         for frame in frames:
             end += len(frame) + 1
             ends.append(end)
-        sock = self._stream.socket
-        sent = 0
         try:
-            with memoryview(data) as view:
-                while sent < len(data):
-                    with view[sent:] as remaining:
-                        sent += await sock.send(remaining)
+            await send_counted(self._stream.socket, data, ends, self)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise StreamClosed(str(exc)) from exc
-        finally:
-            self.frames_sent += bisect.bisect_right(ends, sent)
 
     async def aclose(self) -> None:
         """Close without a reset: the peer must be able to read our last words.

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
@@ -41,7 +42,7 @@ from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 from chat.protocol import MAX_LINE_BYTES, ErrorCode
 
 from .base import FrameRejected, MessageStream, StreamClosed
-from .tcp import enable_keepalive, peer_name
+from .tcp import enable_keepalive, peer_name, send_counted
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,32 @@ class WebSocketStream:
         return frame
 
     async def send(self, frames: Sequence[bytes]) -> None:
+        """All frames in one write, as text messages built from the UTF-8 bytes the codec
+        made (trio-websocket would take a ``str`` per message, encode it again, and
+        write each alone). The write holds trio-websocket's own lock, so it never
+        interleaves with the library's pings, pongs or closing frame."""
+        lock = getattr(self._ws, "_stream_lock", None)
+        stream = self._socket_stream
+        if lock is None or not isinstance(stream, trio.SocketStream):
+            await self._send_one_by_one(frames)  # not the library version we know
+            return
+        parts: list[bytes] = []
+        ends: list[int] = []
+        end = 0
+        for frame in frames:
+            header = _text_frame_header(len(frame))
+            parts += (header, frame)
+            end += len(header) + len(frame)
+            ends.append(end)
+        async with lock:
+            if self._ws.closed is not None:
+                raise StreamClosed(_describe(self._ws.closed))
+            try:
+                await send_counted(stream.socket, b"".join(parts), ends, self)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise StreamClosed(str(exc)) from exc
+
+    async def _send_one_by_one(self, frames: Sequence[bytes]) -> None:
         try:
             for frame in frames:
                 await self._ws.send_message(frame.decode())
@@ -252,6 +279,16 @@ async def _handshake(
         return await request.accept()
     except ConnectionClosed:
         return None
+
+
+def _text_frame_header(length: int) -> bytes:
+    """RFC 6455 §5.2: a final text frame from the server (unmasked), no extensions
+    (trio-websocket negotiates none)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
 
 
 def _describe(reason: CloseReason | None) -> str:
