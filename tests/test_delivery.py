@@ -247,6 +247,32 @@ async def test_a_retried_send_wakes_recipients_the_first_attempt_did_not(node: N
         await next_is_sentinel(bob, bob_id, sender=ann)  # written and forgotten: not again
 
 
+async def test_an_idle_recipient_gets_messages_without_a_read_of_the_store(node: Node) -> None:
+    """One node, recipient idle: the sender's request hands the stored message (one-to-one
+    and group) straight to the recipient's outbox; the store is not read for it."""
+    store = node.services.store
+    async with client(node) as ann, client(node) as bob:
+        await register(ann, "ann")
+        bob_id = await register(bob, "bob")
+        await login(ann, "ann")
+        await login(bob, "bob")
+        group = (await ann.call("create_group", name="pair"))["group"]["id"]
+        await bob.call("join_group", group_id=group)
+        await no_event(bob, 0.3)  # bob's delivery task has read once and is idle
+        reads = store.reads_of_kept
+        for n in range(5):
+            sent = await ann.call("send", to=bob_id, text=f"direct {n}")
+            event = await bob.next_event()
+            assert (event["message_id"], event["offline"]) == (sent["message_id"], False)
+            posted = await ann.call("group_send", group_id=group, text=f"group {n}")
+            event = await bob.next_event()
+            assert (event["type"], event["message_id"]) == ("group_message", posted["message_id"])
+        assert store.reads_of_kept == reads
+        # Written means forgotten: a logout waits for the deletions; nothing is kept.
+        await bob.call("logout")
+        assert await store.pending(bob_id, 10) == []
+
+
 async def test_a_message_read_at_login_is_not_handed_to_the_session_again(node: Node) -> None:
     """A sender's handler hands a stored message to the recipient's session after the
     store answered; by then the recipient may have logged in, been delivered that very

@@ -65,6 +65,11 @@ class Store:
     def close(self) -> None:
         self.pool.close()
 
+    @property
+    def reads_of_kept(self) -> int:
+        """Batches of ``pending`` run so far (each one read of the store)."""
+        return self._pending_calls.batches
+
     # --- plumbing -------------------------------------------------------------
 
     @contextmanager
