@@ -83,19 +83,29 @@ async def bulk_members(url: str, group_id: int, user_ids: Sequence[int]) -> None
 
 async def bulk_group(url: str, name: str, creator_id: int, description: str = "") -> int:
     """A group created by ``creator_id`` (its first member)."""
+    return (await bulk_groups(url, [name], creator_id, description))[0]
+
+
+async def bulk_groups(
+    url: str, names: Sequence[str], creator_id: int, description: str = ""
+) -> list[int]:
+    """Groups created by ``creator_id`` (their first member), ids in the order of ``names``."""
 
     def work(sql: Sql) -> list[int]:
         created = now_ms()
-        group_id = sql.insert(
-            "INSERT INTO chat_groups (name, name_key, description, creator_id, created_at,"
-            " member_count) VALUES (?, ?, ?, ?, ?, 1)",
-            (name, name_key(name), description, creator_id, created),
-        )
-        sql.execute(
-            "INSERT INTO group_members (group_id, user_id, role, joined_at)"
-            " VALUES (?, ?, 'creator', ?)",
-            (group_id, creator_id, created),
-        )
-        return [group_id]
+        ids = []
+        for name in names:
+            group_id = sql.insert(
+                "INSERT INTO chat_groups (name, name_key, description, creator_id, created_at,"
+                " member_count) VALUES (?, ?, ?, ?, ?, 1)",
+                (name, name_key(name), description, creator_id, created),
+            )
+            sql.execute(
+                "INSERT INTO group_members (group_id, user_id, role, joined_at)"
+                " VALUES (?, ?, 'creator', ?)",
+                (group_id, creator_id, created),
+            )
+            ids.append(group_id)
+        return ids
 
-    return (await trio.to_thread.run_sync(_run, url, work))[0]
+    return await trio.to_thread.run_sync(_run, url, work)

@@ -299,3 +299,11 @@ async def test_add_friend_is_throttled_per_user(node: Node, database_url: str) -
         await c.call("remove_friend", user_id=targets[0])
         assert error_code(await c.request("add_friend", user_id=targets[0])) == "rate_limited"
         assert bystander
+
+
+async def test_an_error_quoting_a_huge_name_stays_small(connect: Connect) -> None:
+    async with connect() as c:
+        await register(c, "ann")
+        await login(c, "ann")
+        reply = await c.request("find_user", name="x" * 60_000)
+        assert error_code(reply) == "no_such_user" and len(reply["message"]) < 200
