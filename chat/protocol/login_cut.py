@@ -44,6 +44,32 @@ MOST_MEMBERS = REPLY_BUDGET // MIN_MEMBER_BYTES + 1
 _TOP_MARKS = len(',"friends_more":true,"groups_more":true')
 
 
+# --- how much to read -----------------------------------------------------------------
+# A login reads no more from the database than the reply could show. The bounds follow
+# the sharing below from the smallest possible items: whatever the groups are sure to
+# claim is room the friends cannot have, and the other way round.
+
+
+def friends_to_read(member_counts: Sequence[int], budget: int = REPLY_BUDGET) -> int:
+    """The most friends a reply can show beside groups with these member counts."""
+    groups_claim = min(budget // 2, _least_groups_size(member_counts))
+    return min(MOST_FRIENDS, (budget - groups_claim) // MIN_FRIEND_BYTES + 1)
+
+
+def members_to_read(
+    friends_read: int, member_counts: Sequence[int], budget: int = REPLY_BUDGET
+) -> int:
+    """The most members (of all groups) a reply can show beside ``friends_read`` friends."""
+    friends_claim = min(budget // 2, friends_read * MIN_FRIEND_BYTES)
+    skeletons = len(member_counts) * MIN_GROUP_BYTES
+    return max(0, min(MOST_MEMBERS, (budget - friends_claim - skeletons) // MIN_MEMBER_BYTES + 1))
+
+
+def _least_groups_size(member_counts: Sequence[int]) -> int:
+    """The fewest bytes these groups take with all their members."""
+    return sum(MIN_GROUP_BYTES + count * MIN_MEMBER_BYTES for count in member_counts)
+
+
 def cut_login_result(
     base: LoginResult,
     friends: Sequence[UserPresence],
@@ -103,9 +129,27 @@ def _share(
     allowances = water_fill(
         [_array_body(sizes) for sizes in member_sizes[:shown_groups]], members_room
     )
+    shown_members = [
+        fit_items(group.members, sizes, allowance + 2)
+        for group, sizes, allowance in zip(groups, member_sizes, allowances, strict=False)
+    ]
+    # What the even shares left unused (each group's last member that did not quite fit)
+    # goes round again, a member at a time, lowest group ids first.
+    left = members_room - sum(
+        _array_body(sizes[:shown])
+        for sizes, shown in zip(member_sizes, shown_members, strict=False)
+    )
+    grew = True
+    while grew:
+        grew = False
+        for index, shown in enumerate(shown_members):
+            sizes = member_sizes[index]
+            if shown < len(sizes) and sizes[shown] + (1 if shown else 0) <= left:
+                left -= sizes[shown] + (1 if shown else 0)
+                shown_members[index] += 1
+                grew = True
     cut_groups = []
-    for group, sizes, allowance in zip(groups, member_sizes, allowances, strict=False):
-        shown = fit_items(group.members, sizes, allowance + 2)
+    for group, shown in zip(groups, shown_members, strict=False):
         count = group.member_count if group.member_count is not None else len(group.members)
         if shown < count:
             cut_groups.append(

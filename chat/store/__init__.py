@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from .contacts import LoginReads
 from .dialect import Dialect
 from .errors import (
     AlreadyBlocked,
@@ -94,6 +95,7 @@ __all__ = [
     "Credentials",
     "GroupNameTaken",
     "GroupRecord",
+    "LoginReads",
     "LoginSnapshot",
     "MemberRecord",
     "MembershipRecord",

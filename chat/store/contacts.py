@@ -11,8 +11,10 @@ reply is cut to the byte later, in ``chat.protocol.login_cut``): a user with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import attrs
 
 from chat.protocol.bounded import water_fill
 
@@ -247,18 +249,27 @@ def _group_rows(sql: Sql, user_id: int, after: int, count: int) -> list[Any]:
 # --- login --------------------------------------------------------------------------
 
 
-def login_snapshot(
-    sql: Sql, user_id: int, *, friends: int, groups: int, members: int
-) -> LoginSnapshot:
-    """At most ``friends`` friends, ``groups`` groups and ``members`` members in all
-    (shared fairly among the groups), each list from the lowest id; and the number of
-    kept messages."""
-    friend_page = friends_page(sql, user_id, 0, friends)
-    group_rows = _group_rows(sql, user_id, 0, groups + 1)
-    groups_more = len(group_rows) > groups
-    group_rows = group_rows[:groups]
+@attrs.frozen
+class LoginReads:
+    """How much a login reads: at most ``groups`` groups; then, knowing their member
+    counts, ``friends(counts)`` friends; then, knowing how many friends there were,
+    ``members(friends_read, counts)`` members in all, shared fairly among the groups.
+    (The bounds are the most the reply could show: ``chat.protocol.login_cut``.)"""
+
+    groups: int
+    friends: Callable[[list[int]], int]
+    members: Callable[[int, list[int]], int]
+
+
+def login_snapshot(sql: Sql, user_id: int, reads: LoginReads) -> LoginSnapshot:
+    """The user's first groups, friends and members (each from the lowest id), within
+    ``reads``; and the number of kept messages."""
+    group_rows = _group_rows(sql, user_id, 0, reads.groups + 1)
+    groups_more = len(group_rows) > reads.groups
+    group_rows = group_rows[: reads.groups]
     counts = [int(row[4]) for row in group_rows]
-    wanted = water_fill(counts, members)
+    friend_page = friends_page(sql, user_id, 0, reads.friends(counts))
+    wanted = water_fill(counts, reads.members(len(friend_page.items), counts))
     firsts = _first_members(sql, [(int(r[0]), n) for r, n in zip(group_rows, wanted, strict=True)])
     memberships = [
         MembershipRecord(

@@ -144,21 +144,11 @@ class Store:
         )
         return None if row is None else UserRecord.from_row(row)
 
-    async def login_snapshot(
-        self, user_id: int, *, friends: int, groups: int, members: int
-    ) -> LoginSnapshot:
-        """The first ``friends`` friends and ``groups`` groups (by id) with at most
-        ``members`` members in all, and how many messages are kept (see
-        ``chat.store.contacts.login_snapshot``)."""
+    async def login_snapshot(self, user_id: int, reads: contacts.LoginReads) -> LoginSnapshot:
+        """The first friends and groups (by id) with their first members, within
+        ``reads``, and how many messages are kept (``chat.store.contacts``)."""
         return await self._run(
-            partial(
-                contacts.login_snapshot,
-                user_id=user_id,
-                friends=friends,
-                groups=groups,
-                members=members,
-            ),
-            write=False,
+            partial(contacts.login_snapshot, user_id=user_id, reads=reads), write=False
         )
 
     # --- friends and blocking ---------------------------------------------------

@@ -59,7 +59,7 @@ async def login(caller: Caller, request: Login) -> Result:
         await services.deletions.settle(user.id)
         # Presence is claimed before the snapshot: a message stored from now on either
         # counts in ``offline`` or wakes this session, never neither.
-        result = await login_result(services, user)
+        result = await login_result(services.store, services.router, user)
     except Exception:
         await caller.end_login()
         raise
