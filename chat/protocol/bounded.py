@@ -45,7 +45,7 @@ def _string_size(text: str) -> int:
 
 
 # The list items a login has thousands of, measured without building their JSON
-# (five times faster; tests/test_frame_limits.py checks them against json_size's
+# (about four times faster; tests/test_frame_limits.py checks them against json_size's
 # general path). Each is the size of the item with id 0 and an empty name, plus
 # what its id's digits and its name add.
 _PRESENCE = len(b'{"id":0,"name":"","online":false}')
