@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
-from . import contacts
+from . import contacts, throttle
 from .coalesce import Coalescer
 from .dialect import Connection, Dialect
 from .errors import (
@@ -200,6 +200,21 @@ class Store:
             partial(contacts.blockers_among, user_id=user_id, candidates=candidates),
             write=False,
         )
+
+    # --- throttles -------------------------------------------------------------
+
+    async def throttle_wait(self, bucket: str, window: Window) -> int | None:
+        """Milliseconds until ``bucket`` allows one more event; None: allowed now. For a
+        throttle whose check and count are separate steps (say, failed password logins:
+        checked before the password, counted only when it was wrong); ``add_friend``
+        checks and counts inside its own transaction instead."""
+        return await self._run(
+            lambda sql: throttle.wait_ms(sql, bucket, window, now_ms()), write=False
+        )
+
+    async def throttle_record(self, bucket: str, window: Window) -> None:
+        """Count one event of ``bucket`` now (see ``chat.store.throttle``)."""
+        await self._run(lambda sql: throttle.record(sql, bucket, window, now_ms()), write=True)
 
     # --- groups ---------------------------------------------------------------
 
