@@ -666,7 +666,7 @@
     if (reply.groups_more) {
       const last = reply.groups[reply.groups.length - 1];
       for (const group of await allPages(conn, "groups", "groups", last ? { after: last.id } : {})) {
-        state.groups.set(group.id, Object.assign({ members: [] }, group));
+        state.groups.set(group.id, Object.assign({ members: [], members_more: true }, group));
       }
     }
     renderSidebar();
