@@ -208,6 +208,9 @@ async def test_friends_groups_members_and_blocked_pages(node: Node, database_url
         assert len(exact["friends"]) == 11 and exact["more"] is False
         assert (await c.call("friends", limit=10))["more"] is True
         assert (await c.call("friends", after=max(others)))["friends"] == []
+        huge = 2**64 - 1  # beyond any id: an empty page, not an error
+        for kind, key in (("friends", "friends"), ("blocked", "users"), ("groups", "groups")):
+            assert await c.call(kind, after=huge) == {"type": "ok", key: [], "more": False}
         assert (await c.call("friends", after=others[4], limit=2))["friends"] == [
             {"id": others[5], "name": "user06", "online": False},
             {"id": others[6], "name": "user07", "online": False},
@@ -241,6 +244,7 @@ async def test_friends_groups_members_and_blocked_pages(node: Node, database_url
             "members": [{"id": me, "name": "user00", "role": "creator"}],
             "more": False,
         }
+        assert (await c.call("group_members", group_id=groups[0], after=2**64 - 1))["members"] == []
         missing = await c.request("group_members", group_id=groups[-1] + 50)
         assert error_code(missing) == "no_such_group"
 

@@ -42,7 +42,7 @@ from .records import (
     UserRecord,
     text,
 )
-from .sql import Sql, no_row, now_ms
+from .sql import MAX_ROW_ID, Sql, no_row, now_ms
 
 MEMBER_QUERY_GROUPS = 50
 """Groups whose first members are read by one statement (a UNION of index ranges)."""
@@ -131,6 +131,7 @@ def remove_friend(sql: Sql, user_id: int, friend_id: int) -> UserRecord:
 
 
 def friends_page(sql: Sql, user_id: int, after: int, limit: int) -> Page[UserRecord]:
+    after = min(after, MAX_ROW_ID)  # a larger id names no row (and fits no column)
     rows = sql.all(
         "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id"
         " WHERE f.user_id = ? AND f.friend_id > ? ORDER BY f.friend_id LIMIT ?",
@@ -175,6 +176,7 @@ def unblock(sql: Sql, user_id: int, target_id: int) -> UserRecord:
 
 
 def blocked_page(sql: Sql, user_id: int, after: int, limit: int) -> Page[UserRecord]:
+    after = min(after, MAX_ROW_ID)  # a larger id names no row (and fits no column)
     rows = sql.all(
         "SELECT u.id, u.name FROM blocks b JOIN users u ON u.id = b.blocked_id"
         " WHERE b.blocker_id = ? AND b.blocked_id > ? ORDER BY b.blocked_id LIMIT ?",
@@ -204,6 +206,7 @@ def blockers_among(sql: Sql, user_id: int, candidates: Sequence[int]) -> set[int
 
 
 def groups_page(sql: Sql, user_id: int, after: int, limit: int) -> Page[MembershipRecord]:
+    after = min(after, MAX_ROW_ID)  # a larger id names no row (and fits no column)
     rows = _group_rows(sql, user_id, after, limit + 1)
     groups = [
         MembershipRecord(GroupRecord.from_row(row), role_of(row[3]), [], int(row[4]))
@@ -228,6 +231,7 @@ def members_page(
         raise NoSuchGroup(group_id)
     if row[1] is None:
         raise NotAMember()
+    after = min(after, MAX_ROW_ID)  # a larger id names no row (and fits no column)
     rows = sql.all(
         "SELECT u.id, u.name, gm.role FROM group_members gm JOIN users u ON u.id = gm.user_id"
         " WHERE gm.group_id = ? AND gm.user_id > ? ORDER BY gm.user_id LIMIT ?",
