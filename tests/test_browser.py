@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import trio
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
+from .bulk_support import bulk_friends, bulk_users
 from .support import free_port
 from .ws_support import render_web_conf
 
@@ -290,3 +292,66 @@ def test_the_page_through_nginx(browser: Browser, nginx_port: int) -> None:
     dave.locator("#friend-list").get_by_role("button", name=re.compile("^carol")).click()
     expect(dave.get_by_role("log")).to_contain_text("proxied")
     assert problems == []  # no script error, no Content-Security-Policy violation
+
+
+def test_remove_and_block_from_a_friends_menu(
+    browser: Browser, ws_url: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    url = PAGE.as_uri() + "?ws=" + ws_url
+    problems: list[str] = []
+    alice, bob = open_page(browser, url, problems), open_page(browser, url, problems)
+    sign_in(alice, "alice", register=True)
+    sign_in(bob, "bob", register=True)
+    expect(bob.locator("#me-name")).to_have_text("bob")
+
+    def befriend() -> None:
+        alice.get_by_label("Add a friend by name").fill("bob")
+        alice.get_by_role("button", name="Add", exact=True).click()
+        expect(alice.locator("#sidebar-note")).to_have_text("bob is now your friend.")
+        expect(bob.get_by_role("button", name="Actions for alice")).to_be_visible()
+
+    befriend()
+    alice.get_by_role("button", name="Actions for bob").click()
+    alice.get_by_role("button", name="Remove friend").click()
+    expect(alice.locator("#sidebar-note")).to_have_text("bob is no longer your friend.")
+    expect(alice.get_by_role("button", name="Actions for bob")).to_have_count(0)
+    # bob is told (friend_removed) and alice leaves his friend list.
+    expect(bob.locator("#sidebar-note")).to_have_text("alice ended your friendship.")
+    expect(bob.get_by_role("button", name="Actions for alice")).to_have_count(0)
+
+    befriend()
+    alice.once("dialog", lambda dialog: dialog.accept())  # "Block bob?"
+    alice.get_by_role("button", name="Actions for bob").click()
+    alice.get_by_role("button", name="Block").click()
+    expect(alice.locator("#sidebar-note")).to_have_text("bob is blocked.")
+    expect(alice.get_by_role("button", name="Actions for bob")).to_have_count(0)
+
+    # bob still has alice listed (a block tells him nothing), but cannot reach her.
+    bob.locator("#friend-list").get_by_role("button", name=re.compile("^alice")).click()
+    bob.get_by_label("Message", exact=True).fill("hello?")
+    bob.get_by_label("Message", exact=True).press("Enter")
+    expect(bob.get_by_role("log")).to_contain_text("Refused: one of you has blocked the other.")
+    assert problems == []
+
+
+def test_a_long_friend_list_is_paged_in(browser: Browser, ws_url: str, tmp_path: Path) -> None:
+    """1,000 friends with long names do not fit the login reply; the page reads the rest."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    database = f"sqlite:///{tmp_path / 'chat.db'}"
+    names = ["victim", *(f"{'y' * 40}{n:04d}" for n in range(1_000))]
+
+    async def fill() -> None:
+        victim, *others = await bulk_users(database, names)
+        await bulk_friends(database, victim, others)
+
+    trio.run(fill)
+    page = open_page(browser, PAGE.as_uri() + "?ws=" + ws_url)
+    sign_in(page, "victim", register=False)
+    expect(page.locator("#me-name")).to_have_text("victim")
+    expect(page.locator("#friend-list > li")).to_have_count(1_000)
+    expect(page.get_by_role("button", name="Actions for " + names[-1])).to_have_count(1)

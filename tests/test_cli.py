@@ -24,6 +24,10 @@ from pathlib import Path
 import pexpect
 import pexpect.popen_spawn
 import pytest
+import trio
+
+from .bulk_support import PASSWORD as BULK_PASSWORD
+from .bulk_support import bulk_friends, bulk_users
 
 pytestmark = pytest.mark.slow
 
@@ -505,3 +509,61 @@ def test_no_server_to_connect_to(server: Server) -> None:
     assert result.returncode == 3
     assert result.stderr.startswith(f"chat-cli: error: cannot connect to 127.0.0.1:{closed_port}")
     assert "Traceback" not in result.stderr
+
+
+def test_piped_unfriend_block_unblock_blocked_and_members(server: Server) -> None:
+    setup = run_piped(
+        server,
+        "".join(f"/register {name} {PASSWORD}\n" for name in ("ann", "bob", "carol")),
+    )
+    assert setup.returncode == 0, setup.stderr
+    result = run_piped(
+        server,
+        f"/login ann {PASSWORD}\n/friend bob\n/friend carol\n"
+        "/block bob\n/blocked\n/unfriend carol\n/friends\n/unfriend carol\n"
+        "/unblock bob\n/blocked\n/block nobody\n"
+        "/group create club\n/members club\n/members #999\n/unblock\n",
+    )
+    assert result.returncode == 1
+    out = result.stdout
+    assert "* blocked bob: they cannot message you or add you as a friend" in out
+    assert "* 1 blocked user:\n  bob #2\n" in out
+    assert "* carol is no longer your friend" in out
+    assert "* no friends yet: /friend NAME adds one" in out
+    assert "* unblocked bob" in out
+    assert "* you have blocked nobody" in out
+    assert "* club: 1 member:\n  ann #1 (creator)\n" in out
+    assert result.stderr.splitlines() == [
+        "chat-cli: line 8: error: user_id: 3 is not your friend",
+        "chat-cli: line 11: error: name: no user is called 'nobody'",
+        "chat-cli: line 14: error: group_id: no group has id 999",
+        "chat-cli: line 15: error: missing NAME; usage: /unblock NAME",
+    ]
+
+    blocked = run_piped(server, f"/login bob {PASSWORD}\n/block ann\n")
+    assert blocked.returncode == 0, blocked.stderr
+    refused = run_piped(server, f"/login ann {PASSWORD}\n/msg bob hi\n/friend bob\n")
+    assert refused.returncode == 1
+    assert [line.split("error: ")[1] for line in refused.stderr.splitlines()] == [
+        "to: refused: one of you has blocked the other",
+        "user_id: refused: one of you has blocked the other",
+    ]
+
+
+def test_a_cut_friend_list_is_paged_in(server: Server) -> None:
+    """1,000 friends with long names do not fit the login reply: the client reads the
+    rest a page at a time, and ``/friends`` shows every one."""
+    names = ["victim", *(f"{'x' * 40}{n:04d}" for n in range(1_000))]
+
+    async def fill() -> None:
+        victim, *others = await bulk_users(server.database, names)
+        await bulk_friends(server.database, victim, others)
+
+    trio.run(fill)
+    result = run_piped(server, f"/login victim {BULK_PASSWORD}\n/friends\n")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "* 1000 friends, 0 online (/friends lists them)" in lines
+    assert "* 1000 friends, 0 online:" in lines
+    listed = [line.split()[0] for line in lines if line.startswith("  x")]
+    assert listed == names[1:]

@@ -7,6 +7,7 @@
 (function () {
   const PRESENCE_REFRESH_MS = 15000; // the protocol has no presence events: ask now and then
   const MAX_TEXT = 4096;
+  const MEMBERS_SHOWN = 12; // a group's detail line names this many members, then counts
 
   const $ = (id) => document.getElementById(id);
 
@@ -195,7 +196,9 @@
       .filter((p) => p.friend || state.conversations.has("u:" + p.id))
       .sort((a, b) => a.name.localeCompare(b.name));
     for (const person of people) {
-      friendList.append(sidebarItem("u", person.id, person.name, presenceLabel(person), person));
+      const item = sidebarItem("u", person.id, person.name, presenceLabel(person), person);
+      if (person.friend) item.append(friendMenu(person));
+      friendList.append(item);
     }
     $("no-friends").hidden = people.length > 0;
 
@@ -206,6 +209,45 @@
       groupList.append(sidebarItem("g", group.id, group.name, "#" + group.id, null));
     }
     $("no-groups").hidden = groups.length > 0;
+  }
+
+  /** A friend's menu: remove the friend, or block them. A disclosure button that opens a
+   * small list of actions (Escape or a second click closes it). */
+  function friendMenu(person) {
+    const menu = el("div", "friend-menu");
+    const toggle = el("button", "menu-button", "⋯");
+    toggle.type = "button";
+    toggle.setAttribute("aria-label", "Actions for " + person.name);
+    toggle.title = "Actions for " + person.name;
+    toggle.setAttribute("aria-expanded", "false");
+    const actions = el("div", "menu-items");
+    actions.id = "actions-" + person.id;
+    actions.hidden = true;
+    toggle.setAttribute("aria-controls", actions.id);
+    const close = () => {
+      actions.hidden = true;
+      toggle.setAttribute("aria-expanded", "false");
+    };
+    toggle.addEventListener("click", () => {
+      const opening = actions.hidden;
+      actions.hidden = !opening;
+      toggle.setAttribute("aria-expanded", String(opening));
+    });
+    menu.addEventListener("keydown", (e) => {
+      if (e.key === "Escape") {
+        close();
+        toggle.focus();
+      }
+    });
+    const remove = el("button", "", "Remove friend");
+    remove.type = "button";
+    remove.addEventListener("click", guardedClick(() => removeFriend(person)));
+    const block = el("button", "danger", "Block");
+    block.type = "button";
+    block.addEventListener("click", guardedClick(() => blockUser(person)));
+    actions.append(remove, block);
+    menu.append(toggle, actions);
+    return menu;
   }
 
   function presenceLabel(person) {
@@ -274,7 +316,9 @@
     const parts = ["Group #" + group.id];
     if (group.description) parts.push(group.description);
     if (group.members && group.members.length) {
-      parts.push(group.members.map((m) => m.name).join(", "));
+      const shown = group.members.slice(0, MEMBERS_SHOWN).map((m) => m.name).join(", ");
+      const total = group.member_count || group.members.length;
+      parts.push(total > MEMBERS_SHOWN ? shown + " and " + (total - MEMBERS_SHOWN) + " more" : shown);
     }
     return parts.join(" · ");
   }
@@ -347,6 +391,13 @@
         announce("New message in " + titleOf(conv) + " from " + event.from.name);
       }
       refresh(conv);
+    } else if (event.type === "friend_removed") {
+      const person = state.people.get(event.friend.id);
+      if (person) person.friend = false;
+      note(event.friend.name + " ended your friendship.");
+      announce(event.friend.name + " ended your friendship");
+      renderSidebar();
+      if (state.current) renderConversation();
     } else if (event.type === "friend_added") {
       const friend = event.friend;
       state.people.set(friend.id, {
@@ -439,6 +490,8 @@
         bad_credentials: "Wrong name or password.",
         name_taken: "That name is taken; choose another or log in.",
         already_online: "This account is signed in somewhere else.",
+        blocked: "Refused: one of you has blocked the other.",
+        rate_limited: "Too many of these for now; try again later.",
       };
       return known[err.code] || err.message;
     }
@@ -480,6 +533,9 @@
     renderConversation();
     state.presenceTimer = window.setInterval(refreshPresence, PRESENCE_REFRESH_MS);
     $("friend-name").focus();
+    if (reply.friends_more || reply.groups_more) {
+      pageInTheRest(reply).catch((err) => note(describeError(err), true));
+    }
   }
 
   function resetSession() {
@@ -506,7 +562,24 @@
   async function refreshPresence() {
     const conn = state.conn;
     if (!conn) return;
-    const people = Array.from(state.people.values()).filter((p) => p.id !== state.me.id);
+    // Friends: the whole list a page at a time, with everyone's presence now.
+    try {
+      const friends = await allPages(conn, "friends", "friends", {});
+      const listed = new Set(friends.map((f) => f.id));
+      for (const person of state.people.values()) {
+        if (person.friend && !listed.has(person.id)) person.friend = false;
+      }
+      for (const friend of friends) {
+        state.people.set(friend.id, {
+          id: friend.id, name: friend.name, online: friend.online, friend: true,
+        });
+      }
+    } catch (err) {
+      return; // disconnected or not logged in any more: the next round will tell
+    }
+    // Others with an open conversation, one by one (there are few).
+    const people = Array.from(state.people.values())
+      .filter((p) => p.id !== state.me.id && !p.friend && state.conversations.has("u:" + p.id));
     for (const person of people) {
       try {
         const reply = await conn.call("find_user", { name: person.name });
@@ -524,6 +597,9 @@
       conversation(key[0], Number(key.slice(2)));
     conv.unread = 0;
     state.current = key;
+    if (conv.kind === "g" && state.groups.has(conv.id)) {
+      loadMembers(state.groups.get(conv.id)).catch((err) => note(describeError(err), true));
+    }
     renderSidebar();
     renderConversation();
     $("composer-text").focus();
@@ -564,6 +640,69 @@
     if (state.current === conv.key) renderConversation();
   }
 
+  /** Every item of a paged list request, following ``after`` until ``more`` is false. */
+  async function allPages(conn, type, key, fields) {
+    const items = [];
+    let request = Object.assign({}, fields);
+    for (;;) {
+      const reply = await conn.call(type, request);
+      items.push(...reply[key]);
+      if (!reply.more || reply[key].length === 0) return items;
+      request = Object.assign({}, fields, { after: reply[key][reply[key].length - 1].id });
+    }
+  }
+
+  /** The login reply was cut to fit a frame: read the rest of the friends and groups. */
+  async function pageInTheRest(reply) {
+    const conn = state.conn;
+    if (reply.friends_more) {
+      const last = reply.friends[reply.friends.length - 1];
+      for (const friend of await allPages(conn, "friends", "friends", last ? { after: last.id } : {})) {
+        state.people.set(friend.id, {
+          id: friend.id, name: friend.name, online: friend.online, friend: true,
+        });
+      }
+    }
+    if (reply.groups_more) {
+      const last = reply.groups[reply.groups.length - 1];
+      for (const group of await allPages(conn, "groups", "groups", last ? { after: last.id } : {})) {
+        state.groups.set(group.id, Object.assign({ members: [], members_more: true }, group));
+      }
+    }
+    renderSidebar();
+  }
+
+  /** A group's full member list, read when its conversation opens and the login cut it. */
+  async function loadMembers(group) {
+    if (!group.members_more || group.loadingMembers) return;
+    group.loadingMembers = true;
+    try {
+      group.members = await allPages(state.conn, "group_members", "members", { group_id: group.id });
+      group.member_count = group.members.length;
+      group.members_more = false;
+    } finally {
+      group.loadingMembers = false;
+    }
+    if (state.current === "g:" + group.id) renderConversation();
+  }
+
+  async function removeFriend(person) {
+    await state.conn.call("remove_friend", { user_id: person.id });
+    person.friend = false;
+    renderSidebar();
+    note(person.name + " is no longer your friend.");
+  }
+
+  async function blockUser(person) {
+    const question = "Block " + person.name + "? They will no longer be able to message you " +
+      "or add you as a friend, and your friendship ends. They are not told.";
+    if (!window.confirm(question)) return;
+    await state.conn.call("block", { user_id: person.id });
+    person.friend = false;
+    renderSidebar();
+    note(person.name + " is blocked.");
+  }
+
   async function addFriend(name) {
     const user = (await state.conn.call("find_user", { name: name })).user;
     const reply = await state.conn.call("add_friend", { user_id: user.id });
@@ -591,6 +730,18 @@
     state.groups.set(group.id, group);
     note("You joined " + group.name + ".");
     openConversation("g:" + group.id);
+  }
+
+  /** Run a click action; show its error next to the forms instead of throwing. */
+  function guardedClick(action) {
+    return async () => {
+      if (!state.conn) return;
+      try {
+        await action();
+      } catch (err) {
+        note(describeError(err), true);
+      }
+    };
   }
 
   /** Run a sidebar action; show its error next to the forms instead of throwing. */

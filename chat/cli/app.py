@@ -21,24 +21,28 @@ is shown lives in ``render``; where lines come from lives in the ``Console``.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from chat.client import ChatClient, ConnectionLost
 from chat.protocol.codec import BadServerMessage, decode_server_event, decode_server_message
 from chat.protocol.messages import (
+    BlockedPage,
     FoundUser,
     FriendAddedEvent,
+    FriendRemovedEvent,
     FriendResult,
+    FriendsPage,
     GroupMessageEvent,
     GroupResult,
+    GroupsPage,
     JoinResult,
     LoginResult,
+    MembersPage,
     MessageEvent,
     Sent,
     UserResult,
@@ -54,8 +58,17 @@ from .terminal import Console
 
 OFFLINE_WAIT_SECONDS = 10.0
 """How long ``/login`` waits for the kept messages the login reply announced."""
-FRIEND_REFRESH_CONCURRENCY = 16
-"""``find_user`` requests ``/friends`` keeps in flight at once."""
+SUMMARY_FRIENDS = 20
+"""The login summary names friends up to this many; beyond it, it counts them."""
+
+
+P = TypeVar("P", FriendsPage, GroupsPage, MembersPage, BlockedPage)
+_LIST_KEYS = {
+    "friends": "friends",
+    "groups": "groups",
+    "group_members": "members",
+    "blocked": "users",
+}
 
 
 class Exit(enum.IntEnum):
@@ -218,6 +231,11 @@ class App:
                 self._offline_left -= 1
                 if self._offline_left == 0:
                     self._offline_done.set()
+        elif isinstance(event, FriendRemovedEvent):
+            self.known.unfriended(event.friend.id)
+            self.console.show(
+                notice(("name", render.clean(event.friend.name)), " ended your friendship")
+            )
         elif isinstance(event, FriendAddedEvent):
             self.known.befriended(event.friend)
             self.console.show(
@@ -307,6 +325,51 @@ class App:
                 await self._refresh_friends()
                 for line in render.friend_list(self.known):
                     self.console.show(line)
+            case cmd.Unfriend(name):
+                self._need_login()
+                user_id = await self._user_id(name)
+                await self._call("remove_friend", user_id=user_id)
+                self.known.unfriended(user_id)
+                self.console.show(notice(("name", render.clean(name)), " is no longer your friend"))
+            case cmd.Block(name):
+                self._need_login()
+                user_id = await self._user_id(name)
+                await self._call("block", user_id=user_id)
+                self.known.unfriended(user_id)
+                self.console.show(
+                    notice(
+                        "blocked ",
+                        ("name", render.clean(name)),
+                        ": they cannot message you or add you as a friend (/unblock undoes it)",
+                    )
+                )
+            case cmd.Unblock(name):
+                self._need_login()
+                await self._call("unblock", user_id=await self._user_id(name))
+                self.console.show(notice("unblocked ", ("name", render.clean(name))))
+            case cmd.BlockedList():
+                self._need_login()
+                users = [
+                    user
+                    for page in await self._pages("blocked", BlockedPage)
+                    for user in page.users
+                ]
+                for user in users:
+                    self.known.learn(user.id, user.name)
+                for line in render.blocked_list(users):
+                    self.console.show(line)
+            case cmd.Members(which):
+                self._need_login()
+                group_id = self.known.resolve_group(which)
+                members = [
+                    member
+                    for page in await self._pages("group_members", MembersPage, group_id=group_id)
+                    for member in page.members
+                ]
+                for member in members:
+                    self.known.learn(member.id, member.name)
+                for line in render.member_list(self.known.group_name(group_id), members):
+                    self.console.show(line)
             case cmd.Msg(name, text):
                 self._need_login()
                 await self._direct(await self._user_id(name), text)
@@ -393,6 +456,13 @@ class App:
                 LoginResult, await self._call("login", name=name, password=password)
             )
             self.known.logged_in(result)
+            # A long list was cut to fit the reply: the rest comes a page at a time.
+            if result.friends_more:
+                await self._all_friends(after=result.friends[-1].id if result.friends else None)
+            if result.groups_more:
+                after = {"after": result.groups[-1].id} if result.groups else {}
+                for page in await self._pages("groups", GroupsPage, **after):
+                    self.known.more_groups(page.groups)
             self._credentials = (name, password)
             self._offline_left = result.offline
             self._offline_done = trio.Event()
@@ -409,9 +479,18 @@ class App:
         lines = [
             notice("logged in as ", ("me", render.clean(result.user.name)), f" (#{result.user.id})")
         ]
-        if result.friends:
+        everyone = list(self.known.friends.values())
+        if len(everyone) > SUMMARY_FRIENDS:
+            online = sum(friend.online for friend in everyone)
+            lines.append(
+                notice(
+                    render.count(len(everyone), "friend"),
+                    f", {online} online (/friends lists them)",
+                )
+            )
+        elif everyone:
             friends: list[str | render.Fragment] = ["friends: "]
-            ordered = sorted(result.friends, key=lambda f: (not f.online, f.name.casefold()))
+            ordered = sorted(everyone, key=lambda f: (not f.online, f.name.casefold()))
             for i, friend in enumerate(ordered):
                 if i:
                     friends.append(", ")
@@ -419,9 +498,9 @@ class App:
             lines.append(notice(*friends))
         else:
             lines.append(notice("no friends yet: /friend NAME adds one"))
-        if result.groups:
+        if self.known.groups:
             groups: list[str | render.Fragment] = ["groups: "]
-            for i, group in enumerate(sorted(result.groups, key=lambda g: g.id)):
+            for i, group in enumerate(sorted(self.known.groups.values(), key=lambda g: g.id)):
                 if i:
                     groups.append(", ")
                 groups += [("group", render.clean(group.name)), ("dim", f" #{group.id}")]
@@ -441,19 +520,28 @@ class App:
         return user_id
 
     async def _refresh_friends(self) -> None:
-        """Ask for every friend's presence; the server announces no changes of it."""
-        limiter = trio.CapacityLimiter(FRIEND_REFRESH_CONCURRENCY)
+        """Read the whole friend list again, with each friend's presence now."""
+        self.known.friends = {}
+        await self._all_friends()
 
-        async def refresh(name: str) -> None:
-            async with limiter:
-                reply = await self._request("find_user", name=name)
-            if reply.get("type") == "ok":
-                with contextlib.suppress(BadServerMessage):  # keep what was known before
-                    self.known.seen(decode_server_message(FoundUser, reply).user)
+    async def _all_friends(self, after: int | None = None) -> None:
+        """Read the friend list from ``after`` on, a page at a time, into ``known``."""
+        fields = {} if after is None else {"after": after}
+        for page in await self._pages("friends", FriendsPage, **fields):
+            self.known.more_friends(page.friends)
 
-        async with trio.open_nursery() as nursery:
-            for friend in list(self.known.friends.values()):
-                nursery.start_soon(refresh, friend.name)
+    async def _pages(self, kind: str, cls: type[P], **fields: Any) -> list[P]:
+        """Every page of a list request (``friends``, ``groups``, ``group_members``,
+        ``blocked``): each asks for ids after the last one of the page before."""
+        pages: list[P] = []
+        while True:
+            reply = await self._call(kind, **fields)
+            page = decode_server_message(cls, reply)
+            pages.append(page)
+            items = reply.get(_LIST_KEYS[kind]) or []
+            if not reply.get("more") or not items:
+                return pages
+            fields = {**fields, "after": items[-1]["id"]}
 
     async def _direct(self, user_id: int, text: str) -> None:
         name = self.known.name_of(user_id) or f"#{user_id}"

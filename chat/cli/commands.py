@@ -48,6 +48,31 @@ class Friends:
 
 
 @attrs.frozen
+class Unfriend:
+    name: str
+
+
+@attrs.frozen
+class Block:
+    name: str
+
+
+@attrs.frozen
+class Unblock:
+    name: str
+
+
+@attrs.frozen
+class BlockedList:
+    pass
+
+
+@attrs.frozen
+class Members:
+    group: str
+
+
+@attrs.frozen
 class Msg:
     name: str
     text: str
@@ -99,6 +124,11 @@ Command = (
     | Who
     | Friend
     | Friends
+    | Unfriend
+    | Block
+    | Unblock
+    | BlockedList
+    | Members
     | Msg
     | GroupCreate
     | GroupJoin
@@ -116,6 +146,11 @@ USAGE: dict[str, str] = {
     "/who": "/who NAME",
     "/friend": "/friend NAME",
     "/friends": "/friends",
+    "/unfriend": "/unfriend NAME",
+    "/block": "/block NAME",
+    "/unblock": "/unblock NAME",
+    "/blocked": "/blocked",
+    "/members": "/members GROUP",
     "/msg": "/msg NAME TEXT",
     "/group": "/group create NAME [DESCRIPTION]  or  /group join ID",
     "/groups": "/groups",
@@ -136,10 +171,16 @@ Commands (arguments with spaces go in quotes: /msg "Ada L" hi):
   /friends                    your friends, with presence asked afresh from the server
                               (the server announces no presence changes, so the list
                               shown elsewhere may be out of date until you run this)
+  /unfriend NAME              end a friendship (for both of you; they are told if online)
+  /block NAME                 block a user: they can no longer message you or add you as
+                              a friend, and a friendship ends (they are not told)
+  /unblock NAME               undo /block
+  /blocked                    the users you have blocked
   /msg NAME TEXT              send a direct message
   /group create NAME [DESC]   create a group; you become its creator
   /group join ID              join a group by its id
   /groups                     the groups you are in
+  /members GROUP              the members of one of your groups (by name or id)
   /g GROUP TEXT               send to a group, named by id or by its name
   TEXT (no slash)             send to whoever your last /msg or /g went to
   /help                       this text
@@ -243,6 +284,27 @@ def _friends(rest: str) -> Command:
     return Friends()
 
 
+def _unfriend(rest: str) -> Command:
+    return Unfriend(*_exactly(rest, 1, "NAME"))
+
+
+def _block(rest: str) -> Command:
+    return Block(*_exactly(rest, 1, "NAME"))
+
+
+def _unblock(rest: str) -> Command:
+    return Unblock(*_exactly(rest, 1, "NAME"))
+
+
+def _blocked(rest: str) -> Command:
+    _nothing(rest)
+    return BlockedList()
+
+
+def _members(rest: str) -> Command:
+    return Members(*_exactly(rest, 1, "GROUP"))
+
+
 def _msg(rest: str) -> Command:
     words, text = split_args(rest, 1)
     if not words:
@@ -304,6 +366,11 @@ _PARSERS = {
     "/who": _who,
     "/friend": _friend,
     "/friends": _friends,
+    "/unfriend": _unfriend,
+    "/block": _block,
+    "/unblock": _unblock,
+    "/blocked": _blocked,
+    "/members": _members,
     "/msg": _msg,
     "/group": _group,
     "/groups": _groups,

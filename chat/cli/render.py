@@ -13,7 +13,7 @@ import datetime
 import unicodedata
 from collections.abc import Iterable
 
-from chat.protocol.messages import GroupMessageEvent, MessageEvent, UserPresence
+from chat.protocol.messages import GroupMessageEvent, Member, MessageEvent, UserPresence, UserRef
 
 from .state import Group, Known
 
@@ -146,6 +146,27 @@ def friend_list(known: Known) -> list[Line]:
         lines.append(
             (("", "  "), ("name", clean(friend.name).ljust(width)), ("", "  "), presence(friend))
         )
+    return lines
+
+
+def blocked_list(users: Iterable[UserRef]) -> list[Line]:
+    ordered = sorted(users, key=lambda u: u.name.casefold())
+    if not ordered:
+        return [notice("you have blocked nobody")]
+    lines = [notice(f"{count(len(ordered), 'blocked user')}:")]
+    for user in ordered:
+        lines.append((("", "  "), ("name", clean(user.name)), ("dim", f" #{user.id}")))
+    return lines
+
+
+def member_list(group_name: str, members: Iterable[Member]) -> list[Line]:
+    ordered = list(members)
+    lines = [notice(("group", clean(group_name)), f": {count(len(ordered), 'member')}:")]
+    for member in ordered:
+        line: list[Fragment] = [("", "  "), ("name", clean(member.name)), ("dim", f" #{member.id}")]
+        if member.role == "creator":
+            line.append(("dim", " (creator)"))
+        lines.append(tuple(line))
     return lines
 
 

@@ -11,6 +11,7 @@ import attrs
 
 from chat.protocol.messages import (
     GroupInfo,
+    GroupSummary,
     LoginResult,
     Role,
     UserPresence,
@@ -98,6 +99,20 @@ class Known:
     def befriended(self, friend: UserPresence) -> None:
         self.friends[friend.id] = friend
         self.learn(friend.id, friend.name)
+
+    def unfriended(self, user_id: int) -> None:
+        """A friendship ended (``/unfriend``, ``/block``, or the other's ``friend_removed``)."""
+        self.friends.pop(user_id, None)
+
+    def more_friends(self, friends: list[UserPresence]) -> None:
+        """A page of the friend list (``friends``): the login reply was cut, or a refresh."""
+        for friend in friends:
+            self.befriended(friend)
+
+    def more_groups(self, groups: list[GroupSummary]) -> None:
+        """A page of the group list (``groups``), when the login reply was cut."""
+        for group in groups:
+            self.groups[group.id] = Group(group.id, group.name, group.description, group.role)
 
     def seen(self, user: UserPresence) -> None:
         """A fresh ``find_user`` answer: cache the name and refresh a friend's presence."""

@@ -30,8 +30,13 @@ from .messages import (
     Error,
     Event,
     FriendAddedEvent,
+    FriendRemovedEvent,
+    GroupDetail,
     GroupId,
+    GroupListLimit,
     GroupMessageEvent,
+    ListLimit,
+    LoginResult,
     LookupName,
     MessageEvent,
     Name,
@@ -87,12 +92,57 @@ def _bounded_string(low: int, high: int) -> Callable[[object], str]:
     return check
 
 
+WHITE_SPACE = frozenset(
+    chr(code)
+    for code in (
+        *range(0x0009, 0x000E),
+        0x0020,
+        0x0085,
+        0x00A0,
+        0x1680,
+        *range(0x2000, 0x200B),
+        0x2028,
+        0x2029,
+        0x202F,
+        0x205F,
+        0x3000,
+    )
+)
+"""Unicode's White_Space property (PropList.txt, unchanged since Unicode 6.3). Not
+``str.isspace``, which differs from it (it takes U+001C..U+001F, for one)."""
+
+
 def _name(value: object) -> str:
-    text = _bounded_string(1, 50)(value)
+    """A new user or group name (version 1.1 rules): stored in NFC, lengths counted
+    after that; no control (Cc) or format (Cf) characters, nothing that looks like
+    another name with invisible characters or blank ends."""
+    text = unicodedata.normalize("NFC", _string(value))
+    if not 1 <= len(text) <= 50:
+        raise ValueError(f"must be 1 to 50 characters long, not {len(text)}")
     for char in text:
-        if unicodedata.category(char) == "Cc":
+        category = unicodedata.category(char)
+        if category == "Cc":
             raise ValueError(f"must not contain control characters (found U+{ord(char):04X})")
+        if category == "Cf":
+            raise ValueError(
+                f"must not contain invisible format characters (found U+{ord(char):04X})"
+            )
+    if all(char in WHITE_SPACE for char in text):
+        raise ValueError("must not be only white space")
+    if text[0] in WHITE_SPACE or text[-1] in WHITE_SPACE:
+        raise ValueError("must not begin or end with white space")
     return text
+
+
+def _bounded_int(low: int, high: int) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"must be an integer, not {_json_kind(value)}")
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low} to {high}, not {value}")
+        return value
+
+    return check
 
 
 def _positive_id(value: object) -> int:
@@ -151,6 +201,8 @@ def _configure_converter(converter: cattrs.Converter) -> None:
         Text: _bounded_string(1, 4096),
         Description: _bounded_string(0, 200),
         ClientMessageId: _bounded_string(1, 64),
+        ListLimit: _bounded_int(1, 500),
+        GroupListLimit: _bounded_int(1, 200),
     }
     for kind, check in strict.items():
         converter.register_structure_hook(kind, _hook(check))
@@ -162,6 +214,11 @@ def _configure_converter(converter: cattrs.Converter) -> None:
         converter.register_structure_hook(
             event_cls,
             make_dict_structure_fn(event_cls, converter, from_=override(rename="from")),
+        )
+    for marked in (GroupDetail, LoginResult):  # inner first: the outer one uses it
+        # The cut marks are sent only when set: an uncut login result carries none.
+        converter.register_unstructure_hook(
+            marked, make_dict_unstructure_fn(marked, converter, _cattrs_omit_if_default=True)
         )
 
 
@@ -283,13 +340,19 @@ def _explain(fields: dict[str, Any], cls: type[Request]) -> str:
 # --- encoding -----------------------------------------------------------------
 
 
-def _dumps(obj: dict[str, Any]) -> bytes:
+def dumps(obj: Any) -> bytes:
+    """JSON as V1 writes it: compact, UTF-8, non-ASCII characters as they are."""
     try:
         return orjson.dumps(obj)
     except TypeError:
         # orjson refuses a lone surrogate (say, in an error message quoting bad input);
         # the standard library escapes it, and the frame stays valid JSON.
         return json.dumps(obj, separators=(",", ":")).encode("ascii")
+
+
+def unstructure(value: Any) -> Any:
+    """A message value as the plain JSON values V1 writes for it."""
+    return _converter.unstructure(value)
 
 
 def encode_reply(reply: Ok | Error) -> bytes:
@@ -306,18 +369,20 @@ def encode_reply(reply: Ok | Error) -> bytes:
             out["rid"] = reply.rid
         out["code"] = str(reply.code)
         out["message"] = reply.message
-    return _dumps(out)
+        if reply.retry_after_ms is not None:
+            out["retry_after_ms"] = reply.retry_after_ms
+    return dumps(out)
 
 
 def encode_event(event: Event) -> bytes:
     """One event as UTF-8 JSON; callers encode once and send the bytes to every recipient."""
     out: dict[str, Any] = {"type": event.TYPE}
     out.update(_converter.unstructure(event))
-    return _dumps(out)
+    return dumps(out)
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls for cls in (MessageEvent, GroupMessageEvent, FriendAddedEvent)
+    cls.TYPE: cls for cls in (MessageEvent, GroupMessageEvent, FriendAddedEvent, FriendRemovedEvent)
 }
 
 
@@ -385,7 +450,9 @@ __all__ = [
     "decode_request",
     "decode_server_event",
     "decode_server_message",
+    "dumps",
     "encode_event",
     "encode_reply",
     "parse_object",
+    "unstructure",
 ]

@@ -1,4 +1,4 @@
-"""Error codes of protocol v1, and the exception that carries one to the reply."""
+"""Error codes of protocol v1 and 1.1, and the exception that carries one to the reply."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ class ErrorCode(StrEnum):
     NO_SUCH_GROUP = "no_such_group"
     ALREADY_MEMBER = "already_member"
     NOT_A_MEMBER = "not_a_member"
+    # version 1.1: contacts and throttling
+    NOT_FRIENDS = "not_friends"
+    CANNOT_BLOCK_SELF = "cannot_block_self"
+    ALREADY_BLOCKED = "already_blocked"
+    NOT_BLOCKED = "not_blocked"
+    BLOCKED = "blocked"
+    RATE_LIMITED = "rate_limited"
     # extension: the server could not do it now (the database or broker is unreachable);
     # nothing was changed and the client may retry.
     UNAVAILABLE = "unavailable"
@@ -36,7 +43,9 @@ class ErrorCode(StrEnum):
 class RequestError(Exception):
     """A request failed in a way the client is told about: it becomes an ``error`` reply."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, retry_after_ms: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_ms = retry_after_ms
+        """With ``rate_limited``: when the client may try again."""

@@ -22,6 +22,8 @@ LookupName = NewType("LookupName", str)  # any string: a name to look up
 Text = NewType("Text", str)  # 1-4096 code points
 Description = NewType("Description", str)  # 0-200 code points
 ClientMessageId = NewType("ClientMessageId", str)  # 1-64 code points
+ListLimit = NewType("ListLimit", int)  # 1-500: friends, blocked users, group members
+GroupListLimit = NewType("GroupListLimit", int)  # 1-200: groups
 
 Role = Literal["creator", "normal"]
 
@@ -97,6 +99,69 @@ class GroupSend:
     cid: ClientMessageId | None = None
 
 
+# --- requests of version 1.1: contacts ----------------------------------------------
+
+
+@attrs.frozen
+class RemoveFriend:
+    TYPE: ClassVar[str] = "remove_friend"
+    user_id: UserId
+
+
+@attrs.frozen
+class Block:
+    TYPE: ClassVar[str] = "block"
+    user_id: UserId
+
+
+@attrs.frozen
+class Unblock:
+    TYPE: ClassVar[str] = "unblock"
+    user_id: UserId
+
+
+@attrs.frozen
+class ListBlocked:
+    """``blocked``: the users this user has blocked, a page at a time."""
+
+    TYPE: ClassVar[str] = "blocked"
+    after: UserId | None = None
+    limit: ListLimit = ListLimit(500)
+
+
+@attrs.frozen
+class ListFriends:
+    TYPE: ClassVar[str] = "friends"
+    after: UserId | None = None
+    limit: ListLimit = ListLimit(500)
+
+
+@attrs.frozen
+class ListGroups:
+    TYPE: ClassVar[str] = "groups"
+    after: GroupId | None = None
+    limit: GroupListLimit = GroupListLimit(200)
+
+
+@attrs.frozen
+class ListMembers:
+    TYPE: ClassVar[str] = "group_members"
+    group_id: GroupId
+    after: UserId | None = None
+    limit: ListLimit = ListLimit(500)
+
+
+CONTACT_REQUESTS = (
+    RemoveFriend,
+    Block,
+    Unblock,
+    ListBlocked,
+    ListFriends,
+    ListGroups,
+    ListMembers,
+)
+
+
 Request = (
     Ping
     | Register
@@ -108,6 +173,13 @@ Request = (
     | CreateGroup
     | JoinGroup
     | GroupSend
+    | RemoveFriend
+    | Block
+    | Unblock
+    | ListBlocked
+    | ListFriends
+    | ListGroups
+    | ListMembers
 )
 
 REQUEST_TYPES: dict[str, type[Request]] = {
@@ -123,6 +195,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
         CreateGroup,
         JoinGroup,
         GroupSend,
+        *CONTACT_REQUESTS,
     )
 }
 
@@ -158,11 +231,27 @@ class GroupInfo:
 
 @attrs.frozen
 class GroupDetail:
+    """A group in the ``login`` result. ``members_more`` and ``member_count`` are set
+    (and sent) only when the reply had to leave members out."""
+
     id: int
     name: str
     description: str
     role: Role
     members: list[Member]
+    members_more: bool | None = None
+    member_count: int | None = None
+
+
+@attrs.frozen
+class GroupSummary:
+    """A group in a ``groups`` page."""
+
+    id: int
+    name: str
+    description: str
+    role: Role
+    member_count: int
 
 
 # --- replies -----------------------------------------------------------------
@@ -182,10 +271,15 @@ class UserResult:
 
 @attrs.frozen
 class LoginResult:
+    """``friends_more`` and ``groups_more`` are set (and sent) only when the reply had
+    to leave some out to stay within the frame limit (``chat.protocol.login_cut``)."""
+
     user: UserRef
     friends: list[UserPresence]
     groups: list[GroupDetail]
     offline: int
+    friends_more: bool | None = None
+    groups_more: bool | None = None
 
 
 @attrs.frozen
@@ -215,8 +309,43 @@ class JoinResult:
     role: Role
 
 
+@attrs.frozen
+class FriendsPage:
+    friends: list[UserPresence]
+    more: bool
+
+
+@attrs.frozen
+class GroupsPage:
+    groups: list[GroupSummary]
+    more: bool
+
+
+@attrs.frozen
+class MembersPage:
+    members: list[Member]
+    more: bool
+
+
+@attrs.frozen
+class BlockedPage:
+    users: list[UserRef]
+    more: bool
+
+
 Result = (
-    Empty | UserResult | LoginResult | FoundUser | FriendResult | Sent | GroupResult | JoinResult
+    Empty
+    | UserResult
+    | LoginResult
+    | FoundUser
+    | FriendResult
+    | Sent
+    | GroupResult
+    | JoinResult
+    | FriendsPage
+    | GroupsPage
+    | MembersPage
+    | BlockedPage
 )
 
 
@@ -231,6 +360,8 @@ class Error:
     rid: Rid | None
     code: str
     message: str
+    retry_after_ms: int | None = None
+    """Sent with ``rate_limited`` only."""
 
 
 # --- events ------------------------------------------------------------------
@@ -264,6 +395,12 @@ class FriendAddedEvent:
     friend: UserPresence
 
 
-Event = MessageEvent | GroupMessageEvent | FriendAddedEvent
+@attrs.frozen
+class FriendRemovedEvent:
+    TYPE: ClassVar[str] = "friend_removed"
+    friend: UserRef
+
+
+Event = MessageEvent | GroupMessageEvent | FriendAddedEvent | FriendRemovedEvent
 DeliveredEvent = MessageEvent | GroupMessageEvent
 """A stored message, as its recipients get it."""

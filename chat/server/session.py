@@ -102,7 +102,7 @@ class Session:
         try:
             result = await dispatch(self.user_session, decoded.request)
         except RequestError as exc:
-            await self._reply_error(rid, exc.code, exc.message)
+            await self._reply(Error(rid, exc.code, exc.message, exc.retry_after_ms))
             return
         except (StoreUnavailable, BrokerUnavailable) as exc:
             log.warning("%s failed: %s", decoded.request.TYPE, exc)
@@ -119,12 +119,26 @@ class Session:
             log.exception("request %s failed unexpectedly", decoded.request.TYPE)
             await self._reply_error(rid, ErrorCode.INTERNAL_ERROR, "internal server error")
             return
-        await self._reply(Ok(rid, result))
+        sent = await self._reply(Ok(rid, result))
         if isinstance(result, LoginResult):
-            await self.user_session.go_live(result.offline, nursery)
+            if sent:
+                await self.user_session.go_live(result.offline, nursery)
+            else:
+                await self.user_session.end_login()
 
-    async def _reply(self, reply: Ok | Error) -> None:
-        await self.connection.queue(Outgoing(self.connection.codec.encode_reply(reply)))
+    async def _reply(self, reply: Ok | Error) -> bool:
+        """Queue a reply; False if it was too large for a frame and an ``internal_error``
+        went instead. Never happens (results are bounded: chat.protocol.bounded); if a
+        bug ever makes one too large, the client gets an error it can read rather
+        than a frame it must refuse."""
+        payload = self.connection.codec.encode_reply(reply)
+        if len(payload) > self.services.settings.max_frame_bytes:
+            log.error("a %d-byte reply was too large to send: %.200r", len(payload), payload)
+            error = Error(reply.rid, ErrorCode.INTERNAL_ERROR, "internal server error")
+            await self.connection.queue(Outgoing(self.connection.codec.encode_reply(error)))
+            return False
+        await self.connection.queue(Outgoing(payload))
+        return True
 
     async def _reply_error(self, rid: Rid | None, code: ErrorCode, message: str) -> None:
         await self._reply(Error(rid, code, message))

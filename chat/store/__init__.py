@@ -5,33 +5,43 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from .contacts import LoginReads
 from .dialect import Dialect
 from .errors import (
+    AlreadyBlocked,
     AlreadyFriends,
     AlreadyMember,
+    Blocked,
+    CannotBlockSelf,
     CannotFriendSelf,
     GroupNameTaken,
     NameTaken,
     NoSuchGroup,
     NoSuchUser,
     NotAMember,
+    NotBlocked,
+    NotFriends,
+    RateLimited,
     StoreError,
     StoreUnavailable,
 )
 from .migrations import apply_migrations
 from .mysql import MysqlDialect
+from .names import backfill_name_keys, name_key
 from .records import (
     Credentials,
     GroupRecord,
     LoginSnapshot,
     MemberRecord,
     MembershipRecord,
+    Page,
     PendingDelivery,
     StoredMessage,
     UserRecord,
 )
 from .repository import Store
 from .sqlite import SqliteDialect
+from .throttle import Window
 
 DEFAULT_DATABASE_URL = "sqlite:///chat.db"
 
@@ -69,17 +79,23 @@ def open_store(url: str, pool_size: int | None = None) -> Store:
         raise
     store = Store(dialect, pool_size)
     store.pool.run_blocking(lambda conn: apply_migrations(dialect, conn))
+    # Names written before migration 0004 (or by a node that has not run it yet).
+    store.pool.run_blocking(lambda conn: backfill_name_keys(dialect, conn))
     return store
 
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "AlreadyBlocked",
     "AlreadyFriends",
     "AlreadyMember",
+    "Blocked",
+    "CannotBlockSelf",
     "CannotFriendSelf",
     "Credentials",
     "GroupNameTaken",
     "GroupRecord",
+    "LoginReads",
     "LoginSnapshot",
     "MemberRecord",
     "MembershipRecord",
@@ -87,13 +103,20 @@ __all__ = [
     "NoSuchGroup",
     "NoSuchUser",
     "NotAMember",
+    "NotBlocked",
+    "NotFriends",
+    "Page",
     "PendingDelivery",
+    "RateLimited",
     "Store",
     "StoreError",
     "StoreUnavailable",
     "StoredMessage",
     "UserRecord",
+    "Window",
     "apply_migrations",
+    "backfill_name_keys",
     "dialect_for",
+    "name_key",
     "open_store",
 ]

@@ -47,6 +47,9 @@ class Dialect(ABC):
     """Reads run in a transaction of their own. False where each statement of a read
     sees the latest commits anyway (MySQL's READ COMMITTED with autocommit): then a
     read is its statements alone, without the round trips of BEGIN and COMMIT."""
+    for_update = ""
+    """Appended to a SELECT that must lock its rows until the transaction ends. Empty on
+    SQLite, whose write transactions (``BEGIN IMMEDIATE``) hold the whole database."""
 
     @abstractmethod
     def connect(self) -> Connection:

@@ -41,3 +41,32 @@ class AlreadyMember(StoreError):
 
 class NotAMember(StoreError):
     pass
+
+
+class NotFriends(StoreError):
+    pass
+
+
+class CannotBlockSelf(StoreError):
+    pass
+
+
+class AlreadyBlocked(StoreError):
+    pass
+
+
+class NotBlocked(StoreError):
+    pass
+
+
+class Blocked(StoreError):
+    """One of the two users has blocked the other: the request is refused (saying no
+    more than that, whichever of them did)."""
+
+
+class RateLimited(StoreError):
+    """A throttle refused the request before anything was done."""
+
+    def __init__(self, retry_after_ms: int) -> None:
+        super().__init__(f"retry after {retry_after_ms} ms")
+        self.retry_after_ms = retry_after_ms

@@ -20,6 +20,7 @@ _MARIADB_VERSION = re.compile(r"(\d+)\.(\d+)\.\d+-MariaDB")
 class MysqlDialect(Dialect):
     name = "mysql"
     pool_size = 8
+    for_update = " FOR UPDATE"
 
     def __init__(self, *, host: str, port: int, user: str, password: str, database: str) -> None:
         if not _DB_NAME.match(database):

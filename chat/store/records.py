@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
 Role = Literal["creator", "normal"]
+T = TypeVar("T")
 
 
 def text(value: Any) -> str:
@@ -56,11 +57,13 @@ class MemberRecord:
 
 @attrs.frozen
 class MembershipRecord:
-    """A group as one of its members sees it at login."""
+    """A group as one of its members sees it: at login with its first members (by id;
+    all of them unless ``member_count`` says there are more), in a page without."""
 
     group: GroupRecord
     role: Role
     members: list[MemberRecord]
+    member_count: int
 
 
 @attrs.frozen
@@ -104,6 +107,19 @@ class PendingDelivery:
 
 @attrs.frozen
 class LoginSnapshot:
+    """What a login shows, read with bounds: the lowest ids first, and whether the
+    database holds more than was read (the reply is cut to size afterwards)."""
+
     friends: list[UserRecord]
+    friends_more: bool
     groups: list[MembershipRecord]
+    groups_more: bool
     pending: int
+
+
+@attrs.frozen
+class Page(Generic[T]):
+    """Part of a list ascending by id; ``more``: the database holds ids beyond it."""
+
+    items: list[T]
+    more: bool

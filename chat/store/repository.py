@@ -18,17 +18,16 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
+from . import contacts, throttle
 from .coalesce import Coalescer
 from .dialect import Connection, Dialect
 from .errors import (
-    AlreadyFriends,
     AlreadyMember,
-    CannotFriendSelf,
     GroupNameTaken,
     NameTaken,
     NoSuchGroup,
-    NoSuchUser,
 )
+from .names import name_key
 from .pool import ConnectionPool
 from .records import (
     Credentials,
@@ -36,16 +35,17 @@ from .records import (
     LoginSnapshot,
     MemberRecord,
     MembershipRecord,
+    Page,
     PendingDelivery,
     Role,
     StoredMessage,
     UserRecord,
-    text,
 )
 from .sends import DirectSend, GroupSend, SendOutcome, SendRequest, store_sends
 from .sql import Sql as _Sql
 from .sql import no_row as _no_row
 from .sql import now_ms
+from .throttle import Window
 
 T = TypeVar("T")
 
@@ -102,13 +102,18 @@ class Store:
     # --- accounts -------------------------------------------------------------
 
     async def create_user(self, name: str, password_hash: str) -> UserRecord:
+        """A new user; ``NameTaken`` also when the name equals another after case folding
+        (the unique ``name_key`` index enforces that across the cluster)."""
+        key = name_key(name)
+
         def body(sql: _Sql) -> UserRecord:
-            if sql.one("SELECT 1 FROM users WHERE name = ?", (name,)):
+            if sql.one("SELECT 1 FROM users WHERE name_key = ? OR name = ?", (key, name)):
                 raise NameTaken(name)
             try:
                 user_id = sql.insert(
-                    "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)",
-                    (name, password_hash, now_ms()),
+                    "INSERT INTO users (name, name_key, password_hash, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (name, key, password_hash, now_ms()),
                 )
             except Exception as exc:
                 if self.dialect.is_integrity_error(exc):
@@ -144,69 +149,93 @@ class Store:
         )
         return None if row is None else UserRecord.from_row(row)
 
-    async def login_snapshot(self, user_id: int) -> LoginSnapshot:
-        """Friends, groups with their members, and how many messages are kept."""
+    async def login_snapshot(self, user_id: int, reads: contacts.LoginReads) -> LoginSnapshot:
+        """The first friends and groups (by id) with their first members, within
+        ``reads``, and how many messages are kept (``chat.store.contacts``)."""
+        return await self._run(
+            partial(contacts.login_snapshot, user_id=user_id, reads=reads), write=False
+        )
 
-        def body(sql: _Sql) -> LoginSnapshot:
-            friends = [
-                UserRecord.from_row(row)
-                for row in sql.all(
-                    "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id"
-                    " WHERE f.user_id = ? ORDER BY u.id",
-                    (user_id,),
-                )
-            ]
-            groups = _memberships(sql, user_id)
-            row = sql.one("SELECT COUNT(*) FROM deliveries WHERE user_id = ?", (user_id,))
-            return LoginSnapshot(friends=friends, groups=groups, pending=int(row[0]) if row else 0)
+    # --- friends and blocking ---------------------------------------------------
 
-        return await self._run(body, write=False)
+    async def add_friend(self, user_id: int, friend_id: int, window: Window) -> UserRecord:
+        """Make two users friends (both directions); returns the friend. At most
+        ``window.limit`` per ``window.span_ms`` per user (``RateLimited``)."""
+        return await self._run(
+            partial(contacts.add_friend, user_id=user_id, friend_id=friend_id, window=window),
+            write=True,
+        )
 
-    # --- friends --------------------------------------------------------------
+    async def remove_friend(self, user_id: int, friend_id: int) -> UserRecord:
+        return await self._run(
+            partial(contacts.remove_friend, user_id=user_id, friend_id=friend_id), write=True
+        )
 
-    async def add_friend(self, user_id: int, friend_id: int) -> UserRecord:
-        """Make two users friends (both directions); returns the friend."""
+    async def friends(self, user_id: int, after: int, limit: int) -> Page[UserRecord]:
+        return await self._run(
+            partial(contacts.friends_page, user_id=user_id, after=after, limit=limit),
+            write=False,
+        )
 
-        def body(sql: _Sql) -> UserRecord:
-            if user_id == friend_id:
-                raise CannotFriendSelf()
-            row = (
-                None
-                if _no_row(friend_id)
-                else sql.one("SELECT id, name FROM users WHERE id = ?", (friend_id,))
-            )
-            if row is None:
-                raise NoSuchUser(friend_id)
-            if sql.one(
-                "SELECT 1 FROM friends WHERE user_id = ? AND friend_id = ?", (user_id, friend_id)
-            ):
-                raise AlreadyFriends()
-            created = now_ms()
-            try:
-                sql.many(
-                    "INSERT INTO friends (user_id, friend_id, created_at) VALUES (?, ?, ?)",
-                    [(user_id, friend_id, created), (friend_id, user_id, created)],
-                )
-            except Exception as exc:
-                if self.dialect.is_integrity_error(exc):
-                    raise AlreadyFriends() from exc
-                raise
-            return UserRecord.from_row(row)
+    async def block(self, user_id: int, target_id: int) -> UserRecord:
+        """``user_id`` blocks ``target_id`` (ending their friendship); returns the target."""
+        return await self._run(
+            partial(contacts.block, user_id=user_id, target_id=target_id), write=True
+        )
 
-        return await self._run(body, write=True)
+    async def unblock(self, user_id: int, target_id: int) -> UserRecord:
+        return await self._run(
+            partial(contacts.unblock, user_id=user_id, target_id=target_id), write=True
+        )
+
+    async def blocked(self, user_id: int, after: int, limit: int) -> Page[UserRecord]:
+        return await self._run(
+            partial(contacts.blocked_page, user_id=user_id, after=after, limit=limit),
+            write=False,
+        )
+
+    async def blockers_among(self, user_id: int, candidates: Sequence[int]) -> set[int]:
+        """Which of ``candidates`` have blocked ``user_id``: they must get nothing from
+        it that the protocol refuses (``send``, ``add_friend``) and it must get no
+        ``presence`` of theirs. (A block also ends the friendship, so a presence
+        fan-out that reads friends from the store excludes them already.)"""
+        if not candidates:
+            return set()
+        return await self._run(
+            partial(contacts.blockers_among, user_id=user_id, candidates=candidates),
+            write=False,
+        )
+
+    # --- throttles -------------------------------------------------------------
+
+    async def throttle_wait(self, bucket: str, window: Window) -> int | None:
+        """Milliseconds until ``bucket`` allows one more event; None: allowed now. For a
+        throttle whose check and count are separate steps (say, failed password logins:
+        checked before the password, counted only when it was wrong); ``add_friend``
+        checks and counts inside its own transaction instead."""
+        return await self._run(
+            lambda sql: throttle.wait_ms(sql, bucket, window, now_ms()), write=False
+        )
+
+    async def throttle_record(self, bucket: str, window: Window) -> None:
+        """Count one event of ``bucket`` now (see ``chat.store.throttle``)."""
+        await self._run(lambda sql: throttle.record(sql, bucket, window, now_ms()), write=True)
 
     # --- groups ---------------------------------------------------------------
 
     async def create_group(self, name: str, description: str, creator_id: int) -> GroupRecord:
+        key = name_key(name)
+
         def body(sql: _Sql) -> GroupRecord:
-            if sql.one("SELECT 1 FROM chat_groups WHERE name = ?", (name,)):
+            if sql.one("SELECT 1 FROM chat_groups WHERE name_key = ? OR name = ?", (key, name)):
                 raise GroupNameTaken(name)
             created = now_ms()
             try:
                 group_id = sql.insert(
-                    "INSERT INTO chat_groups (name, description, creator_id, created_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (name, description, creator_id, created),
+                    "INSERT INTO chat_groups"
+                    " (name, name_key, description, creator_id, created_at, member_count)"
+                    " VALUES (?, ?, ?, ?, ?, 1)",
+                    (name, key, description, creator_id, created),
                 )
             except Exception as exc:
                 if self.dialect.is_integrity_error(exc):
@@ -247,9 +276,30 @@ class Store:
                 if self.dialect.is_integrity_error(exc):
                     raise AlreadyMember() from exc
                 raise
+            sql.execute(
+                "UPDATE chat_groups SET member_count = member_count + 1 WHERE id = ?", (group_id,)
+            )
             return GroupRecord.from_row(row), "normal"
 
         return await self._run(body, write=True)
+
+    async def groups(self, user_id: int, after: int, limit: int) -> Page[MembershipRecord]:
+        """The user's groups with their member counts (no members)."""
+        return await self._run(
+            partial(contacts.groups_page, user_id=user_id, after=after, limit=limit),
+            write=False,
+        )
+
+    async def group_members(
+        self, user_id: int, group_id: int, after: int, limit: int
+    ) -> Page[MemberRecord]:
+        """Members of a group the user is in (``NoSuchGroup``, ``NotAMember``)."""
+        return await self._run(
+            partial(
+                contacts.members_page, user_id=user_id, group_id=group_id, after=after, limit=limit
+            ),
+            write=False,
+        )
 
     # --- messages -------------------------------------------------------------
 
@@ -360,33 +410,3 @@ def _pending_rows(sql: _Sql, users: Sequence[int], limit: int, after_seq: int) -
 
 def _fetch_one(query: str, args: Sequence[Any], sql: _Sql) -> Any:
     return sql.one(query, args)
-
-
-def _memberships(sql: _Sql, user_id: int) -> list[MembershipRecord]:
-    groups = sql.all(
-        "SELECT g.id, g.name, g.description, gm.role FROM group_members gm"
-        " JOIN chat_groups g ON g.id = gm.group_id WHERE gm.user_id = ? ORDER BY g.id",
-        (user_id,),
-    )
-    if not groups:
-        return []
-    members: dict[int, list[MemberRecord]] = {int(row[0]): [] for row in groups}
-    for group_id, member_id, name, role in sql.all(
-        "SELECT gm.group_id, u.id, u.name, gm.role FROM group_members gm"
-        " JOIN users u ON u.id = gm.user_id"
-        " WHERE gm.group_id IN (SELECT group_id FROM group_members WHERE user_id = ?)"
-        " ORDER BY gm.group_id, gm.joined_at, u.id",
-        (user_id,),
-    ):
-        members[int(group_id)].append(MemberRecord(int(member_id), text(name), _role(role)))
-    return [
-        MembershipRecord(
-            group=GroupRecord.from_row(row), role=_role(row[3]), members=members[int(row[0])]
-        )
-        for row in groups
-    ]
-
-
-def _role(value: Any) -> Role:
-    role = text(value)
-    return "creator" if role == "creator" else "normal"

@@ -9,7 +9,7 @@ sender may rely on is what a transaction of its own gave it:
 
 - **Its own checks and answer.** A batch answers every send separately: its
   ``StoredMessage``, or its error as an exception *value* that ``Store`` raises
-  in the caller (``NoSuchUser``, ``NoSuchGroup``, ``NotAMember``). A send
+  in the caller (``NoSuchUser``, ``Blocked``, ``NoSuchGroup``, ``NotAMember``). A send
   whose ``cid`` was used already gets the earlier message and the recipients
   still waiting for it, and stores nothing.
 - **Rolled back alone.** A send that fails after it began writing is undone
@@ -41,7 +41,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from .errors import NoSuchGroup, NoSuchUser, NotAMember, StoreError
+from .errors import Blocked, NoSuchGroup, NoSuchUser, NotAMember, StoreError
 from .records import StoredMessage, text
 from .sql import Sql, no_row, now_ms
 
@@ -79,13 +79,8 @@ class _Batch:
         self.sql = sql
         self.requests = requests
         self.used_cids = _used_cids(sql, requests)
-        self.users = _existing_users(
-            sql,
-            {
-                r.recipient_id
-                for r in requests
-                if isinstance(r, DirectSend) and not no_row(r.recipient_id)
-            },
+        self.users, self.blocked = _recipients(
+            sql, [r for r in requests if isinstance(r, DirectSend) and not no_row(r.recipient_id)]
         )
         self.outcomes: list[SendOutcome | None] = [None] * len(requests)
         self.checked: list[int] = []
@@ -126,6 +121,8 @@ class _Batch:
             return True
         if request.recipient_id not in self.users:
             raise NoSuchUser(request.recipient_id)
+        if (request.recipient_id, request.sender_id) in self.blocked:
+            raise Blocked()
         return False
 
     def _store_checked(self) -> None:
@@ -264,12 +261,22 @@ def _write_group(request: GroupSend, sql: Sql) -> StoredMessage:
     return StoredMessage(message_id, ts, recipients, created=True)
 
 
-def _existing_users(sql: Sql, user_ids: set[int]) -> set[int]:
-    if not user_ids:
-        return set()
-    ordered = sorted(user_ids)
-    marks = ", ".join("?" for _ in ordered)
-    return {int(row[0]) for row in sql.all(f"SELECT id FROM users WHERE id IN ({marks})", ordered)}
+def _recipients(sql: Sql, sends: Sequence[DirectSend]) -> tuple[set[int], set[tuple[int, int]]]:
+    """Which recipients exist, and which (recipient, sender) pairs are blocked: one
+    query for the whole batch (the block check rides on the existence check)."""
+    if not sends:
+        return set(), set()
+    recipients = sorted({send.recipient_id for send in sends})
+    senders = sorted({send.sender_id for send in sends})
+    rows = sql.all(
+        "SELECT u.id, b.blocked_id FROM users u LEFT JOIN blocks b ON b.blocker_id = u.id"
+        f" AND b.blocked_id IN ({', '.join('?' for _ in senders)})"
+        f" WHERE u.id IN ({', '.join('?' for _ in recipients)})",
+        (*senders, *recipients),
+    )
+    existing = {int(row[0]) for row in rows}
+    blocked = {(int(row[0]), int(row[1])) for row in rows if row[1] is not None}
+    return existing, blocked
 
 
 def _used_cids(sql: Sql, requests: Sequence[SendRequest]) -> set[tuple[int, str]]:

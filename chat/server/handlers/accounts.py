@@ -5,20 +5,17 @@ from __future__ import annotations
 from chat.protocol import ErrorCode, RequestError
 from chat.protocol.messages import (
     Empty,
-    GroupDetail,
     Login,
-    LoginResult,
     Logout,
-    Member,
     Ping,
     Register,
     Result,
-    UserPresence,
     UserRef,
     UserResult,
 )
 from chat.store import NameTaken, UserRecord
 
+from .login_view import login_result
 from .registry import Caller, handler
 
 
@@ -62,26 +59,11 @@ async def login(caller: Caller, request: Login) -> Result:
         await services.deletions.settle(user.id)
         # Presence is claimed before the snapshot: a message stored from now on either
         # counts in ``offline`` or wakes this session, never neither.
-        snapshot = await services.store.login_snapshot(user.id)
-        online = await services.router.online([friend.id for friend in snapshot.friends])
+        result = await login_result(services.store, services.router, user)
     except Exception:
         await caller.end_login()
         raise
-    return LoginResult(
-        user=UserRef(user.id, user.name),
-        friends=[UserPresence(f.id, f.name, f.id in online) for f in snapshot.friends],
-        groups=[
-            GroupDetail(
-                id=m.group.id,
-                name=m.group.name,
-                description=m.group.description,
-                role=m.role,
-                members=[Member(x.id, x.name, x.role) for x in m.members],
-            )
-            for m in snapshot.groups
-        ],
-        offline=snapshot.pending,
-    )
+    return result
 
 
 @handler(Logout, while_paused=True)

@@ -1,16 +1,24 @@
-"""Groups: ``create_group``, ``join_group`` and ``group_send``."""
+"""Groups: ``create_group``, ``join_group``, ``group_send``, and the version 1.1 lists
+``groups`` and ``group_members``."""
 
 from __future__ import annotations
 
 from chat.protocol import ErrorCode, RequestError
+from chat.protocol.bounded import page_fit
 from chat.protocol.messages import (
     CreateGroup,
     GroupInfo,
     GroupMessageEvent,
     GroupResult,
     GroupSend,
+    GroupsPage,
+    GroupSummary,
     JoinGroup,
     JoinResult,
+    ListGroups,
+    ListMembers,
+    Member,
+    MembersPage,
     Result,
     UserRef,
 )
@@ -73,3 +81,39 @@ async def group_send(caller: Caller, request: GroupSend) -> Result:
         False,
     )
     return sent(caller, stored, event, stored_after)
+
+
+@handler(ListGroups)
+async def groups(caller: Caller, request: ListGroups) -> Result:
+    user = me(caller)
+    page = await caller.services.store.groups(user.id, request.after or 0, request.limit)
+    items, more = page_fit(
+        [
+            GroupSummary(m.group.id, m.group.name, m.group.description, m.role, m.member_count)
+            for m in page.items
+        ],
+        page.more,
+        fixed=GroupsPage([], True),
+    )
+    return GroupsPage(items, more)
+
+
+@handler(ListMembers)
+async def group_members(caller: Caller, request: ListMembers) -> Result:
+    user = me(caller)
+    try:
+        page = await caller.services.store.group_members(
+            user.id, request.group_id, request.after or 0, request.limit
+        )
+    except NoSuchGroup:
+        raise RequestError(
+            ErrorCode.NO_SUCH_GROUP, f"group_id: no group has id {request.group_id}"
+        ) from None
+    except NotAMember:
+        raise RequestError(
+            ErrorCode.NOT_A_MEMBER, f"group_id: you are not in group {request.group_id}"
+        ) from None
+    items, more = page_fit(
+        [Member(m.id, m.name, m.role) for m in page.items], page.more, fixed=MembersPage([], True)
+    )
+    return MembersPage(items, more)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from chat.protocol import ErrorCode, RequestError
 from chat.protocol.messages import DeliveredEvent, MessageEvent, Result, Send, Sent, UserRef
-from chat.store import NoSuchUser, StoredMessage
+from chat.store import Blocked, NoSuchUser, StoredMessage
 
 from .registry import Caller, handler, me
 
@@ -19,6 +19,11 @@ async def send(caller: Caller, request: Send) -> Result:
         )
     except NoSuchUser:
         raise RequestError(ErrorCode.NO_SUCH_USER, f"to: no user has id {request.to}") from None
+    except Blocked:
+        # Says nothing more than the code about the recipient, who blocked the sender.
+        raise RequestError(
+            ErrorCode.BLOCKED, "to: refused: one of you has blocked the other"
+        ) from None
     event = MessageEvent(
         stored.message_id, UserRef(user.id, user.name), request.to, request.text, stored.ts, False
     )

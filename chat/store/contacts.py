@@ -1,0 +1,314 @@
+"""Contacts of version 1.1: removing friends, blocking, lists read a page at a time,
+and the login's bounded snapshot. Each function runs inside the caller's
+transaction (``Store`` owns it) and holds one use case's read-check-write.
+
+Lists are ascending by id and read one row beyond the page, which says whether
+there is more. The login reads at most what could ever fit in its reply (the
+reply is cut to the byte later, in ``chat.protocol.login_cut``): a user with
+5,000 friends and 50 groups of 2,000 members costs a few thousand rows, not
+105,000.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from chat.protocol.bounded import water_fill
+
+from . import throttle
+from .errors import (
+    AlreadyBlocked,
+    AlreadyFriends,
+    Blocked,
+    CannotBlockSelf,
+    CannotFriendSelf,
+    NoSuchGroup,
+    NoSuchUser,
+    NotAMember,
+    NotBlocked,
+    NotFriends,
+    RateLimited,
+)
+from .records import (
+    GroupRecord,
+    LoginSnapshot,
+    MemberRecord,
+    MembershipRecord,
+    Page,
+    Role,
+    UserRecord,
+    text,
+)
+from .sql import MAX_ROW_ID, Sql, no_row, now_ms
+
+MEMBER_QUERY_GROUPS = 50
+"""Groups whose first members are read by one statement (a UNION of index ranges)."""
+
+
+def role_of(value: Any) -> Role:
+    return "creator" if text(value) == "creator" else "normal"
+
+
+def _user(sql: Sql, user_id: int) -> UserRecord:
+    row = (
+        None if no_row(user_id) else sql.one("SELECT id, name FROM users WHERE id = ?", (user_id,))
+    )
+    if row is None:
+        raise NoSuchUser(user_id)
+    return UserRecord.from_row(row)
+
+
+def _blocked_either_way(sql: Sql, one: int, other: int) -> bool:
+    return bool(
+        sql.one(
+            "SELECT 1 FROM blocks WHERE (blocker_id = ? AND blocked_id = ?)"
+            " OR (blocker_id = ? AND blocked_id = ?)",
+            (one, other, other, one),
+        )
+    )
+
+
+def _end_friendship(sql: Sql, one: int, other: int) -> None:
+    sql.execute(
+        "DELETE FROM friends"
+        " WHERE (user_id = ? AND friend_id = ?) OR (user_id = ? AND friend_id = ?)",
+        (one, other, other, one),
+    )
+
+
+# --- friends ------------------------------------------------------------------------
+
+
+def add_friend(
+    sql: Sql,
+    user_id: int,
+    friend_id: int,
+    window: throttle.Window,
+) -> UserRecord:
+    """Make two users friends (both directions) and count it against the user's throttle.
+
+    The throttle is checked first (``rate_limited`` comes before the request's own
+    errors) and counts only friendships made: a refused request is not recorded."""
+    # Serialise one user's add_friend calls, so two of them cannot both count 99.
+    sql.one(f"SELECT id FROM users WHERE id = ?{sql.dialect.for_update}", (user_id,))
+    bucket = f"add_friend:{user_id}"
+    now = now_ms()
+    wait = throttle.wait_ms(sql, bucket, window, now)
+    if wait is not None:
+        raise RateLimited(wait)
+    if user_id == friend_id:
+        raise CannotFriendSelf()
+    friend = _user(sql, friend_id)
+    if _blocked_either_way(sql, user_id, friend_id):
+        raise Blocked()
+    if sql.one("SELECT 1 FROM friends WHERE user_id = ? AND friend_id = ?", (user_id, friend_id)):
+        raise AlreadyFriends()
+    try:
+        sql.many(
+            "INSERT INTO friends (user_id, friend_id, created_at) VALUES (?, ?, ?)",
+            [(user_id, friend_id, now), (friend_id, user_id, now)],
+        )
+    except Exception as exc:
+        if sql.dialect.is_integrity_error(exc):
+            raise AlreadyFriends() from exc
+        raise
+    throttle.record(sql, bucket, window, now)
+    return friend
+
+
+def remove_friend(sql: Sql, user_id: int, friend_id: int) -> UserRecord:
+    """End a friendship, both directions; returns the former friend."""
+    friend = _user(sql, friend_id)
+    if not sql.one(
+        "SELECT 1 FROM friends WHERE user_id = ? AND friend_id = ?", (user_id, friend_id)
+    ):
+        raise NotFriends()
+    _end_friendship(sql, user_id, friend_id)
+    return friend
+
+
+def friends_page(sql: Sql, user_id: int, after: int, limit: int) -> Page[UserRecord]:
+    after = min(after, MAX_ROW_ID)  # a larger id names no row (and fits no column)
+    rows = sql.all(
+        "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id"
+        " WHERE f.user_id = ? AND f.friend_id > ? ORDER BY f.friend_id LIMIT ?",
+        (user_id, after, limit + 1),
+    )
+    return Page([UserRecord.from_row(row) for row in rows[:limit]], len(rows) > limit)
+
+
+# --- blocking -----------------------------------------------------------------------
+
+
+def block(sql: Sql, user_id: int, target_id: int) -> UserRecord:
+    """``user_id`` blocks ``target_id``: any friendship between them ends."""
+    if user_id == target_id:
+        raise CannotBlockSelf()
+    target = _user(sql, target_id)
+    if sql.one(
+        "SELECT 1 FROM blocks WHERE blocker_id = ? AND blocked_id = ?", (user_id, target_id)
+    ):
+        raise AlreadyBlocked()
+    try:
+        sql.execute(
+            "INSERT INTO blocks (blocker_id, blocked_id, created_at) VALUES (?, ?, ?)",
+            (user_id, target_id, now_ms()),
+        )
+    except Exception as exc:
+        if sql.dialect.is_integrity_error(exc):
+            raise AlreadyBlocked() from exc
+        raise
+    _end_friendship(sql, user_id, target_id)
+    return target
+
+
+def unblock(sql: Sql, user_id: int, target_id: int) -> UserRecord:
+    target = _user(sql, target_id)
+    if not sql.one(
+        "SELECT 1 FROM blocks WHERE blocker_id = ? AND blocked_id = ?", (user_id, target_id)
+    ):
+        raise NotBlocked()
+    sql.execute("DELETE FROM blocks WHERE blocker_id = ? AND blocked_id = ?", (user_id, target_id))
+    return target
+
+
+def blocked_page(sql: Sql, user_id: int, after: int, limit: int) -> Page[UserRecord]:
+    after = min(after, MAX_ROW_ID)  # a larger id names no row (and fits no column)
+    rows = sql.all(
+        "SELECT u.id, u.name FROM blocks b JOIN users u ON u.id = b.blocked_id"
+        " WHERE b.blocker_id = ? AND b.blocked_id > ? ORDER BY b.blocked_id LIMIT ?",
+        (user_id, after, limit + 1),
+    )
+    return Page([UserRecord.from_row(row) for row in rows[:limit]], len(rows) > limit)
+
+
+def blockers_among(sql: Sql, user_id: int, candidates: Sequence[int]) -> set[int]:
+    """Which of ``candidates`` have blocked ``user_id``."""
+    ids = sorted({c for c in candidates if not no_row(c)})
+    found: set[int] = set()
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        marks = ", ".join("?" for _ in chunk)
+        found.update(
+            int(row[0])
+            for row in sql.all(
+                f"SELECT blocker_id FROM blocks WHERE blocked_id = ? AND blocker_id IN ({marks})",
+                (user_id, *chunk),
+            )
+        )
+    return found
+
+
+# --- groups -------------------------------------------------------------------------
+
+
+def groups_page(sql: Sql, user_id: int, after: int, limit: int) -> Page[MembershipRecord]:
+    after = min(after, MAX_ROW_ID)  # a larger id names no row (and fits no column)
+    rows = _group_rows(sql, user_id, after, limit + 1)
+    groups = [
+        MembershipRecord(GroupRecord.from_row(row), role_of(row[3]), [], int(row[4]))
+        for row in rows[:limit]
+    ]
+    return Page(groups, len(rows) > limit)
+
+
+def members_page(
+    sql: Sql, user_id: int, group_id: int, after: int, limit: int
+) -> Page[MemberRecord]:
+    row = (
+        None
+        if no_row(group_id)
+        else sql.one(
+            "SELECT g.id, gm.user_id FROM chat_groups g LEFT JOIN group_members gm"
+            " ON gm.group_id = g.id AND gm.user_id = ? WHERE g.id = ?",
+            (user_id, group_id),
+        )
+    )
+    if row is None:
+        raise NoSuchGroup(group_id)
+    if row[1] is None:
+        raise NotAMember()
+    after = min(after, MAX_ROW_ID)  # a larger id names no row (and fits no column)
+    rows = sql.all(
+        "SELECT u.id, u.name, gm.role FROM group_members gm JOIN users u ON u.id = gm.user_id"
+        " WHERE gm.group_id = ? AND gm.user_id > ? ORDER BY gm.user_id LIMIT ?",
+        (group_id, after, limit + 1),
+    )
+    members = [MemberRecord(int(r[0]), text(r[1]), role_of(r[2])) for r in rows[:limit]]
+    return Page(members, len(rows) > limit)
+
+
+def _group_rows(sql: Sql, user_id: int, after: int, count: int) -> list[Any]:
+    return sql.all(
+        "SELECT g.id, g.name, g.description, gm.role, g.member_count FROM group_members gm"
+        " JOIN chat_groups g ON g.id = gm.group_id"
+        " WHERE gm.user_id = ? AND gm.group_id > ? ORDER BY gm.group_id LIMIT ?",
+        (user_id, after, count),
+    )
+
+
+# --- login --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class LoginReads:
+    """How much a login reads: at most ``groups`` groups; then, knowing their member
+    counts, ``friends(counts)`` friends; then, knowing how many friends there were,
+    ``members(friends_read, counts)`` members in all, shared fairly among the groups.
+    (The bounds are the most the reply could show: ``chat.protocol.login_cut``.)"""
+
+    groups: int
+    friends: Callable[[list[int]], int]
+    members: Callable[[int, list[int]], int]
+
+
+def login_snapshot(sql: Sql, user_id: int, reads: LoginReads) -> LoginSnapshot:
+    """The user's first groups, friends and members (each from the lowest id), within
+    ``reads``; and the number of kept messages."""
+    group_rows = _group_rows(sql, user_id, 0, reads.groups + 1)
+    groups_more = len(group_rows) > reads.groups
+    group_rows = group_rows[: reads.groups]
+    counts = [int(row[4]) for row in group_rows]
+    friend_page = friends_page(sql, user_id, 0, reads.friends(counts))
+    wanted = water_fill(counts, reads.members(len(friend_page.items), counts))
+    firsts = _first_members(sql, [(int(r[0]), n) for r, n in zip(group_rows, wanted, strict=True)])
+    memberships = [
+        MembershipRecord(
+            GroupRecord.from_row(row), role_of(row[3]), firsts.get(int(row[0]), []), int(row[4])
+        )
+        for row in group_rows
+    ]
+    pending = sql.one("SELECT COUNT(*) FROM deliveries WHERE user_id = ?", (user_id,))
+    return LoginSnapshot(
+        friends=friend_page.items,
+        friends_more=friend_page.more,
+        groups=memberships,
+        groups_more=groups_more,
+        pending=int(pending[0]) if pending else 0,
+    )
+
+
+def _first_members(sql: Sql, wanted: Sequence[tuple[int, int]]) -> dict[int, list[MemberRecord]]:
+    """The ``n`` lowest-id members of each ``(group, n)``: one index range each, many
+    ranges per statement."""
+    found: dict[int, list[MemberRecord]] = {group_id: [] for group_id, _ in wanted}
+    asked = [(group_id, n) for group_id, n in wanted if n > 0]
+    for start in range(0, len(asked), MEMBER_QUERY_GROUPS):
+        chunk = asked[start : start + MEMBER_QUERY_GROUPS]
+        parts = [
+            f"SELECT * FROM (SELECT gm.group_id, u.id, u.name, gm.role FROM group_members gm"
+            f" JOIN users u ON u.id = gm.user_id WHERE gm.group_id = ?"
+            f" ORDER BY gm.user_id LIMIT ?) m{number}"
+            for number in range(len(chunk))
+        ]
+        args: list[int] = []
+        for group_id, n in chunk:
+            args += (group_id, n)
+        for group_id, member_id, name, role in sql.all(" UNION ALL ".join(parts), args):
+            found[int(group_id)].append(MemberRecord(int(member_id), text(name), role_of(role)))
+    for members in found.values():
+        members.sort(key=lambda member: member.id)
+    return found

@@ -1,0 +1,48 @@
+"""Sliding-window throttles kept in the database, so that every node of a cluster
+(and the single embedded node, which has no Redis) counts the same events.
+
+A ``Window`` allows ``limit`` events of one *bucket* (a string such as
+``add_friend:42``, or ``login:name:ann`` for a password throttle) within
+``span_ms``. Each counted event is a row of ``rate_events``; a check counts the
+bucket's rows inside the window and, when the limit is reached, says how long
+until the oldest of the last ``limit`` rows leaves it. Rows older than the window
+are deleted when the next one is recorded, so a bucket holds at most ``limit``
+rows.
+
+Both functions run inside the caller's transaction: checking, doing the work and
+recording the event in one transaction is what makes "at most ``limit``" hold
+under concurrent requests. The caller serialises requests of one bucket first
+(``lock_bucket_owner``), since two transactions could otherwise both count 99.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .sql import Sql
+
+
+@attrs.frozen
+class Window:
+    limit: int
+    span_ms: int
+
+
+def wait_ms(sql: Sql, bucket: str, window: Window, now: int) -> int | None:
+    """Milliseconds until one more event of ``bucket`` is allowed; None: allowed now."""
+    rows = sql.all(
+        "SELECT at FROM rate_events WHERE bucket = ? AND at > ? ORDER BY at DESC LIMIT ?",
+        (bucket, now - window.span_ms, window.limit),
+    )
+    if len(rows) < window.limit:
+        return None
+    oldest_counted = int(rows[-1][0])
+    return max(1, oldest_counted + window.span_ms - now)
+
+
+def record(sql: Sql, bucket: str, window: Window, now: int) -> None:
+    """Count one event of ``bucket`` at ``now`` and forget those the window has passed."""
+    sql.execute(
+        "DELETE FROM rate_events WHERE bucket = ? AND at <= ?", (bucket, now - window.span_ms)
+    )
+    sql.execute("INSERT INTO rate_events (bucket, at) VALUES (?, ?)", (bucket, now))
