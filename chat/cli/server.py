@@ -14,6 +14,14 @@ import trio
 
 from chat.broker import Broker, MemoryBroker
 from chat.server import Node, Settings
+from chat.server.settings import (
+    ADDRESS_LOGINS_PER_MINUTE,
+    HASH_QUEUE,
+    REQUEST_BURST,
+    REQUEST_RATE,
+    TRUSTED_ADDRESSES,
+)
+from chat.server.throttles import parse_networks
 from chat.store import DEFAULT_DATABASE_URL, StoreError, open_store
 
 from .workers import Supervisor, announce_ready, cpu_count, reserve_port, watch_parent
@@ -104,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(NODE-w1, NODE-w2, ...), restarted if they die; auto: one per CPU. More than 1 "
         "needs --redis and a MariaDB/MySQL database (default 1: this process is the node)",
     )
+    _operations_flags(serve)
     # Set by the --workers parent for its workers: listen with SO_REUSEPORT.
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _log_flag(serve)
@@ -112,6 +121,65 @@ def build_parser() -> argparse.ArgumentParser:
     _database_flag(migrate)
     _log_flag(migrate)
     return parser
+
+
+def _operations_flags(serve: argparse.ArgumentParser) -> None:
+    """Limits, health and metrics (docs/operations.md)."""
+    serve.add_argument(
+        "--http-port",
+        type=_port,
+        default=_env("http_port", None),  # a string default goes through type= too
+        help="port of the HTTP endpoint with /metrics (Prometheus), /healthz and /readyz, "
+        "on --host; with --workers N, worker k listens on PORT+k-1 (default: off)",
+    )
+    serve.add_argument(
+        "--trusted-addresses",
+        type=_networks,
+        default=_env("trusted_addresses", ",".join(TRUSTED_ADDRESSES)),
+        help="comma-separated client addresses or networks exempt from the per-address "
+        "budget and the hashing queue bound (default: the loopback ranges; '' for none)",
+    )
+    serve.add_argument(
+        "--address-logins-per-minute",
+        type=_count,
+        default=_env("address_logins_per_minute", str(ADDRESS_LOGINS_PER_MINUTE)),
+        help="password logins and registrations per minute from one client address "
+        f"(default {ADDRESS_LOGINS_PER_MINUTE}; 0: no limit)",
+    )
+    serve.add_argument(
+        "--hash-queue",
+        type=_count,
+        default=_env("hash_queue", str(HASH_QUEUE)),
+        help="password hashes running or waiting before new password requests get "
+        f"rate_limited at once (default {HASH_QUEUE}; 0: no bound)",
+    )
+    serve.add_argument(
+        "--request-rate",
+        type=float,
+        default=_env("request_rate", str(REQUEST_RATE)),
+        help=f"requests per second one connection may send on average (default "
+        f"{REQUEST_RATE:g}; 0: no limit)",
+    )
+    serve.add_argument(
+        "--request-burst",
+        type=_count,
+        default=_env("request_burst", str(REQUEST_BURST)),
+        help=f"requests one connection may send at once (default {REQUEST_BURST})",
+    )
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: give 0 or more")
+    return value
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    try:
+        return parse_networks(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _database_flag(parser: argparse.ArgumentParser) -> None:
@@ -223,6 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         node_id=node_id,
         ws_port=args.ws_port,
         reuse_port=args.reuse_port,
+        http_port=args.http_port,
+        trusted_addresses=args.trusted_addresses,
+        address_logins_per_minute=args.address_logins_per_minute,
+        hash_queue=args.hash_queue,
+        request_rate=args.request_rate,
+        request_burst=args.request_burst,
     )
     try:
         trio.run(serve, settings, args.database, args.redis, args.lease_seconds, args.redis_prefix)
@@ -272,6 +346,13 @@ def _run_workers(args: argparse.Namespace, node_id: str) -> int:
             argv += ["--ws-port", str(ws_port)]
         if args.redis_prefix is not None:
             argv += ["--redis-prefix", args.redis_prefix]
+        if args.http_port is not None:
+            # One HTTP port per worker: each shows its own figures (docs/operations.md).
+            argv += ["--http-port", str(args.http_port + int(worker_id.rpartition("-w")[2]) - 1)]
+        argv += ["--trusted-addresses", ",".join(args.trusted_addresses)]
+        argv += ["--address-logins-per-minute", str(args.address_logins_per_minute)]
+        argv += ["--hash-queue", str(args.hash_queue), "--request-rate", str(args.request_rate)]
+        argv += ["--request-burst", str(args.request_burst)]
         return argv
 
     log.info("starting %d workers on port %d", args.workers, port)

@@ -35,7 +35,7 @@ import trio
 from chat.broker import Broker
 from chat.store import Store
 from chat.transports import LineStream, MessageStream, enable_keepalive, serve_websocket
-from chat.transports.tcp import peer_name
+from chat.transports.tcp import peer_address, peer_name
 
 from .deletions import Deletions
 from .listeners import bound_ports, open_listeners
@@ -57,7 +57,7 @@ class Node:
             store=store,
             broker=broker,
             router=self.router,
-            hasher=PasswordHasher(settings.hash_concurrency),
+            hasher=PasswordHasher(settings.hash_concurrency, settings.hash_queue),
             deletions=Deletions(store),
         )
         self._serials = itertools.count(1)
@@ -176,12 +176,15 @@ class Node:
         try:
             enable_keepalive(stream)
             peer = peer_name(stream)
+            address = peer_address(stream)
         except OSError as exc:
             if exc.errno not in (errno.ENOTCONN, errno.EINVAL, errno.ECONNRESET):
                 log.exception("cannot set up a connection")
             await stream.aclose()
             return
-        await self.serve_stream(LineStream(stream, peer, self.settings.max_frame_bytes))
+        await self.serve_stream(
+            LineStream(stream, peer, self.settings.max_frame_bytes, address=address)
+        )
 
     async def serve_stream(self, stream: MessageStream) -> None:
         """Run a session over any message stream (the TCP and WebSocket adapters call this)."""

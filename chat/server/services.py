@@ -9,6 +9,7 @@ from chat.store import Store
 
 from .deletions import Deletions
 from .encoded import EncodedEvents
+from .metrics import Metrics
 from .passwords import PasswordHasher
 from .router import Router
 from .settings import Settings
@@ -23,3 +24,4 @@ class Services:
     hasher: PasswordHasher
     deletions: Deletions
     encoded: EncodedEvents = attrs.field(factory=EncodedEvents)
+    metrics: Metrics = attrs.field(factory=Metrics)

@@ -31,6 +31,7 @@ from chat.transports import FrameRejected, MessageStream, StreamClosed
 from .connection import Connection, Outgoing
 from .handlers import dispatch
 from .services import Services
+from .throttles import RequestBudget
 from .user_session import UserSession
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class Session:
         )
         self.user_session = UserSession(services, self.connection, self.holder, self.request_close)
         self._reader_scope = trio.CancelScope()
+        settings = services.settings
+        self.budget = RequestBudget(settings.request_rate, settings.request_burst)
 
     async def run(self) -> None:
         settings = self.services.settings
@@ -93,32 +96,42 @@ class Session:
             await self._handle_frame(frame, nursery)
 
     async def _handle_frame(self, frame: bytes | str, nursery: trio.Nursery) -> None:
+        metrics = self.services.metrics
         try:
             decoded = self.connection.codec.decode_request(frame)
         except ProtocolError as exc:
+            metrics.requests.labels("-", exc.code.value).inc()  # no type to trust
             await self._reply(Error(exc.rid, exc.code, exc.message))
             return
         rid = decoded.rid
+        kind = decoded.request.TYPE
         try:
-            result = await dispatch(self.user_session, decoded.request)
+            result = await dispatch(self.user_session, decoded.request, self.budget)
         except RequestError as exc:
+            metrics.requests.labels(kind, exc.code.value).inc()
+            if exc.code is ErrorCode.RATE_LIMITED:
+                metrics.rate_limited.labels(getattr(exc, "limit", kind)).inc()
             await self._reply(Error(rid, exc.code, exc.message, exc.retry_after_ms))
             return
         except (StoreUnavailable, BrokerUnavailable) as exc:
-            log.warning("%s failed: %s", decoded.request.TYPE, exc)
+            log.warning("%s failed: %s", kind, exc)
+            metrics.requests.labels(kind, ErrorCode.UNAVAILABLE.value).inc()
             await self._reply_error(
                 rid, ErrorCode.UNAVAILABLE, "the server cannot do this right now; try again"
             )
             return
         except StoreError:
-            log.exception("%s failed in the store", decoded.request.TYPE)
+            log.exception("%s failed in the store", kind)
+            metrics.requests.labels(kind, ErrorCode.UNAVAILABLE.value).inc()
             await self._reply_error(rid, ErrorCode.UNAVAILABLE, "the request failed; try again")
             return
         except Exception:
             # A bug must cost one request, never the connection or the server.
-            log.exception("request %s failed unexpectedly", decoded.request.TYPE)
+            log.exception("request %s failed unexpectedly", kind)
+            metrics.requests.labels(kind, ErrorCode.INTERNAL_ERROR.value).inc()
             await self._reply_error(rid, ErrorCode.INTERNAL_ERROR, "internal server error")
             return
+        metrics.requests.labels(kind, "ok").inc()
         sent = await self._reply(Ok(rid, result))
         if isinstance(result, LoginResult):
             if sent:

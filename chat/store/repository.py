@@ -221,6 +221,19 @@ class Store:
         """Count one event of ``bucket`` now (see ``chat.store.throttle``)."""
         await self._run(lambda sql: throttle.record(sql, bucket, window, now_ms()), write=True)
 
+    async def throttle_lockout(self, buckets: Sequence[str], window: Window) -> int | None:
+        """Milliseconds until every one of ``buckets`` is open again, for a lockout
+        (``throttle.lockout_ms``); None: open now. One query for all of them."""
+        return await self._run(
+            lambda sql: throttle.lockout_ms(sql, buckets, window, now_ms()), write=False
+        )
+
+    async def throttle_take(self, bucket: str, window: Window) -> int | None:
+        """Count one event of ``bucket`` if its window allows (``throttle.take``): None
+        if counted, else milliseconds to wait. Check and count are one transaction;
+        two concurrent ones may both pass at the limit (a budget, not an exact bound)."""
+        return await self._run(lambda sql: throttle.take(sql, bucket, window, now_ms()), write=True)
+
     # --- groups ---------------------------------------------------------------
 
     async def create_group(self, name: str, description: str, creator_id: int) -> GroupRecord:

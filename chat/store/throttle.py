@@ -17,6 +17,8 @@ under concurrent requests. The caller serialises requests of one bucket first
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 
 from .sql import Sql
@@ -46,3 +48,29 @@ def record(sql: Sql, bucket: str, window: Window, now: int) -> None:
         "DELETE FROM rate_events WHERE bucket = ? AND at <= ?", (bucket, now - window.span_ms)
     )
     sql.execute("INSERT INTO rate_events (bucket, at) VALUES (?, ?)", (bucket, now))
+
+
+def lockout_ms(sql: Sql, buckets: Sequence[str], window: Window, now: int) -> int | None:
+    """A lockout rather than a sliding window: once any of ``buckets`` holds ``limit``
+    events within ``span_ms``, it stays shut until ``span_ms`` after the latest of
+    them (the password throttle: "until 60 s after the fifth failure"). Milliseconds
+    until every one of them is open again; None: open now."""
+    if not buckets:
+        return None
+    marks = ", ".join("?" * len(buckets))
+    rows = sql.all(
+        f"SELECT COUNT(*), MAX(at) FROM rate_events WHERE bucket IN ({marks}) AND at > ?"
+        " GROUP BY bucket",
+        (*buckets, now - window.span_ms),
+    )
+    waits = [int(latest) + window.span_ms - now for count, latest in rows if count >= window.limit]
+    return max(1, *waits) if waits else None
+
+
+def take(sql: Sql, bucket: str, window: Window, now: int) -> int | None:
+    """Count one event of ``bucket`` if the window allows it (a budget, such as password
+    logins per client address): None if counted, else milliseconds until allowed."""
+    wait = wait_ms(sql, bucket, window, now)
+    if wait is None:
+        record(sql, bucket, window, now)
+    return wait
