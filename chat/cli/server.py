@@ -16,7 +16,10 @@ from chat.broker import Broker, MemoryBroker
 from chat.server import Node, Settings
 from chat.server.settings import (
     ADDRESS_LOGINS_PER_MINUTE,
+    DB_TIMEOUT_SECONDS,
     HASH_QUEUE,
+    LOGIN_TIMEOUT_SECONDS,
+    MAX_CONNECTIONS,
     REQUEST_BURST,
     REQUEST_RATE,
     TRUSTED_ADDRESSES,
@@ -166,6 +169,55 @@ def _operations_flags(serve: argparse.ArgumentParser) -> None:
         default=_env("request_burst", str(REQUEST_BURST)),
         help=f"requests one connection may send at once (default {REQUEST_BURST})",
     )
+    serve.add_argument(
+        "--db-timeout",
+        type=_positive_seconds,
+        default=_env("db_timeout", str(DB_TIMEOUT_SECONDS)),
+        help="seconds a database call may take before the request answers unavailable "
+        f"and /readyz turns 503 (default {DB_TIMEOUT_SECONDS:g})",
+    )
+    serve.add_argument(
+        "--login-timeout",
+        type=_seconds,
+        default=_env("login_timeout", str(LOGIN_TIMEOUT_SECONDS)),
+        help="seconds a connection may stay open without logging in "
+        f"(default {LOGIN_TIMEOUT_SECONDS:g}; 0: no limit)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_count,
+        default=_env("max_connections", str(MAX_CONNECTIONS)),
+        help="open connections on this node; one more gets an unavailable error and is "
+        f"closed (default {MAX_CONNECTIONS}; 0: no limit)",
+    )
+    serve.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        default=(_env("proxy_protocol", "") or "").lower() in ("1", "true", "yes", "on"),
+        help="the TCP listeners expect a PROXY protocol v1 or v2 header on every "
+        "connection (nginx: proxy_protocol on;), so logs and limits see the real client; "
+        "a connection without one is refused (default: off)",
+    )
+    serve.add_argument(
+        "--log-format",
+        default=_env("log_format", "text"),
+        choices=["text", "json"],
+        help="text (default, for people) or json: one JSON object per line, for log shippers",
+    )
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text}: give 0 or more seconds")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: give a number of seconds above 0")
+    return value
 
 
 def _count(text: str) -> int:
@@ -297,6 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         hash_queue=args.hash_queue,
         request_rate=args.request_rate,
         request_burst=args.request_burst,
+        db_timeout_seconds=args.db_timeout,
+        login_timeout_seconds=args.login_timeout,
+        max_connections=args.max_connections,
+        proxy_protocol=args.proxy_protocol,
     )
     try:
         trio.run(serve, settings, args.database, args.redis, args.lease_seconds, args.redis_prefix)
@@ -352,7 +408,11 @@ def _run_workers(args: argparse.Namespace, node_id: str) -> int:
         argv += ["--trusted-addresses", ",".join(args.trusted_addresses)]
         argv += ["--address-logins-per-minute", str(args.address_logins_per_minute)]
         argv += ["--hash-queue", str(args.hash_queue), "--request-rate", str(args.request_rate)]
-        argv += ["--request-burst", str(args.request_burst)]
+        argv += ["--request-burst", str(args.request_burst), "--db-timeout", str(args.db_timeout)]
+        argv += ["--login-timeout", str(args.login_timeout)]
+        argv += ["--max-connections", str(args.max_connections), "--log-format", args.log_format]
+        if args.proxy_protocol:
+            argv.append("--proxy-protocol")
         return argv
 
     log.info("starting %d workers on port %d", args.workers, port)

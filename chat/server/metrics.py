@@ -79,11 +79,6 @@ class Metrics:
             buckets=STORE_SECONDS_BUCKETS,
             registry=r,
         )
-        self.store_timeouts = Counter(
-            "chat_store_timeouts",
-            "Store calls that did not finish within --db-timeout (answered unavailable).",
-            registry=r,
-        )
         self.login_failures = Counter(
             "chat_login_failures",
             "Password logins refused with bad_credentials.",
@@ -134,16 +129,10 @@ class Metrics:
         if count:
             self.deliveries.inc(count)
 
-    def batch_observer(self, kind: str) -> Callable[[int, float], None]:
-        """What a store coalescer calls after each batch: its size and its seconds."""
-        size = self.store_batch_size.labels(kind)
-        seconds = self.store_batch_seconds.labels(kind)
-
-        def observe(calls: int, duration: float) -> None:
-            size.observe(calls)
-            seconds.observe(duration)
-
-        return observe
+    def store_batch(self, kind: str, calls: int, seconds: float) -> None:
+        """One coalesced store transaction is over (``Store.observe_batches``)."""
+        self.store_batch_size.labels(kind).observe(calls)
+        self.store_batch_seconds.labels(kind).observe(seconds)
 
 
 class StateCollector(Collector):
@@ -158,12 +147,14 @@ class StateCollector(Collector):
         database_up: Callable[[], bool],
         redis_up: Callable[[], bool | None],
         notices: Callable[[], tuple[int, int]],
+        store_timeouts: Callable[[], int],
     ) -> None:
         self._connections = connections
         self._users_online = users_online
         self._database_up = database_up
         self._redis_up = redis_up
         self._notices = notices
+        self._store_timeouts = store_timeouts
 
     def collect(self) -> Iterable[Metric]:
         connections = GaugeMetricFamily(
@@ -197,4 +188,9 @@ class StateCollector(Collector):
             "chat_broker_notices_received",
             "Notice messages this node received from other nodes.",
             value=received,
+        )
+        yield CounterMetricFamily(
+            "chat_store_timeouts",
+            "Store calls not finished within --db-timeout (answered unavailable).",
+            value=self._store_timeouts(),
         )

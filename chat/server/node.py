@@ -7,6 +7,8 @@ Task tree::
     ├── deletions.run         (written kept messages, deleted in batches)
     ├── relay.run             (wake-ups and events for other nodes, in batches)
     ├── watchdog              (ends connections whose write is overdue)
+    ├── health                (probes the database and Redis: /readyz, *_up gauges)
+    ├── HTTP endpoint         (with ``http_port``: /metrics, /healthz, /readyz)
     └── connections nursery
         ├── accept loop       (trio.serve_listeners; cancelled first on shutdown)
         ├── WebSocket accept loop (with ``ws_port``; cancelled with the other)
@@ -29,16 +31,27 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+from collections import Counter
+from functools import partial
 
 import trio
 
 from chat.broker import Broker
 from chat.store import Store
-from chat.transports import LineStream, MessageStream, enable_keepalive, serve_websocket
+from chat.transports import (
+    LineStream,
+    MessageStream,
+    WebSocketStream,
+    enable_keepalive,
+    serve_websocket,
+)
 from chat.transports.tcp import peer_address, peer_name
 
 from .deletions import Deletions
+from .health import Health
+from .http import HttpEndpoint
 from .listeners import bound_ports, open_listeners
+from .metrics import StateCollector
 from .passwords import PasswordHasher
 from .router import Router
 from .services import Services
@@ -60,6 +73,25 @@ class Node:
             hasher=PasswordHasher(settings.hash_concurrency, settings.hash_queue),
             deletions=Deletions(store),
         )
+        store.pool.timeout = settings.db_timeout_seconds
+        metrics = self.services.metrics
+        store.observe_batches(metrics.store_batch)
+        self.health = Health(store, getattr(broker, "ping", None), lambda: self.router.paused)
+        metrics.add_collector(
+            StateCollector(
+                connections=lambda: dict(self._open),
+                users_online=lambda: len(self.router.sessions()),
+                database_up=lambda: self.health.database_up,
+                redis_up=lambda: self.health.redis_up,
+                notices=lambda: (
+                    getattr(broker, "notices_sent", 0),
+                    getattr(broker, "notices_received", 0),
+                ),
+                store_timeouts=lambda: store.pool.timeouts,
+            )
+        )
+        self._open: Counter[str] = Counter({"tcp": 0, "websocket": 0})
+        """Open connections by transport (the ``chat_connections`` gauge)."""
         self._serials = itertools.count(1)
         self._sessions: set[Session] = set()
         self._stop = trio.Event()
@@ -67,9 +99,12 @@ class Node:
         """The TCP ports actually listened on (useful with port 0)."""
         self.ws_ports: list[int] = []
         """The WebSocket ports actually listened on; empty when WebSocket is off."""
+        self.http_ports: list[int] = []
+        """The HTTP (metrics, health) ports actually listened on; empty when off."""
 
     def stop(self) -> None:
         """Begin a graceful shutdown; ``run`` returns once it is done."""
+        self.health.stopping = True  # /readyz says so at once
         self._stop.set()
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -79,6 +114,8 @@ class Node:
             await services.start(self.services.deletions.run)
             await services.start(self.router.relay.run)
             services.start_soon(self._watch_writes)
+            await services.start(self.health.run)
+            await self._start_http(services)
             listeners = await open_listeners(
                 settings.port, settings.host, reuse_port=settings.reuse_port
             )
@@ -115,6 +152,18 @@ class Node:
                 await self.router.relay.drain()
             services.cancel_scope.cancel()
         log.info("node %s stopped", settings.node_id)
+
+    async def _start_http(self, nursery: trio.Nursery) -> None:
+        """The metrics and health endpoint, bound before the chat ports: an orchestrator
+        can watch a node start."""
+        settings = self.settings
+        if settings.http_port is None:
+            return
+        listeners = await open_listeners(settings.http_port, settings.http_host or settings.host)
+        self.http_ports = bound_ports(listeners)
+        endpoint = HttpEndpoint(self.services.metrics.render, self.health.problems)
+        await nursery.start(partial(endpoint.serve, listeners))
+        log.info("node %s: metrics and health on HTTP port %s", settings.node_id, self.http_ports)
 
     async def _watch_writes(self) -> None:
         """Abort every connection whose write has been under way longer than
@@ -189,10 +238,13 @@ class Node:
     async def serve_stream(self, stream: MessageStream) -> None:
         """Run a session over any message stream (the TCP and WebSocket adapters call this)."""
         session = Session(self.services, stream, next(self._serials))
+        transport = "websocket" if isinstance(stream, WebSocketStream) else "tcp"
+        self._open[transport] += 1
         self._sessions.add(session)
         if self._stop.is_set():
             session.request_close()  # accepted (or handshaken) just as the node began stopping
         try:
             await session.run()
         finally:
+            self._open[transport] -= 1
             self._sessions.discard(session)

@@ -70,6 +70,12 @@ class Store:
         """Batches of ``pending`` run so far (each one read of the store)."""
         return self._pending_calls.batches
 
+    def observe_batches(self, observer: Callable[[str, int, float], None]) -> None:
+        """Tell ``observer(kind, calls, seconds)`` about every coalesced transaction
+        (kind ``send`` or ``pending``): the node's metrics."""
+        self._send_calls.observe = partial(observer, "send")
+        self._pending_calls.observe = partial(observer, "pending")
+
     # --- plumbing -------------------------------------------------------------
 
     @contextmanager
@@ -98,6 +104,10 @@ class Store:
                 return body(sql)
 
         return await self.pool.run(work)
+
+    async def ping(self) -> None:
+        """One trivial query: the database answers (within the pool's deadline)."""
+        await self._run(lambda sql: sql.one("SELECT 1", ()), write=False)
 
     # --- accounts -------------------------------------------------------------
 
