@@ -3,11 +3,13 @@ and the database deadline (a frozen database answers ``unavailable`` in time).""
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from chat.client import ConnectionLost, connect_websocket
 from chat.server import Node
 from chat.store import dialect_for
 
@@ -19,6 +21,7 @@ from .support import (
     login,
     mysql_database,
     next_is_sentinel,
+    raw,
     register,
     running_node,
 )
@@ -170,3 +173,48 @@ async def test_cluster_nodes_show_notices(mysql_url: str, redis_url: str) -> Non
         received = parse(b.services.metrics.render())
         assert value(sent, "chat_broker_notices_sent_total") >= 1, sent
         assert value(received, "chat_broker_notices_received_total") >= 1, received
+
+
+async def test_a_connection_that_does_not_log_in_is_closed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/chat.db"
+    async with running_node(url, login_timeout_seconds=0.5) as node, client(node) as member:
+        await register(member, "ann")
+        await login(member, "ann")
+        idle = await raw(node)
+        await idle.send(b'{"type":"ping","rid":1}\n')  # requests do not extend it
+        assert (await idle.line())["type"] == "ok"
+        error = await idle.line()
+        assert (error["type"], error["code"]) == ("error", "login_timeout"), error
+        assert "rid" not in error
+        assert await idle.closed()
+        # The one that logged in in time stays.
+        await trio.sleep(0.6)
+        assert (await member.call("ping"))["type"] == "ok"
+        figures = parse(node.services.metrics.render())
+        assert value(figures, "chat_login_timeouts_total") == 1
+
+
+async def test_beyond_max_connections_one_error_then_close(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/chat.db"
+    async with running_node(url, max_connections=2, ws_port=0) as node:
+        async with client(node) as first, client(node) as second:
+            await first.call("ping")
+            await second.call("ping")
+            extra = await raw(node)
+            refused = await extra.line()
+            assert (refused["type"], refused["code"]) == ("error", "unavailable"), refused
+            assert await extra.closed()
+            # WebSocket connections count too.
+            async with connect_websocket(f"ws://127.0.0.1:{node.ws_ports[0]}/") as ws:
+                refused = await ws.events.receive()
+                assert refused["code"] == "unavailable", refused
+        figures = parse(node.services.metrics.render())
+        assert value(figures, "chat_connections_refused_total", reason="max_connections") == 2
+        # Room again once they have closed.
+        with trio.fail_after(DEADLINE):
+            while True:
+                async with client(node) as again:
+                    with suppress(ConnectionLost):
+                        if (await again.request("ping"))["type"] == "ok":
+                            break
+                await trio.sleep(0.05)

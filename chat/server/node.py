@@ -32,15 +32,19 @@ import errno
 import itertools
 import logging
 from collections import Counter
+from contextlib import suppress
 from functools import partial
 
 import trio
 
 from chat.broker import Broker
+from chat.protocol import V1, ErrorCode
+from chat.protocol.messages import Error
 from chat.store import Store
 from chat.transports import (
     LineStream,
     MessageStream,
+    StreamClosed,
     WebSocketStream,
     enable_keepalive,
     serve_websocket,
@@ -165,6 +169,16 @@ class Node:
         await nursery.start(partial(endpoint.serve, listeners))
         log.info("node %s: metrics and health on HTTP port %s", settings.node_id, self.http_ports)
 
+    async def _refuse(self, stream: MessageStream, reason: str, message: str) -> None:
+        """One ``error`` line (``unavailable``) and close: cheaper than a session."""
+        self.services.metrics.connections_refused.labels(reason).inc()
+        log.warning("refusing %s: %s", stream.peer, reason)
+        refusal = V1.encode_reply(Error(None, ErrorCode.UNAVAILABLE, message))
+        with trio.move_on_after(self.settings.close_grace_seconds), suppress(StreamClosed):
+            await stream.send([refusal])
+        with trio.move_on_after(self.settings.close_grace_seconds, shield=True):
+            await stream.aclose()
+
     async def _watch_writes(self) -> None:
         """Abort every connection whose write has been under way longer than
         ``slow_client_seconds``: one look at each connection a fraction of that period,
@@ -237,6 +251,10 @@ class Node:
 
     async def serve_stream(self, stream: MessageStream) -> None:
         """Run a session over any message stream (the TCP and WebSocket adapters call this)."""
+        limit = self.settings.max_connections
+        if limit and len(self._sessions) >= limit:
+            await self._refuse(stream, "max_connections", "this server is full; try again later")
+            return
         session = Session(self.services, stream, next(self._serials))
         transport = "websocket" if isinstance(stream, WebSocketStream) else "tcp"
         self._open[transport] += 1

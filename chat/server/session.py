@@ -52,6 +52,8 @@ class Session:
         self._reader_scope = trio.CancelScope()
         settings = services.settings
         self.budget = RequestBudget(settings.request_rate, settings.request_burst)
+        self._logged_in = False
+        """A login succeeded on this connection (it is exempt from the login timeout)."""
 
     async def run(self) -> None:
         settings = self.services.settings
@@ -59,8 +61,12 @@ class Session:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.connection.run_writer, nursery.cancel_scope)
+                login_timer = trio.CancelScope()
+                if settings.login_timeout_seconds > 0:
+                    nursery.start_soon(self._expect_login, login_timer)
                 with self._reader_scope:
                     await self._read_loop(nursery)
+                login_timer.cancel()
                 # The client left or the node is stopping: flush what is queued, then go.
                 with trio.move_on_after(settings.close_grace_seconds, shield=True):
                     await self.user_session.end_login()
@@ -75,6 +81,23 @@ class Session:
             with trio.move_on_after(settings.close_grace_seconds, shield=True):
                 await self.stream.aclose()  # even if the logout above ran out of time
             log.info("connection closed: %s (%s)", self.stream.peer, self.holder)
+
+    async def _expect_login(self, scope: trio.CancelScope) -> None:
+        """Close a connection that has not logged in within ``login_timeout_seconds``
+        (idle and slowloris connections hold a file descriptor and memory each)."""
+        timeout = self.services.settings.login_timeout_seconds
+        with scope:
+            await trio.sleep(timeout)
+            if self._logged_in:
+                return
+            log.info(
+                "closing %s (%s): no login within %g s", self.stream.peer, self.holder, timeout
+            )
+            self.services.metrics.login_timeouts.inc()
+            await self._reply(
+                Error(None, ErrorCode.LOGIN_TIMEOUT, f"no login within {timeout:g} s: closing")
+            )
+            self.request_close()
 
     def request_close(self) -> None:
         """Ask the session to finish gracefully (node shutdown): stop reading, flush, close."""
@@ -134,6 +157,7 @@ class Session:
         metrics.requests.labels(kind, "ok").inc()
         sent = await self._reply(Ok(rid, result))
         if isinstance(result, LoginResult):
+            self._logged_in = True
             if sent:
                 await self.user_session.go_live(result.offline, nursery)
             else:
