@@ -3,13 +3,15 @@ and the database deadline (a frozen database answers ``unavailable`` in time).""
 
 from __future__ import annotations
 
+import json
+import socket
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from chat.client import ConnectionLost, connect_websocket
+from chat.client import ConnectionLost, connect, connect_websocket
 from chat.server import Node
 from chat.store import dialect_for
 
@@ -24,6 +26,7 @@ from .support import (
     raw,
     register,
     running_node,
+    server_process,
 )
 
 DEADLINE = 10.0
@@ -218,3 +221,21 @@ async def test_beyond_max_connections_one_error_then_close(tmp_path: Path) -> No
                         if (await again.request("ping"))["type"] == "ok":
                             break
                 await trio.sleep(0.05)
+
+
+async def test_json_logs_parse(tmp_path: Path) -> None:
+    async with server_process(
+        tmp_path, "--database", f"sqlite:///{tmp_path}/chat.db", "--log-format", "json"
+    ) as server:
+        async with connect("127.0.0.1", server.port) as c:
+            await c.call("ping")
+        assert await server.stop() == 0
+    lines = server.output().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert records
+    for record in records:
+        assert {"time", "level", "node", "logger", "event"} <= record.keys(), record
+        assert record["node"] == f"{socket.gethostname()}-{server.port}"
+    events = [record["event"] for record in records]
+    assert any(event.startswith("connection opened: 127.0.0.1:") for event in events), events
+    assert records[-1]["event"].endswith("stopped"), records[-1]

@@ -27,6 +27,7 @@ from chat.server.settings import (
 from chat.server.throttles import parse_networks
 from chat.store import DEFAULT_DATABASE_URL, StoreError, open_store
 
+from .logformat import formatter
 from .workers import Supervisor, announce_ready, cpu_count, reserve_port, watch_parent
 
 log = logging.getLogger("chat.server")
@@ -261,12 +262,10 @@ class _NodeIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str, node_id: str) -> None:
+def configure_logging(level: str, node_id: str, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_NodeIdFilter(node_id))
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s [%(node_id)s] %(name)s: %(message)s")
-    )
+    handler.setFormatter(formatter(log_format))
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
@@ -334,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     node_id = args.node_id or f"{socket.gethostname()}-{args.port}"
-    configure_logging(args.log_level, node_id)
+    configure_logging(args.log_level, node_id, args.log_format)
     if args.workers > 1:
         return _run_workers(args, node_id)
     settings = Settings(

@@ -49,7 +49,9 @@ from chat.transports import (
     enable_keepalive,
     serve_websocket,
 )
-from chat.transports.tcp import peer_address, peer_name
+from chat.transports.proxy import HEADER_TIMEOUT as PROXY_HEADER_TIMEOUT
+from chat.transports.proxy import ProxiedPeer, ProxyHeaderError, read_proxy_header
+from chat.transports.tcp import format_peer, peer_address, peer_name
 
 from .deletions import Deletions
 from .health import Health
@@ -169,11 +171,17 @@ class Node:
         await nursery.start(partial(endpoint.serve, listeners))
         log.info("node %s: metrics and health on HTTP port %s", settings.node_id, self.http_ports)
 
-    async def _refuse(self, stream: MessageStream, reason: str, message: str) -> None:
-        """One ``error`` line (``unavailable``) and close: cheaper than a session."""
+    async def _refuse(
+        self,
+        stream: MessageStream,
+        reason: str,
+        message: str,
+        code: ErrorCode = ErrorCode.UNAVAILABLE,
+    ) -> None:
+        """One ``error`` line and close: cheaper than a session."""
         self.services.metrics.connections_refused.labels(reason).inc()
-        log.warning("refusing %s: %s", stream.peer, reason)
-        refusal = V1.encode_reply(Error(None, ErrorCode.UNAVAILABLE, message))
+        log.warning("refusing %s: %s", stream.peer, message)
+        refusal = V1.encode_reply(Error(None, code, message))
         with trio.move_on_after(self.settings.close_grace_seconds), suppress(StreamClosed):
             await stream.send([refusal])
         with trio.move_on_after(self.settings.close_grace_seconds, shield=True):
@@ -245,9 +253,40 @@ class Node:
                 log.exception("cannot set up a connection")
             await stream.aclose()
             return
+        rest = b""
+        if self.settings.proxy_protocol:
+            proxied = await self._read_proxy_header(stream, peer)
+            if proxied is None:
+                return
+            if proxied.host is not None and proxied.port is not None:
+                peer, address = (
+                    f"{format_peer(proxied.host, proxied.port)} via {peer}",
+                    proxied.host,
+                )
+            rest = proxied.rest
         await self.serve_stream(
-            LineStream(stream, peer, self.settings.max_frame_bytes, address=address)
+            LineStream(stream, peer, self.settings.max_frame_bytes, address=address, buffered=rest)
         )
+
+    async def _read_proxy_header(self, stream: trio.SocketStream, peer: str) -> ProxiedPeer | None:
+        """The PROXY protocol header (``--proxy-protocol``); None: there was none, and
+        the connection got one ``error`` line and is closed."""
+        problem = f"no PROXY protocol header within {PROXY_HEADER_TIMEOUT:g} s"
+        with trio.move_on_after(PROXY_HEADER_TIMEOUT):
+            try:
+                return await read_proxy_header(stream)
+            except ProxyHeaderError as exc:
+                problem = str(exc)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                problem = f"connection lost ({exc})"
+        line = LineStream(stream, peer, self.settings.max_frame_bytes)
+        await self._refuse(
+            line,
+            "proxy_header",
+            f"this port expects a PROXY protocol header: {problem}",
+            code=ErrorCode.BAD_FRAME,
+        )
+        return None
 
     async def serve_stream(self, stream: MessageStream) -> None:
         """Run a session over any message stream (the TCP and WebSocket adapters call this)."""
