@@ -9,7 +9,10 @@ request is refused unprocessed):
   ``PASSWORD_WINDOW_MS``, password logins for it are refused, before the
   password is checked, until that long after the last failure. Counted in the
   database (``chat.store.throttle``, the table ``add_friend`` uses too), which
-  every node of a cluster shares: the limit is cluster-wide. A name that exists
+  every node of a cluster shares: the limit is cluster-wide. An attempt counts
+  from the moment it passes the check (and is forgotten if the password was
+  right), so a burst of simultaneous guesses gets no more than five through
+  (give or take one per pooled database connection). A name that exists
   counts for its user id too (and an id for itself), so alternating ``name`` and
   ``id`` buys no extra guesses; names and ids that do not exist are counted all
   the same, so the answer reveals nothing.
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 from collections.abc import Sequence
 from functools import cache
 
@@ -40,10 +44,12 @@ import trio
 
 from chat.protocol import ErrorCode, RequestError
 from chat.protocol.messages import Login
-from chat.store import Credentials, Window
+from chat.store import Credentials, StoreError, Window
 
 from .passwords import HashingBusy
 from .services import Services
+
+log = logging.getLogger(__name__)
 
 PASSWORD_GUESSES = 5
 PASSWORD_WINDOW_MS = 60_000
@@ -96,22 +102,39 @@ async def authenticate_password(services: Services, request: Login, address: str
         assert request.id is not None  # the codec checked: exactly one of name and id
         credentials = await store.credentials_by_id(request.id)
         buckets = [_id_bucket(request.id)]
-    wait = await store.throttle_lockout(buckets, PASSWORD_WINDOW)
-    if wait is not None:
-        raise RateLimitedError("password", wait, "too many failed logins for this account")
+    # Counted as a failure from now on, so that guesses sent at the same moment cannot
+    # all get through while the first ones are being hashed; forgotten if it was right.
+    reservation = await store.throttle_reserve(buckets, PASSWORD_WINDOW)
+    if reservation.wait_ms is not None:
+        raise RateLimitedError(
+            "password", reservation.wait_ms, "too many failed logins for this account"
+        )
     stored_hash = credentials.password_hash if credentials else None
     trusted = is_trusted(address, services.settings.trusted_addresses)
     try:
         matches = await services.hasher.verify(request.password, stored_hash, bounded=not trusted)
-    except HashingBusy:
-        raise _hashing_busy() from None
-    if credentials is None or not matches:
-        services.metrics.login_failures.inc()
-        for bucket in buckets:
-            await store.throttle_record(bucket, PASSWORD_WINDOW)
-        # The same answer whichever part was wrong: it must not reveal which names exist.
-        raise RequestError(ErrorCode.BAD_CREDENTIALS, "wrong user or password")
-    return credentials
+    except BaseException as exc:
+        # Not checked after all (a full queue, a cancelled request): it does not count.
+        await _unreserve(services, reservation.ids)
+        if isinstance(exc, HashingBusy):
+            raise _hashing_busy() from None
+        raise
+    if credentials is not None and matches:
+        await _unreserve(services, reservation.ids)
+        return credentials
+    services.metrics.login_failures.inc()
+    # The same answer whichever part was wrong: it must not reveal which names exist.
+    raise RequestError(ErrorCode.BAD_CREDENTIALS, "wrong user or password")
+
+
+async def _unreserve(services: Services, ids: Sequence[int]) -> None:
+    """Forget a reservation, also while the request is being cancelled. If that fails,
+    the attempt stays counted as a failure: on the safe side."""
+    with trio.move_on_after(services.settings.close_grace_seconds, shield=True):
+        try:
+            await services.store.throttle_forget(ids)
+        except StoreError as exc:
+            log.warning("a password attempt stays counted: %s", exc)
 
 
 async def hash_new_password(services: Services, password: str, address: str) -> str:

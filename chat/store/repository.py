@@ -45,7 +45,7 @@ from .sends import DirectSend, GroupSend, SendOutcome, SendRequest, store_sends
 from .sql import Sql as _Sql
 from .sql import no_row as _no_row
 from .sql import now_ms
-from .throttle import Window
+from .throttle import Reservation, Window
 
 T = TypeVar("T")
 
@@ -231,12 +231,16 @@ class Store:
         """Count one event of ``bucket`` now (see ``chat.store.throttle``)."""
         await self._run(lambda sql: throttle.record(sql, bucket, window, now_ms()), write=True)
 
-    async def throttle_lockout(self, buckets: Sequence[str], window: Window) -> int | None:
-        """Milliseconds until every one of ``buckets`` is open again, for a lockout
-        (``throttle.lockout_ms``); None: open now. One query for all of them."""
+    async def throttle_reserve(self, buckets: Sequence[str], window: Window) -> Reservation:
+        """A lockout check that counts the attempt when it lets it through
+        (``throttle.reserve``): one transaction for all of ``buckets``."""
         return await self._run(
-            lambda sql: throttle.lockout_ms(sql, buckets, window, now_ms()), write=False
+            lambda sql: throttle.reserve(sql, buckets, window, now_ms()), write=True
         )
+
+    async def throttle_forget(self, ids: Sequence[int]) -> None:
+        """Un-count events a reservation counted (``throttle.forget``)."""
+        await self._run(lambda sql: throttle.forget(sql, ids), write=True)
 
     async def throttle_take(self, bucket: str, window: Window) -> int | None:
         """Count one event of ``bucket`` if its window allows (``throttle.take``): None

@@ -74,3 +74,40 @@ def take(sql: Sql, bucket: str, window: Window, now: int) -> int | None:
     if wait is None:
         record(sql, bucket, window, now)
     return wait
+
+
+@attrs.frozen
+class Reservation:
+    """What ``reserve`` did: refused (``wait_ms``), or counted one event per bucket
+    (``ids``, to ``forget`` them if the attempt turns out not to count)."""
+
+    wait_ms: int | None
+    ids: tuple[int, ...] = ()
+
+
+def reserve(sql: Sql, buckets: Sequence[str], window: Window, now: int) -> Reservation:
+    """A lockout check that counts the attempt at once when it lets it through.
+
+    For failed password logins: an attempt under way counts as a failure until it
+    turns out to be right (then the caller forgets it). Checking first and counting
+    only after the slow password check would let every guess sent at the same
+    moment through (300 connections: 300 guesses, not 5); counting first lets at
+    most ``limit`` through, give or take the few transactions that run at the same
+    instant on other pooled connections."""
+    wait = lockout_ms(sql, buckets, window, now)
+    if wait is not None:
+        return Reservation(wait)
+    ids = []
+    for bucket in buckets:
+        sql.execute(
+            "DELETE FROM rate_events WHERE bucket = ? AND at <= ?", (bucket, now - window.span_ms)
+        )
+        ids.append(sql.insert("INSERT INTO rate_events (bucket, at) VALUES (?, ?)", (bucket, now)))
+    return Reservation(None, tuple(ids))
+
+
+def forget(sql: Sql, ids: Sequence[int]) -> None:
+    """Un-count events ``reserve`` counted (the attempt did not fail after all)."""
+    if ids:
+        marks = ", ".join("?" * len(ids))
+        sql.execute(f"DELETE FROM rate_events WHERE id IN ({marks})", tuple(ids))
