@@ -157,3 +157,38 @@ async def test_requests_per_connection(tmp_path: Any) -> None:
         # Another connection has a budget of its own.
         async with client(node) as other:
             assert (await other.request("ping"))["type"] == "ok"
+
+
+async def test_simultaneous_guesses_get_about_five_through(database_url: str) -> None:
+    async with running_node(database_url) as node:
+        async with client(node) as c:
+            await register(c, "ann")
+        codes: list[str] = []
+
+        async def guess() -> None:
+            async with client(node) as g:
+                codes.append((await g.request("login", name="ann", password="wrong"))["code"])
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(30):
+                nursery.start_soon(guess)
+        # Five, plus at most one per other pooled connection checking at the same instant.
+        pool = node.services.store.pool.limiter.total_tokens
+        assert 5 <= codes.count("bad_credentials") <= 5 + int(pool) - 1, codes
+        assert codes.count("rate_limited") == 30 - codes.count("bad_credentials"), codes
+
+
+async def test_a_right_password_does_not_count(database_url: str) -> None:
+    async with running_node(database_url) as node, client(node) as c:
+        await register(c, "ann")
+        for _ in range(4):
+            assert (await c.request("login", name="ann", password="wrong"))["code"] == (
+                "bad_credentials"
+            )
+        for _ in range(3):
+            await login(c, "ann")
+            await c.call("logout")
+        assert (await c.request("login", name="ann", password="wrong"))["code"] == (
+            "bad_credentials"
+        )
+        assert_rate_limited(await c.request("login", name="ann", password="secret"))

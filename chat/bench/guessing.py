@@ -4,20 +4,24 @@
 
 (``python -m chat.bench.guessing`` in the checkout's .venv.)
 
-Starts a real ``chat-server serve`` process on a fresh database and runs two floods
-of wrong-password logins from ``--connections`` connections, each connection
-sending its next guess as soon as the previous one is answered, while an honest
-user logs in and out with the right password every 0.25 s:
+Starts a real ``chat-server serve`` process on a fresh database for each of three
+floods of wrong-password logins from ``--connections`` connections, each
+connection sending its next guess as soon as the previous one is answered, while
+an honest user logs in and out with the right password every 0.25 s:
 
-1. ``one account``: every guess is for the same account (``victim``), as in the
-   issue's measurement. The account throttle refuses all but the first five
-   before any hashing.
-2. ``many names``: every guess names a different account (what no per-account
-   throttle can stop). The node runs with ``--trusted-addresses ''`` and
-   ``--address-logins-per-minute 0``, as if the flood came from many addresses:
-   the bound on the hashing queue is what protects the honest login, which may
-   itself be told ``rate_limited`` (it then waits ``retry_after_ms`` and tries
-   again; the time counted is until it is logged in).
+1. ``one account, one address``: every guess is for the same account
+   (``victim``), from loopback (trusted, as in the issue's measurement). The
+   account throttle lets about five through per minute, before any hashing.
+2. ``many names, one address``: every guess names a different account (what no
+   per-account throttle can stop), all from one untrusted client address. The
+   node runs with ``--proxy-protocol --trusted-addresses ''`` and each
+   connection of this script sends a PROXY header naming its address: the
+   attacker is 203.0.113.66, the honest user 198.51.100.7. The address budget
+   (20 per minute) stops the flood.
+3. ``many names, many addresses``: the same, each guessing connection from an
+   address of its own (a botnet): only the bound on the hashing queue protects
+   the honest login, which may itself be told ``rate_limited`` (it then waits
+   ``retry_after_ms`` and tries again; the time counted is until it is logged in).
 
 Each honest login is timed from the request to the reply (including retries).
 Prints, per flood: guesses answered per second by code, and the honest logins'
@@ -38,11 +42,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import attrs
 import trio
 
-from chat.client import ChatClient, ChatError, connect
+from chat.client import ChatClient, ChatError, client_over
 from chat.store import dialect_for
 
 TARGET_SECONDS = 1.0
@@ -82,40 +88,81 @@ async def start_server(url: str, port: int, log: Path, *flags: str) -> trio.Proc
     return process
 
 
+@contextlib.asynccontextmanager
+async def dial(port: int, address: str | None) -> AsyncIterator[ChatClient]:
+    """A client; with ``address``, the connection first says (PROXY v1) it comes from there."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    if address is not None:
+        await stream.send_all(f"PROXY TCP4 {address} 127.0.0.1 40000 {port}\r\n".encode())
+    async with client_over(stream) as c:
+        yield c
+
+
+@attrs.frozen
+class Scenario:
+    title: str
+    flags: tuple[str, ...] = ()
+    one_account: bool = False
+    attacker: Callable[[int], str | None] = lambda n: None
+    """The client address of guessing connection ``n`` (None: no PROXY header)."""
+    honest: Callable[[int], str | None] = lambda k: None
+    """The client address of the honest user's ``k``-th login (each on a connection of
+    its own: honest users are many people, each well within the address budget)."""
+
+
+SCENARIOS = [
+    Scenario("one account, one address (loopback)", one_account=True),
+    Scenario(
+        "many names, one address",
+        ("--proxy-protocol", "--trusted-addresses", ""),
+        attacker=lambda n: "203.0.113.66",
+        honest=lambda k: f"198.51.100.{k % 250 + 1}",
+    ),
+    Scenario(
+        "many names, many addresses",
+        ("--proxy-protocol", "--trusted-addresses", ""),
+        attacker=lambda n: f"10.{n // 250}.{n % 250}.1",
+        honest=lambda k: f"198.51.100.{k % 250 + 1}",
+    ),
+]
+
+
 async def flood(
-    port: int, connections: int, seconds: float, names: itertools.count[int] | None
+    port: int, connections: int, seconds: float, scenario: Scenario
 ) -> tuple[Counter[str], list[float]]:
     """Guesses from ``connections`` connections for ``seconds``; an honest user's logins
-    meanwhile. ``names``: a fresh name per guess (else all for ``victim``)."""
+    meanwhile."""
     answers: Counter[str] = Counter()
     honest: list[float] = []
+    names = itertools.count()
 
-    async def guesser() -> None:
-        async with connect("127.0.0.1", port) as c:
+    async def guesser(n: int) -> None:
+        async with dial(port, scenario.attacker(n)) as c:
             while True:
-                name = "victim" if names is None else f"ghost-{next(names)}"
+                name = "victim" if scenario.one_account else f"ghost-{next(names)}"
                 reply = await c.request("login", name=name, password="wrong")
                 answers[reply.get("code", reply["type"])] += 1
 
-    async def honest_user(c: ChatClient) -> None:
-        while True:
-            started = time.perf_counter()
-            while True:
-                reply = await c.request("login", name="honest", password=PASSWORD)
-                if reply["type"] == "ok":
-                    break
-                if reply["code"] != "rate_limited":
-                    raise RuntimeError(f"honest login failed: {reply}")
-                await trio.sleep(reply["retry_after_ms"] / 1000)
-            honest.append(time.perf_counter() - started)
-            await c.call("logout")
+    async def honest_user() -> None:
+        for k in itertools.count(1):
+            async with dial(port, scenario.honest(k)) as c:
+                started = time.perf_counter()
+                while True:
+                    reply = await c.request("login", name="honest", password=PASSWORD)
+                    if reply["type"] == "ok":
+                        break
+                    if reply["code"] != "rate_limited":
+                        raise RuntimeError(f"honest login failed: {reply}")
+                    await trio.sleep(reply["retry_after_ms"] / 1000)
+                honest.append(time.perf_counter() - started)
+                await c.call("logout")
             await trio.sleep(0.25)
 
-    async with connect("127.0.0.1", port) as c, trio.open_nursery() as nursery:
-        for _ in range(connections):
-            nursery.start_soon(guesser)
+    async with trio.open_nursery() as nursery:
+        for n in range(connections):
+            nursery.start_soon(guesser, n)
         await trio.sleep(1)  # the flood is under way
-        nursery.start_soon(honest_user, c)
+        nursery.start_soon(honest_user)
         await trio.sleep(seconds)
         nursery.cancel_scope.cancel()
     return answers, honest
@@ -139,28 +186,20 @@ def report(title: str, answers: Counter[str], honest: list[float], seconds: floa
 
 
 async def main(args: argparse.Namespace) -> None:
-    scenarios = [
-        ("flood on one account", ()),
-        (
-            "flood on many names (untrusted, no address budget)",
-            ("--trusted-addresses", "", "--address-logins-per-minute", "0"),
-        ),
-    ]
     with tempfile.TemporaryDirectory() as directory:
-        for title, flags in scenarios:
+        for scenario in SCENARIOS:
             fresh_database(args.database)
             port = free_port()
             process = await start_server(
-                args.database, port, Path(directory) / "server.log", *flags
+                args.database, port, Path(directory) / "server.log", *scenario.flags
             )
             try:
-                async with connect("127.0.0.1", port) as c:
+                async with dial(port, scenario.honest(0)) as c:
                     for name in ("victim", "honest"):
                         with contextlib.suppress(ChatError):
                             await c.call("register", name=name, password=PASSWORD)
-                names = None if "one account" in title else itertools.count()
-                answers, honest = await flood(port, args.connections, args.seconds, names)
-                report(title, answers, honest, args.seconds)
+                answers, honest = await flood(port, args.connections, args.seconds, scenario)
+                report(scenario.title, answers, honest, args.seconds)
             finally:
                 process.send_signal(signal.SIGTERM)
                 with trio.move_on_after(15):
