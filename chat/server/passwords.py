@@ -95,9 +95,13 @@ class PasswordHasher:
             )
         return ok and stored is not None
 
+    def full(self, *, bounded: bool = True) -> bool:
+        """A request now would raise ``HashingBusy``: callers ask before doing work."""
+        return bounded and bool(self.max_queued) and self.queued >= self.max_queued
+
     @contextlib.contextmanager
     def _place(self, bounded: bool) -> Iterator[None]:
-        if bounded and self.max_queued and self.queued >= self.max_queued:
+        if self.full(bounded=bounded):
             raise HashingBusy(f"{self.queued} password hashes queued")
         self.queued += 1
         try:

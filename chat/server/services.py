@@ -9,6 +9,7 @@ from chat.store import Store
 
 from .deletions import Deletions
 from .encoded import EncodedEvents
+from .lockouts import Lockouts
 from .metrics import Metrics
 from .passwords import PasswordHasher
 from .router import Router
@@ -25,3 +26,4 @@ class Services:
     deletions: Deletions
     encoded: EncodedEvents = attrs.field(factory=EncodedEvents)
     metrics: Metrics = attrs.field(factory=Metrics)
+    lockouts: Lockouts = attrs.field(factory=Lockouts)

@@ -36,6 +36,10 @@ from .user_session import UserSession
 
 log = logging.getLogger(__name__)
 
+RATE_LIMITED_PAUSE_MS = 1_000
+"""After a ``rate_limited`` reply, the connection's next request is read this much
+later at most (``retry_after_ms`` if shorter)."""
+
 
 class Session:
     def __init__(
@@ -132,9 +136,14 @@ class Session:
             result = await dispatch(self.user_session, decoded.request, self.budget)
         except RequestError as exc:
             metrics.requests.labels(kind, exc.code.value).inc()
+            await self._reply(Error(rid, exc.code, exc.message, exc.retry_after_ms))
             if exc.code is ErrorCode.RATE_LIMITED:
                 metrics.rate_limited.labels(getattr(exc, "limit", kind)).inc()
-            await self._reply(Error(rid, exc.code, exc.message, exc.retry_after_ms))
+                # Told to wait: this connection's next request is read a little later.
+                # An honest client waits anyway; a flood that does not gets at most one
+                # refusal per connection per pause, instead of as many as the node can
+                # answer (every one of which costs the event loop and everyone on it).
+                await trio.sleep(min(exc.retry_after_ms or 0, RATE_LIMITED_PAUSE_MS) / 1000)
             return
         except (StoreUnavailable, BrokerUnavailable) as exc:
             log.warning("%s failed: %s", kind, exc)

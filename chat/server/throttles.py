@@ -92,25 +92,30 @@ async def authenticate_password(services: Services, request: Login, address: str
     ``rate_limited`` or ``bad_credentials`` (the same whatever was wrong). A wrong
     password counts against the name (or id) sent and the account it names."""
     await spend_address_budget(services, address)
+    trusted = is_trusted(address, services.settings.trusted_addresses)
+    if services.hasher.full(bounded=not trusted):
+        raise _hashing_busy()  # before any database work: a flood costs nothing more
     store = services.store
     if request.name is not None:
+        _refuse_if_known_shut(services, [_name_bucket(request.name)])
         credentials = await store.credentials_by_name(request.name)
         buckets = [_name_bucket(request.name)]
         if credentials is not None:
             buckets.append(_id_bucket(credentials.id))
     else:
         assert request.id is not None  # the codec checked: exactly one of name and id
+        _refuse_if_known_shut(services, [_id_bucket(request.id)])
         credentials = await store.credentials_by_id(request.id)
         buckets = [_id_bucket(request.id)]
+    _refuse_if_known_shut(services, buckets)
     # Counted as a failure from now on, so that guesses sent at the same moment cannot
     # all get through while the first ones are being hashed; forgotten if it was right.
     reservation = await store.throttle_reserve(buckets, PASSWORD_WINDOW)
     if reservation.wait_ms is not None:
-        raise RateLimitedError(
-            "password", reservation.wait_ms, "too many failed logins for this account"
-        )
+        for bucket in buckets:
+            services.lockouts.shut(bucket, reservation.wait_ms)
+        raise _account_locked(reservation.wait_ms)
     stored_hash = credentials.password_hash if credentials else None
-    trusted = is_trusted(address, services.settings.trusted_addresses)
     try:
         matches = await services.hasher.verify(request.password, stored_hash, bounded=not trusted)
     except BaseException as exc:
@@ -127,6 +132,17 @@ async def authenticate_password(services: Services, request: Login, address: str
     raise RequestError(ErrorCode.BAD_CREDENTIALS, "wrong user or password")
 
 
+def _refuse_if_known_shut(services: Services, buckets: Sequence[str]) -> None:
+    """Refuse from memory what the database said is shut (``Lockouts``)."""
+    waits = [w for b in buckets if (w := services.lockouts.wait_ms(b)) is not None]
+    if waits:
+        raise _account_locked(max(waits))
+
+
+def _account_locked(wait_ms: int) -> RateLimitedError:
+    return RateLimitedError("password", wait_ms, "too many failed logins for this account")
+
+
 async def _unreserve(services: Services, ids: Sequence[int]) -> None:
     """Forget a reservation, also while the request is being cancelled. If that fails,
     the attempt stays counted as a failure: on the safe side."""
@@ -141,6 +157,8 @@ async def hash_new_password(services: Services, password: str, address: str) -> 
     """``register``'s hash, after the address budget and within the hashing queue."""
     await spend_address_budget(services, address)
     trusted = is_trusted(address, services.settings.trusted_addresses)
+    if services.hasher.full(bounded=not trusted):
+        raise _hashing_busy()
     try:
         return await services.hasher.hash(password, bounded=not trusted)
     except HashingBusy:
@@ -162,8 +180,13 @@ async def spend_address_budget(services: Services, address: str) -> None:
     per_minute = settings.address_logins_per_minute
     if per_minute <= 0 or is_trusted(address, settings.trusted_addresses):
         return
-    window = Window(limit=per_minute, span_ms=ADDRESS_WINDOW_MS)
-    wait = await services.store.throttle_take(f"address:{address}", window)
+    bucket = f"address:{address}"
+    wait = services.lockouts.wait_ms(bucket)
+    if wait is None:
+        window = Window(limit=per_minute, span_ms=ADDRESS_WINDOW_MS)
+        wait = await services.store.throttle_take(bucket, window)
+        if wait is not None:
+            services.lockouts.shut(bucket, wait)
     if wait is not None:
         raise RateLimitedError("address", wait, "too many logins and registrations from here")
 
