@@ -6,7 +6,8 @@ Task tree::
     ├── broker.run            (notices from other nodes -> Router.on_notice)
     ├── deletions.run         (written kept messages, deleted in batches)
     ├── relay.run             (wake-ups and events for other nodes, in batches)
-    ├── watchdog              (ends connections whose write is overdue)
+    ├── watchdog              (ends connections whose write is overdue, or that
+    │                          did not log in within the login timeout)
     ├── health                (probes the database and Redis: /readyz, *_up gauges)
     ├── HTTP endpoint         (with ``http_port``: /metrics, /healthz, /readyz)
     └── connections nursery
@@ -189,15 +190,20 @@ class Node:
 
     async def _watch_writes(self) -> None:
         """Abort every connection whose write has been under way longer than
-        ``slow_client_seconds``: one look at each connection a fraction of that period,
-        instead of a timer around every write."""
-        period = self.settings.slow_client_seconds / 4
+        ``slow_client_seconds``, and close those that have not logged in within
+        ``login_timeout_seconds``: one look at each connection a fraction of those
+        periods, instead of a timer around every write and a task per connection."""
+        settings = self.settings
+        periods = [settings.slow_client_seconds, settings.login_timeout_seconds or float("inf")]
+        period = min(periods) / 4
         while True:
             await trio.sleep(period)
             now = trio.current_time()
             for session in list(self._sessions):
                 if session.connection.overdue(now):
                     session.connection.abort("a write did not finish in time (client not reading)")
+                elif session.login_overdue(now):
+                    session.expire_login()
 
     async def _accept(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import attrs
+import trio
 
 from chat.broker import Broker
 from chat.store import Store
@@ -13,7 +14,7 @@ from .lockouts import Lockouts
 from .metrics import Metrics
 from .passwords import PasswordHasher
 from .router import Router
-from .settings import Settings
+from .settings import CLOSING_AT_ONCE, Settings
 
 
 @attrs.frozen
@@ -27,3 +28,7 @@ class Services:
     encoded: EncodedEvents = attrs.field(factory=EncodedEvents)
     metrics: Metrics = attrs.field(factory=Metrics)
     lockouts: Lockouts = attrs.field(factory=Lockouts)
+    closing: trio.CapacityLimiter = attrs.field(
+        factory=lambda: trio.CapacityLimiter(CLOSING_AT_ONCE)
+    )
+    """Sessions closing at once (see ``Session.run``)."""

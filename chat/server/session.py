@@ -58,19 +58,22 @@ class Session:
         self.budget = RequestBudget(settings.request_rate, settings.request_burst)
         self._logged_in = False
         """A login succeeded on this connection (it is exempt from the login timeout)."""
+        self.opened_at = trio.current_time()
 
     async def run(self) -> None:
         settings = self.services.settings
+        closing = self.services.closing
+        gated = False
         log.info("connection opened: %s (%s)", self.stream.peer, self.holder)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.connection.run_writer, nursery.cancel_scope)
-                login_timer = trio.CancelScope()
-                if settings.login_timeout_seconds > 0:
-                    nursery.start_soon(self._expect_login, login_timer)
                 with self._reader_scope:
                     await self._read_loop(nursery)
-                login_timer.cancel()
+                # Thousands of clients may leave at once (a proxy restarting): closing a
+                # few at a time keeps the event loop, and everyone else on it, moving.
+                await closing.acquire()
+                gated = True
                 # The client left or the node is stopping: flush what is queued, then go.
                 with trio.move_on_after(settings.close_grace_seconds, shield=True):
                     await self.user_session.end_login()
@@ -84,24 +87,25 @@ class Session:
                 await self.user_session.end_login()
             with trio.move_on_after(settings.close_grace_seconds, shield=True):
                 await self.stream.aclose()  # even if the logout above ran out of time
+            if gated:
+                closing.release()
             log.info("connection closed: %s (%s)", self.stream.peer, self.holder)
 
-    async def _expect_login(self, scope: trio.CancelScope) -> None:
-        """Close a connection that has not logged in within ``login_timeout_seconds``
-        (idle and slowloris connections hold a file descriptor and memory each)."""
+    def login_overdue(self, now: float) -> bool:
+        """Open longer than ``login_timeout_seconds`` without a login (the node's
+        watchdog asks, so an idle connection costs no timer task of its own)."""
         timeout = self.services.settings.login_timeout_seconds
-        with scope:
-            await trio.sleep(timeout)
-            if self._logged_in:
-                return
-            log.info(
-                "closing %s (%s): no login within %g s", self.stream.peer, self.holder, timeout
-            )
-            self.services.metrics.login_timeouts.inc()
-            await self._reply(
-                Error(None, ErrorCode.LOGIN_TIMEOUT, f"no login within {timeout:g} s: closing")
-            )
-            self.request_close()
+        return bool(timeout) and not self._logged_in and now - self.opened_at > timeout
+
+    def expire_login(self) -> None:
+        """Tell the client it did not log in in time, and close the connection."""
+        self._logged_in = True  # once
+        timeout = self.services.settings.login_timeout_seconds
+        log.info("closing %s (%s): no login within %g s", self.stream.peer, self.holder, timeout)
+        self.services.metrics.login_timeouts.inc()
+        error = Error(None, ErrorCode.LOGIN_TIMEOUT, f"no login within {timeout:g} s: closing")
+        self.connection.queue_nowait(Outgoing(self.connection.codec.encode_reply(error)))
+        self.request_close()
 
     def request_close(self) -> None:
         """Ask the session to finish gracefully (node shutdown): stop reading, flush, close."""

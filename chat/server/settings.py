@@ -19,6 +19,8 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 """On SIGTERM, how long connections get to flush before they are cut."""
 CLOSE_GRACE_SECONDS = 3.0
 """How long a closing session may spend flushing and releasing presence."""
+CLOSING_AT_ONCE = 64
+"""Sessions that do their closing work at the same time; the others wait their turn."""
 TRUSTED_ADDRESSES = ("127.0.0.0/8", "::1/128")
 """Client addresses exempt from the per-address budget: loopback, so load tests and a
 proxy on the same host without the PROXY protocol keep working."""

@@ -105,6 +105,8 @@ class LineStream:
         self._ready: deque[bytes] = deque()
         self.frames_sent = 0
         self._buffered = buffered
+        self._peer_closed = False
+        """The peer's end of stream was read: nothing to linger for at close."""
 
     async def receive(self) -> bytes:
         while not self._ready:
@@ -113,6 +115,7 @@ class LineStream:
             else:
                 data = await self._receive_some()
             if not data:
+                self._peer_closed = True
                 raise StreamClosed("end of stream")
             try:
                 self._ready.extend(self._splitter.feed(data))
@@ -153,7 +156,7 @@ class LineStream:
         for a moment (a bounded amount), then close.
         """
         stream = self._stream
-        if isinstance(stream, trio.abc.HalfCloseableStream):
+        if isinstance(stream, trio.abc.HalfCloseableStream) and not self._peer_closed:
             with trio.move_on_after(LINGER_SECONDS):
                 try:
                     await stream.send_eof()
