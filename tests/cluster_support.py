@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -132,10 +133,14 @@ class Tally:
 
 
 @asynccontextmanager
-async def cluster_node(database_url: str, broker: RedisBroker) -> AsyncIterator[Node]:
+async def cluster_node(
+    database_url: str, broker: RedisBroker, **settings: Any
+) -> AsyncIterator[Node]:
     """An in-process node on the Redis broker; the broker is closed after the node stops."""
     try:
-        async with running_node(database_url, broker=broker, node_id=broker.node_id) as node:
+        async with running_node(
+            database_url, broker=broker, node_id=broker.node_id, **settings
+        ) as node:
             yield node
     finally:
         with trio.move_on_after(5, shield=True):

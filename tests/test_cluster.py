@@ -9,6 +9,7 @@ state with a deadline; nothing asserts how fast anything is.
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,10 +43,12 @@ DEADLINE = 20.0
 
 
 @asynccontextmanager
-async def two_nodes(mysql_url: str, redis_url: str) -> AsyncIterator[tuple[Node, Node]]:
+async def two_nodes(
+    mysql_url: str, redis_url: str, **settings: Any
+) -> AsyncIterator[tuple[Node, Node]]:
     async with (
-        cluster_node(mysql_url, make_broker(redis_url, "node-a")) as a,
-        cluster_node(mysql_url, make_broker(redis_url, "node-b")) as b,
+        cluster_node(mysql_url, make_broker(redis_url, "node-a"), **settings) as a,
+        cluster_node(mysql_url, make_broker(redis_url, "node-b"), **settings) as b,
     ):
         yield a, b
 
@@ -302,10 +305,12 @@ async def test_lapsed_lease_closes_the_stale_connection(mysql_url: str, redis_ur
 
 
 async def test_clients_through_nginx_reach_both_nodes(
-    mysql_url: str, redis_url: str, tmp_path: Path
+    mysql_url: str, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="chat.server.session")
+    # The shipped nginx config speaks the PROXY protocol to the nodes.
     async with (
-        two_nodes(mysql_url, redis_url) as (a, b),
+        two_nodes(mysql_url, redis_url, proxy_protocol=True) as (a, b),
         nginx_proxy((a.ports[0], b.ports[0]), tmp_path / "nginx") as port,
     ):
         names = [f"user{i}" for i in range(6)]
@@ -338,6 +343,9 @@ async def test_clients_through_nginx_reach_both_nodes(
             await clients[y].call("send", to=ids[x], text="and back")
             assert (await receive(clients[x], "message"))["text"] == "and back"
             finished.set()
+    # The nodes logged the client's own address and port, read from nginx's header.
+    opened = [r.getMessage() for r in caplog.records if "connection opened" in r.getMessage()]
+    assert opened and all(" via 127.0.0.1:" in line for line in opened), opened
 
 
 # --- nodes stopping and dying -----------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ import trio
 from chat.client import ChatClient, client_over
 
 from .cluster_support import LEASE_SECONDS, RedisServer
+from .ops_support import http_get, parse, value
 from .support import ServerProcess, chat_env, free_port, login, register, server_process
 
 DEADLINE = 20.0
@@ -31,13 +33,14 @@ DEADLINE = 20.0
 
 @asynccontextmanager
 async def workers(
-    directory: Path, mysql_url: str, redis_url: str, count: int = 2
+    directory: Path, mysql_url: str, redis_url: str, count: int = 2, *extra: str
 ) -> AsyncIterator[ServerProcess]:
     async with server_process(
         directory,
         *("--host", "127.0.0.1", "--workers", str(count), "--node-id", "node"),
         *("--database", mysql_url, "--redis", redis_url),
         *("--lease-seconds", str(LEASE_SECONDS), "--log-level", "DEBUG"),
+        *extra,
         name="workers",
         ready_text=f"all {count} workers ready",
     ) as parent:
@@ -101,8 +104,25 @@ async def receive(c: ChatClient, kind: str) -> dict[str, object]:
     return event
 
 
+def free_port_pair() -> int:
+    """A port P such that P and P + 1 were both free a moment ago."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two free ports in a row")
+
+
 async def test_users_on_two_workers_chat(mysql_url: str, redis_url: str, tmp_path: Path) -> None:
-    async with workers(tmp_path, mysql_url, redis_url) as parent, AsyncExitStack() as stack:
+    http_port = free_port_pair()
+    async with (
+        workers(tmp_path, mysql_url, redis_url, 2, "--http-port", str(http_port)) as parent,
+        AsyncExitStack() as stack,
+    ):
         assert len(children(parent.process.pid)) == 2
         on = await one_on_each(parent, stack)
         alice, bob = on["node-w1"], on["node-w2"]
@@ -116,6 +136,14 @@ async def test_users_on_two_workers_chat(mysql_url: str, redis_url: str, tmp_pat
         assert (await receive(alice, "message"))["message_id"] == sent["message_id"]
         found = await alice.call("find_user", name="bob")
         assert found["user"]["online"] is True
+        # One HTTP port per worker, each with its own figures: one message stored and
+        # one user online on each.
+        for worker in (1, 2):
+            status, body = await http_get(http_port + worker - 1, "/metrics")
+            assert status == 200, body
+            figures = parse(body)
+            assert value(figures, "chat_messages_stored_total", kind="direct") == 1, worker
+            assert value(figures, "chat_users_online") == 1, worker
 
 
 async def test_a_killed_worker_is_replaced_and_its_users_log_in_again(

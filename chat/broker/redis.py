@@ -393,6 +393,10 @@ class RedisBroker:
         """``trio.current_time()`` of the last beat that reached Redis."""
         self._beat_now = trio.Event()
         self._subscribed = trio.Event()
+        self.notices_sent = 0
+        """Wake-ups and events for single users published for other nodes (metrics)."""
+        self.notices_received = 0
+        """Wake-ups and events for single users received from other nodes (metrics)."""
 
     def __repr__(self) -> str:
         return f"RedisBroker({self.url!r}, {self.node_id!r}, prefix={self.prefix!r})"
@@ -473,9 +477,19 @@ class RedisBroker:
         users = list(dict.fromkeys([*wake, *(event.user_id for event in push)]))
         if not users:
             return
-        mine = await self._call(self._route, users, wake, push)
+        mine, sent = await self._call(self._route, users, wake, push)
+        self.notices_sent += sent
         for notice in mine:
             self._deliver(notice)
+
+    async def ping(self) -> None:
+        """Redis answers a PING (the node's readiness check). Abandoned if the caller
+        gives up: the socket timeout ends the thread soon after. Raises
+        ``BrokerUnavailable``; unlike other commands it puts no lease in doubt."""
+        try:
+            await trio.to_thread.run_sync(self._redis.ping, abandon_on_cancel=True)
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"redis: {exc}") from exc
 
     async def aclose(self) -> None:
         """Release the leases this node still holds (and only those), then disconnect."""
@@ -519,9 +533,9 @@ class RedisBroker:
 
     def _route(
         self, users: Sequence[int], wake: Sequence[int], push: Sequence[Push]
-    ) -> list[Notice]:
+    ) -> tuple[list[Notice], int]:
         """Look up every user's node, publish one message per other node (pipelined),
-        and return what is for this node."""
+        and return what is for this node, and how many notices went to others."""
         nodes = self._locate(users)
         wakes: dict[str, list[int]] = defaultdict(list)
         pushes: dict[str, list[Push]] = defaultdict(list)
@@ -541,7 +555,7 @@ class RedisBroker:
         if wakes.get(self.node_id):
             mine.append(Wake(tuple(wakes[self.node_id])))
         mine.extend(pushes.get(self.node_id, ()))
-        return mine
+        return mine, sum(len(wakes[node]) + len(pushes[node]) for node in others)
 
     # --- subscription -----------------------------------------------------------------
 
@@ -631,6 +645,9 @@ class RedisBroker:
                 continue
             if item.broadcast:
                 self._beat_now.set()  # another node found Redis empty, or recovered
+            self.notices_received += sum(
+                len(notice.user_ids) if isinstance(notice, Wake) else 1 for notice in item.notices
+            )
             for notice in item.notices:
                 self._deliver(notice)
 

@@ -14,8 +14,20 @@ import trio
 
 from chat.broker import Broker, MemoryBroker
 from chat.server import Node, Settings
+from chat.server.settings import (
+    ADDRESS_LOGINS_PER_MINUTE,
+    DB_TIMEOUT_SECONDS,
+    HASH_QUEUE,
+    LOGIN_TIMEOUT_SECONDS,
+    MAX_CONNECTIONS,
+    REQUEST_BURST,
+    REQUEST_RATE,
+    TRUSTED_ADDRESSES,
+)
+from chat.server.throttles import parse_networks
 from chat.store import DEFAULT_DATABASE_URL, StoreError, open_store
 
+from .logformat import formatter
 from .workers import Supervisor, announce_ready, cpu_count, reserve_port, watch_parent
 
 log = logging.getLogger("chat.server")
@@ -104,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(NODE-w1, NODE-w2, ...), restarted if they die; auto: one per CPU. More than 1 "
         "needs --redis and a MariaDB/MySQL database (default 1: this process is the node)",
     )
+    _operations_flags(serve)
     # Set by the --workers parent for its workers: listen with SO_REUSEPORT.
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _log_flag(serve)
@@ -112,6 +125,114 @@ def build_parser() -> argparse.ArgumentParser:
     _database_flag(migrate)
     _log_flag(migrate)
     return parser
+
+
+def _operations_flags(serve: argparse.ArgumentParser) -> None:
+    """Limits, health and metrics (docs/operations.md)."""
+    serve.add_argument(
+        "--http-port",
+        type=_port,
+        default=_env("http_port", None),  # a string default goes through type= too
+        help="port of the HTTP endpoint with /metrics (Prometheus), /healthz and /readyz, "
+        "on --host; with --workers N, worker k listens on PORT+k-1 (default: off)",
+    )
+    serve.add_argument(
+        "--trusted-addresses",
+        type=_networks,
+        default=_env("trusted_addresses", ",".join(TRUSTED_ADDRESSES)),
+        help="comma-separated client addresses or networks exempt from the per-address "
+        "budget and the hashing queue bound (default: the loopback ranges; '' for none)",
+    )
+    serve.add_argument(
+        "--address-logins-per-minute",
+        type=_count,
+        default=_env("address_logins_per_minute", str(ADDRESS_LOGINS_PER_MINUTE)),
+        help="password logins and registrations per minute from one client address "
+        f"(default {ADDRESS_LOGINS_PER_MINUTE}; 0: no limit)",
+    )
+    serve.add_argument(
+        "--hash-queue",
+        type=_count,
+        default=_env("hash_queue", str(HASH_QUEUE)),
+        help="password hashes running or waiting before new password requests get "
+        f"rate_limited at once (default {HASH_QUEUE}; 0: no bound)",
+    )
+    serve.add_argument(
+        "--request-rate",
+        type=float,
+        default=_env("request_rate", str(REQUEST_RATE)),
+        help=f"requests per second one connection may send on average (default "
+        f"{REQUEST_RATE:g}; 0: no limit)",
+    )
+    serve.add_argument(
+        "--request-burst",
+        type=_count,
+        default=_env("request_burst", str(REQUEST_BURST)),
+        help=f"requests one connection may send at once (default {REQUEST_BURST})",
+    )
+    serve.add_argument(
+        "--db-timeout",
+        type=_positive_seconds,
+        default=_env("db_timeout", str(DB_TIMEOUT_SECONDS)),
+        help="seconds a database call may take before the request answers unavailable "
+        f"and /readyz turns 503 (default {DB_TIMEOUT_SECONDS:g})",
+    )
+    serve.add_argument(
+        "--login-timeout",
+        type=_seconds,
+        default=_env("login_timeout", str(LOGIN_TIMEOUT_SECONDS)),
+        help="seconds a connection may stay open without logging in "
+        f"(default {LOGIN_TIMEOUT_SECONDS:g}; 0: no limit)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_count,
+        default=_env("max_connections", str(MAX_CONNECTIONS)),
+        help="open connections on this node; one more gets an unavailable error and is "
+        f"closed (default {MAX_CONNECTIONS}; 0: no limit)",
+    )
+    serve.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        default=(_env("proxy_protocol", "") or "").lower() in ("1", "true", "yes", "on"),
+        help="the TCP listeners expect a PROXY protocol v1 or v2 header on every "
+        "connection (nginx: proxy_protocol on;), so logs and limits see the real client; "
+        "a connection without one is refused (default: off)",
+    )
+    serve.add_argument(
+        "--log-format",
+        default=_env("log_format", "text"),
+        choices=["text", "json"],
+        help="text (default, for people) or json: one JSON object per line, for log shippers",
+    )
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text}: give 0 or more seconds")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: give a number of seconds above 0")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: give 0 or more")
+    return value
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    try:
+        return parse_networks(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _database_flag(parser: argparse.ArgumentParser) -> None:
@@ -141,12 +262,10 @@ class _NodeIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str, node_id: str) -> None:
+def configure_logging(level: str, node_id: str, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_NodeIdFilter(node_id))
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s [%(node_id)s] %(name)s: %(message)s")
-    )
+    handler.setFormatter(formatter(log_format))
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
@@ -214,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     node_id = args.node_id or f"{socket.gethostname()}-{args.port}"
-    configure_logging(args.log_level, node_id)
+    configure_logging(args.log_level, node_id, args.log_format)
     if args.workers > 1:
         return _run_workers(args, node_id)
     settings = Settings(
@@ -223,6 +342,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         node_id=node_id,
         ws_port=args.ws_port,
         reuse_port=args.reuse_port,
+        http_port=args.http_port,
+        trusted_addresses=args.trusted_addresses,
+        address_logins_per_minute=args.address_logins_per_minute,
+        hash_queue=args.hash_queue,
+        request_rate=args.request_rate,
+        request_burst=args.request_burst,
+        db_timeout_seconds=args.db_timeout,
+        login_timeout_seconds=args.login_timeout,
+        max_connections=args.max_connections,
+        proxy_protocol=args.proxy_protocol,
     )
     try:
         trio.run(serve, settings, args.database, args.redis, args.lease_seconds, args.redis_prefix)
@@ -272,6 +401,17 @@ def _run_workers(args: argparse.Namespace, node_id: str) -> int:
             argv += ["--ws-port", str(ws_port)]
         if args.redis_prefix is not None:
             argv += ["--redis-prefix", args.redis_prefix]
+        if args.http_port is not None:
+            # One HTTP port per worker: each shows its own figures (docs/operations.md).
+            argv += ["--http-port", str(args.http_port + int(worker_id.rpartition("-w")[2]) - 1)]
+        argv += ["--trusted-addresses", ",".join(args.trusted_addresses)]
+        argv += ["--address-logins-per-minute", str(args.address_logins_per_minute)]
+        argv += ["--hash-queue", str(args.hash_queue), "--request-rate", str(args.request_rate)]
+        argv += ["--request-burst", str(args.request_burst), "--db-timeout", str(args.db_timeout)]
+        argv += ["--login-timeout", str(args.login_timeout)]
+        argv += ["--max-connections", str(args.max_connections), "--log-format", args.log_format]
+        if args.proxy_protocol:
+            argv.append("--proxy-protocol")
         return argv
 
     log.info("starting %d workers on port %d", args.workers, port)

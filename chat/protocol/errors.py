@@ -36,6 +36,9 @@ class ErrorCode(StrEnum):
     # extension: the server could not do it now (the database or broker is unreachable);
     # nothing was changed and the client may retry.
     UNAVAILABLE = "unavailable"
+    # extension: the connection did not log in within the server's login timeout; the
+    # server closes it after this error (which carries no rid).
+    LOGIN_TIMEOUT = "login_timeout"
     # extension: a bug in the server; it is logged, and only this request failed.
     INTERNAL_ERROR = "internal_error"
 

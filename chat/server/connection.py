@@ -43,6 +43,8 @@ class Receipt:
     user_id: int
     message_id: int
     generation: int = 0
+    stored_ms: int = 0
+    """The message's ``ts`` (for the stored-to-written histogram); 0: unknown."""
 
 
 @attrs.frozen

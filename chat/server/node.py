@@ -6,7 +6,10 @@ Task tree::
     ├── broker.run            (notices from other nodes -> Router.on_notice)
     ├── deletions.run         (written kept messages, deleted in batches)
     ├── relay.run             (wake-ups and events for other nodes, in batches)
-    ├── watchdog              (ends connections whose write is overdue)
+    ├── watchdog              (ends connections whose write is overdue, or that
+    │                          did not log in within the login timeout)
+    ├── health                (probes the database and Redis: /readyz, *_up gauges)
+    ├── HTTP endpoint         (with ``http_port``: /metrics, /healthz, /readyz)
     └── connections nursery
         ├── accept loop       (trio.serve_listeners; cancelled first on shutdown)
         ├── WebSocket accept loop (with ``ws_port``; cancelled with the other)
@@ -29,16 +32,33 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+from collections import Counter
+from contextlib import suppress
+from functools import partial
 
 import trio
 
 from chat.broker import Broker
+from chat.protocol import V1, ErrorCode
+from chat.protocol.messages import Error
 from chat.store import Store
-from chat.transports import LineStream, MessageStream, enable_keepalive, serve_websocket
-from chat.transports.tcp import peer_name
+from chat.transports import (
+    LineStream,
+    MessageStream,
+    StreamClosed,
+    WebSocketStream,
+    enable_keepalive,
+    serve_websocket,
+)
+from chat.transports.proxy import HEADER_TIMEOUT as PROXY_HEADER_TIMEOUT
+from chat.transports.proxy import ProxiedPeer, ProxyHeaderError, read_proxy_header
+from chat.transports.tcp import format_peer, peer_address, peer_name
 
 from .deletions import Deletions
+from .health import Health
+from .http import HttpEndpoint
 from .listeners import bound_ports, open_listeners
+from .metrics import StateCollector
 from .passwords import PasswordHasher
 from .router import Router
 from .services import Services
@@ -57,9 +77,28 @@ class Node:
             store=store,
             broker=broker,
             router=self.router,
-            hasher=PasswordHasher(settings.hash_concurrency),
+            hasher=PasswordHasher(settings.hash_concurrency, settings.hash_queue),
             deletions=Deletions(store),
         )
+        store.pool.timeout = settings.db_timeout_seconds
+        metrics = self.services.metrics
+        store.observe_batches(metrics.store_batch)
+        self.health = Health(store, getattr(broker, "ping", None), lambda: self.router.paused)
+        metrics.add_collector(
+            StateCollector(
+                connections=lambda: dict(self._open),
+                users_online=lambda: len(self.router.sessions()),
+                database_up=lambda: self.health.database_up,
+                redis_up=lambda: self.health.redis_up,
+                notices=lambda: (
+                    getattr(broker, "notices_sent", 0),
+                    getattr(broker, "notices_received", 0),
+                ),
+                store_timeouts=lambda: store.pool.timeouts,
+            )
+        )
+        self._open: Counter[str] = Counter({"tcp": 0, "websocket": 0})
+        """Open connections by transport (the ``chat_connections`` gauge)."""
         self._serials = itertools.count(1)
         self._sessions: set[Session] = set()
         self._stop = trio.Event()
@@ -67,9 +106,12 @@ class Node:
         """The TCP ports actually listened on (useful with port 0)."""
         self.ws_ports: list[int] = []
         """The WebSocket ports actually listened on; empty when WebSocket is off."""
+        self.http_ports: list[int] = []
+        """The HTTP (metrics, health) ports actually listened on; empty when off."""
 
     def stop(self) -> None:
         """Begin a graceful shutdown; ``run`` returns once it is done."""
+        self.health.stopping = True  # /readyz says so at once
         self._stop.set()
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -79,6 +121,8 @@ class Node:
             await services.start(self.services.deletions.run)
             await services.start(self.router.relay.run)
             services.start_soon(self._watch_writes)
+            await services.start(self.health.run)
+            await self._start_http(services)
             listeners = await open_listeners(
                 settings.port, settings.host, reuse_port=settings.reuse_port
             )
@@ -116,17 +160,50 @@ class Node:
             services.cancel_scope.cancel()
         log.info("node %s stopped", settings.node_id)
 
+    async def _start_http(self, nursery: trio.Nursery) -> None:
+        """The metrics and health endpoint, bound before the chat ports: an orchestrator
+        can watch a node start."""
+        settings = self.settings
+        if settings.http_port is None:
+            return
+        listeners = await open_listeners(settings.http_port, settings.http_host or settings.host)
+        self.http_ports = bound_ports(listeners)
+        endpoint = HttpEndpoint(self.services.metrics.render, self.health.problems)
+        await nursery.start(partial(endpoint.serve, listeners))
+        log.info("node %s: metrics and health on HTTP port %s", settings.node_id, self.http_ports)
+
+    async def _refuse(
+        self,
+        stream: MessageStream,
+        reason: str,
+        message: str,
+        code: ErrorCode = ErrorCode.UNAVAILABLE,
+    ) -> None:
+        """One ``error`` line and close: cheaper than a session."""
+        self.services.metrics.connections_refused.labels(reason).inc()
+        log.warning("refusing %s: %s", stream.peer, message)
+        refusal = V1.encode_reply(Error(None, code, message))
+        with trio.move_on_after(self.settings.close_grace_seconds), suppress(StreamClosed):
+            await stream.send([refusal])
+        with trio.move_on_after(self.settings.close_grace_seconds, shield=True):
+            await stream.aclose()
+
     async def _watch_writes(self) -> None:
         """Abort every connection whose write has been under way longer than
-        ``slow_client_seconds``: one look at each connection a fraction of that period,
-        instead of a timer around every write."""
-        period = self.settings.slow_client_seconds / 4
+        ``slow_client_seconds``, and close those that have not logged in within
+        ``login_timeout_seconds``: one look at each connection a fraction of those
+        periods, instead of a timer around every write and a task per connection."""
+        settings = self.settings
+        periods = [settings.slow_client_seconds, settings.login_timeout_seconds or float("inf")]
+        period = min(periods) / 4
         while True:
             await trio.sleep(period)
             now = trio.current_time()
             for session in list(self._sessions):
                 if session.connection.overdue(now):
                     session.connection.abort("a write did not finish in time (client not reading)")
+                elif session.login_overdue(now):
+                    session.expire_login()
 
     async def _accept(
         self,
@@ -176,20 +253,61 @@ class Node:
         try:
             enable_keepalive(stream)
             peer = peer_name(stream)
+            address = peer_address(stream)
         except OSError as exc:
             if exc.errno not in (errno.ENOTCONN, errno.EINVAL, errno.ECONNRESET):
                 log.exception("cannot set up a connection")
             await stream.aclose()
             return
-        await self.serve_stream(LineStream(stream, peer, self.settings.max_frame_bytes))
+        rest = b""
+        if self.settings.proxy_protocol:
+            proxied = await self._read_proxy_header(stream, peer)
+            if proxied is None:
+                return
+            if proxied.host is not None and proxied.port is not None:
+                peer, address = (
+                    f"{format_peer(proxied.host, proxied.port)} via {peer}",
+                    proxied.host,
+                )
+            rest = proxied.rest
+        await self.serve_stream(
+            LineStream(stream, peer, self.settings.max_frame_bytes, address=address, buffered=rest)
+        )
+
+    async def _read_proxy_header(self, stream: trio.SocketStream, peer: str) -> ProxiedPeer | None:
+        """The PROXY protocol header (``--proxy-protocol``); None: there was none, and
+        the connection got one ``error`` line and is closed."""
+        problem = f"no PROXY protocol header within {PROXY_HEADER_TIMEOUT:g} s"
+        with trio.move_on_after(PROXY_HEADER_TIMEOUT):
+            try:
+                return await read_proxy_header(stream)
+            except ProxyHeaderError as exc:
+                problem = str(exc)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                problem = f"connection lost ({exc})"
+        line = LineStream(stream, peer, self.settings.max_frame_bytes)
+        await self._refuse(
+            line,
+            "proxy_header",
+            f"this port expects a PROXY protocol header: {problem}",
+            code=ErrorCode.BAD_FRAME,
+        )
+        return None
 
     async def serve_stream(self, stream: MessageStream) -> None:
         """Run a session over any message stream (the TCP and WebSocket adapters call this)."""
+        limit = self.settings.max_connections
+        if limit and len(self._sessions) >= limit:
+            await self._refuse(stream, "max_connections", "this server is full; try again later")
+            return
         session = Session(self.services, stream, next(self._serials))
+        transport = "websocket" if isinstance(stream, WebSocketStream) else "tcp"
+        self._open[transport] += 1
         self._sessions.add(session)
         if self._stop.is_set():
             session.request_close()  # accepted (or handshaken) just as the node began stopping
         try:
             await session.run()
         finally:
+            self._open[transport] -= 1
             self._sessions.discard(session)

@@ -8,10 +8,12 @@ instead of freezing every connection or exhausting memory.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import hmac
 import os
+from collections.abc import Iterator
 
 import trio
 
@@ -64,18 +66,45 @@ def _verify_or_pretend(password: str, stored: str | None) -> bool:
     return verify_password(password, stored if stored is not None else _dummy_hash())
 
 
+class HashingBusy(Exception):
+    """The hashing queue is full: the request is refused at once (``rate_limited``)."""
+
+
 class PasswordHasher:
-    """Hashing and checking in worker threads, at most ``concurrency`` at a time."""
+    """Hashing and checking in worker threads, at most ``concurrency`` at a time and
+    at most ``max_queued`` running or waiting: past that a new request raises
+    ``HashingBusy`` at once, so a flood of password requests cannot make an honest
+    one wait behind it for seconds (``max_queued`` 0: no bound)."""
 
-    def __init__(self, concurrency: int = 2) -> None:
+    def __init__(self, concurrency: int = 2, max_queued: int = 0) -> None:
         self.limiter = trio.CapacityLimiter(concurrency)
+        self.max_queued = max_queued
+        self.queued = 0
+        """Hashes running or waiting for a thread now."""
 
-    async def hash(self, password: str) -> str:
-        return await trio.to_thread.run_sync(hash_password, password, limiter=self.limiter)
+    async def hash(self, password: str, *, bounded: bool = True) -> str:
+        with self._place(bounded):
+            return await trio.to_thread.run_sync(hash_password, password, limiter=self.limiter)
 
-    async def verify(self, password: str, stored: str | None) -> bool:
-        """True if ``password`` matches; with ``stored`` None, spends the same time and says no."""
-        ok = await trio.to_thread.run_sync(
-            _verify_or_pretend, password, stored, limiter=self.limiter
-        )
+    async def verify(self, password: str, stored: str | None, *, bounded: bool = True) -> bool:
+        """True if ``password`` matches; with ``stored`` None, spends the same time and says
+        no. ``bounded`` False: wait however long the queue is (trusted clients)."""
+        with self._place(bounded):
+            ok = await trio.to_thread.run_sync(
+                _verify_or_pretend, password, stored, limiter=self.limiter
+            )
         return ok and stored is not None
+
+    def full(self, *, bounded: bool = True) -> bool:
+        """A request now would raise ``HashingBusy``: callers ask before doing work."""
+        return bounded and bool(self.max_queued) and self.queued >= self.max_queued
+
+    @contextlib.contextmanager
+    def _place(self, bounded: bool) -> Iterator[None]:
+        if self.full(bounded=bounded):
+            raise HashingBusy(f"{self.queued} password hashes queued")
+        self.queued += 1
+        try:
+            yield
+        finally:
+            self.queued -= 1

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import attrs
+import trio
 
 from chat.broker import Broker
 from chat.store import Store
 
 from .deletions import Deletions
 from .encoded import EncodedEvents
+from .lockouts import Lockouts
+from .metrics import Metrics
 from .passwords import PasswordHasher
 from .router import Router
-from .settings import Settings
+from .settings import CLOSING_AT_ONCE, Settings
 
 
 @attrs.frozen
@@ -23,3 +26,9 @@ class Services:
     hasher: PasswordHasher
     deletions: Deletions
     encoded: EncodedEvents = attrs.field(factory=EncodedEvents)
+    metrics: Metrics = attrs.field(factory=Metrics)
+    lockouts: Lockouts = attrs.field(factory=Lockouts)
+    closing: trio.CapacityLimiter = attrs.field(
+        factory=lambda: trio.CapacityLimiter(CLOSING_AT_ONCE)
+    )
+    """Sessions closing at once (see ``Session.run``)."""

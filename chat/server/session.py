@@ -31,9 +31,14 @@ from chat.transports import FrameRejected, MessageStream, StreamClosed
 from .connection import Connection, Outgoing
 from .handlers import dispatch
 from .services import Services
+from .throttles import RequestBudget
 from .user_session import UserSession
 
 log = logging.getLogger(__name__)
+
+RATE_LIMITED_PAUSE_MS = 1_000
+"""After a ``rate_limited`` reply, the connection's next request is read this much
+later at most (``retry_after_ms`` if shorter)."""
 
 
 class Session:
@@ -49,15 +54,26 @@ class Session:
         )
         self.user_session = UserSession(services, self.connection, self.holder, self.request_close)
         self._reader_scope = trio.CancelScope()
+        settings = services.settings
+        self.budget = RequestBudget(settings.request_rate, settings.request_burst)
+        self._logged_in = False
+        """A login succeeded on this connection (it is exempt from the login timeout)."""
+        self.opened_at = trio.current_time()
 
     async def run(self) -> None:
         settings = self.services.settings
+        closing = self.services.closing
+        gated = False
         log.info("connection opened: %s (%s)", self.stream.peer, self.holder)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.connection.run_writer, nursery.cancel_scope)
                 with self._reader_scope:
                     await self._read_loop(nursery)
+                # Thousands of clients may leave at once (a proxy restarting): closing a
+                # few at a time keeps the event loop, and everyone else on it, moving.
+                await closing.acquire()
+                gated = True
                 # The client left or the node is stopping: flush what is queued, then go.
                 with trio.move_on_after(settings.close_grace_seconds, shield=True):
                     await self.user_session.end_login()
@@ -71,7 +87,25 @@ class Session:
                 await self.user_session.end_login()
             with trio.move_on_after(settings.close_grace_seconds, shield=True):
                 await self.stream.aclose()  # even if the logout above ran out of time
+            if gated:
+                closing.release()
             log.info("connection closed: %s (%s)", self.stream.peer, self.holder)
+
+    def login_overdue(self, now: float) -> bool:
+        """Open longer than ``login_timeout_seconds`` without a login (the node's
+        watchdog asks, so an idle connection costs no timer task of its own)."""
+        timeout = self.services.settings.login_timeout_seconds
+        return bool(timeout) and not self._logged_in and now - self.opened_at > timeout
+
+    def expire_login(self) -> None:
+        """Tell the client it did not log in in time, and close the connection."""
+        self._logged_in = True  # once
+        timeout = self.services.settings.login_timeout_seconds
+        log.info("closing %s (%s): no login within %g s", self.stream.peer, self.holder, timeout)
+        self.services.metrics.login_timeouts.inc()
+        error = Error(None, ErrorCode.LOGIN_TIMEOUT, f"no login within {timeout:g} s: closing")
+        self.connection.queue_nowait(Outgoing(self.connection.codec.encode_reply(error)))
+        self.request_close()
 
     def request_close(self) -> None:
         """Ask the session to finish gracefully (node shutdown): stop reading, flush, close."""
@@ -93,34 +127,50 @@ class Session:
             await self._handle_frame(frame, nursery)
 
     async def _handle_frame(self, frame: bytes | str, nursery: trio.Nursery) -> None:
+        metrics = self.services.metrics
         try:
             decoded = self.connection.codec.decode_request(frame)
         except ProtocolError as exc:
+            metrics.requests.labels("-", exc.code.value).inc()  # no type to trust
             await self._reply(Error(exc.rid, exc.code, exc.message))
             return
         rid = decoded.rid
+        kind = decoded.request.TYPE
         try:
-            result = await dispatch(self.user_session, decoded.request)
+            result = await dispatch(self.user_session, decoded.request, self.budget)
         except RequestError as exc:
+            metrics.requests.labels(kind, exc.code.value).inc()
             await self._reply(Error(rid, exc.code, exc.message, exc.retry_after_ms))
+            if exc.code is ErrorCode.RATE_LIMITED:
+                metrics.rate_limited.labels(getattr(exc, "limit", kind)).inc()
+                # Told to wait: this connection's next request is read a little later.
+                # An honest client waits anyway; a flood that does not gets at most one
+                # refusal per connection per pause, instead of as many as the node can
+                # answer (every one of which costs the event loop and everyone on it).
+                await trio.sleep(min(exc.retry_after_ms or 0, RATE_LIMITED_PAUSE_MS) / 1000)
             return
         except (StoreUnavailable, BrokerUnavailable) as exc:
-            log.warning("%s failed: %s", decoded.request.TYPE, exc)
+            log.warning("%s failed: %s", kind, exc)
+            metrics.requests.labels(kind, ErrorCode.UNAVAILABLE.value).inc()
             await self._reply_error(
                 rid, ErrorCode.UNAVAILABLE, "the server cannot do this right now; try again"
             )
             return
         except StoreError:
-            log.exception("%s failed in the store", decoded.request.TYPE)
+            log.exception("%s failed in the store", kind)
+            metrics.requests.labels(kind, ErrorCode.UNAVAILABLE.value).inc()
             await self._reply_error(rid, ErrorCode.UNAVAILABLE, "the request failed; try again")
             return
         except Exception:
             # A bug must cost one request, never the connection or the server.
-            log.exception("request %s failed unexpectedly", decoded.request.TYPE)
+            log.exception("request %s failed unexpectedly", kind)
+            metrics.requests.labels(kind, ErrorCode.INTERNAL_ERROR.value).inc()
             await self._reply_error(rid, ErrorCode.INTERNAL_ERROR, "internal server error")
             return
+        metrics.requests.labels(kind, "ok").inc()
         sent = await self._reply(Ok(rid, result))
         if isinstance(result, LoginResult):
+            self._logged_in = True
             if sent:
                 await self.user_session.go_live(result.offline, nursery)
             else:

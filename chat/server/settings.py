@@ -19,6 +19,27 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 """On SIGTERM, how long connections get to flush before they are cut."""
 CLOSE_GRACE_SECONDS = 3.0
 """How long a closing session may spend flushing and releasing presence."""
+CLOSING_AT_ONCE = 64
+"""Sessions that do their closing work at the same time; the others wait their turn."""
+TRUSTED_ADDRESSES = ("127.0.0.0/8", "::1/128")
+"""Client addresses exempt from the per-address budget: loopback, so load tests and a
+proxy on the same host without the PROXY protocol keep working."""
+ADDRESS_LOGINS_PER_MINUTE = 20
+"""Password logins and registrations per minute from one client address."""
+HASH_QUEUE = 16
+"""Password hashes running or waiting on a node before new password requests are
+refused at once: with two hashing threads, the last one waits well under a second."""
+REQUEST_RATE = 200.0
+REQUEST_BURST = 2_000
+"""Per connection: this many requests per second on average, in bursts of this many.
+An interactive client sends a few per second; a bulk importer pipelining sends
+stays under 200/s sustained."""
+DB_TIMEOUT_SECONDS = 5.0
+"""A store call that has not finished in this time answers ``unavailable``."""
+LOGIN_TIMEOUT_SECONDS = 60.0
+"""A connection that has not logged in by then is closed."""
+MAX_CONNECTIONS = 50_000
+"""Open connections per node; one more gets an ``unavailable`` line and is closed."""
 
 
 @attrs.frozen
@@ -36,6 +57,21 @@ class Settings:
     hash_concurrency: int = 2
     ws_port: int | None = None
     """Port for protocol v1 over WebSocket; ``None``: no WebSocket listener."""
+    http_port: int | None = None
+    """Port of the HTTP endpoint (``/metrics``, ``/healthz``, ``/readyz``); ``None``: off."""
+    http_host: str | None = None
+    """Address of the HTTP endpoint; ``None``: the same as ``host``."""
+    trusted_addresses: tuple[str, ...] = TRUSTED_ADDRESSES
+    address_logins_per_minute: int = ADDRESS_LOGINS_PER_MINUTE
+    hash_queue: int = HASH_QUEUE
+    request_rate: float = REQUEST_RATE
+    request_burst: int = REQUEST_BURST
+    db_timeout_seconds: float = DB_TIMEOUT_SECONDS
+    login_timeout_seconds: float = LOGIN_TIMEOUT_SECONDS
+    """0: no timeout."""
+    max_connections: int = MAX_CONNECTIONS
+    proxy_protocol: bool = False
+    """TCP listeners read a PROXY protocol (v1 or v2) header first: the real client address."""
     reuse_port: bool = False
     """Listen with ``SO_REUSEPORT``, sharing the ports with the other workers of
     ``chat-server serve --workers N``."""

@@ -102,6 +102,10 @@ class UserSession:
 
     # --- login state (the Caller interface) ----------------------------------------
 
+    @property
+    def address(self) -> str:
+        return self.connection.stream.address
+
     async def begin_login(self, user: UserRecord) -> bool:
         """Claim the user's presence and route its notices here; False if online elsewhere."""
         if not await self.services.broker.claim(user.id, self.holder):
@@ -323,7 +327,7 @@ class UserSession:
             payload = self.services.encoded.group_message(codec, event)
         else:
             payload = codec.encode_event(event)
-        return Outgoing(payload, Receipt(user.id, event.message_id, generation))
+        return Outgoing(payload, Receipt(user.id, event.message_id, generation, event.ts))
 
     # --- the connection's write hooks -----------------------------------------------------
 
@@ -356,6 +360,7 @@ class UserSession:
     def written(self, outgoing: Sequence[Outgoing]) -> None:
         """Kept messages that were written: the node's ``Deletions`` deletes them from
         the store soon, and tells this session once they are gone."""
+        self.services.metrics.delivered(outgoing)
         written: dict[int, list[int]] = defaultdict(list)
         for item in outgoing:
             if item.receipt is not None:

@@ -23,6 +23,7 @@ from .errors import (
     NotFriends,
     RateLimited,
     StoreError,
+    StoreTimeout,
     StoreUnavailable,
 )
 from .migrations import apply_migrations
@@ -110,6 +111,7 @@ __all__ = [
     "RateLimited",
     "Store",
     "StoreError",
+    "StoreTimeout",
     "StoreUnavailable",
     "StoredMessage",
     "UserRecord",

@@ -70,6 +70,8 @@ class Coalescer(Generic[Req, Res]):
         """A batch is running, or a queued call has been told to lead the next one."""
         self.batches = 0
         """Batches run so far (each is one transaction of the store)."""
+        self.observe: Callable[[int, float], None] | None = None
+        """Told each batch's size and seconds once it is over (the node's metrics)."""
 
     async def __call__(self, request: Req) -> Res:
         call: _Call[Req, Res] = _Call(request)
@@ -99,6 +101,7 @@ class Coalescer(Generic[Req, Res]):
         """Run the next batch (the queued calls, up to ``max_batch``), shielded."""
         batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
         self.batches += 1
+        started = trio.current_time()
         with trio.CancelScope(shield=True):
             try:
                 results = await self._run_batch([call.request for call in batch])
@@ -107,6 +110,8 @@ class Coalescer(Generic[Req, Res]):
             except Exception as exc:
                 for call in batch:
                     call.error = exc
+        if self.observe is not None:
+            self.observe(len(batch), trio.current_time() - started)
         for call in batch:
             call.finished = True
             call.wake.set()

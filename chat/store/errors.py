@@ -11,6 +11,11 @@ class StoreUnavailable(StoreError):
     """The database could not be reached or refused the work; nothing was changed."""
 
 
+class StoreTimeout(StoreUnavailable):
+    """A store call did not finish within the node's deadline (``--db-timeout``); it may
+    still complete in the database (see ``chat.store.pool``)."""
+
+
 class NameTaken(StoreError):
     pass
 

@@ -10,6 +10,20 @@ two threads and none is opened per query.
 Cancellation: a unit of work is never abandoned halfway. A cancelled caller
 waits until its transaction has committed or rolled back (``to_thread``'s
 default), so the database never holds half of a request.
+
+Deadline (``timeout``, the node's ``--db-timeout``): a caller stops *waiting* for
+a unit of work that has not finished in that time and gets ``StoreTimeout`` (an
+``unavailable`` answer). The thread itself cannot be stopped (a PyMySQL call
+blocked on a frozen server cannot be interrupted): it goes on, and its
+transaction still commits or rolls back as a whole when the server answers or
+the connection's read timeout (30 s) ends it. So a timed-out request may have
+happened after all: a ``send`` with a ``cid`` is safe to retry (the retry gets
+the first one's ``ok``), one without may be stored twice. The abandoned thread
+keeps its limiter token until it ends (trio releases it then, not when the
+caller gives up), so the pool never runs more connections than its size and
+its capacity comes back by itself; while every token is held by such threads,
+further calls time out waiting for one, which is the quick ``unavailable`` we
+want. The deadline covers the wait for a token too.
 """
 
 from __future__ import annotations
@@ -23,7 +37,7 @@ from typing import TypeVar
 import trio
 
 from .dialect import Connection, Dialect
-from .errors import StoreError, StoreUnavailable
+from .errors import StoreError, StoreTimeout, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +59,27 @@ class ConnectionPool:
         self.runs = 0
         """Units of work run from trio so far (each is one transaction): what coalescing
         saves shows here."""
+        self.timeout: float | None = None
+        """Seconds a caller waits for a unit of work (and for a connection) before
+        ``StoreTimeout``; None: as long as it takes."""
+        self.timeouts = 0
+        """Units of work given up on so far."""
+        self.last_timeout: float | None = None
+        """``trio.current_time()`` of the latest one (for the node's readiness)."""
 
     async def run(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work(connection)`` in a worker thread and return its result."""
+        """Run ``work(connection)`` in a worker thread and return its result; raise
+        ``StoreTimeout`` after ``timeout`` seconds (see the module)."""
         self.runs += 1
-        return await trio.to_thread.run_sync(self.run_blocking, work, limiter=self.limiter)
+        if self.timeout is None:
+            return await trio.to_thread.run_sync(self.run_blocking, work, limiter=self.limiter)
+        with trio.move_on_after(self.timeout):
+            return await trio.to_thread.run_sync(
+                self.run_blocking, work, limiter=self.limiter, abandon_on_cancel=True
+            )
+        self.timeouts += 1
+        self.last_timeout = trio.current_time()
+        raise StoreTimeout(f"{self.dialect.name}: no answer within {self.timeout:g} s")
 
     def run_blocking(self, work: Callable[[Connection], T]) -> T:
         """The same, on the calling thread (start-up, migrations, tools)."""

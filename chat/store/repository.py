@@ -45,7 +45,7 @@ from .sends import DirectSend, GroupSend, SendOutcome, SendRequest, store_sends
 from .sql import Sql as _Sql
 from .sql import no_row as _no_row
 from .sql import now_ms
-from .throttle import Window
+from .throttle import Reservation, Window
 
 T = TypeVar("T")
 
@@ -69,6 +69,12 @@ class Store:
     def reads_of_kept(self) -> int:
         """Batches of ``pending`` run so far (each one read of the store)."""
         return self._pending_calls.batches
+
+    def observe_batches(self, observer: Callable[[str, int, float], None]) -> None:
+        """Tell ``observer(kind, calls, seconds)`` about every coalesced transaction
+        (kind ``send`` or ``pending``): the node's metrics."""
+        self._send_calls.observe = partial(observer, "send")
+        self._pending_calls.observe = partial(observer, "pending")
 
     # --- plumbing -------------------------------------------------------------
 
@@ -98,6 +104,10 @@ class Store:
                 return body(sql)
 
         return await self.pool.run(work)
+
+    async def ping(self) -> None:
+        """One trivial query: the database answers (within the pool's deadline)."""
+        await self._run(lambda sql: sql.one("SELECT 1", ()), write=False)
 
     # --- accounts -------------------------------------------------------------
 
@@ -220,6 +230,23 @@ class Store:
     async def throttle_record(self, bucket: str, window: Window) -> None:
         """Count one event of ``bucket`` now (see ``chat.store.throttle``)."""
         await self._run(lambda sql: throttle.record(sql, bucket, window, now_ms()), write=True)
+
+    async def throttle_reserve(self, buckets: Sequence[str], window: Window) -> Reservation:
+        """A lockout check that counts the attempt when it lets it through
+        (``throttle.reserve``): one transaction for all of ``buckets``."""
+        return await self._run(
+            lambda sql: throttle.reserve(sql, buckets, window, now_ms()), write=True
+        )
+
+    async def throttle_forget(self, ids: Sequence[int]) -> None:
+        """Un-count events a reservation counted (``throttle.forget``)."""
+        await self._run(lambda sql: throttle.forget(sql, ids), write=True)
+
+    async def throttle_take(self, bucket: str, window: Window) -> int | None:
+        """Count one event of ``bucket`` if its window allows (``throttle.take``): None
+        if counted, else milliseconds to wait. Check and count are one transaction;
+        two concurrent ones may both pass at the limit (a budget, not an exact bound)."""
+        return await self._run(lambda sql: throttle.take(sql, bucket, window, now_ms()), write=True)
 
     # --- groups ---------------------------------------------------------------
 

@@ -17,6 +17,8 @@ under concurrent requests. The caller serialises requests of one bucket first
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 
 from .sql import Sql
@@ -46,3 +48,66 @@ def record(sql: Sql, bucket: str, window: Window, now: int) -> None:
         "DELETE FROM rate_events WHERE bucket = ? AND at <= ?", (bucket, now - window.span_ms)
     )
     sql.execute("INSERT INTO rate_events (bucket, at) VALUES (?, ?)", (bucket, now))
+
+
+def lockout_ms(sql: Sql, buckets: Sequence[str], window: Window, now: int) -> int | None:
+    """A lockout rather than a sliding window: once any of ``buckets`` holds ``limit``
+    events within ``span_ms``, it stays shut until ``span_ms`` after the latest of
+    them (the password throttle: "until 60 s after the fifth failure"). Milliseconds
+    until every one of them is open again; None: open now."""
+    if not buckets:
+        return None
+    marks = ", ".join("?" * len(buckets))
+    rows = sql.all(
+        f"SELECT COUNT(*), MAX(at) FROM rate_events WHERE bucket IN ({marks}) AND at > ?"
+        " GROUP BY bucket",
+        (*buckets, now - window.span_ms),
+    )
+    waits = [int(latest) + window.span_ms - now for count, latest in rows if count >= window.limit]
+    return max(1, *waits) if waits else None
+
+
+def take(sql: Sql, bucket: str, window: Window, now: int) -> int | None:
+    """Count one event of ``bucket`` if the window allows it (a budget, such as password
+    logins per client address): None if counted, else milliseconds until allowed."""
+    wait = wait_ms(sql, bucket, window, now)
+    if wait is None:
+        record(sql, bucket, window, now)
+    return wait
+
+
+@attrs.frozen
+class Reservation:
+    """What ``reserve`` did: refused (``wait_ms``), or counted one event per bucket
+    (``ids``, to ``forget`` them if the attempt turns out not to count)."""
+
+    wait_ms: int | None
+    ids: tuple[int, ...] = ()
+
+
+def reserve(sql: Sql, buckets: Sequence[str], window: Window, now: int) -> Reservation:
+    """A lockout check that counts the attempt at once when it lets it through.
+
+    For failed password logins: an attempt under way counts as a failure until it
+    turns out to be right (then the caller forgets it). Checking first and counting
+    only after the slow password check would let every guess sent at the same
+    moment through (300 connections: 300 guesses, not 5); counting first lets at
+    most ``limit`` through, give or take the few transactions that run at the same
+    instant on other pooled connections."""
+    wait = lockout_ms(sql, buckets, window, now)
+    if wait is not None:
+        return Reservation(wait)
+    ids = []
+    for bucket in buckets:
+        sql.execute(
+            "DELETE FROM rate_events WHERE bucket = ? AND at <= ?", (bucket, now - window.span_ms)
+        )
+        ids.append(sql.insert("INSERT INTO rate_events (bucket, at) VALUES (?, ?)", (bucket, now)))
+    return Reservation(None, tuple(ids))
+
+
+def forget(sql: Sql, ids: Sequence[int]) -> None:
+    """Un-count events ``reserve`` counted (the attempt did not fail after all)."""
+    if ids:
+        marks = ", ".join("?" * len(ids))
+        sql.execute(f"DELETE FROM rate_events WHERE id IN ({marks})", tuple(ids))

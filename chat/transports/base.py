@@ -29,6 +29,9 @@ class FrameRejected(Exception):
 class MessageStream(Protocol):
     peer: str
     """Who is at the other end, for logs."""
+    address: str
+    """The client's IP address (from the PROXY protocol header when there is one), for
+    per-address limits; empty when the transport has none."""
     frames_sent: int
     """Frames handed whole to the operating system so far. Kept exact even when a
     ``send`` is cancelled or fails halfway, so the writer forgets precisely the

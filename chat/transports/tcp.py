@@ -50,6 +50,19 @@ def peer_name(stream: trio.SocketStream) -> str:
     return str(address)
 
 
+def peer_address(stream: trio.SocketStream) -> str:
+    """The peer's IP address alone (no port), for per-address limits."""
+    address = stream.socket.getpeername()
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return ""
+
+
+def format_peer(host: str, port: int) -> str:
+    """``host:port``, or ``[host]:port`` for IPv6."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class _Counts(Protocol):
     frames_sent: int
 
@@ -74,26 +87,47 @@ async def send_counted(
 class LineStream:
     """A ``MessageStream`` over a byte stream: one JSON object per ``\\n``-terminated line."""
 
-    def __init__(self, stream: trio.abc.Stream, peer: str, max_line: int = MAX_LINE_BYTES) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        peer: str,
+        max_line: int = MAX_LINE_BYTES,
+        *,
+        address: str = "",
+        buffered: bytes = b"",
+    ) -> None:
+        """``buffered``: bytes already read from ``stream`` that belong to the first
+        frames (what followed a PROXY protocol header in the same read)."""
         self._stream = stream
         self.peer = peer
+        self.address = address
         self._splitter = LineSplitter(max_line)
         self._ready: deque[bytes] = deque()
         self.frames_sent = 0
+        self._buffered = buffered
+        self._peer_closed = False
+        """The peer's end of stream was read: nothing to linger for at close."""
 
     async def receive(self) -> bytes:
         while not self._ready:
-            try:
-                data = await self._stream.receive_some(min(READ_CHUNK, self._splitter.room))
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise StreamClosed(str(exc)) from exc
+            if self._buffered:
+                data, self._buffered = self._buffered, b""
+            else:
+                data = await self._receive_some()
             if not data:
+                self._peer_closed = True
                 raise StreamClosed("end of stream")
             try:
                 self._ready.extend(self._splitter.feed(data))
             except FrameTooLarge as exc:
                 raise FrameRejected(ErrorCode.FRAME_TOO_LARGE, str(exc), fatal=True) from exc
         return self._ready.popleft()
+
+    async def _receive_some(self) -> bytes:
+        try:
+            return bytes(await self._stream.receive_some(min(READ_CHUNK, self._splitter.room)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise StreamClosed(str(exc)) from exc
 
     async def send(self, frames: Sequence[bytes]) -> None:
         data = b"\n".join(frames) + b"\n"
@@ -122,7 +156,7 @@ class LineStream:
         for a moment (a bounded amount), then close.
         """
         stream = self._stream
-        if isinstance(stream, trio.abc.HalfCloseableStream):
+        if isinstance(stream, trio.abc.HalfCloseableStream) and not self._peer_closed:
             with trio.move_on_after(LINGER_SECONDS):
                 try:
                     await stream.send_eof()

@@ -42,7 +42,7 @@ from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 from chat.protocol import MAX_LINE_BYTES, ErrorCode
 
 from .base import FrameRejected, MessageStream, StreamClosed
-from .tcp import enable_keepalive, peer_name, send_counted
+from .tcp import enable_keepalive, peer_address, peer_name, send_counted
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,12 @@ class WebSocketStream:
         *,
         max_frame: int = MAX_LINE_BYTES,
         close_timeout: float = CLOSE_TIMEOUT,
+        address: str = "",
     ) -> None:
         self._ws = ws
         self._socket_stream = socket_stream
         self.peer = peer
+        self.address = address
         self._max_frame = max_frame
         self._close_timeout = close_timeout
         self._close_code = CLOSE_NORMAL
@@ -228,6 +230,7 @@ async def _serve_connection(
     try:
         enable_keepalive(stream)
         peer = "ws " + peer_name(stream)
+        address = peer_address(stream)
     except OSError as exc:
         if exc.errno not in (errno.ENOTCONN, errno.EINVAL, errno.ECONNRESET):
             log.exception("cannot set up a WebSocket connection")
@@ -244,7 +247,7 @@ async def _serve_connection(
                 nursery.cancel_scope.cancel()  # trio-websocket's reader task
                 return
             adapter = WebSocketStream(
-                ws, stream, peer, max_frame=max_frame, close_timeout=close_timeout
+                ws, stream, peer, max_frame=max_frame, close_timeout=close_timeout, address=address
             )
             nursery.start_soon(adapter.keep_alive, ping_interval, ping_timeout)
             try:

@@ -15,6 +15,7 @@ from chat.protocol.messages import (
 )
 from chat.store import NameTaken, UserRecord
 
+from ..throttles import authenticate_password, hash_new_password
 from .login_view import login_result
 from .registry import Caller, handler
 
@@ -27,7 +28,7 @@ async def ping(caller: Caller, request: Ping) -> Result:
 @handler(Register, needs_login=False)
 async def register(caller: Caller, request: Register) -> Result:
     services = caller.services
-    password_hash = await services.hasher.hash(request.password)
+    password_hash = await hash_new_password(services, request.password, caller.address)
     try:
         user = await services.store.create_user(request.name, password_hash)
     except NameTaken:
@@ -42,15 +43,8 @@ async def login(caller: Caller, request: Login) -> Result:
             ErrorCode.ALREADY_LOGGED_IN, f"this connection is logged in as {caller.user.name!r}"
         )
     services = caller.services
-    if request.name is not None:
-        credentials = await services.store.credentials_by_name(request.name)
-    else:
-        assert request.id is not None  # the codec checked: exactly one of name and id
-        credentials = await services.store.credentials_by_id(request.id)
-    stored_hash = credentials.password_hash if credentials else None
-    if credentials is None or not await services.hasher.verify(request.password, stored_hash):
-        # The same answer whichever part was wrong: it must not reveal which names exist.
-        raise RequestError(ErrorCode.BAD_CREDENTIALS, "wrong user or password")
+    # Throttled there, and only there: a token login must not go through it.
+    credentials = await authenticate_password(services, request, caller.address)
     user = UserRecord(credentials.id, credentials.name)
     if not await caller.begin_login(user):
         raise RequestError(ErrorCode.ALREADY_ONLINE, f"{user.name!r} is logged in elsewhere")

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from chat.protocol import ErrorCode, RequestError
-from chat.protocol.messages import DeliveredEvent, MessageEvent, Result, Send, Sent, UserRef
+from chat.protocol.messages import (
+    DeliveredEvent,
+    GroupMessageEvent,
+    MessageEvent,
+    Result,
+    Send,
+    Sent,
+    UserRef,
+)
 from chat.store import Blocked, NoSuchUser, StoredMessage
 
 from .registry import Caller, handler, me
@@ -37,6 +45,10 @@ def sent(caller: Caller, stored: StoredMessage, event: DeliveredEvent, stored_af
     go out with the relay's next batch, which a stopping node still sends before it
     lets go of Redis. A retried send (its ``cid`` used already) only wakes: its
     recipients read the first attempt's message from the store."""
+    if stored.created:
+        caller.services.metrics.messages_stored.labels(
+            "group" if isinstance(event, GroupMessageEvent) else "direct"
+        ).inc()
     if stored.recipients:
         if stored.created:
             caller.services.router.deliver(stored.recipients, event, stored_after)

@@ -21,6 +21,7 @@ from chat.protocol.messages import REQUEST_TYPES, Request, Result
 from chat.store import UserRecord
 
 from ..services import Services
+from ..throttles import RequestBudget
 
 R = TypeVar("R", bound=Request)
 
@@ -34,6 +35,11 @@ class Caller(Protocol):
 
     @property
     def services(self) -> Services: ...
+
+    @property
+    def address(self) -> str:
+        """The client's IP address (the real one behind a proxy speaking the PROXY
+        protocol), for per-address limits and logs."""
 
     async def begin_login(self, user: UserRecord) -> bool:
         """Claim the user's presence for this connection; False if online elsewhere."""
@@ -77,11 +83,16 @@ def handler(
     return register
 
 
-async def dispatch(caller: Caller, request: Request) -> Result:
+async def dispatch(caller: Caller, request: Request, budget: RequestBudget | None = None) -> Result:
+    """Run ``request``'s handler after the checks every request gets; ``budget`` is the
+    connection's (``rate_limited`` comes after ``not_logged_in``, before the request's
+    own errors)."""
     entry = _HANDLERS[type(request)]
     user = caller.user
     if entry.needs_login and user is None:
         raise RequestError(ErrorCode.NOT_LOGGED_IN, f"log in before {request.TYPE}")
+    if budget is not None:
+        budget.spend()
     if user is not None and caller.services.router.paused and not entry.while_paused:
         # The user may be logged in elsewhere by now: act for them only once that is known.
         raise RequestError(

@@ -1,0 +1,194 @@
+"""Throttling (protocol 1.1 "Throttling: the rate_limited error", and the node's own
+limits): failed password logins per account, cluster-wide; password requests per
+client address; the hashing queue; requests per connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from chat.client import ChatClient
+from chat.server.passwords import HashingBusy, PasswordHasher
+from chat.server.throttles import PASSWORD_WINDOW_MS, is_trusted, parse_networks
+
+from .cluster_support import cluster_node, make_broker
+from .support import client, login, register, running_node
+
+
+def assert_rate_limited(reply: dict[str, Any]) -> int:
+    assert (reply["type"], reply["code"]) == ("error", "rate_limited"), reply
+    wait = reply["retry_after_ms"]
+    assert isinstance(wait, int) and not isinstance(wait, bool), reply
+    assert 0 < wait <= PASSWORD_WINDOW_MS, reply
+    return wait
+
+
+async def fail_five(c: ChatClient, **who: Any) -> None:
+    for _ in range(5):
+        reply = await c.request("login", password="wrong", **who)
+        assert (reply["type"], reply["code"]) == ("error", "bad_credentials"), reply
+
+
+async def test_five_failed_logins_lock_the_account_only(database_url: str) -> None:
+    async with running_node(database_url) as node, client(node) as c:
+        ann_id = await register(c, "ann")
+        await register(c, "bob")
+        await fail_five(c, name="ann")
+        # The right password is not even checked now, by name or by id.
+        assert_rate_limited(await c.request("login", name="ann", password="secret"))
+        assert_rate_limited(await c.request("login", id=ann_id, password="secret"))
+        # Check order: invalid_request comes first.
+        both = await c.request("login", name="ann", id=ann_id, password="secret")
+        assert both["code"] == "invalid_request", both
+        # Another account is not affected.
+        await login(c, "bob")
+        # already_logged_in comes before rate_limited.
+        again = await c.request("login", name="ann", password="secret")
+        assert again["code"] == "already_logged_in", again
+        metrics = node.services.metrics.render().decode()
+        assert "chat_login_failures_total 5.0" in metrics
+        assert 'chat_rate_limited_total{limit="password"} 2.0' in metrics
+
+
+async def test_names_and_ids_that_do_not_exist_are_throttled_too(database_url: str) -> None:
+    async with running_node(database_url) as node, client(node) as c:
+        await fail_five(c, name="ghost")
+        assert_rate_limited(await c.request("login", name="ghost", password="x"))
+        await fail_five(c, id=987_654)
+        assert_rate_limited(await c.request("login", id=987_654, password="x"))
+        # A failure by id counts for that id only: other ids and names are open.
+        reply = await c.request("login", id=987_655, password="x")
+        assert reply["code"] == "bad_credentials", reply
+
+
+async def test_failures_by_id_lock_the_name_of_that_account(database_url: str) -> None:
+    async with running_node(database_url) as node, client(node) as c:
+        ann_id = await register(c, "ann")
+        await fail_five(c, id=ann_id)
+        assert_rate_limited(await c.request("login", name="ann", password="secret"))
+
+
+async def test_the_lock_is_cluster_wide(mysql_url: str, redis_url: str) -> None:
+    async with (
+        cluster_node(mysql_url, make_broker(redis_url, "node-a")) as a,
+        cluster_node(mysql_url, make_broker(redis_url, "node-b")) as b,
+        client(a) as on_a,
+        client(b) as on_b,
+    ):
+        await register(on_a, "ann")
+        await fail_five(on_a, name="ann")
+        assert_rate_limited(await on_b.request("login", name="ann", password="secret"))
+
+
+async def test_password_requests_per_address(database_url: str) -> None:
+    # Loopback is trusted by default: trust nothing here to see the budget.
+    async with (
+        running_node(database_url, trusted_addresses=(), address_logins_per_minute=3) as node,
+        client(node) as c,
+    ):
+        await register(c, "ann")
+        await register(c, "bob")
+        reply = await c.request("login", name="ann", password="wrong")
+        assert reply["code"] == "bad_credentials", reply
+        # The fourth password request from this address within the minute.
+        limited = await c.request("register", name="cat", password="secret")
+        assert (limited["type"], limited["code"]) == ("error", "rate_limited"), limited
+        assert 0 < limited["retry_after_ms"] <= 60_000
+        limited = await c.request("login", name="bob", password="secret")
+        assert limited["code"] == "rate_limited", limited
+        # Other requests are not counted.
+        assert (await c.request("ping"))["type"] == "ok"
+        # A bad request is refused before the budget is looked at.
+        bad = await c.request("register", name="", password="secret")
+        assert bad["code"] == "invalid_request", bad
+        metrics = node.services.metrics.render().decode()
+        assert 'chat_rate_limited_total{limit="address"} 2.0' in metrics
+
+
+async def test_loopback_is_exempt_from_the_address_budget(tmp_path: Any) -> None:
+    async with (
+        running_node(f"sqlite:///{tmp_path / 'chat.db'}", address_logins_per_minute=1) as node,
+        client(node) as c,
+    ):
+        for name in ("ann", "bob", "cat"):
+            await register(c, name)
+
+
+def test_trusted_networks() -> None:
+    trusted = parse_networks("127.0.0.0/8, ::1, 10.1.0.0/16")
+    assert is_trusted("127.0.0.1", trusted)
+    assert is_trusted("::1", trusted)
+    assert is_trusted("::ffff:127.0.0.2", trusted)
+    assert is_trusted("10.1.2.3", trusted)
+    assert not is_trusted("10.2.0.1", trusted)
+    assert not is_trusted("", trusted)
+    assert parse_networks("") == ()
+    with pytest.raises(ValueError, match="nonsense"):
+        parse_networks("127.0.0.1,nonsense")
+
+
+async def test_a_full_hashing_queue_refuses_at_once() -> None:
+    hasher = PasswordHasher(concurrency=1, max_queued=2)
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(hasher.hash, "one")
+        await trio.testing.wait_all_tasks_blocked()
+        assert hasher.queued == 2
+        with pytest.raises(HashingBusy):
+            await hasher.verify("two", None)
+        # Unbounded (a trusted client): it waits its turn instead.
+        assert await hasher.verify("two", None, bounded=False) is False
+    assert hasher.queued == 0
+
+
+async def test_requests_per_connection(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'chat.db'}"
+    async with running_node(url, request_rate=0.5, request_burst=3) as node, client(node) as c:
+        for _ in range(3):
+            assert (await c.request("ping"))["type"] == "ok"
+        limited = await c.request("ping")
+        assert (limited["type"], limited["code"]) == ("error", "rate_limited"), limited
+        assert 0 < limited["retry_after_ms"] <= 2_000
+        # not_logged_in comes first.
+        refused = await c.request("find_user", name="ann")
+        assert refused["code"] == "not_logged_in", refused
+        # Another connection has a budget of its own.
+        async with client(node) as other:
+            assert (await other.request("ping"))["type"] == "ok"
+
+
+async def test_simultaneous_guesses_get_about_five_through(database_url: str) -> None:
+    async with running_node(database_url) as node:
+        async with client(node) as c:
+            await register(c, "ann")
+        codes: list[str] = []
+
+        async def guess() -> None:
+            async with client(node) as g:
+                codes.append((await g.request("login", name="ann", password="wrong"))["code"])
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(30):
+                nursery.start_soon(guess)
+        # Five, plus at most one per other pooled connection checking at the same instant.
+        pool = node.services.store.pool.limiter.total_tokens
+        assert 5 <= codes.count("bad_credentials") <= 5 + int(pool) - 1, codes
+        assert codes.count("rate_limited") == 30 - codes.count("bad_credentials"), codes
+
+
+async def test_a_right_password_does_not_count(database_url: str) -> None:
+    async with running_node(database_url) as node, client(node) as c:
+        await register(c, "ann")
+        for _ in range(4):
+            assert (await c.request("login", name="ann", password="wrong"))["code"] == (
+                "bad_credentials"
+            )
+        for _ in range(3):
+            await login(c, "ann")
+            await c.call("logout")
+        assert (await c.request("login", name="ann", password="wrong"))["code"] == (
+            "bad_credentials"
+        )
+        assert_rate_limited(await c.request("login", name="ann", password="secret"))
