@@ -17,7 +17,7 @@ import trio
 from chat.client import ChatClient
 from chat.protocol.messages import MessageEvent, UserRef
 from chat.server import Node
-from chat.store import StoreUnavailable
+from chat.store import PendingDelivery, StoreUnavailable
 
 from .support import RawClient, client, login, next_is_sentinel, no_event, register, running_node
 
@@ -291,6 +291,45 @@ async def test_a_message_read_at_login_is_not_handed_to_the_session_again(node: 
         await no_event(bob, 0.3)  # written, deleted, and the delivery task idle again
         late = MessageEvent(
             stored.message_id, UserRef(ann_id, "ann"), bob_id, "early", stored.ts, False
+        )
+        router.deliver([bob_id], late, asked)
+        await next_is_sentinel(bob, bob_id, sender=ann)
+
+
+async def test_a_message_a_slow_read_returned_is_not_handed_to_the_session_again(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read called before a send may run its statement after the send committed (it
+    waits for its batch and its thread), return the message, and have it written and
+    deleted before the sender's handler offers it. Played in slow motion: the read is
+    held at a gate while the message is stored; the late offer must not deliver it again."""
+    store = node.services.store
+    real = store.pending
+    gate = trio.Event()
+
+    async def slow(user_id: int, limit: int, after_seq: int = 0) -> list[PendingDelivery]:
+        await gate.wait()
+        return await real(user_id, limit, after_seq)
+
+    async with client(node) as ann, client(node) as bob:
+        ann_id = await register(ann, "ann")
+        bob_id = await register(bob, "bob")
+        await login(ann, "ann")
+        await login(bob, "bob")
+        await no_event(bob, 0.3)  # bob's delivery task is idle
+        router = node.services.router
+        monkeypatch.setattr(store, "pending", slow)
+        router.wake([bob_id])  # his read begins, and waits at the gate
+        await trio.sleep(0.1)
+        asked = router.mark()  # the send handler's moment before the store
+        stored = await store.store_direct(ann_id, bob_id, "raced", None)
+        gate.set()
+        event = await bob.next_event()
+        assert (event["message_id"], event["offline"]) == (stored.message_id, False)
+        monkeypatch.setattr(store, "pending", real)
+        await no_event(bob, 0.3)  # written, deleted, and the delivery task idle again
+        late = MessageEvent(
+            stored.message_id, UserRef(ann_id, "ann"), bob_id, "raced", stored.ts, False
         )
         router.deliver([bob_id], late, asked)
         await next_is_sentinel(bob, bob_id, sender=ann)

@@ -87,7 +87,8 @@ class UserSession:
         self._reading = False
         """The delivery task's read of the store is under way."""
         self._last_read = 0
-        """``Router.mark()`` when the newest read of the store for this login began."""
+        """``Router.mark()`` when the newest read of the store for this login returned
+        (its statement ran at some moment before that, perhaps well after the call)."""
         self._wake = trio.Event()
         self._idle = False
         """The delivery task waits for a wake-up: everything the store kept for the
@@ -196,9 +197,11 @@ class UserSession:
         reading it back from the store; False if the store must be read instead.
 
         ``stored_after`` is ``Router.mark()`` taken before the message was handed to
-        the store: if a read of this login began after that, it may have returned the
-        message already (and the message may be written and deleted by now), so only
-        a read can tell. Otherwise only while the delivery task is idle: then every
+        the store: if a read of this login returned after that, its statement may
+        have run after the message was committed (a read waits for its batch, and its
+        thread, for a while), so it may have returned the message already, which may
+        be written and deleted by now: only a read can tell. Otherwise only while the
+        delivery task is idle: then every
         message stored for the user before this one is queued already (a message
         stored after the last read began would have woken it), so queuing this one
         now keeps each sender's order. Not while a read is under way or due (it may
@@ -244,10 +247,14 @@ class UserSession:
         page = self.services.settings.delivery_page
         after = queued = 0
         while queued < count:
-            self._last_read = self.services.router.mark()
-            rows = await self.services.store.pending(
-                user.id, min(page, count - queued), after_seq=after
-            )
+            self._reading = True
+            try:
+                rows = await self.services.store.pending(
+                    user.id, min(page, count - queued), after_seq=after
+                )
+            finally:
+                self._reading = False
+                self._last_read = self.services.router.mark()
             if not rows:
                 break
             for row in rows:
@@ -291,7 +298,6 @@ class UserSession:
                             break
                         limit = len(self._inflight) + page
                         self._reading = True
-                        self._last_read = self.services.router.mark()
                         try:
                             rows = await self.services.store.pending(user.id, limit)
                         except StoreError as exc:
@@ -301,6 +307,7 @@ class UserSession:
                             break
                         finally:
                             self._reading = False
+                            self._last_read = self.services.router.mark()
                         for row in rows:
                             if row.message_id not in self._inflight:
                                 self._inflight.add(row.message_id)
