@@ -108,6 +108,22 @@ async def test_burst_passes_its_checks(sqlite_node: Node) -> None:
     assert "server CPU" in "\n".join(lines[:-1])
 
 
+async def test_resume_logs_in_with_tokens(sqlite_node: Node) -> None:
+    code, lines, err = await run_bench(
+        sqlite_node.ports[0], "--scenario", "resume", "--users", "3", "--messages", "4",
+        "--procs", "2", "--cpu-pids", str(os.getpid()),
+    )  # fmt: skip
+    assert code == 0, err
+    report = figures_of(lines)
+    assert report["ok"] is True
+    resume = report["results"]["resume"]
+    for phase in ("reconnect", "relogin"):
+        assert resume[phase]["logins"] == resume[phase]["latency"]["count"] == 3 * 4
+        assert resume[phase]["per_second"] > 0
+        assert resume[phase]["server_cpu_us_per_login"] > 0
+    assert "relogin" in "\n".join(lines[:-1])
+
+
 async def test_routes_across_two_cluster_nodes(mysql_url: str, redis_url: str) -> None:
     """One port per node: ``cross`` messages travel between the nodes, ``same`` ones do not."""
     async with (

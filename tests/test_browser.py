@@ -355,3 +355,125 @@ def test_a_long_friend_list_is_paged_in(browser: Browser, ws_url: str, tmp_path:
     expect(page.locator("#me-name")).to_have_text("victim")
     expect(page.locator("#friend-list > li")).to_have_count(1_000)
     expect(page.get_by_role("button", name="Actions for " + names[-1])).to_have_count(1)
+
+
+SEND_AS = """async ([url, me, to, count]) => {
+  // Another user, from the test: registers, befriends `to`, sends `count` numbered messages.
+  const ws = new WebSocket(url);
+  const replies = [];
+  ws.onmessage = (e) => { const m = JSON.parse(e.data); if (m.rid) replies[m.rid](m); };
+  await new Promise((ok) => { ws.onopen = ok; });
+  let rid = 0;
+  const call = (fields) => new Promise((ok) => { rid += 1; replies[rid] = ok;
+    ws.send(JSON.stringify(Object.assign({ rid: rid }, fields))); });
+  await call({ type: "register", name: me, password: "secret" });
+  await call({ type: "login", name: me, password: "secret" });
+  const found = await call({ type: "find_user", name: to });
+  await call({ type: "add_friend", user_id: found.user.id });
+  for (let n = 1; n <= count; n++) {
+    await call({ type: "send", to: found.user.id, text: me + " " + n });
+  }
+  ws.close();
+}"""
+
+RECORD_SOCKETS = """
+window.__sockets = [];
+window.WebSocket = class extends window.WebSocket {
+  constructor(...args) { super(...args); window.__sockets.push(this); }
+};
+window.__dropConnections = () => {
+  for (const ws of window.__sockets) { if (ws.readyState === WebSocket.OPEN) ws.close(4000); }
+};
+"""
+
+
+def test_reload_signs_in_again_and_shows_history(browser: Browser, ws_url: str) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    problems: list[str] = []
+    url = PAGE.as_uri() + "?ws=" + ws_url
+    alice = open_page(browser, url, problems)
+    sign_in(alice, "alice", register=True)
+    expect(alice.locator("#me-name")).to_have_text("alice")
+    alice.evaluate(SEND_AS, [ws_url, "carl", "alice", 60])
+    carl = alice.locator("#friend-list").get_by_role("button", name=re.compile("^carl"))
+    expect(carl).to_contain_text("60")  # unread
+    carl.click()
+    log = alice.get_by_role("log")
+    expect(log.locator(".message")).to_have_count(60)
+    alice.get_by_label("Message", exact=True).fill("hello carl")
+    alice.get_by_label("Message", exact=True).press("Enter")
+    expect(log).to_contain_text("hello carl")
+
+    alice.reload()  # no password asked: the token in localStorage signs in again
+    expect(alice.locator("#me-name")).to_have_text("alice")
+    expect(alice.locator("#conversation-title")).to_have_text("carl")  # reopened
+    messages = log.locator(".message")
+    expect(messages).to_have_count(50)  # the last 50
+    expect(messages.last).to_contain_text("hello carl")
+    expect(messages.first.locator(".text")).to_have_text("carl 12")  # 60 + 1 - 50 + 1
+    expect(log.get_by_role("button", name="Show older messages")).to_be_visible()
+    log.evaluate("list => { list.scrollTop = 0; }")  # scrolling up loads the older page
+    expect(messages).to_have_count(61)
+    expect(messages.first.locator(".text")).to_have_text("carl 1")
+    expect(log).to_contain_text("The start of this conversation")
+
+    # Log out forgets the token, here and on the server: a reload asks for the password.
+    token = alice.evaluate("JSON.parse(localStorage.getItem('chat.session')).token")
+    alice.get_by_role("button", name="Log out").click()
+    expect(alice.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert alice.evaluate("localStorage.getItem('chat.session')") is None
+    alice.evaluate(
+        "token => localStorage.setItem('chat.session', JSON.stringify("
+        f"{{url: {ws_url!r}, name: 'alice', token: token, current: null}}))",
+        token,
+    )
+    alice.reload()
+    expect(alice.locator("#login-error")).to_have_text("Your session has ended; sign in again.")
+    expect(alice.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert problems == []
+
+
+def test_a_lost_connection_comes_back_by_itself(browser: Browser, ws_url: str) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    url = PAGE.as_uri() + "?ws=" + ws_url
+    context = browser.new_context()
+    context.add_init_script(RECORD_SOCKETS)
+    dana = context.new_page()
+    dana.set_default_timeout(TIMEOUT_MS)
+    dana.goto(url)
+    sign_in(dana, "dana", register=True)
+    expect(dana.locator("#me-name")).to_have_text("dana")
+    dana.evaluate(SEND_AS, [ws_url, "erin", "dana", 2])
+    dana.locator("#friend-list").get_by_role("button", name=re.compile("^erin")).click()
+    log = dana.get_by_role("log")
+    expect(log.locator(".message")).to_have_count(2)
+
+    dana.evaluate("window.__dropConnections()")  # the line drops
+    expect(dana.locator("#status")).to_contain_text("reconnecting")
+    # Sent while dana is away (the first retry waits about a second).
+    dana.evaluate(SEND_AS, [ws_url, "fay", "dana", 1])
+    expect(dana.locator("#status")).to_have_text(f"Connected to {ws_url}")
+    expect(dana.locator("#me-name")).to_have_text("dana")  # no sign-in form on the way
+    dana.evaluate("window.__dropConnections()")  # and once more: the backoff starts over
+    expect(dana.locator("#status")).to_contain_text("reconnecting")
+    expect(dana.locator("#status")).to_have_text(f"Connected to {ws_url}")
+    # The open conversation fetched what it missed: nothing, and nothing twice.
+    expect(log.locator(".message")).to_have_count(2)
+    fay = dana.locator("#friend-list").get_by_role("button", name=re.compile("^fay"))
+    expect(fay).to_contain_text("1")  # unread
+    fay.click()
+    expect(log.locator(".message")).to_have_count(1)
+    expect(log).to_contain_text("fay 1")
+
+    # While the server cannot be reached, the pauses grow: about 1 s, 2 s, 4 s (±20%).
+    dana.route_web_socket(re.compile(".*"), lambda ws: ws.close())
+    dana.evaluate("window.__dropConnections()")
+    status = dana.locator("#status")
+    expect(status).to_have_text(re.compile(r"reconnecting in [12] s"))
+    expect(status).to_have_text(re.compile(r"reconnecting in [23] s"))
+    expect(status).to_have_text(re.compile(r"reconnecting in [45] s"))
+    expect(dana.locator("#me-name")).to_have_text("dana")  # the page stays as it was

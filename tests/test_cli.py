@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import signal
@@ -109,6 +110,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
         "TERM": "xterm",
         "NO_COLOR": "1",
         "XDG_STATE_HOME": str(tmp_path / "state"),  # the history file goes here
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),  # and remembered tokens here
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -324,6 +326,96 @@ def test_piped_commands_run_in_order_and_the_status_tells(server: Server) -> Non
     asked = run_piped(server, "/login dave\n")
     assert asked.returncode == 1
     assert "put the password on the line" in asked.stderr
+
+
+def test_history_of_a_user_and_of_a_group(server: Server) -> None:
+    setup = run_piped(
+        server,
+        f"/register hal {PASSWORD}\n/register ida {PASSWORD}\n/login hal {PASSWORD}\n"
+        "/msg ida one\n/msg ida two\n/group create den\n/g den in the den\n/history\n",
+    )
+    assert setup.returncode == 0, setup.stderr
+    # /history with no argument: where the last line went (the group).
+    assert re.search(
+        r"^\* the last 1 message with \[den\]:\n\d\d:\d\d \[den\] you: in the den$",
+        setup.stdout,
+        re.M,
+    ), setup.stdout
+    reply = run_piped(
+        server,
+        f"/login ida {PASSWORD}\n/msg hal three\n/history hal\n/history hal 2\n"
+        "/history #99\n/history hal 0\n",
+    )
+    assert reply.returncode == 1
+    out = reply.stdout
+    assert re.search(
+        r"^\* the last 3 messages with hal:\n"
+        r"\d\d:\d\d hal: one\n\d\d:\d\d hal: two\n\d\d:\d\d you -> hal: three\n",
+        out,
+        re.M,
+    ), out
+    assert re.search(
+        r"^\* the last 2 messages with hal:\n\d\d:\d\d hal: two\n"
+        r"\d\d:\d\d you -> hal: three\n\* older ones: /history hal 4$",
+        out,
+        re.M,
+    ), out
+    assert reply.stderr.splitlines() == [
+        "chat-cli: line 5: error: group_id: no group has id 99",
+        "chat-cli: line 6: error: '0' is not a number of messages (1-1000);"
+        " usage: /history [NAME|GROUP] [N]",
+    ]
+
+
+def test_switching_to_a_conversation_shows_its_history(server: Server, cli: Spawn) -> None:
+    setup = run_piped(
+        server,
+        f"/register ann {PASSWORD}\n/register bob {PASSWORD}\n/login bob {PASSWORD}\n"
+        "/msg ann first\n/msg ann second\n",
+    )
+    assert setup.returncode == 0, setup.stderr
+    ann = cli()
+    login(ann, "ann")
+    ann.expect_exact("bob: second")  # kept while ann was away
+    ann.sendline("/msg bob third")
+    ann.expect_exact("the last 2 messages with bob:")
+    ann.expect(r"\d\d:\d\d bob: first\r?\n")
+    ann.expect(r"\d\d:\d\d bob: second\r?\n")
+    ann.expect_exact("you -> bob: third")
+    ann.sendline("/history 2")
+    ann.expect_exact("the last 2 messages with bob:")
+    ann.expect(r"\d\d:\d\d bob: second\r?\n")
+    ann.expect(r"\d\d:\d\d you -> bob: third\r?\n")
+    ann.expect_exact("older ones: /history bob 4")
+    quit_cleanly(ann)
+
+
+def test_remember_logs_in_by_itself_and_logout_forgets(server: Server) -> None:
+    tokens = server.tmp_path / "config" / "chat-cli" / "tokens.json"
+    first = run_piped(
+        server, f"/register kim {PASSWORD}\n/login kim {PASSWORD}\n/msg kim note\n", "--remember"
+    )
+    assert first.returncode == 0, first.stderr
+    assert tokens.stat().st_mode & 0o777 == 0o600
+    assert tokens.parent.stat().st_mode & 0o777 == 0o700
+    saved = json.loads(tokens.read_text())
+    ((where, entry),) = saved.items()
+    assert where == f"127.0.0.1:{server.port}" and entry["name"] == "kim"
+    assert PASSWORD not in tokens.read_text()
+    # The next start logs in by itself (no --remember needed to use what was kept).
+    again = run_piped(server, "/history kim\n")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("* logged in as kim (#1)\n"), again.stdout
+    assert re.search(r"^\d\d:\d\d you -> kim: note$", again.stdout, re.M)
+    # /logout forgets it here and on the server.
+    out = run_piped(server, "/logout\n")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(tokens.read_text()) == {}
+    tokens.write_text(json.dumps(saved))  # put it back: the server refuses it now
+    refused = run_piped(server, "/who kim\n")
+    assert "* logged in" not in refused.stdout
+    assert "the remembered login of kim has expired or was revoked" in refused.stderr
+    assert json.loads(tokens.read_text()) == {}
 
 
 def test_piped_over_websocket(server: Server) -> None:

@@ -35,6 +35,9 @@ from chat.protocol.messages import (
     GroupResult,
     GroupsPage,
     GroupSummary,
+    HistoryDirect,
+    HistoryGroup,
+    HistoryResult,
     JoinResult,
     LoginResult,
     Member,
@@ -110,7 +113,16 @@ LARGEST_RESULTS: dict[type, Callable[[], Result]] = {
     ),
     MembersPage: lambda: largest_page(MembersPage, MEMBER, 500),
     BlockedPage: lambda: largest_page(BlockedPage, USER, 500),
+    HistoryResult: lambda: largest_page(
+        HistoryResult, HistoryDirect(BIG_ID, USER, BIG_ID, TEXT, BIG_ID), 200
+    ),
 }
+
+
+def test_a_history_page_of_group_messages_fits_too() -> None:
+    page = largest_page(HistoryResult, HistoryGroup(BIG_ID, BIG_ID, USER, TEXT, BIG_ID), 200)
+    assert len(encode_reply(Ok(RID, page))) <= MAX_LINE_BYTES
+
 
 LARGEST_EVENTS: dict[type, Callable[[], Event]] = {
     MessageEvent: lambda: MessageEvent(BIG_ID, USER, BIG_ID, TEXT, BIG_ID, True),

@@ -42,6 +42,8 @@ async def test_login_by_name_and_by_id(connect: Connect) -> None:
     async with connect() as c:
         user_id = await register(c, "ann", "pw1")
         reply = await c.request("login", rid="L", name="ann", password="pw1")
+        token = reply.get("token")
+        assert isinstance(token, str)
         assert reply == {
             "type": "ok",
             "rid": "L",
@@ -49,6 +51,7 @@ async def test_login_by_name_and_by_id(connect: Connect) -> None:
             "friends": [],
             "groups": [],
             "offline": 0,
+            "token": token,
         }
         assert error_code(await c.request("login", id=user_id, password="pw1")) == (
             "already_logged_in"

@@ -1,13 +1,26 @@
-// A browser client for chat protocol v1 over WebSocket. Plain JavaScript, no build step.
+// A browser client for chat protocol v1.1 over WebSocket. Plain JavaScript, no build step.
 //
 // Every text from the server goes into the page with textContent, never innerHTML:
 // names and messages are other people's input.
+//
+// A login's session token is kept in localStorage (with the server's address and the
+// open conversation), so a reload signs in again by itself; "Log out" revokes it on the
+// server and forgets it here. A conversation shows its last HISTORY_PAGE messages when
+// opened, and older pages as one scrolls up. A lost connection is retried with growing
+// pauses; once back, each conversation fetches what it missed (history `after` its
+// newest message), since messages written to a dying connection are not sent again.
 "use strict";
 
 (function () {
   const PRESENCE_REFRESH_MS = 15000; // the protocol has no presence events: ask now and then
   const MAX_TEXT = 4096;
   const MEMBERS_SHOWN = 12; // a group's detail line names this many members, then counts
+  const HISTORY_PAGE = 50; // messages shown on opening a conversation, and per older page
+  const CATCH_UP_PAGE = 200; // the most one `history` request may ask for
+  const SESSION_KEY = "chat.session"; // localStorage: {url, name, token, current}
+  const RECONNECT_FIRST_MS = 1000;
+  const RECONNECT_MAX_MS = 30000;
+  const OLDER_WHEN_PX = 48; // scrolled this close to the top: load the older page
 
   const $ = (id) => document.getElementById(id);
 
@@ -122,16 +135,53 @@
     current: null,
     presenceTimer: null,
     loggingOut: false,
+    reconnectTimer: null,
+    reconnectAttempts: 0,
   };
 
   function conversation(kind, id) {
     const key = kind + ":" + id;
     let conv = state.conversations.get(key);
     if (!conv) {
-      conv = { key: key, kind: kind, id: id, messages: [], unread: 0 };
+      // loaded: its latest page was fetched; hasOlder: the server has older messages.
+      conv = {
+        key: key, kind: kind, id: id, messages: [], unread: 0,
+        loaded: false, loading: false, hasOlder: false, loadingOlder: false,
+      };
       state.conversations.set(key, conv);
     }
     return conv;
+  }
+
+  // --- the remembered session (localStorage) ------------------------------------------
+
+  function savedSession() {
+    try {
+      const saved = JSON.parse(window.localStorage.getItem(SESSION_KEY) || "null");
+      if (saved && typeof saved.url === "string" && typeof saved.token === "string") {
+        return saved;
+      }
+    } catch (err) {
+      // storage disabled or garbled: nothing remembered
+    }
+    return null;
+  }
+
+  function saveSession(fields) {
+    try {
+      const saved = Object.assign(savedSession() || {}, fields);
+      window.localStorage.setItem(SESSION_KEY, JSON.stringify(saved));
+    } catch (err) {
+      // storage disabled: a reload asks for the password again
+    }
+  }
+
+  function forgetSession() {
+    try {
+      window.localStorage.removeItem(SESSION_KEY);
+    } catch (err) {
+      // nothing to forget
+    }
   }
 
   function titleOf(conv) {
@@ -281,8 +331,14 @@
     return item;
   }
 
-  function renderConversation() {
+  /** Draw the open conversation. `anchor`: "bottom" scrolls to the newest message,
+   * "older" keeps what was on screen in place while older messages appear above it;
+   * otherwise the view stays where it was, or at the bottom if it was there. */
+  function renderConversation(anchor) {
     const list = $("messages");
+    const fromBottom = list.scrollHeight - list.scrollTop;
+    const wasAtBottom = fromBottom - list.clientHeight < OLDER_WHEN_PX;
+    const top = list.scrollTop;
     list.replaceChildren();
     const conv = state.current ? state.conversations.get(state.current) : null;
     const text = $("composer-text");
@@ -298,10 +354,31 @@
     $("conversation-detail").textContent = conversationDetail(conv);
     text.disabled = false;
     send.disabled = false;
+    if (conv.hasOlder || conv.loadingOlder) {
+      const item = el("li", "older");
+      const button = el("button", "older-button",
+        conv.loadingOlder ? "Loading older messages…" : "Show older messages");
+      button.type = "button";
+      button.disabled = conv.loadingOlder;
+      button.addEventListener("click", () => loadOlder(conv));
+      item.append(button);
+      list.append(item);
+    } else if (conv.loaded) {
+      list.append(el("li", "history-start help",
+        conv.messages.length ? "The start of this conversation" : "No messages yet"));
+    } else if (conv.loading) {
+      list.append(el("li", "history-start help", "Loading messages…"));
+    }
     for (const message of conv.messages) {
       list.append(messageItem(message));
     }
-    list.scrollTop = list.scrollHeight;
+    if (anchor === "older") {
+      list.scrollTop = list.scrollHeight - fromBottom;
+    } else if (anchor === "bottom" || wasAtBottom) {
+      list.scrollTop = list.scrollHeight;
+    } else {
+      list.scrollTop = top;
+    }
   }
 
   function conversationDetail(conv) {
@@ -424,6 +501,13 @@
   function onClosed(code, reason) {
     const wasLoggedIn = state.me !== null;
     const expected = state.loggingOut;
+    if (!expected && wasLoggedIn && savedSession()) {
+      // Keep what is on screen; sign in again with the token once the server answers.
+      stopPresence();
+      state.conn = null;
+      scheduleReconnect();
+      return;
+    }
     resetSession();
     showLogin();
     setStatus("Not connected");
@@ -466,6 +550,7 @@
         await conn.call("register", { name: name, password: password });
       }
       const reply = await conn.call("login", { name: name, password: password });
+      saveSession({ url: url, name: reply.user.name, token: reply.token, current: null });
       startSession(reply);
       $("login-password").value = "";
       if (reply.offline > 0) {
@@ -503,13 +588,17 @@
     $("register-button").disabled = busy;
   }
 
-  function startSession(reply) {
+  /** A login's reply: show the chat. `resumed`: the same user came back after a lost
+   * connection, so the conversations on screen stay (and fetch what they missed). */
+  function startSession(reply, resumed) {
     state.loggingOut = false;
     state.me = reply.user;
     state.people.clear();
     state.groups.clear();
-    state.conversations.clear();
-    state.current = null;
+    if (!resumed) {
+      state.conversations.clear();
+      state.current = null;
+    }
     for (const friend of reply.friends) {
       state.people.set(friend.id, {
         id: friend.id, name: friend.name, online: friend.online, friend: true,
@@ -530,19 +619,24 @@
     setStatus("Connected to " + state.conn.url);
     note("");
     renderSidebar();
-    renderConversation();
+    renderConversation("bottom");
     state.presenceTimer = window.setInterval(refreshPresence, PRESENCE_REFRESH_MS);
-    $("friend-name").focus();
+    if (!resumed) $("friend-name").focus();
     if (reply.friends_more || reply.groups_more) {
       pageInTheRest(reply).catch((err) => note(describeError(err), true));
     }
   }
 
-  function resetSession() {
+  function stopPresence() {
     if (state.presenceTimer !== null) {
       window.clearInterval(state.presenceTimer);
       state.presenceTimer = null;
     }
+  }
+
+  function resetSession() {
+    stopPresence();
+    cancelReconnect();
     state.conn = null;
     state.me = null;
     state.current = null;
@@ -592,7 +686,7 @@
     if (state.current) renderConversation();
   }
 
-  function openConversation(key) {
+  function openConversation(key, keepFocus) {
     const conv = state.conversations.get(key) ||
       conversation(key[0], Number(key.slice(2)));
     conv.unread = 0;
@@ -600,16 +694,185 @@
     if (conv.kind === "g" && state.groups.has(conv.id)) {
       loadMembers(state.groups.get(conv.id)).catch((err) => note(describeError(err), true));
     }
+    saveSession({ current: key });
     renderSidebar();
-    renderConversation();
-    $("composer-text").focus();
+    renderConversation("bottom");
+    if (!keepFocus) $("composer-text").focus();
+    loadLatest(conv);
+  }
+
+  // --- history ----------------------------------------------------------------------
+
+  function where(conv) {
+    return conv.kind === "u" ? { with: conv.id } : { group_id: conv.id };
+  }
+
+  function fromHistory(item) {
+    return {
+      messageId: item.message_id, from: item.from, text: item.text, ts: item.ts, offline: false,
+    };
+  }
+
+  function learnSenders(items) {
+    for (const item of items) {
+      if (!state.people.has(item.from.id)) {
+        state.people.set(item.from.id, {
+          id: item.from.id, name: item.from.name, online: false, friend: false,
+        });
+      }
+    }
+  }
+
+  /** Add messages from history, each once, in id order (unsent ones stay last). */
+  function merge(conv, messages) {
+    const known = new Set(conv.messages.map((m) => m.messageId).filter(Boolean));
+    const fresh = messages.filter((m) => !known.has(m.messageId));
+    const order = (m) => (m.messageId ? m.messageId : Infinity);
+    conv.messages = conv.messages.concat(fresh).sort((a, b) => order(a) - order(b));
+    return fresh;
+  }
+
+  async function loadLatest(conv) {
+    if (conv.loaded || conv.loading || !state.conn) return;
+    conv.loading = true;
+    try {
+      const reply = await state.conn.call(
+        "history", Object.assign(where(conv), { limit: HISTORY_PAGE }));
+      learnSenders(reply.messages);
+      merge(conv, reply.messages.map(fromHistory));
+      conv.hasOlder = reply.more;
+      conv.loaded = true;
+    } catch (err) {
+      note("Could not load the messages: " + describeError(err), true);
+    } finally {
+      conv.loading = false;
+    }
+    if (state.current === conv.key) renderConversation("bottom");
+  }
+
+  async function loadOlder(conv) {
+    if (!conv.hasOlder || conv.loadingOlder || !state.conn) return;
+    const oldest = conv.messages.find((m) => m.messageId);
+    if (!oldest) return;
+    conv.loadingOlder = true;
+    if (state.current === conv.key) renderConversation("older");
+    try {
+      const reply = await state.conn.call("history", Object.assign(where(conv), {
+        before: oldest.messageId, limit: HISTORY_PAGE,
+      }));
+      learnSenders(reply.messages);
+      merge(conv, reply.messages.map(fromHistory));
+      conv.hasOlder = reply.more;
+    } catch (err) {
+      note("Could not load older messages: " + describeError(err), true);
+    } finally {
+      conv.loadingOlder = false;
+    }
+    if (state.current === conv.key) renderConversation("older");
+  }
+
+  /** After a reconnect: what each loaded conversation missed, newest last. */
+  async function catchUp(conv) {
+    if (!conv.loaded) return;
+    let newest = 0;
+    for (const m of conv.messages) {
+      if (m.messageId && m.messageId > newest) newest = m.messageId;
+    }
+    if (newest === 0) {
+      conv.loaded = false; // nothing to page from: load the latest page again
+      await loadLatest(conv);
+      return;
+    }
+    for (;;) {
+      const reply = await state.conn.call("history", Object.assign(where(conv), {
+        after: newest, limit: CATCH_UP_PAGE,
+      }));
+      const fresh = merge(conv, reply.messages.map(fromHistory));
+      if (state.current !== conv.key) {
+        conv.unread += fresh.filter((m) => m.from.id !== state.me.id).length;
+      }
+      if (!reply.more || reply.messages.length === 0) break;
+      newest = reply.messages[reply.messages.length - 1].message_id;
+    }
+    refresh(conv);
+  }
+
+  // --- signing in again: after a reload, and after a lost connection -----------------
+
+  /** Log in with the remembered token. Resolves true once signed in. */
+  async function resumeSession(resumed) {
+    const saved = savedSession();
+    if (!saved) return false;
+    let conn = null;
+    try {
+      conn = await connect(saved.url);
+      state.conn = conn;
+      const reply = await conn.call("login", { token: saved.token });
+      if (resumed && state.me && reply.user.id !== state.me.id) resumed = false;
+      startSession(reply, resumed);
+      state.reconnectAttempts = 0;
+      if (resumed) {
+        for (const conv of Array.from(state.conversations.values())) {
+          catchUp(conv).catch((err) => note("Could not fetch missed messages: " +
+            describeError(err), true));
+        }
+      } else if (saved.current) {
+        openConversation(saved.current, true);
+      }
+      return true;
+    } catch (err) {
+      state.conn = null;
+      if (conn) {
+        conn.handlers.closed = () => {}; // this attempt's close is no news
+        conn.close();
+      }
+      if (err instanceof ServerError && err.code === "bad_credentials") {
+        forgetSession(); // expired or revoked: the password is needed again
+        resetSession();
+        showLogin();
+        setStatus("Not connected");
+        $("login-error").textContent = "Your session has ended; sign in again.";
+        return false;
+      }
+      throw err;
+    }
+  }
+
+  function scheduleReconnect() {
+    if (state.reconnectTimer !== null) window.clearTimeout(state.reconnectTimer);
+    const base = Math.min(RECONNECT_MAX_MS, RECONNECT_FIRST_MS * 2 ** state.reconnectAttempts);
+    const delay = Math.round(base * (0.8 + 0.4 * Math.random())); // spread a crowd out
+    state.reconnectAttempts += 1;
+    setStatus("Connection lost; reconnecting in " + Math.ceil(delay / 1000) + " s…");
+    state.reconnectTimer = window.setTimeout(async () => {
+      state.reconnectTimer = null;
+      try {
+        await resumeSession(true);
+      } catch (err) {
+        // the server is not back yet, or the old login is still held: try again later
+        scheduleReconnect();
+      }
+    }, delay);
+  }
+
+  /** Stop trying (signed out, or signed in again): the next loss starts at 1 s. */
+  function cancelReconnect() {
+    if (state.reconnectTimer !== null) {
+      window.clearTimeout(state.reconnectTimer);
+      state.reconnectTimer = null;
+    }
+    state.reconnectAttempts = 0;
   }
 
   async function sendCurrent() {
     const conv = state.current ? state.conversations.get(state.current) : null;
     const box = $("composer-text");
     const text = box.value;
-    if (!conv || !state.conn || text.trim() === "") return;
+    if (!conv || text.trim() === "") return;
+    if (!state.conn) {
+      note("Not connected: reconnecting. Your message stays in the box.", true);
+      return;
+    }
     if (Array.from(text).length > MAX_TEXT) {
       note("A message may have at most " + MAX_TEXT + " characters.", true);
       return;
@@ -776,14 +1039,24 @@
     $("register-button").addEventListener("click", () => signIn(true));
     $("logout").addEventListener("click", async () => {
       const conn = state.conn;
-      if (!conn) return;
+      forgetSession();
+      if (!conn) {
+        resetSession(); // reconnecting: stop, and forget the token
+        showLogin();
+        setStatus("Not connected");
+        return;
+      }
       state.loggingOut = true;
       try {
-        await conn.call("logout");
+        await conn.call("logout", { forget: true }); // revoked on the server too
       } catch (err) {
         // closing anyway
       }
       conn.close();
+    });
+    $("messages").addEventListener("scroll", () => {
+      const conv = state.current ? state.conversations.get(state.current) : null;
+      if (conv && $("messages").scrollTop < OLDER_WHEN_PX) loadOlder(conv);
     });
     $("add-friend-form").addEventListener("submit", guarded(async () => {
       const input = $("friend-name");
@@ -819,6 +1092,26 @@
       }
     });
     showLogin();
+    const saved = savedSession();
+    if (saved) {
+      $("server-url").value = saved.url;
+      if (saved.name) $("login-name").value = saved.name;
+      setStatus("Signing in again as " + (saved.name || "before") + "…");
+      resumeAfterReload(0);
+    }
+  }
+
+  /** A reload: the page before it may still be logged in for a moment (its connection
+   * is closing), so `already_online` is tried again a few times. */
+  function resumeAfterReload(attempt) {
+    resumeSession(false).catch((err) => {
+      if (err instanceof ServerError && err.code === "already_online" && attempt < 8) {
+        window.setTimeout(() => resumeAfterReload(attempt + 1), 500 * (attempt + 1));
+        return;
+      }
+      setStatus("Not connected");
+      $("login-error").textContent = describeError(err) + " Sign in again, or reload to retry.";
+    });
   }
 
   init();

@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         "burst = every user writes its --messages sends at once, pipelined, all users "
         "starting together (delivered/s from the start to the last delivery); group = "
         "fan-out to --group-size members; offline = messages kept for logged-out users, "
-        "drained at login; capacity = --users idle logged-in connections. "
+        "drained at login; capacity = --users idle logged-in connections; resume = token "
+        "logins per second: every user logs in with its session token --messages times on a "
+        "new connection each, then as often on one connection (login, logout). "
         "With several --ports (say one per cluster node), direct, open and burst also "
         "report each route: same (sender and recipient on one port) and cross.",
     )
@@ -110,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenario",
         type=_scenarios,
         default=list(ALL),
-        help="comma-separated: auth, direct, open, burst, group, offline, capacity, or all "
+        help="comma-separated: auth, direct, open, burst, group, offline, capacity, resume, or all "
         "(= auth,direct,open,group,offline; default all)",
     )
     parser.add_argument(
@@ -123,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--messages",
         type=_positive_int,
         default=100,
-        help="messages per sender (direct, burst, offline) or to the group (group); default 100",
+        help="messages per sender (direct, burst, offline), to the group (group), or reconnects"
+        " per user (resume); default 100",
     )
     parser.add_argument(
         "--route",

@@ -559,8 +559,75 @@ async def capacity(worker: Worker) -> dict[str, Any]:
     }
 
 
+async def resume(worker: Worker) -> dict[str, Any]:
+    """Session tokens: what a node restart costs its users, with no password hash.
+
+    Setup (not measured): each user logs in once with its password and keeps the
+    session token. Then two measured phases, each ``--messages`` rounds per user:
+    ``reconnect``, each round on a new connection (connect, ``login`` with the token,
+    ``logout`` so that the next round finds the user free, close), a login counting
+    from the connect to its ``ok``; and ``relogin``, the same on one connection kept
+    open (the login alone, from the request to its ``ok``)."""
+    config = worker.config
+    limiter = trio.CapacityLimiter(config.login_concurrency)
+    tokens: dict[int, str] = {}
+
+    async def first_login(index: int) -> None:
+        async with limiter:
+            user = await worker.connect(index)
+            tokens[index] = str((await worker.login(user))["token"])
+            await user.conn.call("logout")
+            await user.conn.aclose()
+
+    with trio.fail_after(config.setup_seconds):
+        async with trio.open_nursery() as nursery:
+            for index in worker.job.users:
+                nursery.start_soon(first_login, index)
+    worker.users.clear()
+    result: dict[str, Any] = {}
+    for phase in ("reconnect", "relogin"):
+        durations = array("d")
+        errors = 0
+        start_at = await worker.sync()
+        await sleep_until_monotonic(start_at)
+
+        async def rounds(index: int, phase: str = phase, times: array[float] = durations) -> None:
+            nonlocal errors
+            kept = None if phase == "reconnect" else await worker.connect(index)
+            for _ in range(config.messages):
+                async with limiter:
+                    started = time.monotonic()
+                    user = kept or await worker.connect(index)
+                    try:
+                        reply = await user.conn.call("login", token=tokens[index])
+                        if reply.get("type") != "ok":
+                            errors += 1
+                            continue
+                        times.append(time.monotonic() - started)
+                        worker.count_sent()
+                        await user.conn.call("logout")
+                    finally:
+                        if kept is None:
+                            await user.conn.aclose()
+            if kept is not None:
+                await kept.conn.aclose()
+
+        async with trio.open_nursery() as nursery:
+            for index in worker.job.users:
+                nursery.start_soon(rounds, index)
+        worker.users.clear()
+        result[phase] = {
+            "latencies": durations.tobytes(),
+            "start": start_at,
+            "end": time.monotonic(),
+            "errors": errors,
+        }
+    return result
+
+
 LOADS: dict[str, Callable[[Worker], Awaitable[Any]]] = {
     "auth": auth,
+    "resume": resume,
     "direct": direct,
     "open": open_loop,
     "burst": burst,

@@ -44,6 +44,19 @@ def describe(name: str, figures: Figures) -> list[str]:
                 f"  {phase:<8} {part['per_second']:>9,.1f}/s   {part['count']} accounts,"
                 f" latency {_lat(part['latency'])}"
             )
+    elif name == "resume":
+        lines.append(
+            f"  {figures['users']} users, each logging in with its token {figures['rounds']}"
+            " times per phase (login + logout)"
+        )
+        for phase, what in (("reconnect", "new connection each"), ("relogin", "one connection")):
+            part = figures[phase]
+            cpu = part.get("server_cpu_us_per_login")
+            lines.append(
+                f"  {phase:<9} {part['per_second']:>9,.1f}/s   ({part['logins']}, {what})"
+                f" latency {_lat(part['latency'])}"
+                + (f"; server CPU {cpu:,.0f} us per round" if cpu is not None else "")
+            )
     elif name in ("direct", "open", "burst"):
         if name == "open":
             lines.append(
@@ -108,7 +121,7 @@ def describe(name: str, figures: Figures) -> list[str]:
         lines.append(f"  ping on all   {_lat(figures['ping_latency'])}")
     checks = figures["checks"]
     if figures["ok"]:
-        checked = name not in ("auth", "capacity")
+        checked = name not in ("auth", "capacity", "resume")
         note = " (every delivery exactly once, in order)" if checked else ""
         lines.append("  check: ok" + note)
     else:

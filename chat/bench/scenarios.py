@@ -152,6 +152,37 @@ def auth(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -
     return _finish(figures, Verdict(), f"{errors} requests failed" if errors else "")
 
 
+def resume(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
+    """Token logins per second: ``--users`` users, each back ``--messages`` times on a
+    new connection (``reconnect``), then as often on one kept connection (``relogin``)."""
+    with Load("resume", config, range(config.users), progress) as load:
+        load.gather()
+        cpu = [cpu_seconds(config.cpu_pids)]
+        load.go_at()
+        load.gather()
+        cpu.append(cpu_seconds(config.cpu_pids))
+        load.go_at()
+        results = load.results()
+        cpu.append(cpu_seconds(config.cpu_pids))
+    figures: Figures = {"users": config.users, "rounds": config.messages}
+    errors = 0
+    for number, phase in enumerate(("reconnect", "relogin")):
+        parts = [result[phase] for result in results]
+        done = sum(len(part["latencies"]) // 8 for part in parts)
+        seconds = max(p["end"] for p in parts) - min(p["start"] for p in parts)
+        errors += sum(part["errors"] for part in parts)
+        figures[phase] = {
+            "logins": done,
+            "per_second": _rate(done, seconds),
+            "latency": _latency(part["latencies"] for part in parts),
+        }
+        before, after = cpu[number], cpu[number + 1]
+        if before is not None and after is not None and done:
+            used = after.total - before.total
+            figures[phase]["server_cpu_us_per_login"] = round(used / done * 1e6, 1)
+    return _finish(figures, Verdict(), f"{errors} token logins failed" if errors else "")
+
+
 def direct(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
     return _measured_one_to_one("direct", config, progress)
 
@@ -377,6 +408,7 @@ def capacity(config: BenchConfig, progress: TextIO | None, server_pid: int | Non
 Scenario = Callable[[BenchConfig, "TextIO | None", "int | None"], Figures]
 SCENARIOS: dict[str, Scenario] = {
     "auth": auth,
+    "resume": resume,
     "direct": direct,
     "open": open_loop,
     "burst": burst,
@@ -386,6 +418,6 @@ SCENARIOS: dict[str, Scenario] = {
 }
 ALL = ("auth", "direct", "open", "group", "offline")
 """What ``--scenario all`` runs; ask for ``burst`` (a second one-to-one load as big as
-``direct``) and ``capacity`` (thousands of logins) by name."""
+``direct``), ``capacity`` (thousands of logins) and ``resume`` (token logins) by name."""
 ONE_TO_ONE = ("direct", "open", "burst")
 """The scenarios that follow ``--route`` and report per-route figures."""

@@ -21,6 +21,7 @@ is shown lives in ``render``; where lines come from lives in the ``Console``.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import uuid
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from chat.protocol.messages import (
     MembersPage,
     MessageEvent,
     Sent,
+    UserRef,
     UserResult,
 )
 
@@ -52,6 +54,7 @@ from . import commands as cmd
 from . import render
 from .commands import UsageError, quote
 from .connection import CannotConnect, Target, open_client
+from .remembered import Remembered, TokenFile
 from .render import Line, notice
 from .state import Conversation, Known
 from .terminal import Console
@@ -69,6 +72,8 @@ _LIST_KEYS = {
     "group_members": "members",
     "blocked": "users",
 }
+HISTORY_PAGE = 200
+"""The most messages one ``history`` request may ask for."""
 
 
 class Exit(enum.IntEnum):
@@ -103,10 +108,23 @@ class _Unsent:
 
 
 class App:
-    def __init__(self, target: Target, console: Console) -> None:
+    def __init__(
+        self,
+        target: Target,
+        console: Console,
+        tokens: TokenFile | None = None,
+        *,
+        remember: bool = False,
+    ) -> None:
         self.target = target
         self.console = console
+        self.tokens = tokens
+        """Where remembered tokens are: one found for this server logs in at start."""
+        self.remember = remember
+        """Keep the token of each login in ``tokens`` (``--remember``)."""
         self.known = Known()
+        self._token: str | None = None
+        """The session token of the last login: a reconnect logs in with it."""
         self.failures = 0
         self._client: ChatClient | None = None
         self._scope: trio.CancelScope | None = None
@@ -173,8 +191,15 @@ class App:
             self._scope.cancel()
 
     async def _resume(self) -> None:
-        """After a reconnect: log in again, then resend what had no reply."""
-        if self._credentials is not None:
+        """After a reconnect: log in again, then resend what had no reply. At the first
+        connection: log in with the token remembered for this server, if any."""
+        if self._token is None and self._credentials is None and self.tokens is not None:
+            remembered = self.tokens.get(str(self.target))
+            if remembered is not None:
+                await self._login_with_token(remembered.token, remembered.name)
+        elif self._token is not None and self.known.me is None:
+            await self._login_with_token(self._token, None)
+        if self._credentials is not None and self.known.me is None:
             name, password = self._credentials
             try:
                 await self._login(name, password)
@@ -295,7 +320,9 @@ class App:
                     password = await self._ask_password(f"password for {name}: ")
                 await self._login(name, password)
             case cmd.Logout():
-                await self._call("logout")
+                # The token is revoked on the server too: nobody logs in with it again.
+                await self._call("logout", forget=True)
+                self._forget_token()
                 self.known.logged_out()
                 self._credentials = None
                 self.console.show(notice("logged out"))
@@ -417,6 +444,9 @@ class App:
                     await self._to_group(to.id, text)
                 else:
                     await self._direct(to.id, text)
+            case cmd.HistoryOf(where, count):
+                self._need_login()
+                await self._show_history(await self._conversation(where), count)
             case cmd.Help():
                 for text in cmd.HELP.splitlines():
                     self.console.show(render.plain(text))
@@ -451,10 +481,43 @@ class App:
         )
 
     async def _login(self, name: str, password: str) -> None:
-        async with self._events_lock:
-            result = decode_server_message(
-                LoginResult, await self._call("login", name=name, password=password)
+        await self._enter({"name": name, "password": password})
+        self._credentials = (name, password)
+
+    async def _login_with_token(self, token: str, name: str | None) -> None:
+        """Log in with a session token; one the server refuses is forgotten."""
+        reply = await self._request("login", token=token)
+        if reply.get("type") == "ok":
+            await self._enter(reply=reply)
+            return
+        who = name or (
+            self.known.conversation_of and self.known.name_of(self.known.conversation_of)
+        )
+        if reply.get("code") == "bad_credentials":
+            self._forget_token()
+            self.console.problem(
+                render.error(
+                    f"the remembered login{' of ' + who if who else ''} has expired or was"
+                    " revoked; /login NAME"
+                )
             )
+        else:
+            self.console.problem(render.error(f"could not log in again: {reply.get('message')}"))
+
+    def _forget_token(self) -> None:
+        self._token = None
+        if self.tokens is not None:
+            self.tokens.forget(str(self.target))
+
+    async def _enter(
+        self, fields: dict[str, Any] | None = None, reply: dict[str, Any] | None = None
+    ) -> None:
+        """A login: by ``fields``, or the ``reply`` of one already made."""
+        async with self._events_lock:
+            if reply is None:
+                assert fields is not None
+                reply = await self._call("login", **fields)
+            result = decode_server_message(LoginResult, reply)
             self.known.logged_in(result)
             # A long list was cut to fit the reply: the rest comes a page at a time.
             if result.friends_more:
@@ -463,7 +526,9 @@ class App:
                 after = {"after": result.groups[-1].id} if result.groups else {}
                 for page in await self._pages("groups", GroupsPage, **after):
                     self.known.more_groups(page.groups)
-            self._credentials = (name, password)
+            self._token = result.token
+            if self.remember and self.tokens is not None and result.token is not None:
+                self.tokens.put(str(self.target), Remembered(result.user.name, result.token))
             self._offline_left = result.offline
             self._offline_done = trio.Event()
             if result.offline == 0:
@@ -543,9 +608,84 @@ class App:
                 return pages
             fields = {**fields, "after": items[-1]["id"]}
 
+    async def _conversation(self, where: str | None) -> Conversation:
+        """What ``/history`` shows: the current conversation, a group (``#7``, or the
+        name of one of yours) or a user."""
+        if where is None:
+            if self.known.conversation is None:
+                raise UsageError("no conversation yet: /history NAME or /history GROUP")
+            return self.known.conversation
+        if (where.startswith("#") and where[1:].isdigit()) or any(
+            g.name.casefold() == where.casefold() for g in self.known.groups.values()
+        ):
+            group_id = self.known.resolve_group(where)
+            return Conversation(group_id, self.known.group_name(group_id), group=True)
+        user_id = await self._user_id(where)
+        return Conversation(user_id, self.known.name_of(user_id) or where, group=False)
+
+    async def _show_history(self, where: Conversation, count: int) -> None:
+        """The last ``count`` messages of a conversation, oldest first, paged backwards."""
+        fields: dict[str, Any] = {"group_id": where.id} if where.group else {"with": where.id}
+        items: list[dict[str, Any]] = []
+        more = True
+        while more and len(items) < count:
+            reply = await self._call(
+                "history", **fields, limit=min(HISTORY_PAGE, count - len(items))
+            )
+            page, more = list(reply.get("messages") or []), bool(reply.get("more"))
+            items[:0] = page
+            if not page:
+                break
+            fields["before"] = page[0]["message_id"]
+        shown = (
+            ("group", f"[{render.clean(where.name)}]")
+            if where.group
+            else (
+                "name",
+                render.clean(where.name),
+            )
+        )
+        if not items:
+            self.console.show(notice("no messages with ", shown, " yet"))
+            return
+        self.console.show(
+            notice(f"the last {render.count(len(items), 'message')} with ", shown, ":")
+        )
+        for item in items:
+            self.console.show(self._history_line(where, item))
+        if more:
+            self.console.show(
+                notice(
+                    f"older ones: /history {quote(where.name)} {min(count * 2, cmd.HISTORY_MAX)}"
+                )
+            )
+
+    def _history_line(self, where: Conversation, item: dict[str, Any]) -> Line:
+        event: MessageEvent | GroupMessageEvent
+        if where.group:
+            event = decode_server_message(GroupMessageEvent, {**item, "offline": False})
+        else:
+            event = decode_server_message(MessageEvent, {**item, "offline": False})
+        sender: UserRef = event.from_
+        self.known.learn(sender.id, sender.name)
+        if self.known.me is not None and sender.id == self.known.me.id:
+            if where.group:
+                return render.sent_group(where.name, event.text, event.ts)
+            return render.sent_direct(where.name, event.text, event.ts)
+        return render.incoming(event, self.known)
+
+    async def _switch_to(self, where: Conversation) -> None:
+        """In a terminal, a new conversation opens with its last messages."""
+        if self.known.conversation == where:
+            return
+        self.known.conversation = where
+        if self.console.interactive:
+            with contextlib.suppress(CommandFailed):  # the send says what is wrong
+                await self._show_history(where, cmd.HISTORY_DEFAULT)
+
     async def _direct(self, user_id: int, text: str) -> None:
         name = self.known.name_of(user_id) or f"#{user_id}"
-        self.known.conversation = Conversation(user_id, name, group=False)
+        await self._switch_to(Conversation(user_id, name, group=False))
         fields = {"to": user_id, "text": text, "cid": uuid.uuid4().hex}
         await self._send(
             _Unsent(_Kind.DIRECT, fields, lambda sent: render.sent_direct(name, text, sent.ts))
@@ -553,7 +693,7 @@ class App:
 
     async def _to_group(self, group_id: int, text: str) -> None:
         name = self.known.group_name(group_id)
-        self.known.conversation = Conversation(group_id, name, group=True)
+        await self._switch_to(Conversation(group_id, name, group=True))
         fields = {"group_id": group_id, "text": text, "cid": uuid.uuid4().hex}
         await self._send(
             _Unsent(_Kind.GROUP, fields, lambda sent: render.sent_group(name, text, sent.ts))

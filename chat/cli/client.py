@@ -23,6 +23,7 @@ import trio
 
 from .app import App, Exit
 from .connection import Target, check_url
+from .remembered import TokenFile, default_tokens_path
 from .terminal import PipedConsole, TerminalConsole, colour_wanted, default_history_path
 
 STOP_SIGNALS = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
@@ -73,10 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"command history file (default {default_history_path()})",
     )
     parser.add_argument("--no-history", action="store_true", help="keep no history file")
+    parser.add_argument(
+        "--remember",
+        action="store_true",
+        help=f"keep the login's session token in {default_tokens_path()} (mode 0600), so the"
+        " next start logs in by itself; /logout forgets it",
+    )
     return parser
 
 
-async def _run(target: Target, console: TerminalConsole | PipedConsole) -> int:
+async def _run(
+    target: Target, console: TerminalConsole | PipedConsole, remember: bool = False
+) -> int:
     """Run the app; SIGTERM or SIGHUP (the terminal closed) end it like /quit.
 
     Ending through trio, rather than by the default action, lets the terminal
@@ -94,7 +103,8 @@ async def _run(target: Target, console: TerminalConsole | PipedConsole) -> int:
                         nursery.cancel_scope.cancel()
 
                 nursery.start_soon(stop_on_signal)
-                status = await App(target, console).run()
+                tokens = TokenFile(default_tokens_path())
+                status = await App(target, console, tokens, remember=remember).run()
                 nursery.cancel_scope.cancel()
     return status
 
@@ -117,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         console = PipedConsole(colour=colour)
     try:
-        return trio.run(_run, target, console)
+        return trio.run(_run, target, console, args.remember)
     except BaseException as exc:  # the last line of defence: a message, never a traceback
         leaves = _leaves(exc)
         if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):

@@ -108,6 +108,14 @@ class Say:
 
 
 @attrs.frozen
+class HistoryOf:
+    """``/history [NAME|GROUP] [N]``: ``where`` None is the current conversation."""
+
+    where: str | None
+    count: int
+
+
+@attrs.frozen
 class Help:
     pass
 
@@ -135,6 +143,7 @@ Command = (
     | Groups
     | GroupSay
     | Say
+    | HistoryOf
     | Help
     | Quit
 )
@@ -155,6 +164,7 @@ USAGE: dict[str, str] = {
     "/group": "/group create NAME [DESCRIPTION]  or  /group join ID",
     "/groups": "/groups",
     "/g": "/g GROUP TEXT",
+    "/history": "/history [NAME|GROUP] [N]",
     "/help": "/help",
     "/quit": "/quit",
 }
@@ -183,6 +193,8 @@ Commands (arguments with spaces go in quotes: /msg "Ada L" hi):
   /members GROUP              the members of one of your groups (by name or id)
   /g GROUP TEXT               send to a group, named by id or by its name
   TEXT (no slash)             send to whoever your last /msg or /g went to
+  /history [NAME|GROUP] [N]   the last N messages (20) with a user or in a group
+                              (default: where your last /msg or /g went)
   /help                       this text
   /quit                       leave (Ctrl-D works too)
 Tab completes commands, friends' names and group names."""
@@ -351,6 +363,31 @@ def _group_say(rest: str) -> Command:
     return GroupSay(words[0], text)
 
 
+HISTORY_DEFAULT = 20
+HISTORY_MAX = 1000
+
+
+def _history(rest: str) -> Command:
+    words, extra = split_args(rest, 2)
+    if extra:
+        raise UsageError(f"unexpected {extra!r}")
+    where: str | None = None
+    count = HISTORY_DEFAULT
+    if len(words) == 2:
+        where, count = words[0], _count(words[1])
+    elif len(words) == 1 and words[0].isdigit():
+        count = _count(words[0])  # a user called "5": /history 5 20
+    elif words:
+        where = words[0]
+    return HistoryOf(where, count)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= HISTORY_MAX:
+        raise UsageError(f"{text!r} is not a number of messages (1-{HISTORY_MAX})")
+    return int(text)
+
+
 def _help(rest: str) -> Command:
     return Help()
 
@@ -375,6 +412,7 @@ _PARSERS = {
     "/group": _group,
     "/groups": _groups,
     "/g": _group_say,
+    "/history": _history,
     "/help": _help,
     "/quit": _quit,
     "/exit": _quit,

@@ -24,17 +24,23 @@ from cattrs.preconf.orjson import make_converter
 
 from .errors import ErrorCode, RequestError
 from .messages import (
+    HISTORY_LIMIT_MAX,
     REQUEST_TYPES,
     ClientMessageId,
     Description,
     Error,
     Event,
+    Flag,
     FriendAddedEvent,
     FriendRemovedEvent,
     GroupDetail,
     GroupId,
     GroupListLimit,
     GroupMessageEvent,
+    History,
+    HistoryDirect,
+    HistoryGroup,
+    HistoryLimit,
     ListLimit,
     LoginResult,
     LookupName,
@@ -42,10 +48,12 @@ from .messages import (
     Name,
     Ok,
     Password,
+    Position,
     Request,
     Rid,
     Secret,
     Text,
+    Token,
     UserId,
 )
 
@@ -153,6 +161,20 @@ def _positive_id(value: object) -> int:
     return value
 
 
+def _position(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"must be an integer, not {_json_kind(value)}")
+    if value < 0:
+        raise ValueError(f"must be 0 or a positive integer, not {value}")
+    return value
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {_json_kind(value)}")
+    return value
+
+
 def _json_kind(value: object) -> str:
     if value is None:
         return "null"
@@ -203,10 +225,14 @@ def _configure_converter(converter: cattrs.Converter) -> None:
         ClientMessageId: _bounded_string(1, 64),
         ListLimit: _bounded_int(1, 500),
         GroupListLimit: _bounded_int(1, 200),
+        Position: _position,
+        HistoryLimit: _bounded_int(1, HISTORY_LIMIT_MAX),
+        Token: _string,
+        Flag: _flag,
     }
     for kind, check in strict.items():
         converter.register_structure_hook(kind, _hook(check))
-    for event_cls in (MessageEvent, GroupMessageEvent):
+    for event_cls in (MessageEvent, GroupMessageEvent, HistoryDirect, HistoryGroup):
         converter.register_unstructure_hook(
             event_cls,
             make_dict_unstructure_fn(event_cls, converter, from_=override(rename="from")),
@@ -221,6 +247,14 @@ def _configure_converter(converter: cattrs.Converter) -> None:
             marked, make_dict_unstructure_fn(marked, converter, _cattrs_omit_if_default=True)
         )
 
+    converter.register_structure_hook(
+        History, make_dict_structure_fn(History, converter, with_=override(rename="with"))
+    )
+
+
+WIRE_NAMES: dict[type, dict[str, str]] = {History: {"with_": "with"}}
+"""Request fields whose wire name is a Python keyword (the structure hooks above rename
+them too)."""
 
 _converter = make_converter(detailed_validation=False)
 """The fast one: valid requests and everything the server sends."""
@@ -231,14 +265,15 @@ bad field, at a cost that valid requests need not pay."""
 _configure_converter(_explaining_converter)
 
 
-def _describe(exc: ClassValidationError) -> str:
+def _describe(exc: ClassValidationError, renames: dict[str, str]) -> str:
     problems: list[str] = []
     with_notes, without = exc.group_exceptions()
     for error, note in with_notes:
+        name = renames.get(note.name, note.name)
         if isinstance(error, KeyError):
-            problems.append(f"{note.name}: required field missing")
+            problems.append(f"{name}: required field missing")
         else:
-            problems.append(f"{note.name}: {error}")
+            problems.append(f"{name}: {error}")
     problems.extend(str(error) for error in without)
     return "; ".join(problems) or "invalid request"
 
@@ -283,6 +318,36 @@ def _parse_object_slowly(frame: bytes | str) -> dict[str, Any]:
     return value
 
 
+def _login_fields(fields: dict[str, Any]) -> str | None:
+    """A ``token`` alone, or ``name`` or ``id`` (one of them) with ``password``."""
+    if "token" in fields:
+        mixed = [key for key in ("name", "id", "password") if key in fields]
+        if mixed:
+            return f"token, {', '.join(mixed)}: a token login takes the token alone"
+        return None
+    if ("name" in fields) == ("id" in fields):
+        return "name, id: give exactly one of name or id (or a token alone)"
+    if "password" not in fields:
+        return "password: required field missing"
+    return None
+
+
+def _history_fields(fields: dict[str, Any]) -> str | None:
+    """``with`` or ``group_id`` (one of them), and at most one of ``before`` and ``after``."""
+    if ("with" in fields) == ("group_id" in fields):
+        return "with, group_id: give exactly one of with or group_id"
+    if "before" in fields and "after" in fields:
+        return "before, after: give at most one of before or after"
+    return None
+
+
+_COMBINATIONS: dict[str, Callable[[dict[str, Any]], str | None]] = {
+    "login": _login_fields,
+    "history": _history_fields,
+}
+"""Rules about which fields go together, checked before each field's own check."""
+
+
 def decode_request(frame: bytes | str) -> DecodedRequest:
     """Turn one frame into a typed request, or raise ``ProtocolError`` saying why not."""
     obj = parse_object(frame)
@@ -309,27 +374,31 @@ def decode_request(frame: bytes | str) -> DecodedRequest:
         raise ProtocolError(ErrorCode.INVALID_REQUEST, rid_problem)
 
     fields = {key: value for key, value in obj.items() if key not in ("type", "rid")}
-    for key in attrs.fields_dict(cls):
+    renames = WIRE_NAMES.get(cls, {})
+    for field in attrs.fields_dict(cls):
+        key = renames.get(field, field)
         if key in fields and fields[key] is None:
             # No field of the protocol takes null; an optional field is left out instead.
             raise ProtocolError(ErrorCode.INVALID_REQUEST, f"{key}: must not be null", rid)
-    if cls.TYPE == "login" and ("name" in fields) == ("id" in fields):
-        raise ProtocolError(
-            ErrorCode.INVALID_REQUEST, "name, id: give exactly one of name or id", rid
-        )
+    combination = _COMBINATIONS.get(cls.TYPE)
+    problem = combination(fields) if combination else None
+    if problem is not None:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, problem, rid)
     try:
         request = _converter.structure(fields, cls)
     except Exception:
-        raise ProtocolError(ErrorCode.INVALID_REQUEST, _explain(fields, cls), rid) from None
+        raise ProtocolError(
+            ErrorCode.INVALID_REQUEST, _explain(fields, cls, renames), rid
+        ) from None
     return DecodedRequest(request=request, rid=rid)
 
 
-def _explain(fields: dict[str, Any], cls: type[Request]) -> str:
-    """Why the fast converter refused these fields, naming each bad one."""
+def _explain(fields: dict[str, Any], cls: type[Request], renames: dict[str, str]) -> str:
+    """Why the fast converter refused these fields, naming each bad one (by its wire name)."""
     try:
         _explaining_converter.structure(fields, cls)
     except ClassValidationError as exc:
-        return _describe(exc)
+        return _describe(exc, renames)
     except ForbiddenExtraKeysError as exc:  # pragma: no cover - extra keys are allowed
         return str(exc)
     except Exception as exc:  # pragma: no cover - the two converters agree

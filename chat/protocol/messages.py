@@ -24,6 +24,13 @@ Description = NewType("Description", str)  # 0-200 code points
 ClientMessageId = NewType("ClientMessageId", str)  # 1-64 code points
 ListLimit = NewType("ListLimit", int)  # 1-500: friends, blocked users, group members
 GroupListLimit = NewType("GroupListLimit", int)  # 1-200: groups
+Position = NewType("Position", int)  # a place among message ids: 0 or any positive integer
+HistoryLimit = NewType("HistoryLimit", int)  # 1-200
+Token = NewType("Token", str)  # any string: a login attempt is checked, not validated
+Flag = NewType("Flag", bool)  # a JSON boolean, never a number or a string
+
+HISTORY_LIMIT_DEFAULT = 50
+HISTORY_LIMIT_MAX = 200
 
 Role = Literal["creator", "normal"]
 
@@ -45,17 +52,22 @@ class Register:
 
 @attrs.frozen
 class Login:
-    """Log in by ``name`` or by ``id`` (exactly one of them)."""
+    """Log in by ``name`` or by ``id`` (exactly one of them) with ``password``, or by
+    ``token`` alone (protocol 1.1); the codec checks which combination was sent."""
 
     TYPE: ClassVar[str] = "login"
-    password: Secret
+    password: Secret | None = None
     name: LookupName | None = None
     id: UserId | None = None
+    token: Token | None = None
 
 
 @attrs.frozen
 class Logout:
+    """``forget``: also revoke the token this connection's login used or received."""
+
     TYPE: ClassVar[str] = "logout"
+    forget: Flag = Flag(False)
 
 
 @attrs.frozen
@@ -162,6 +174,20 @@ CONTACT_REQUESTS = (
 )
 
 
+@attrs.frozen
+class History:
+    """A page of one conversation: ``with_`` (wire name ``with``) a user, or a group;
+    ``before`` or ``after`` are positions (exclusive), not lookups: ``after: 0`` pages
+    from the very first message, since every id is above it."""
+
+    TYPE: ClassVar[str] = "history"
+    with_: UserId | None = None
+    group_id: GroupId | None = None
+    before: Position | None = None
+    after: Position | None = None
+    limit: HistoryLimit = HistoryLimit(HISTORY_LIMIT_DEFAULT)
+
+
 Request = (
     Ping
     | Register
@@ -180,6 +206,7 @@ Request = (
     | ListFriends
     | ListGroups
     | ListMembers
+    | History
 )
 
 REQUEST_TYPES: dict[str, type[Request]] = {
@@ -196,6 +223,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
         JoinGroup,
         GroupSend,
         *CONTACT_REQUESTS,
+        History,
     )
 }
 
@@ -280,6 +308,9 @@ class LoginResult:
     offline: int
     friends_more: bool | None = None
     groups_more: bool | None = None
+    token: str | None = None
+    """The session token (protocol 1.1); set by the login handler after the cut, for
+    which ``chat.server.handlers.login_view`` keeps room."""
 
 
 @attrs.frozen
@@ -333,6 +364,37 @@ class BlockedPage:
     more: bool
 
 
+@attrs.frozen
+class HistoryDirect:
+    """A one-to-one message in a ``history`` page: the ``message`` event without ``offline``."""
+
+    message_id: int
+    from_: UserRef
+    to: int
+    text: str
+    ts: int
+
+
+@attrs.frozen
+class HistoryGroup:
+    """A group message in a ``history`` page: the ``group_message`` event without ``offline``."""
+
+    message_id: int
+    group_id: int
+    from_: UserRef
+    text: str
+    ts: int
+
+
+HistoryItem = HistoryDirect | HistoryGroup
+
+
+@attrs.frozen
+class HistoryResult:
+    messages: list[HistoryItem]
+    more: bool
+
+
 Result = (
     Empty
     | UserResult
@@ -346,6 +408,7 @@ Result = (
     | GroupsPage
     | MembersPage
     | BlockedPage
+    | HistoryResult
 )
 
 

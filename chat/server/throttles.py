@@ -116,6 +116,7 @@ async def authenticate_password(services: Services, request: Login, address: str
             services.lockouts.shut(bucket, reservation.wait_ms)
         raise _account_locked(reservation.wait_ms)
     stored_hash = credentials.password_hash if credentials else None
+    assert request.password is not None  # the codec checked: a password login has one
     try:
         matches = await services.hasher.verify(request.password, stored_hash, bounded=not trusted)
     except BaseException as exc:

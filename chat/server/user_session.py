@@ -73,6 +73,8 @@ class UserSession:
         self.request_close = close
         """Ask the connection to finish gracefully (an eviction, the node stopping)."""
         self.user: UserRecord | None = None
+        self.login_token: bytes | None = None
+        """The hash of the session token of this login (set by the login handler)."""
         self._held: list[Outgoing] = []
         """Kept messages held back while the node is paused, in order."""
         self._generation = 0

@@ -32,6 +32,8 @@ from .names import backfill_name_keys, name_key
 from .records import (
     Credentials,
     GroupRecord,
+    HistoryMessage,
+    HistoryPage,
     LoginSnapshot,
     MemberRecord,
     MembershipRecord,
@@ -96,6 +98,8 @@ __all__ = [
     "Credentials",
     "GroupNameTaken",
     "GroupRecord",
+    "HistoryMessage",
+    "HistoryPage",
     "LoginReads",
     "LoginSnapshot",
     "MemberRecord",

@@ -106,6 +106,39 @@ class PendingDelivery:
 
 
 @attrs.frozen
+class HistoryMessage:
+    """One message of a conversation, with what its event needs."""
+
+    message_id: int
+    sender_id: int
+    sender_name: str
+    recipient_id: int | None
+    group_id: int | None
+    body: str
+    ts: int
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> HistoryMessage:
+        """``row``: id, sender_id, recipient_id, group_id, body, ts, sender's name."""
+        return cls(
+            message_id=int(row[0]),
+            sender_id=int(row[1]),
+            sender_name=text(row[6]),
+            recipient_id=None if row[2] is None else int(row[2]),
+            group_id=None if row[3] is None else int(row[3]),
+            body=text(row[4]),
+            ts=int(row[5]),
+        )
+
+
+@attrs.frozen
+class HistoryPage:
+    messages: list[HistoryMessage]
+    """Ascending by id."""
+    more: bool
+
+
+@attrs.frozen
 class LoginSnapshot:
     """What a login shows, read with bounds: the lowest ids first, and whether the
     database holds more than was read (the reply is cut to size afterwards)."""

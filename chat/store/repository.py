@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
-from . import contacts, throttle
+from . import contacts, history, throttle, tokens
 from .coalesce import Coalescer
 from .dialect import Connection, Dialect
 from .errors import (
@@ -26,12 +26,15 @@ from .errors import (
     GroupNameTaken,
     NameTaken,
     NoSuchGroup,
+    NoSuchUser,
+    NotAMember,
 )
 from .names import name_key
 from .pool import ConnectionPool
 from .records import (
     Credentials,
     GroupRecord,
+    HistoryPage,
     LoginSnapshot,
     MemberRecord,
     MembershipRecord,
@@ -61,6 +64,7 @@ class Store:
         self.pool = ConnectionPool(dialect, pool_size or dialect.pool_size)
         self._pending_calls = Coalescer(self._pending_batch)
         self._send_calls = Coalescer(self._send_batch)
+        self._token_calls = Coalescer(self._token_batch)
 
     def close(self) -> None:
         self.pool.close()
@@ -405,6 +409,74 @@ class Store:
                 sql.execute(f"DELETE FROM deliveries WHERE {' OR '.join(clauses)}", args)
 
         await self._run(body, write=True)
+
+    # --- history --------------------------------------------------------------
+
+    async def history_direct(
+        self, user_id: int, peer_id: int, *, before: int | None, after: int | None, limit: int
+    ) -> HistoryPage:
+        """A page of the conversation between two users (``chat.store.history``)."""
+
+        def body(sql: _Sql) -> HistoryPage:
+            if _no_row(peer_id) or not sql.one("SELECT 1 FROM users WHERE id = ?", (peer_id,)):
+                raise NoSuchUser(peer_id)
+            ranges = history.direct_ranges(user_id, peer_id)
+            return history.read_page(sql, ranges, before=before, after=after, limit=limit)
+
+        return await self._run(body, write=False)
+
+    async def history_group(
+        self, user_id: int, group_id: int, *, before: int | None, after: int | None, limit: int
+    ) -> HistoryPage:
+        """A page of a group's messages, for one of its members only."""
+
+        def body(sql: _Sql) -> HistoryPage:
+            row = (
+                None
+                if _no_row(group_id)
+                else sql.one(
+                    "SELECT g.id, gm.user_id FROM chat_groups g LEFT JOIN group_members gm"
+                    " ON gm.group_id = g.id AND gm.user_id = ? WHERE g.id = ?",
+                    (user_id, group_id),
+                )
+            )
+            if row is None:
+                raise NoSuchGroup(group_id)
+            if row[1] is None:
+                raise NotAMember()
+            ranges = history.group_range(group_id)
+            return history.read_page(sql, ranges, before=before, after=after, limit=limit)
+
+        return await self._run(body, write=False)
+
+    # --- session tokens (``chat.store.tokens``: hashes only) --------------------
+
+    async def issue_token(self, user_id: int, token_hash: bytes) -> None:
+        await self._run(partial(_issue_token, user_id, token_hash), write=True)
+
+    async def user_for_token(self, token_hash: bytes) -> UserRecord | None:
+        """The user of a live token, whose use slides its expiry; None for an unknown,
+        expired or revoked one. Concurrent calls share one transaction (a node restart
+        brings thousands of token logins at once)."""
+        return await self._token_calls(token_hash)
+
+    async def _token_batch(self, token_hashes: Sequence[bytes]) -> list[UserRecord | None]:
+        def body(sql: _Sql) -> list[UserRecord | None]:
+            found = tokens.use(sql, token_hashes, now_ms())
+            return [found.get(token_hash) for token_hash in token_hashes]
+
+        return await self._run(body, write=True)
+
+    async def revoke_token(self, token_hash: bytes) -> None:
+        await self._run(partial(_revoke_token, token_hash), write=True)
+
+
+def _issue_token(user_id: int, token_hash: bytes, sql: _Sql) -> None:
+    tokens.issue(sql, user_id, token_hash, now_ms())
+
+
+def _revoke_token(token_hash: bytes, sql: _Sql) -> None:
+    tokens.revoke(sql, token_hash)
 
 
 _PENDING_COLUMNS = (

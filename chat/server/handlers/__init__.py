@@ -6,9 +6,9 @@ user, never an id the client sent. A new request type: its message class in
 ``chat.protocol.messages``, and a ``@handler`` coroutine in the module of its area.
 """
 
-from . import accounts, contacts, groups, messages
+from . import accounts, contacts, groups, history, messages
 from .registry import Caller, check_complete, dispatch
 
 check_complete()
 
-__all__ = ["Caller", "accounts", "contacts", "dispatch", "groups", "messages"]
+__all__ = ["Caller", "accounts", "contacts", "dispatch", "groups", "history", "messages"]

@@ -41,6 +41,10 @@ class Caller(Protocol):
         """The client's IP address (the real one behind a proxy speaking the PROXY
         protocol), for per-address limits and logs."""
 
+    login_token: bytes | None
+    """The hash of the token this connection's login used or received (what
+    ``logout`` with ``forget`` revokes); None while logged out."""
+
     async def begin_login(self, user: UserRecord) -> bool:
         """Claim the user's presence for this connection; False if online elsewhere."""
 
