@@ -42,6 +42,7 @@ from .messages import (
     Name,
     Ok,
     Password,
+    PresenceEvent,
     Request,
     Rid,
     Secret,
@@ -382,7 +383,14 @@ def encode_event(event: Event) -> bytes:
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls for cls in (MessageEvent, GroupMessageEvent, FriendAddedEvent, FriendRemovedEvent)
+    cls.TYPE: cls
+    for cls in (
+        MessageEvent,
+        GroupMessageEvent,
+        FriendAddedEvent,
+        FriendRemovedEvent,
+        PresenceEvent,
+    )
 }
 
 
