@@ -37,6 +37,7 @@ from .records import (
     MembershipRecord,
     Page,
     PendingDelivery,
+    PresenceAudience,
     StoredMessage,
     UserRecord,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "NotFriends",
     "Page",
     "PendingDelivery",
+    "PresenceAudience",
     "RateLimited",
     "Store",
     "StoreError",

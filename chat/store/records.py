@@ -106,6 +106,15 @@ class PendingDelivery:
 
 
 @attrs.frozen
+class PresenceAudience:
+    """Who hears about a user's presence: the user (with the name the event shows)
+    and every friend, logged in or not (routing skips those who are not)."""
+
+    user: UserRecord
+    friend_ids: tuple[int, ...]
+
+
+@attrs.frozen
 class LoginSnapshot:
     """What a login shows, read with bounds: the lowest ids first, and whether the
     database holds more than was read (the reply is cut to size afterwards)."""
