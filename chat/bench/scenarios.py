@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from .model import ROUTES, BenchConfig
+from .model import ROUTES, BenchConfig, PresencePlan
 from .runner import Load
 from .stats import LatencySummary, Verdict
 
@@ -374,6 +374,70 @@ def capacity(config: BenchConfig, progress: TextIO | None, server_pid: int | Non
     )
 
 
+def presence(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
+    """Changers log out, then in, ``rounds`` times; for each phase, how long until every
+    watcher friend heard every change, and each event after its change's reply."""
+    plan = PresencePlan.of(config)
+    with Load("presence", config, range(config.users), progress) as load:
+        ids: dict[int, int] = {}
+        for part in load.gather():
+            ids.update(part)
+        load.go(ids)
+        load.gather()  # friendships made
+        for _ in range(2 * config.rounds):
+            load.go_at()
+            load.gather()
+        load.go()
+        results = load.results()
+    phases: dict[str, Figures] = {}
+    missing = 0
+    for kind, online in (("logout", False), ("login", True)):
+        all_told: list[float] = []
+        after_reply: list[float] = []
+        pings: list[bytes] = []
+        expected = told = 0
+        for number in range(config.rounds):
+            index = 2 * number + (1 if online else 0)
+            parts = [result["phases"][index] for result in results]
+            start = parts[0]["start"]
+            answered: dict[int, float] = {}
+            for part in parts:
+                answered.update(part["answered"])
+            receipts = [receipt for part in parts for receipt in part["receipts"]]
+            expected += sum(part["expected"] for part in parts)
+            told += len(receipts)
+            if receipts:
+                all_told.append(max(at for _, at in receipts) - start)
+            after_reply += [max(0.0, at - answered[k]) for k, at in receipts if k in answered]
+            pings += [part["pings"] for part in parts]
+        missing += expected - told
+        phases[kind] = {
+            "events_expected": expected,
+            "events_told": told,
+            "all_told_seconds": attrs.asdict(LatencySummary.of(all_told)),
+            "after_reply": attrs.asdict(LatencySummary.of(after_reply)),
+            "ping_meanwhile": _latency(pings),
+        }
+    figures: Figures = {
+        "users": config.users,
+        "changers": len(plan.changers),
+        "friends": len(plan.friends_of[plan.changers[0]]),
+        "rounds": config.rounds,
+        **phases,
+        "repeats": sum(result["repeats"] for result in results),
+        "strangers": sum(result["strangers"] for result in results),
+    }
+    verdict = Verdict()
+    verdict.lost = missing
+    strangers = figures["strangers"]
+    return _finish(
+        figures,
+        verdict,
+        f"{missing} friends were never told a change" if missing else "",
+        f"{strangers} presence events about someone not a friend" if strangers else "",
+    )
+
+
 Scenario = Callable[[BenchConfig, "TextIO | None", "int | None"], Figures]
 SCENARIOS: dict[str, Scenario] = {
     "auth": auth,
@@ -383,9 +447,11 @@ SCENARIOS: dict[str, Scenario] = {
     "group": group,
     "offline": offline,
     "capacity": capacity,
+    "presence": presence,
 }
 ALL = ("auth", "direct", "open", "group", "offline")
 """What ``--scenario all`` runs; ask for ``burst`` (a second one-to-one load as big as
-``direct``) and ``capacity`` (thousands of logins) by name."""
+``direct``), ``capacity`` (thousands of logins) and ``presence`` (friends told of
+logins and logouts) by name."""
 ONE_TO_ONE = ("direct", "open", "burst")
 """The scenarios that follow ``--route`` and report per-route figures."""
