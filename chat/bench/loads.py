@@ -564,9 +564,6 @@ async def capacity(worker: Worker) -> dict[str, Any]:
 
 SETTLE_SECONDS = 1.0
 """presence: the quiet time between set-up and the first phase."""
-PING_SECONDS = 0.02
-"""presence: how often one watcher per load process pings while friends are told, to
-show whether the fan-out stalls the server."""
 
 
 class PresenceWatch:
@@ -633,18 +630,10 @@ async def _change_presence(
     worker.count_sent()
 
 
-async def _ping_often(user: BenchUser, pings: array[float]) -> None:
-    while True:
-        sent = time.monotonic()
-        await user.conn.call("ping")
-        pings.append(time.monotonic() - sent)
-        await trio.sleep(PING_SECONDS)
-
-
 async def presence(worker: Worker) -> dict[str, Any]:
     """Changers log out and in, ``rounds`` times, all at once; their watcher friends
     stay logged in. Measured: when each watcher heard each change, next to when the
-    change's request was answered; and pings of one watcher meanwhile."""
+    change's request was answered."""
     config = worker.config
     plan = PresencePlan.of(config)
     users = list(worker.job.users)
@@ -670,22 +659,16 @@ async def presence(worker: Worker) -> dict[str, Any]:
     await trio.sleep(SETTLE_SECONDS)  # the set-up's own announcements are not measured
     watch.repeats = watch.strangers = watch.other_state = 0
     start = await worker.sync()  # every phase starts at a moment the parent names
-    pinger = next((worker.users[w] for w in watch.friends), None)
     phases: list[dict[str, Any]] = []
     for _ in range(config.rounds):
         for online in (False, True):
             watch.begin(online)
             answered: dict[int, float] = {}
-            pings = array("d")
             await sleep_until_monotonic(start)
-            async with trio.open_nursery() as nursery:
-                if pinger is not None:
-                    nursery.start_soon(_ping_often, pinger, pings)
-                async with trio.open_nursery() as changes:
-                    for user in mine:
-                        changes.start_soon(_change_presence, worker, user, online, answered)
-                await wait_for(lambda: len(watch.seen) >= watch.expected, config.drain_seconds)
-                nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as changes:
+                for user in mine:
+                    changes.start_soon(_change_presence, worker, user, online, answered)
+            await wait_for(lambda: len(watch.seen) >= watch.expected, config.drain_seconds)
             phases.append(
                 {
                     "online": online,
@@ -693,7 +676,6 @@ async def presence(worker: Worker) -> dict[str, Any]:
                     "answered": answered,
                     "receipts": list(watch.receipts),
                     "expected": watch.expected,
-                    "pings": pings.tobytes(),
                 }
             )
             start = await worker.sync()

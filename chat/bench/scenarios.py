@@ -14,6 +14,8 @@ delivery), ``latency`` (send->receipt) and ``ack_latency`` (send->``ok``).
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
 from array import array
 from collections import defaultdict
@@ -28,6 +30,9 @@ from .runner import Load
 from .stats import LatencySummary, Verdict
 
 Figures = dict[str, Any]
+
+PING_SECONDS = 0.02
+"""presence: the pause between two pings of the probe."""
 
 
 def _floats(blobs: Iterable[bytes]) -> list[float]:
@@ -374,10 +379,50 @@ def capacity(config: BenchConfig, progress: TextIO | None, server_pid: int | Non
     )
 
 
+class PingProbe:
+    """Pings a server from a thread of the parent, which the load does not keep busy:
+    does the server answer while it tells thousands of friends? (A load process's own
+    connection would also time that process, busy reading the events.)"""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._address = (host, port)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.latencies = array("d")
+
+    def start(self) -> None:
+        self._stop.clear()
+        self.latencies = array("d")
+        self._thread = threading.Thread(target=self._run, name="chat-bench-ping", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> bytes:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        return self.latencies.tobytes()
+
+    def _run(self) -> None:
+        try:
+            with socket.create_connection(self._address, timeout=10) as sock:
+                reader = sock.makefile("rb")
+                while not self._stop.is_set():
+                    sent = time.monotonic()
+                    sock.sendall(b'{"type":"ping"}\n')
+                    reader.readline()
+                    self.latencies.append(time.monotonic() - sent)
+                    self._stop.wait(PING_SECONDS)
+        except OSError:
+            return  # the figures show how many pings there were
+
+
 def presence(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
     """Changers log out, then in, ``rounds`` times; for each phase, how long until every
-    watcher friend heard every change, and each event after its change's reply."""
+    watcher friend heard every change, each event after its change's reply, and pings
+    of the (first) server meanwhile."""
     plan = PresencePlan.of(config)
+    probe = PingProbe(config.host, config.ports[0])
+    pings: list[bytes] = []
     with Load("presence", config, range(config.users), progress) as load:
         ids: dict[int, int] = {}
         for part in load.gather():
@@ -386,7 +431,9 @@ def presence(config: BenchConfig, progress: TextIO | None, server_pid: int | Non
         load.gather()  # friendships made
         for _ in range(2 * config.rounds):
             load.go_at()
+            probe.start()
             load.gather()
+            pings.append(probe.stop())
         load.go()
         results = load.results()
     phases: dict[str, Figures] = {}
@@ -394,7 +441,7 @@ def presence(config: BenchConfig, progress: TextIO | None, server_pid: int | Non
     for kind, online in (("logout", False), ("login", True)):
         all_told: list[float] = []
         after_reply: list[float] = []
-        pings: list[bytes] = []
+        phase_pings: list[bytes] = []
         expected = told = 0
         for number in range(config.rounds):
             index = 2 * number + (1 if online else 0)
@@ -409,14 +456,14 @@ def presence(config: BenchConfig, progress: TextIO | None, server_pid: int | Non
             if receipts:
                 all_told.append(max(at for _, at in receipts) - start)
             after_reply += [max(0.0, at - answered[k]) for k, at in receipts if k in answered]
-            pings += [part["pings"] for part in parts]
+            phase_pings.append(pings[index])
         missing += expected - told
         phases[kind] = {
             "events_expected": expected,
             "events_told": told,
             "all_told_seconds": attrs.asdict(LatencySummary.of(all_told)),
             "after_reply": attrs.asdict(LatencySummary.of(after_reply)),
-            "ping_meanwhile": _latency(pings),
+            "ping_meanwhile": _latency(phase_pings),
         }
     figures: Figures = {
         "users": config.users,

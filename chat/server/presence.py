@@ -26,6 +26,7 @@ transient event is: the friend list at the next login shows presence.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 
 import trio
@@ -40,12 +41,17 @@ log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
 """How long a batch whose audience could not be read waits before it is tried again."""
+FANOUT_STEP = 256
+"""Friends told at once (every event of the batch for each); between two steps the
+node's other tasks run (the writers of the friends told so far among them), so that
+telling thousands of friends never holds everyone else up for long."""
 
 
 class PresenceAnnouncer:
-    def __init__(self, store: Store, router: Router) -> None:
+    def __init__(self, store: Store, router: Router, *, fanout_step: int = FANOUT_STEP) -> None:
         self._store = store
         self._router = router
+        self._step = fanout_step
         self._pending: dict[int, PresenceChange] = {}
         """The newest change not yet announced, per user."""
         self._more = trio.Event()
@@ -97,14 +103,33 @@ class PresenceAnnouncer:
 
     async def _announce(self, batch: dict[int, PresenceChange]) -> None:
         audiences = await self.audiences(list(batch))
+        events: list[tuple[PresenceEvent, int]] = []  # with their versions
+        by_friend: dict[int, list[int]] = defaultdict(list)  # friend -> indexes into events
         for user_id, change in batch.items():
             audience = audiences.get(user_id)
             if audience is None:
                 continue
-            friends = tuple(friend for friend in audience.friend_ids if friend != user_id)
-            event = PresenceEvent(UserRef(user_id, audience.user.name), change.online)
-            if friends:
-                self._router.presence(PresencePush(friends, event, change.version))
+            index = len(events)
+            events.append(
+                (PresenceEvent(UserRef(user_id, audience.user.name), change.online), change.version)
+            )
+            for friend in audience.friend_ids:
+                if friend != user_id:
+                    by_friend[friend].append(index)
+        # Friend by friend, a step at a time: each friend gets every event of the batch
+        # in one step (its writer writes them at once), and between steps the node's
+        # other tasks run.
+        friends = list(by_friend)
+        for start in range(0, len(friends), self._step):
+            if start:
+                await trio.lowlevel.checkpoint()
+            step: dict[int, list[int]] = defaultdict(list)
+            for friend in friends[start : start + self._step]:
+                for index in by_friend[friend]:
+                    step[index].append(friend)
+            for index, told in step.items():
+                event, version = events[index]
+                self._router.presence(PresencePush(tuple(told), event, version))
 
     async def drain(self) -> None:
         """Wait until every change queued so far has been handed to the router."""
