@@ -26,7 +26,7 @@ from chat.protocol.messages import Event, PresenceEvent, UserRef
 from chat.server import Node
 from chat.server.presence import PresenceAnnouncer
 from chat.server.router import Router
-from chat.store import open_store
+from chat.store import Window, open_store
 
 from .cluster_support import cluster_node, dial, make_broker, node_process
 from .support import client, login, next_is_sentinel, register
@@ -168,9 +168,10 @@ async def test_the_announcer_coalesces_steps_and_keeps_the_newest(database_url: 
         bob = await store.create_user("bob", "x")
         friends = [await store.create_user(f"friend{i}", "x") for i in range(5)]
         stranger = await store.create_user("stranger", "x")
+        window = Window(100, 3_600_000)
         for friend in friends:
-            await store.add_friend(ann.id, friend.id)
-            await store.add_friend(friend.id, bob.id)
+            await store.add_friend(ann.id, friend.id, window)
+            await store.add_friend(friend.id, bob.id, window)
         router = Router(MemoryBroker("node"))
         sessions = {user.id: Recorder() for user in [*friends, stranger, ann]}
         for user_id, session in sessions.items():

@@ -644,18 +644,20 @@ async def presence(worker: Worker) -> dict[str, Any]:
     watch.changer_of = {ids[k]: k for k in plan.changers}
     limiter = trio.CapacityLimiter(config.login_concurrency)
 
-    async def befriend(changer: BenchUser, watcher: int) -> None:
+    async def befriend(watcher: BenchUser, changer: int) -> None:
+        # Watchers ask: each has a few changer friends, while a changer may have
+        # thousands, beyond the server's add_friend throttle (100 an hour per user).
         async with limiter:
-            reply = await changer.conn.call("add_friend", user_id=ids[watcher])
+            reply = await watcher.conn.call("add_friend", user_id=ids[changer])
         if reply.get("type") != "ok" and reply.get("code") != "already_friends":
-            raise BenchError(f"add_friend failed: {reply.get('message')}")
+            raise BenchError(f"add_friend failed: {reply.get('code')}: {reply.get('message')}")
 
-    mine = [worker.users[k] for k in plan.changers if k in worker.users]
     with trio.fail_after(config.setup_seconds):
         async with trio.open_nursery() as nursery:
-            for changer in mine:
-                for watcher in plan.friends_of[changer.index]:
-                    nursery.start_soon(befriend, changer, watcher)
+            for watcher, changers in watch.friends.items():
+                for changer in changers:
+                    nursery.start_soon(befriend, worker.users[watcher], changer)
+    mine = [worker.users[k] for k in plan.changers if k in worker.users]
     await trio.sleep(SETTLE_SECONDS)  # the set-up's own announcements are not measured
     watch.repeats = watch.strangers = watch.other_state = 0
     start = await worker.sync()  # every phase starts at a moment the parent names

@@ -251,31 +251,11 @@ class Store:
 
     async def presence_audiences(self, user_ids: Sequence[int]) -> dict[int, PresenceAudience]:
         """Each of these users with all their friends, in one read transaction (a
-        presence announcement batches many users); users that do not exist are absent."""
-        wanted = sorted({user_id for user_id in user_ids if not _no_row(user_id)})
-
-        def body(sql: _Sql) -> dict[int, PresenceAudience]:
-            names: dict[int, str] = {}
-            friends: dict[int, list[int]] = defaultdict(list)
-            for start in range(0, len(wanted), MAX_QUERY_ARGS):
-                chunk = wanted[start : start + MAX_QUERY_ARGS]
-                marks = ", ".join("?" * len(chunk))
-                for row in sql.all(
-                    "SELECT u.id, u.name, f.friend_id FROM users u"
-                    " LEFT JOIN friends f ON f.user_id = u.id"
-                    f" WHERE u.id IN ({marks}) ORDER BY u.id, f.friend_id",
-                    chunk,
-                ):
-                    user_id = int(row[0])
-                    names[user_id] = text(row[1])
-                    if row[2] is not None:
-                        friends[user_id].append(int(row[2]))
-            return {
-                user_id: PresenceAudience(UserRecord(user_id, name), tuple(friends[user_id]))
-                for user_id, name in names.items()
-            }
-
-        return await self._run(body, write=False)
+        presence announcement batches many users); users that do not exist are absent.
+        (A block ends the friendship, so a blocked user is nobody's audience here.)"""
+        if not user_ids:
+            return {}
+        return await self._run(partial(contacts.presence_audiences, user_ids=user_ids), write=False)
 
     # --- groups ---------------------------------------------------------------
 
