@@ -527,10 +527,14 @@ class RedisBroker:
         self._redis = redis.Redis(connection_pool=self._pool)
         self._limiter = trio.CapacityLimiter(pool_size)
         self._listen_limiter = trio.CapacityLimiter(1)
+        self._beat_limiter = trio.CapacityLimiter(1)
+        """The heartbeat's own thread and connections: a thousand sessions releasing at
+        once (or any burst of commands) must not hold a beat up until leases lapse."""
         self._claim_script = self._redis.register_script(_CLAIM)
         self._release_script = self._redis.register_script(_RELEASE)
-        self._renew_script = redis.Redis(connection_pool=self._renew_pool).register_script(_RENEW)
-        self._epoch_script = self._redis.register_script(_EPOCH)
+        beats = redis.Redis(connection_pool=self._renew_pool)
+        self._renew_script = beats.register_script(_RENEW)
+        self._epoch_script = beats.register_script(_EPOCH)
         self._reap_script = self._redis.register_script(_REAP)
         self.reap_seconds = reap_seconds
 
@@ -722,12 +726,15 @@ class RedisBroker:
 
     # --- commands (each runs in a worker thread) --------------------------------------
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking redis-py calls in a worker thread; Redis errors become
-        ``BrokerUnavailable`` and put the leases in doubt. Not abandoned on
-        cancellation: the socket timeouts bound how long it can take."""
+    async def _call(
+        self, fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None
+    ) -> T:
+        """Run blocking redis-py calls in a worker thread (under ``limiter``, by default
+        the commands' one); Redis errors become ``BrokerUnavailable`` and put the leases
+        in doubt. Not abandoned on cancellation: the socket timeouts bound how long it
+        can take."""
         try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            return await trio.to_thread.run_sync(fn, *args, limiter=limiter or self._limiter)
         except (redis.RedisError, OSError) as exc:
             self._degraded = True
             self._doubt(f"Redis does not answer ({exc})")
@@ -976,6 +983,7 @@ class RedisBroker:
                         self.lease_ms,
                         self.process_name,
                     ],
+                    limiter=self._beat_limiter,
                 )
             )
             recreated: list[tuple[int, str]] = []
@@ -993,6 +1001,7 @@ class RedisBroker:
                         *(self._value(holder) for _, holder in chunk),
                         *(user_id for user_id, _ in chunk),
                     ],
+                    limiter=self._beat_limiter,
                 )
                 recreated += [chunk[i - 1] for i in new]
                 conflicts += [chunk[i - 1] for i in lost]
