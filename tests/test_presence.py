@@ -131,6 +131,21 @@ async def test_a_friend_added_after_a_login_hears_later_changes(connect: Connect
         assert await next_presence(alice) == presence_of(bob_id, "bob", False)
 
 
+async def test_a_change_before_a_friendship_is_not_told(connect: Connect) -> None:
+    """bob logs in and at once makes alice his friend: her friend_added says he is
+    online; however late his login is announced, it is not told to her."""
+    async with connect() as alice, connect() as bob:
+        alice_id = await register(alice, "alice")
+        bob_id = await register(bob, "bob")
+        await login(alice, "alice")
+        await login(bob, "bob")
+        await bob.call("add_friend", user_id=alice_id)
+        added = await alice.next_event(DEADLINE)
+        assert added["friend"] == {"id": bob_id, "name": "bob", "online": True}, added
+        await next_is_sentinel(alice, alice_id, bob)
+        await next_is_sentinel(bob, bob_id, alice)
+
+
 async def test_a_failed_login_announces_nothing(connect: Connect) -> None:
     """A wrong password and ``already_online`` change nobody's presence."""
     async with connect() as alice, connect() as bob, connect() as intruder:

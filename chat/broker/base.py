@@ -29,6 +29,7 @@ every friend with the newest state (``PresencePush`` carries the version along).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -104,6 +105,9 @@ class PresenceChange:
     user_id: int
     online: bool
     version: int
+    at_ms: int = attrs.field(factory=lambda: time.time_ns() // 1_000_000)
+    """When this node learned of the change (its clock): friendships made after it do
+    not hear of it (the new friend's ``friend_added`` told the presence of then)."""
 
 
 @attrs.frozen

@@ -113,7 +113,9 @@ class PresenceAnnouncer:
             events.append(
                 (PresenceEvent(UserRef(user_id, audience.user.name), change.online), change.version)
             )
-            for friend in audience.friend_ids:
+            # Friends made after the change are not told of it: their friend_added
+            # carried the presence of then, and a later change reaches them anyway.
+            for friend in audience.friends_before(change.at_ms):
                 if friend != user_id:
                     by_friend[friend].append(index)
         # Friend by friend, a step at a time: each friend gets every event of the batch

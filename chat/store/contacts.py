@@ -205,15 +205,16 @@ def blockers_among(sql: Sql, user_id: int, candidates: Sequence[int]) -> set[int
 
 
 def presence_audiences(sql: Sql, user_ids: Sequence[int]) -> dict[int, PresenceAudience]:
-    """Each of these users (name included) with every friend; absent if no such user."""
+    """Each of these users (name included) with every friend and when each friendship
+    was made; absent if no such user."""
     wanted = sorted({user_id for user_id in user_ids if not no_row(user_id)})
     names: dict[int, str] = {}
-    friends: dict[int, list[int]] = defaultdict(list)
+    friends: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for start in range(0, len(wanted), 1000):
         chunk = wanted[start : start + 1000]
         marks = ", ".join("?" for _ in chunk)
         for row in sql.all(
-            "SELECT u.id, u.name, f.friend_id FROM users u"
+            "SELECT u.id, u.name, f.friend_id, f.created_at FROM users u"
             " LEFT JOIN friends f ON f.user_id = u.id"
             f" WHERE u.id IN ({marks}) ORDER BY u.id, f.friend_id",
             chunk,
@@ -221,9 +222,13 @@ def presence_audiences(sql: Sql, user_ids: Sequence[int]) -> dict[int, PresenceA
             user_id = int(row[0])
             names[user_id] = text(row[1])
             if row[2] is not None:
-                friends[user_id].append(int(row[2]))
+                friends[user_id].append((int(row[2]), int(row[3])))
     return {
-        user_id: PresenceAudience(UserRecord(user_id, name), tuple(friends[user_id]))
+        user_id: PresenceAudience(
+            UserRecord(user_id, name),
+            tuple(friend for friend, _ in friends[user_id]),
+            tuple(since for _, since in friends[user_id]),
+        )
         for user_id, name in names.items()
     }
 

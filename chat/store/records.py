@@ -112,6 +112,18 @@ class PresenceAudience:
 
     user: UserRecord
     friend_ids: tuple[int, ...]
+    befriended_at: tuple[int, ...] = ()
+    """When each friendship was made (ms), in the order of ``friend_ids``."""
+
+    def friends_before(self, at_ms: int) -> tuple[int, ...]:
+        """The friends of the user at ``at_ms``: a change is told to those only."""
+        if not self.befriended_at:
+            return self.friend_ids
+        return tuple(
+            friend
+            for friend, since in zip(self.friend_ids, self.befriended_at, strict=True)
+            if since <= at_ms
+        )
 
 
 @attrs.frozen
