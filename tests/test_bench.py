@@ -161,6 +161,38 @@ async def test_routes_across_two_cluster_nodes(mysql_url: str, redis_url: str) -
         assert routes["cross"]["delivered"] > 0
 
 
+async def test_presence_across_two_cluster_nodes(mysql_url: str, redis_url: str) -> None:
+    """Users on two nodes, two load processes: every watcher friend hears every change."""
+    async with (
+        cluster_node(mysql_url, make_broker(redis_url, "node-a")) as a,
+        cluster_node(mysql_url, make_broker(redis_url, "node-b")) as b,
+    ):
+        code, lines, err = await run_bench(
+            f"{a.ports[0]},{b.ports[0]}", "--scenario", "presence", "--users", "12",
+            "--changers", "3", "--friends", "6", "--rounds", "2", "--procs", "2",
+        )  # fmt: skip
+        assert code == 0, err
+        figures = figures_of(lines)["results"]["presence"]
+        assert figures["ok"] is True
+        assert (figures["changers"], figures["friends"], figures["rounds"]) == (3, 6, 2)
+        for kind in ("logout", "login"):
+            assert figures[kind]["events_expected"] == figures[kind]["events_told"] == 3 * 6 * 2
+            assert figures[kind]["after_reply"]["count"] == 36
+            assert figures[kind]["all_told_seconds"]["count"] == 2
+        assert figures["strangers"] == 0
+        assert "every friend told" in "\n".join(lines[:-1])
+
+
+async def test_presence_needs_someone_to_watch() -> None:
+    result = await trio.run_process(
+        [*BENCH, "--scenario", "presence", "--users", "3", "--changers", "3"],
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"fewer changers" in result.stderr
+
+
 async def test_an_impossible_route_is_refused() -> None:
     result = await trio.run_process(
         [*BENCH, "--ports", "6000", "--scenario", "direct", "--route", "cross"],

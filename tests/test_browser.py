@@ -255,15 +255,21 @@ def test_two_browser_users_chat(browser: Browser, ws_url: str, tmp_path: Path) -
     bob.get_by_label("Message", exact=True).press("Enter")
     expect(alice.get_by_role("log")).to_contain_text("chapter one?")
 
-    # Offline messages arrive at the next login, marked as such.
+    # Offline messages arrive at the next login, marked as such. Meanwhile alice's
+    # page follows bob's presence live (presence events: the page no longer asks
+    # about friends, so nothing else could change the dot).
     bob.get_by_role("button", name="Log out").click()
     expect(bob.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(bob_in_alice).to_contain_text("offline")
+    expect(bob_in_alice.locator(".presence.offline")).to_have_count(1)
     bob_in_alice.click()
     alice.get_by_label("Message", exact=True).fill("while you were out")
     alice.get_by_label("Message", exact=True).press("Enter")
     expect(alice.get_by_role("log")).to_contain_text("while you were out")
     sign_in(bob, "bob", register=False)
     expect(bob.locator("#sidebar-note")).to_have_text("1 message arrived while you were away.")
+    expect(bob_in_alice.locator(".presence.online")).to_have_count(1)
+    expect(bob_in_alice).not_to_contain_text("offline")
     bob.locator("#friend-list").get_by_role("button", name=re.compile("^alice")).click()
     expect(bob.get_by_role("log")).to_contain_text("while you were out")
     expect(bob.get_by_role("log")).to_contain_text("received while you were away")

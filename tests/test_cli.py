@@ -266,6 +266,32 @@ def test_two_users_befriend_chat_and_talk_in_a_group(cli: Spawn) -> None:
     assert PASSWORD not in transcript  # asked for without echo
 
 
+def test_friends_coming_and_going_are_shown_and_the_list_stays_live(
+    server: Server, cli: Spawn
+) -> None:
+    setup = run_piped(
+        server,
+        f"/register alice {PASSWORD}\n/register bob {PASSWORD}\n"
+        f"/login alice {PASSWORD}\n/friend bob\n",
+    )
+    assert setup.returncode == 0, setup.stderr
+    alice = cli()
+    login(alice, "alice")
+    alice.expect_exact("friends: bob offline")
+
+    bob = cli()
+    login(bob, "bob")
+    alice.expect_exact("* bob is online")
+    alice.sendline("/friends")  # live, without asking the server
+    alice.expect_exact("1 friend, 1 online")
+    bob.sendline("/logout")
+    alice.expect_exact("* bob went offline")
+    alice.sendline("/friends")
+    alice.expect_exact("1 friend, 0 online")
+    quit_cleanly(bob)
+    quit_cleanly(alice)
+
+
 def test_messages_that_waited_are_shown_at_login(server: Server, cli: Spawn) -> None:
     setup = run_piped(
         server,

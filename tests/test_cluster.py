@@ -168,11 +168,15 @@ async def test_cross_node_chat(mysql_url: str, redis_url: str) -> None:
         await bob.call("send", to=alice_id, text="hi alice")
         assert (await receive(alice, "message"))["text"] == "hi alice"
 
-        # Friends' online flags at login reflect the whole cluster.
+        # Friends' online flags at login reflect the whole cluster; bob, her friend, is
+        # told that she left (from A) and came back (from B).
         await alice.call("logout")
+        assert (await receive(bob, "presence"))["online"] is False
         async with client(b) as alice_again:
             reply = await login(alice_again, "alice")
             assert reply["friends"] == [{"id": bob_id, "name": "bob", "online": True}]
+            assert (await receive(bob, "presence"))["online"] is True
+        assert (await receive(bob, "presence"))["online"] is False
         await no_event(bob)
 
 

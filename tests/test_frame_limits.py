@@ -44,6 +44,7 @@ from chat.protocol.messages import (
     MembersPage,
     MessageEvent,
     Ok,
+    PresenceEvent,
     Result,
     Sent,
     UserPresence,
@@ -129,6 +130,7 @@ LARGEST_EVENTS: dict[type, Callable[[], Event]] = {
     GroupMessageEvent: lambda: GroupMessageEvent(BIG_ID, BIG_ID, USER, TEXT, BIG_ID, False),
     FriendAddedEvent: lambda: FriendAddedEvent(PRESENCE),
     FriendRemovedEvent: lambda: FriendRemovedEvent(USER),
+    PresenceEvent: lambda: PresenceEvent(USER, False),
 }
 
 

@@ -12,7 +12,10 @@
 "use strict";
 
 (function () {
-  const PRESENCE_REFRESH_MS = 15000; // the protocol has no presence events: ask now and then
+  // Friends' presence comes live (protocol 1.1 presence events). The lists are read
+  // again now and then all the same: people who are not friends (someone who wrote to
+  // you) get no events, and an event can be lost while a server is in trouble.
+  const PRESENCE_REFRESH_MS = 60000;
   const MAX_TEXT = 4096;
   const MEMBERS_SHOWN = 12; // a group's detail line names this many members, then counts
   const HISTORY_PAGE = 50; // messages shown on opening a conversation, and per older page
@@ -475,6 +478,19 @@
       announce(event.friend.name + " ended your friendship");
       renderSidebar();
       if (state.current) renderConversation();
+    } else if (event.type === "presence") {
+      // A friend came or went; the newest event is the current state.
+      const person = state.people.get(event.user.id);
+      if (person) {
+        person.online = event.online;
+        person.friend = true;
+      } else {
+        state.people.set(event.user.id, {
+          id: event.user.id, name: event.user.name, online: event.online, friend: true,
+        });
+      }
+      renderSidebar();
+      if (state.current === "u:" + event.user.id) renderConversation();
     } else if (event.type === "friend_added") {
       const friend = event.friend;
       state.people.set(friend.id, {

@@ -21,7 +21,14 @@ from typing import Any
 
 import attrs
 
-from .model import DEFAULT_PREFIX, ROUTE_CHOICES, BenchConfig, PlanError, check_plan
+from .model import (
+    DEFAULT_PREFIX,
+    ROUTE_CHOICES,
+    BenchConfig,
+    PlanError,
+    PresencePlan,
+    check_plan,
+)
 from .report import describe, json_line
 from .runner import LoadFailed
 from .scenarios import ALL, ONE_TO_ONE, SCENARIOS, Figures
@@ -97,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         "drained at login; capacity = --users idle logged-in connections; resume = token "
         "logins per second: every user logs in with its session token --messages times on a "
         "new connection each, then as often on one connection (login, logout). "
+        "presence = --changers users with --friends friends each log out and in (--rounds "
+        "times), timed until every friend was told. "
         "With several --ports (say one per cluster node), direct, open and burst also "
         "report each route: same (sender and recipient on one port) and cross.",
     )
@@ -112,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenario",
         type=_scenarios,
         default=list(ALL),
-        help="comma-separated: auth, direct, open, burst, group, offline, capacity, resume, or all "
+        help="comma-separated: auth, direct, open, burst, group, offline, capacity, resume, "
+        "presence, or all "
         "(= auth,direct,open,group,offline; default all)",
     )
     parser.add_argument(
@@ -175,6 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
         "message, over the loaded window only",
     )
     parser.add_argument(
+        "--friends",
+        type=_positive_int,
+        default=20,
+        help="presence: friends of each user who logs out and in (default 20)",
+    )
+    parser.add_argument(
+        "--changers",
+        type=_positive_int,
+        default=None,
+        help="presence: how many users log out and in (default a tenth of --users)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=3,
+        help="presence: how many times they log out and in again (default 3)",
+    )
+    parser.add_argument(
         "--drain-seconds",
         type=_positive,
         default=30.0,
@@ -200,6 +228,9 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         run_id=uuid.uuid4().hex[:10],
         drain_seconds=args.drain_seconds,
         cpu_pids=args.cpu_pids,
+        friends=args.friends,
+        changers=args.changers or 0,
+        rounds=args.rounds,
     )
 
 
@@ -217,12 +248,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "offline" in args.scenario and config.users < 2 * config.procs:
         print("chat-bench: offline needs at least two users per load process", file=sys.stderr)
         return 2
-    if any(name in ONE_TO_ONE for name in args.scenario):
-        try:
+    try:
+        if any(name in ONE_TO_ONE for name in args.scenario):
             check_plan(config)
-        except PlanError as exc:
-            print(f"chat-bench: {exc}", file=sys.stderr)
-            return 2
+        if "presence" in args.scenario:
+            PresencePlan.of(config)
+    except PlanError as exc:
+        print(f"chat-bench: {exc}", file=sys.stderr)
+        return 2
     results: dict[str, Figures] = {}
     ok = True
     status = 0

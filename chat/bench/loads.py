@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from .conn import Json
-from .model import ROUTES, PlanError, plan_targets
+from .model import ROUTES, PlanError, PresencePlan, plan_targets
 from .stats import DeliveryChecker
 from .worker import BenchError, BenchUser, Worker
 
@@ -625,6 +625,136 @@ async def resume(worker: Worker) -> dict[str, Any]:
     return result
 
 
+# --- presence -------------------------------------------------------------------------
+
+
+SETTLE_SECONDS = 1.0
+"""presence: the quiet time between set-up and the first phase."""
+
+
+class PresenceWatch:
+    """The presence events this load process's watchers receive, phase by phase.
+
+    A phase expects every watcher to hear every changer friend of it go to one state
+    (``online``); an event that says that for the first time in the phase counts, with
+    its time. Events about other users, or repeating the state already heard in the
+    phase, are tallied apart; so are events saying the other state (late ones of an
+    earlier phase: the scenario lets things settle between phases)."""
+
+    def __init__(self, worker: Worker, plan: PresencePlan) -> None:
+        self.worker = worker
+        mine = set(worker.job.users)
+        self.friends = {w: cs for w, cs in plan.changer_friends().items() if w in mine}
+        self.changer_of: dict[int, int] = {}
+        self.online = True
+        self.seen: set[tuple[int, int]] = set()
+        self.receipts: list[tuple[int, float]] = []
+        """(changer index, receipt time) of the phase."""
+        self.repeats = 0
+        self.strangers = 0
+        self.other_state = 0
+
+    @property
+    def expected(self) -> int:
+        return sum(len(changers) for changers in self.friends.values())
+
+    def begin(self, online: bool) -> None:
+        self.online = online
+        self.seen = set()
+        self.receipts = []
+
+    def on_event(self, user: BenchUser, event: Json) -> None:
+        now = time.monotonic()
+        if event.get("type") != "presence":
+            return  # friend_added at set-up
+        changer = self.changer_of.get(int(event["user"]["id"]))
+        if changer is None or changer not in self.friends.get(user.index, ()):
+            self.strangers += 1
+            return
+        if event["online"] is not self.online:
+            self.other_state += 1
+            return
+        if (user.index, changer) in self.seen:
+            self.repeats += 1
+            return
+        self.seen.add((user.index, changer))
+        self.receipts.append((changer, now))
+        self.worker.count_received()
+
+
+async def _change_presence(
+    worker: Worker, user: BenchUser, online: bool, answered: dict[int, float]
+) -> None:
+    """Log ``user`` in or out; note when the reply came."""
+    if online:
+        await worker.login(user, register_missing=False)
+    else:
+        reply = await user.conn.call("logout")
+        if reply.get("type") != "ok":
+            raise BenchError(f"cannot log out: {reply.get('message')}")
+    answered[user.index] = time.monotonic()
+    worker.count_sent()
+
+
+async def presence(worker: Worker) -> dict[str, Any]:
+    """Changers log out and in, ``rounds`` times, all at once; their watcher friends
+    stay logged in. Measured: when each watcher heard each change, next to when the
+    change's request was answered."""
+    config = worker.config
+    plan = PresencePlan.of(config)
+    users = list(worker.job.users)
+    watch = PresenceWatch(worker, plan)
+    worker.on_event = watch.on_event
+    await worker.connect_all(users)
+    ids: dict[int, int] = await worker.sync({u.index: u.id for u in worker.users.values()})
+    watch.changer_of = {ids[k]: k for k in plan.changers}
+    limiter = trio.CapacityLimiter(config.login_concurrency)
+
+    async def befriend(watcher: BenchUser, changer: int) -> None:
+        # Watchers ask: each has a few changer friends, while a changer may have
+        # thousands, beyond the server's add_friend throttle (100 an hour per user).
+        async with limiter:
+            reply = await watcher.conn.call("add_friend", user_id=ids[changer])
+        if reply.get("type") != "ok" and reply.get("code") != "already_friends":
+            raise BenchError(f"add_friend failed: {reply.get('code')}: {reply.get('message')}")
+
+    with trio.fail_after(config.setup_seconds):
+        async with trio.open_nursery() as nursery:
+            for watcher, changers in watch.friends.items():
+                for changer in changers:
+                    nursery.start_soon(befriend, worker.users[watcher], changer)
+    mine = [worker.users[k] for k in plan.changers if k in worker.users]
+    await trio.sleep(SETTLE_SECONDS)  # the set-up's own announcements are not measured
+    watch.repeats = watch.strangers = watch.other_state = 0
+    start = await worker.sync()  # every phase starts at a moment the parent names
+    phases: list[dict[str, Any]] = []
+    for _ in range(config.rounds):
+        for online in (False, True):
+            watch.begin(online)
+            answered: dict[int, float] = {}
+            await sleep_until_monotonic(start)
+            async with trio.open_nursery() as changes:
+                for user in mine:
+                    changes.start_soon(_change_presence, worker, user, online, answered)
+            await wait_for(lambda: len(watch.seen) >= watch.expected, config.drain_seconds)
+            phases.append(
+                {
+                    "online": online,
+                    "start": start,
+                    "answered": answered,
+                    "receipts": list(watch.receipts),
+                    "expected": watch.expected,
+                }
+            )
+            start = await worker.sync()
+    return {
+        "phases": phases,
+        "repeats": watch.repeats,
+        "strangers": watch.strangers,
+        "other_state": watch.other_state,
+    }
+
+
 LOADS: dict[str, Callable[[Worker], Awaitable[Any]]] = {
     "auth": auth,
     "resume": resume,
@@ -634,4 +764,5 @@ LOADS: dict[str, Callable[[Worker], Awaitable[Any]]] = {
     "group": group,
     "offline": offline,
     "capacity": capacity,
+    "presence": presence,
 }

@@ -58,6 +58,12 @@ class BenchConfig:
     cpu_pids: tuple[int, ...] = ()
     """Local server processes (with their children, such as ``--workers``) whose CPU time
     over the loaded window the one-to-one scenarios report per delivered message."""
+    friends: int = 20
+    """presence: friends of each user who logs out and in."""
+    changers: int = 0
+    """presence: users who log out and in (the first ones); 0: a tenth of ``users``."""
+    rounds: int = 3
+    """presence: how many times every changer logs out and in again."""
 
     def user_name(self, index: int) -> str:
         return f"{self.prefix}-u{index}"
@@ -155,3 +161,37 @@ def check_plan(config: BenchConfig) -> None:
     """Raise ``PlanError`` if the one-to-one scenarios cannot follow ``config.route``."""
     for worker, share in enumerate(split_users(config, range(config.users))):
         plan_targets(config, worker, share)
+
+
+@attrs.frozen
+class PresencePlan:
+    """The ``presence`` scenario's friendships: the first ``changers`` users log out and
+    in; every other user (a watcher) stays logged in and is told. Each changer has
+    ``friends`` watchers as friends, spread so that each watcher has about the same
+    number of changer friends."""
+
+    changers: tuple[int, ...]
+    watchers: tuple[int, ...]
+    friends_of: dict[int, tuple[int, ...]]
+    """Changer index -> its watcher friends' indexes."""
+
+    @classmethod
+    def of(cls, config: BenchConfig) -> PresencePlan:
+        count = config.changers or max(1, config.users // 10)
+        if not 1 <= count < config.users:
+            raise PlanError(f"presence needs fewer changers ({count}) than users ({config.users})")
+        changers = tuple(range(count))
+        watchers = tuple(range(count, config.users))
+        per = min(config.friends, len(watchers))
+        friends_of = {
+            k: tuple(watchers[(k * per + j) % len(watchers)] for j in range(per)) for k in changers
+        }
+        return cls(changers, watchers, friends_of)
+
+    def changer_friends(self) -> dict[int, set[int]]:
+        """Watcher index -> the changers it is a friend of."""
+        out: dict[int, set[int]] = defaultdict(set)
+        for changer, watchers in self.friends_of.items():
+            for watcher in watchers:
+                out[watcher].add(changer)
+        return out

@@ -119,10 +119,27 @@ def describe(name: str, figures: Figures) -> list[str]:
         else:
             lines.append("  server memory: unknown (give --server-pid of a local server)")
         lines.append(f"  ping on all   {_lat(figures['ping_latency'])}")
+    elif name == "presence":
+        lines.append(
+            f"  {figures['changers']} users with {figures['friends']} friends each log out and"
+            f" in, {figures['rounds']} times, all at once ({figures['users']} users in all)"
+        )
+        for kind in ("logout", "login"):
+            part = figures[kind]
+            told = part["all_told_seconds"]
+            lines.append(
+                f"  {kind:<7} every friend told after p50 {told['p50_ms'] / 1000:.2f} /"
+                f" max {told['max_ms'] / 1000:.2f} s ({part['events_told']} of"
+                f" {part['events_expected']} events)"
+            )
+            lines.append(f"          each event after its reply {_lat(part['after_reply'])}")
+            lines.append(f"          ping meanwhile {_lat(part['ping_meanwhile'])}")
     checks = figures["checks"]
     if figures["ok"]:
-        checked = name not in ("auth", "capacity", "resume")
+        checked = name not in ("auth", "capacity", "resume", "presence")
         note = " (every delivery exactly once, in order)" if checked else ""
+        if name == "presence":
+            note = " (every friend told every change)"
         lines.append("  check: ok" + note)
     else:
         lines.append(

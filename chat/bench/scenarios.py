@@ -14,6 +14,8 @@ delivery), ``latency`` (send->receipt) and ``ack_latency`` (send->``ok``).
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
 from array import array
 from collections import defaultdict
@@ -23,11 +25,14 @@ from typing import Any, TextIO
 
 import attrs
 
-from .model import ROUTES, BenchConfig
+from .model import ROUTES, BenchConfig, PresencePlan
 from .runner import Load
 from .stats import LatencySummary, Verdict
 
 Figures = dict[str, Any]
+
+PING_SECONDS = 0.02
+"""presence: the pause between two pings of the probe."""
 
 
 def _floats(blobs: Iterable[bytes]) -> list[float]:
@@ -405,6 +410,112 @@ def capacity(config: BenchConfig, progress: TextIO | None, server_pid: int | Non
     )
 
 
+class PingProbe:
+    """Pings a server from a thread of the parent, which the load does not keep busy:
+    does the server answer while it tells thousands of friends? (A load process's own
+    connection would also time that process, busy reading the events.)"""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._address = (host, port)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.latencies = array("d")
+
+    def start(self) -> None:
+        self._stop.clear()
+        self.latencies = array("d")
+        self._thread = threading.Thread(target=self._run, name="chat-bench-ping", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> bytes:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        return self.latencies.tobytes()
+
+    def _run(self) -> None:
+        try:
+            with socket.create_connection(self._address, timeout=10) as sock:
+                reader = sock.makefile("rb")
+                while not self._stop.is_set():
+                    sent = time.monotonic()
+                    sock.sendall(b'{"type":"ping"}\n')
+                    reader.readline()
+                    self.latencies.append(time.monotonic() - sent)
+                    self._stop.wait(PING_SECONDS)
+        except OSError:
+            return  # the figures show how many pings there were
+
+
+def presence(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
+    """Changers log out, then in, ``rounds`` times; for each phase, how long until every
+    watcher friend heard every change, each event after its change's reply, and pings
+    of the (first) server meanwhile."""
+    plan = PresencePlan.of(config)
+    probe = PingProbe(config.host, config.ports[0])
+    pings: list[bytes] = []
+    with Load("presence", config, range(config.users), progress) as load:
+        ids: dict[int, int] = {}
+        for part in load.gather():
+            ids.update(part)
+        load.go(ids)
+        load.gather()  # friendships made
+        for _ in range(2 * config.rounds):
+            load.go_at()
+            probe.start()
+            load.gather()
+            pings.append(probe.stop())
+        load.go()
+        results = load.results()
+    phases: dict[str, Figures] = {}
+    missing = 0
+    for kind, online in (("logout", False), ("login", True)):
+        all_told: list[float] = []
+        after_reply: list[float] = []
+        phase_pings: list[bytes] = []
+        expected = told = 0
+        for number in range(config.rounds):
+            index = 2 * number + (1 if online else 0)
+            parts = [result["phases"][index] for result in results]
+            start = parts[0]["start"]
+            answered: dict[int, float] = {}
+            for part in parts:
+                answered.update(part["answered"])
+            receipts = [receipt for part in parts for receipt in part["receipts"]]
+            expected += sum(part["expected"] for part in parts)
+            told += len(receipts)
+            if receipts:
+                all_told.append(max(at for _, at in receipts) - start)
+            after_reply += [max(0.0, at - answered[k]) for k, at in receipts if k in answered]
+            phase_pings.append(pings[index])
+        missing += expected - told
+        phases[kind] = {
+            "events_expected": expected,
+            "events_told": told,
+            "all_told_seconds": attrs.asdict(LatencySummary.of(all_told)),
+            "after_reply": attrs.asdict(LatencySummary.of(after_reply)),
+            "ping_meanwhile": _latency(phase_pings),
+        }
+    figures: Figures = {
+        "users": config.users,
+        "changers": len(plan.changers),
+        "friends": len(plan.friends_of[plan.changers[0]]),
+        "rounds": config.rounds,
+        **phases,
+        "repeats": sum(result["repeats"] for result in results),
+        "strangers": sum(result["strangers"] for result in results),
+    }
+    verdict = Verdict()
+    verdict.lost = missing
+    strangers = figures["strangers"]
+    return _finish(
+        figures,
+        verdict,
+        f"{missing} friends were never told a change" if missing else "",
+        f"{strangers} presence events about someone not a friend" if strangers else "",
+    )
+
+
 Scenario = Callable[[BenchConfig, "TextIO | None", "int | None"], Figures]
 SCENARIOS: dict[str, Scenario] = {
     "auth": auth,
@@ -415,9 +526,11 @@ SCENARIOS: dict[str, Scenario] = {
     "group": group,
     "offline": offline,
     "capacity": capacity,
+    "presence": presence,
 }
 ALL = ("auth", "direct", "open", "group", "offline")
 """What ``--scenario all`` runs; ask for ``burst`` (a second one-to-one load as big as
-``direct``), ``capacity`` (thousands of logins) and ``resume`` (token logins) by name."""
+``direct``), ``capacity`` (thousands of logins), ``resume`` (token logins) and
+``presence`` (friends told of logins and logouts) by name."""
 ONE_TO_ONE = ("direct", "open", "burst")
 """The scenarios that follow ``--route`` and report per-route figures."""

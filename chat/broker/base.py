@@ -18,17 +18,25 @@ from an old connection can never free a newer login. While a node cannot
 confirm that its claims still stand (its presence store is out of reach, or
 lost its data), it gets ``Pause``: its sessions neither deliver nor act until
 ``Resume``; a session whose user was claimed elsewhere meanwhile gets ``Evict``.
+
+Presence changes are the broker's to see: a claim, a release, a lease re-created,
+and the users of a node that died without a word (found by the survivors). Each
+becomes a ``PresenceChange`` for the node's own handler, stamped with a
+``version`` that orders the changes of one user across the whole cluster, so
+that announcements travelling by different paths can cross and still leave
+every friend with the newest state (``PresencePush`` carries the version along).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
 import trio
 
-from chat.protocol.messages import Event
+from chat.protocol.messages import Event, PresenceEvent
 
 
 @attrs.frozen
@@ -84,7 +92,36 @@ class Resume:
     recreated: frozenset[int] = frozenset()
 
 
-Notice = Wake | Push | Resync | Evict | Pause | Resume
+@attrs.frozen
+class PresenceChange:
+    """This user's ``online`` changed: claimed (``True``), or released, or found gone
+    with a node that died (``False``). Only ever handed to the node's own handler,
+    and for each change to one node only, so each change is announced once.
+
+    ``version`` grows with every change of any user in the cluster (the broker hands
+    them out atomically with the change itself): of two announcements about one
+    user, the one with the higher version is the newer state."""
+
+    user_id: int
+    online: bool
+    version: int
+    at_ms: int = attrs.field(factory=lambda: time.time_ns() // 1_000_000)
+    """When this node learned of the change (its clock): friendships made after it do
+    not hear of it (the new friend's ``friend_added`` told the presence of then)."""
+
+
+@attrs.frozen
+class PresencePush:
+    """A ``presence`` event for these users (the friends of its user) on whichever
+    node holds each of them. A node drops one older (``version``) than a push it
+    already handled for the same user: announcements from different nodes may cross."""
+
+    user_ids: tuple[int, ...]
+    event: PresenceEvent
+    version: int
+
+
+Notice = Wake | Push | Resync | Evict | Pause | Resume | PresenceChange | PresencePush
 NoticeHandler = Callable[[Notice], None]
 
 
@@ -113,10 +150,13 @@ class Broker(Protocol):
     async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
         """The node id holding each of these users that is online."""
 
-    async def route(self, wake: Sequence[int], push: Sequence[Push]) -> None:
+    async def route(
+        self, wake: Sequence[int], push: Sequence[Push], presence: Sequence[PresencePush] = ()
+    ) -> None:
         """Wake these users and hand these events to whichever node holds each user,
         this one included, with one presence look-up and one message per node for the
-        whole batch. Users held by nobody are skipped: their messages wait in the store."""
+        whole batch. Users held by nobody are skipped: their messages wait in the store
+        (and presence events are not kept)."""
 
     async def aclose(self) -> None:
         """Release what the broker holds (connections, threads)."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import trio
 
-from .base import NoticeHandler, Push, Wake
+from .base import NoticeHandler, PresenceChange, PresencePush, Push, Wake
 
 
 class MemoryBroker:
@@ -16,6 +17,7 @@ class MemoryBroker:
         self.node_id = node_id
         self._holders: dict[int, str] = {}
         self._handler: NoticeHandler | None = None
+        self._versions = itertools.count(1)
 
     async def run(
         self,
@@ -34,16 +36,20 @@ class MemoryBroker:
         if user_id in self._holders:
             return False
         self._holders[user_id] = holder
+        self._changed(user_id, online=True)
         return True
 
     async def release(self, user_id: int, holder: str) -> None:
         if self._holders.get(user_id) == holder:
             del self._holders[user_id]
+            self._changed(user_id, online=False)
 
     async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
         return {user: self.node_id for user in user_ids if user in self._holders}
 
-    async def route(self, wake: Sequence[int], push: Sequence[Push]) -> None:
+    async def route(
+        self, wake: Sequence[int], push: Sequence[Push], presence: Sequence[PresencePush] = ()
+    ) -> None:
         if self._handler is None:
             return
         held = [user for user in wake if user in self._holders]
@@ -52,6 +58,14 @@ class MemoryBroker:
         for event in push:
             if event.user_id in self._holders:
                 self._handler(event)
+        for item in presence:
+            users = tuple(user for user in item.user_ids if user in self._holders)
+            if users:
+                self._handler(PresencePush(users, item.event, item.version))
 
     async def aclose(self) -> None:
         self._holders.clear()
+
+    def _changed(self, user_id: int, *, online: bool) -> None:
+        if self._handler is not None:
+            self._handler(PresenceChange(user_id, online, next(self._versions)))

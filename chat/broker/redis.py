@@ -22,6 +22,20 @@ clusters on one Redis apart)::
     P:all                  pub/sub channel: notices for every node (a ``Resync``
                            from a node that could not reach Redis, or from the
                            node that found the epoch missing)
+    P:nodes                set of the running node processes ("<node_id>@<incarnation>")
+    P:alive:<node>         liveness of one node process: renewed with its leases,
+                           expires like them when the process dies
+    P:held:<node>          hash user id -> lease value: the users that node process
+                           holds, so that a survivor can announce them when it dies
+    P:presence-clock       the last presence version handed out (see ``_NEXT_VERSION``)
+
+Presence changes: every claim, release and re-created lease gets a version from
+the same script that made it (so versions follow the order Redis applied the
+changes in), and the node hands a ``PresenceChange`` to its own handler. A node
+killed without warning cannot release anything: every node looks every
+``reap_seconds`` for node processes whose liveness key expired, and one script
+takes each of their users whose lease expired too off that node's list and
+hands out a version, so exactly one survivor announces each of them.
 
 Threads: redis-py blocks, so each command runs in ``trio.to_thread.run_sync``
 under this broker's own ``CapacityLimiter``, on pooled connections. The pub/sub
@@ -90,7 +104,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from chat.protocol.codec import BadServerMessage, decode_server_event, encode_event
-from chat.protocol.messages import Event
+from chat.protocol.messages import Event, PresenceEvent
 
 from .base import (
     BrokerUnavailable,
@@ -98,6 +112,8 @@ from .base import (
     Notice,
     NoticeHandler,
     Pause,
+    PresenceChange,
+    PresencePush,
     Push,
     Resume,
     Resync,
@@ -132,6 +148,11 @@ BATCH = 500
 """Keys per command or script call (presence renewal, locate), so Redis is never held long."""
 RETRY_SECONDS = 0.25
 """While its leases are in doubt, a node tries to renew them this often."""
+REAP_SECONDS = 1.0
+"""How often a node looks for nodes that died without a word, to announce their users
+gone: a killed node's users are announced within a lease and this."""
+REAP_BATCH = 1000
+"""Users of one dead node looked at per look (the script holds Redis meanwhile)."""
 DEFAULT_PREFIX = "chat"
 """Keys and channels start with ``chat:<database index>`` unless told otherwise."""
 
@@ -139,57 +160,120 @@ DEFAULT_PREFIX = "chat"
 # after an outage): every node re-reads the store and renews its leases at once.
 _RESYNC = b'{"resync":true}'
 
-# Claim a user's lease. A missing epoch (Redis is new or lost its data) is written
-# first and announced, so that every node re-asserts its leases now. Claiming again
-# with the same holder succeeds (a retried command must not refuse itself).
-_CLAIM = """
+# The next presence version: Redis's clock in microseconds, but never less than one
+# more than the last one handed out (a clock that steps back cannot reorder changes),
+# and kept across a Redis that lost its data, unlike a counter. Formatted by hand:
+# Lua would print a large number in exponent notation.
+_NEXT_VERSION = """
+local function next_version(clock)
+  local now = redis.call('TIME')
+  local version = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local last = tonumber(redis.call('GET', clock) or '0')
+  if version <= last then
+    version = last + 1
+  end
+  redis.call('SET', clock, string.format('%.0f', version))
+  return version
+end
+"""
+
+# Claim a user's lease, note it among this node's users, and return the presence
+# version of the change (0: someone else holds the user). A missing epoch (Redis is
+# new or lost its data) is written first and announced, so that every node re-asserts
+# its leases now. Claiming again with the same holder succeeds (a retried command must
+# not refuse itself).
+_CLAIM = (
+    _NEXT_VERSION
+    + """
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[2], ARGV[3])
   redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 1
-end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local claimed = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+if not claimed and redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+  claimed = true
 end
-return 0
+if not claimed then
+  return 0
+end
+redis.call('HSET', KEYS[4], ARGV[6], ARGV[1])
+return next_version(KEYS[3])
 """
+)
 
-# Delete each key still held by the given holder (ARGV[i]); others are left alone.
-_RELEASE = """
-local released = 0
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[i] then
-    redis.call('DEL', key)
-    released = released + 1
+# Release leases: KEYS are the presence keys, then the clock and this node's users;
+# ARGV the holders (lease values), then the user ids, then "1" to forget the users
+# here too. A key still held by its holder is deleted; so is one that lapsed while
+# this node still lists the user as its own (nobody announced that departure yet).
+# Returns the presence version of each release, 0 for a key someone else holds.
+# With "0" (a node leaving with users its sessions did not release) the users stay
+# listed: the survivors find them gone with this node and announce them.
+_RELEASE = (
+    _NEXT_VERSION
+    + """
+local n = #KEYS - 2
+local clock, held = KEYS[n + 1], KEYS[n + 2]
+local forget = ARGV[2 * n + 1] == '1'
+local versions = {}
+for i = 1, n do
+  local holder = redis.call('GET', KEYS[i])
+  local mine = holder == ARGV[i]
+  if not holder then
+    mine = redis.call('HGET', held, ARGV[n + i]) == ARGV[i]
+  end
+  if mine then
+    redis.call('DEL', KEYS[i])
+    if forget then
+      redis.call('HDEL', held, ARGV[n + i])
+    end
+    versions[i] = next_version(clock)
+  else
+    versions[i] = 0
   end
 end
-return released
+return versions
 """
+)
 
 # Renew each lease still ours; re-create a missing one (Redis restarted or the lease
-# lapsed); report the ones someone else holds now. Returns {recreated, conflicts}.
-_RENEW = """
-local recreated, conflicts = {}, {}
-for i, key in ipairs(KEYS) do
+# lapsed) and hand out a presence version for it (the survivors may have announced
+# the user gone); report the ones someone else holds now, and stop listing them as
+# this node's. KEYS: the presence keys, then the clock and this node's users; ARGV:
+# the lease in ms, the holders, then the user ids. Returns {recreated, conflicts,
+# versions of the recreated}.
+_RENEW = (
+    _NEXT_VERSION
+    + """
+local n = #KEYS - 2
+local clock, held = KEYS[n + 1], KEYS[n + 2]
+local recreated, conflicts, versions = {}, {}, {}
+for i = 1, n do
+  local key = KEYS[i]
   local holder = redis.call('GET', key)
   if holder == ARGV[i + 1] then
     redis.call('PEXPIRE', key, ARGV[1])
   elseif not holder then
     redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
+    redis.call('HSET', held, ARGV[n + i + 1], ARGV[i + 1])
     table.insert(recreated, i)
+    table.insert(versions, next_version(clock))
   else
+    redis.call('HDEL', held, ARGV[n + i + 1])
     table.insert(conflicts, i)
   end
 end
-return {recreated, conflicts}
+return {recreated, conflicts, versions}
 """
+)
 
 # The current epoch; a missing one means Redis is new or lost its data: write a new
-# one and announce it, so that every node re-asserts its leases now.
+# one and announce it, so that every node re-asserts its leases now. Also: this node
+# is alive for another lease (KEYS[2]) and listed among the cluster's nodes (KEYS[3]),
+# so that the others notice when it dies.
 _EPOCH = """
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[5])
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -198,6 +282,41 @@ if not epoch then
 end
 return epoch
 """
+
+# Find the users of nodes that died without a word. KEYS: the set of nodes, the clock;
+# ARGV: the prefix, this node's own name, how many users to look at per dead node.
+# A node is dead once its liveness key has expired; each user it still lists is
+# taken off its list here, atomically, so only one survivor ever announces it:
+# gone (its lease expired: a new presence version), or logged in elsewhere meanwhile
+# (that login was announced). Users whose lease has not expired yet stay listed for a
+# later look; a dead node listing nobody is forgotten. Returns {user, version, ...}.
+_REAP = (
+    _NEXT_VERSION
+    + """
+local gone = {}
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if node ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. ':alive:' .. node) == 0 then
+    local held = ARGV[1] .. ':held:' .. node
+    local page = redis.call('HSCAN', held, '0', 'COUNT', ARGV[3])[2]
+    for i = 1, #page, 2 do
+      local user, value = page[i], page[i + 1]
+      local holder = redis.call('GET', ARGV[1] .. ':presence:' .. user)
+      if not holder then
+        redis.call('HDEL', held, user)
+        table.insert(gone, tonumber(user))
+        table.insert(gone, next_version(KEYS[2]))
+      elseif holder ~= value then
+        redis.call('HDEL', held, user)
+      end
+    end
+    if redis.call('HLEN', held) == 0 then
+      redis.call('SREM', KEYS[1], node)
+    end
+  end
+end
+return gone
+"""
+)
 
 
 @attrs.frozen
@@ -212,6 +331,20 @@ class _Received:
 
     notices: list[Notice]
     broadcast: bool = False
+
+
+def encode_presence(presence: Sequence[PresencePush]) -> bytes:
+    """One message on a node's channel: ``{"presence": [[version, "event", [ids]], ...]}``.
+
+    Sent apart from wake-ups: a node of an older version drops the whole message as
+    malformed, and must not lose the wake-ups with it."""
+    body = {
+        "presence": [
+            [item.version, encode_event(item.event).decode(), list(item.user_ids)]
+            for item in presence
+        ]
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def encode_notices(wake: Sequence[int] = (), push: Sequence[Push] = ()) -> bytes:
@@ -266,9 +399,38 @@ def _notices_in(body: dict[str, Any]) -> list[Notice] | None:
                 notices.append(Push(item[0], event))
         elif key == "resync" and value is True:
             notices.append(Resync())
+        elif key == "presence":
+            if not isinstance(value, list):
+                return None
+            for item in value:
+                presence = _presence_in(item)
+                if presence is None:
+                    return None
+                if isinstance(presence, PresencePush):
+                    notices.append(presence)
         else:
             return None
     return notices
+
+
+def _presence_in(item: object) -> PresencePush | bool | None:
+    """One ``[version, "event", [ids]]``: None if malformed, False if its event is not
+    a presence event this node can read (it costs that item only)."""
+    if not (
+        isinstance(item, list)
+        and len(item) == 3
+        and _is_id(item[0])
+        and isinstance(item[1], str)
+        and isinstance(item[2], list)
+        and item[2]
+        and all(_is_id(u) for u in item[2])
+    ):
+        return None
+    event = _event_of(item[1])
+    if not isinstance(event, PresenceEvent):
+        log.warning("ignoring a presence event it cannot read: %r", item[1][:200])
+        return False
+    return PresencePush(tuple(item[2]), event, item[0])
 
 
 def _event_of(text: str) -> Event | None:
@@ -332,6 +494,7 @@ class RedisBroker:
         prefix: str | None = None,
         pool_size: int = POOL_SIZE,
         socket_timeout: float = SOCKET_TIMEOUT,
+        reap_seconds: float = REAP_SECONDS,
     ) -> None:
         if not lease_seconds > 0:
             raise ValueError(f"lease_seconds must be positive, not {lease_seconds}")
@@ -364,16 +527,29 @@ class RedisBroker:
         self._redis = redis.Redis(connection_pool=self._pool)
         self._limiter = trio.CapacityLimiter(pool_size)
         self._listen_limiter = trio.CapacityLimiter(1)
+        self._beat_limiter = trio.CapacityLimiter(1)
+        """The heartbeat's own thread and connections: a thousand sessions releasing at
+        once (or any burst of commands) must not hold a beat up until leases lapse."""
         self._claim_script = self._redis.register_script(_CLAIM)
         self._release_script = self._redis.register_script(_RELEASE)
-        self._renew_script = redis.Redis(connection_pool=self._renew_pool).register_script(_RENEW)
-        self._epoch_script = self._redis.register_script(_EPOCH)
+        beats = redis.Redis(connection_pool=self._renew_pool)
+        self._renew_script = beats.register_script(_RENEW)
+        self._epoch_script = beats.register_script(_EPOCH)
+        self._reap_script = self._redis.register_script(_REAP)
+        self.reap_seconds = reap_seconds
 
         self._epoch_key = f"{self.prefix}:epoch"
         self._channel = self.channel_of(node_id)
         self._broadcast = f"{self.prefix}:all"
 
         self._incarnation = uuid.uuid4().hex[:12]
+        self.process_name = f"{node_id}@{self._incarnation}"
+        """This node process in ``P:nodes``: a node restarted under the same id is
+        another process, and the old one's users must still be announced gone."""
+        self._clock_key = f"{self.prefix}:presence-clock"
+        self._nodes_key = f"{self.prefix}:nodes"
+        self._alive_key = f"{self.prefix}:alive:{self.process_name}"
+        self._held_key = f"{self.prefix}:held:{self.process_name}"
         self._claims: dict[int, str] = {}
         """The leases this node holds (user id -> holder); only these are renewed."""
         self._epoch: str | None = None
@@ -445,20 +621,29 @@ class RedisBroker:
                 await self._beat()
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(self._fence_watch)
+                nursery.start_soon(self._reap_watch)
                 task_status.started()
         finally:
             self._handler = None
 
     async def claim(self, user_id: int, holder: str) -> bool:
-        result = await self._call(
+        version = await self._call(
             self._claim_script,
-            [self.presence_key(user_id), self._epoch_key],
-            [self._value(holder), self.lease_ms, uuid.uuid4().hex, self._broadcast, _RESYNC],
+            [self.presence_key(user_id), self._epoch_key, self._clock_key, self._held_key],
+            [
+                self._value(holder),
+                self.lease_ms,
+                uuid.uuid4().hex,
+                self._broadcast,
+                _RESYNC,
+                user_id,
+            ],
         )
         if self.paused:
             self._beat_now.set()  # Redis answers again: confirm the leases now
-        if result == 1:
+        if version:
             self._claims[user_id] = holder
+            self._deliver(PresenceChange(user_id, True, int(version)))
             return True
         return False
 
@@ -468,16 +653,46 @@ class RedisBroker:
             return
         # Forget the lease first: if Redis cannot be told now, it expires unrenewed.
         del self._claims[user_id]
-        await self._call(self._release_script, [self.presence_key(user_id)], [self._value(holder)])
+        await self._release([(user_id, holder)], forget=True)
+
+    async def _release(self, claims: Sequence[tuple[int, str]], *, forget: bool) -> None:
+        """Release these leases, and announce each release that happened."""
+        for chunk in _chunks(claims):
+            versions = await self._call(
+                self._release_script,
+                [
+                    *(self.presence_key(user_id) for user_id, _ in chunk),
+                    self._clock_key,
+                    self._held_key,
+                ],
+                [
+                    *(self._value(holder) for _, holder in chunk),
+                    *(user_id for user_id, _ in chunk),
+                    "1" if forget else "0",
+                ],
+            )
+            for (user_id, _), version in zip(chunk, versions, strict=True):
+                if version:
+                    self._deliver(PresenceChange(user_id, False, int(version)))
 
     async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
         return await self._call(self._locate, list(dict.fromkeys(user_ids)))
 
-    async def route(self, wake: Sequence[int], push: Sequence[Push]) -> None:
-        users = list(dict.fromkeys([*wake, *(event.user_id for event in push)]))
+    async def route(
+        self, wake: Sequence[int], push: Sequence[Push], presence: Sequence[PresencePush] = ()
+    ) -> None:
+        users = list(
+            dict.fromkeys(
+                [
+                    *wake,
+                    *(event.user_id for event in push),
+                    *(user for item in presence for user in item.user_ids),
+                ]
+            )
+        )
         if not users:
             return
-        mine, sent = await self._call(self._route, users, wake, push)
+        mine, sent = await self._call(self._route, users, wake, push, presence)
         self.notices_sent += sent
         for notice in mine:
             self._deliver(notice)
@@ -492,15 +707,16 @@ class RedisBroker:
             raise BrokerUnavailable(f"redis: {exc}") from exc
 
     async def aclose(self) -> None:
-        """Release the leases this node still holds (and only those), then disconnect."""
+        """Release the leases this node still holds (and only those), then disconnect.
+
+        Users whose sessions did not end by themselves stay on this node's list, and
+        this node is no longer alive: the survivors announce them gone (nothing here
+        can: the node's routing has stopped)."""
         claims, self._claims = list(self._claims.items()), {}
+        self._handler = None
         try:
-            for chunk in _chunks(claims):
-                await self._call(
-                    self._release_script,
-                    [self.presence_key(user_id) for user_id, _ in chunk],
-                    [self._value(holder) for _, holder in chunk],
-                )
+            await self._release(claims, forget=False)
+            await self._call(self._redis.delete, self._alive_key)
         except BrokerUnavailable as exc:
             log.warning("could not release %d leases (they will expire): %s", len(claims), exc)
         finally:
@@ -510,12 +726,15 @@ class RedisBroker:
 
     # --- commands (each runs in a worker thread) --------------------------------------
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking redis-py calls in a worker thread; Redis errors become
-        ``BrokerUnavailable`` and put the leases in doubt. Not abandoned on
-        cancellation: the socket timeouts bound how long it can take."""
+    async def _call(
+        self, fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None
+    ) -> T:
+        """Run blocking redis-py calls in a worker thread (under ``limiter``, by default
+        the commands' one); Redis errors become ``BrokerUnavailable`` and put the leases
+        in doubt. Not abandoned on cancellation: the socket timeouts bound how long it
+        can take."""
         try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            return await trio.to_thread.run_sync(fn, *args, limiter=limiter or self._limiter)
         except (redis.RedisError, OSError) as exc:
             self._degraded = True
             self._doubt(f"Redis does not answer ({exc})")
@@ -532,30 +751,48 @@ class RedisBroker:
         return found
 
     def _route(
-        self, users: Sequence[int], wake: Sequence[int], push: Sequence[Push]
+        self,
+        users: Sequence[int],
+        wake: Sequence[int],
+        push: Sequence[Push],
+        presence: Sequence[PresencePush],
     ) -> tuple[list[Notice], int]:
-        """Look up every user's node, publish one message per other node (pipelined),
-        and return what is for this node, and how many notices went to others."""
+        """Look up every user's node, publish one message per other node (pipelined;
+        presence events in a message of their own), and return what is for this node,
+        and how many notices went to others."""
         nodes = self._locate(users)
         wakes: dict[str, list[int]] = defaultdict(list)
         pushes: dict[str, list[Push]] = defaultdict(list)
+        presences: dict[str, list[PresencePush]] = defaultdict(list)
         for user_id in dict.fromkeys(wake):
             if user_id in nodes:
                 wakes[nodes[user_id]].append(user_id)
         for event in push:
             if event.user_id in nodes:
                 pushes[nodes[event.user_id]].append(event)
-        others = (set(wakes) | set(pushes)) - {self.node_id}
+        for item in presence:
+            by_node: dict[str, list[int]] = defaultdict(list)
+            for user_id in item.user_ids:
+                if user_id in nodes:
+                    by_node[nodes[user_id]].append(user_id)
+            for node, held in by_node.items():
+                presences[node].append(PresencePush(tuple(held), item.event, item.version))
+        others = (set(wakes) | set(pushes) | set(presences)) - {self.node_id}
         if others:
             pipe = self._redis.pipeline(transaction=False)
             for node in sorted(others):
-                pipe.publish(self.channel_of(node), encode_notices(wakes[node], pushes[node]))
+                if wakes[node] or pushes[node]:
+                    pipe.publish(self.channel_of(node), encode_notices(wakes[node], pushes[node]))
+                if presences[node]:
+                    pipe.publish(self.channel_of(node), encode_presence(presences[node]))
             pipe.execute()
         mine: list[Notice] = []
         if wakes.get(self.node_id):
             mine.append(Wake(tuple(wakes[self.node_id])))
         mine.extend(pushes.get(self.node_id, ()))
-        return mine, sum(len(wakes[node]) + len(pushes[node]) for node in others)
+        mine.extend(presences.get(self.node_id, ()))
+        sent = sum(len(wakes[node]) + len(pushes[node]) + len(presences[node]) for node in others)
+        return mine, sent
 
     # --- subscription -----------------------------------------------------------------
 
@@ -711,6 +948,22 @@ class RedisBroker:
             self._doubt(f"no lease renewal for {silent:.1f}s")
             await trio.sleep(self.heartbeat_seconds / 2)  # still silent: look again soon
 
+    async def _reap_watch(self) -> None:
+        """Announce the users of node processes that died without a word, each by one
+        survivor only (see ``_REAP``)."""
+        while True:
+            await trio.sleep(self.reap_seconds)
+            with contextlib.suppress(BrokerUnavailable):  # the beat deals with Redis trouble
+                while gone := await self._call(
+                    self._reap_script,
+                    [self._nodes_key, self._clock_key],
+                    [self.prefix, self.process_name, REAP_BATCH],
+                ):
+                    pairs = list(zip(gone[::2], gone[1::2], strict=True))
+                    log.info("%d users of nodes that died are gone", len(pairs))
+                    for user_id, version in pairs:
+                        self._deliver(PresenceChange(int(user_id), False, int(version)))
+
     async def _beat(self) -> None:
         """Check the epoch and renew (or re-create) this node's leases, evicting the
         sessions whose user someone else holds now; never raises ``BrokerUnavailable``
@@ -722,31 +975,47 @@ class RedisBroker:
             epoch = _text(
                 await self._call(
                     self._epoch_script,
-                    [self._epoch_key],
-                    [uuid.uuid4().hex, self._broadcast, _RESYNC],
+                    [self._epoch_key, self._alive_key, self._nodes_key],
+                    [
+                        uuid.uuid4().hex,
+                        self._broadcast,
+                        _RESYNC,
+                        self.lease_ms,
+                        self.process_name,
+                    ],
+                    limiter=self._beat_limiter,
                 )
             )
             recreated: list[tuple[int, str]] = []
             conflicts: list[tuple[int, str]] = []
             for chunk in _chunks(claims):
-                new, lost = await self._call(
+                new, lost, versions = await self._call(
                     self._renew_script,
-                    [self.presence_key(user_id) for user_id, _ in chunk],
-                    [self.lease_ms, *(self._value(holder) for _, holder in chunk)],
+                    [
+                        *(self.presence_key(user_id) for user_id, _ in chunk),
+                        self._clock_key,
+                        self._held_key,
+                    ],
+                    [
+                        self.lease_ms,
+                        *(self._value(holder) for _, holder in chunk),
+                        *(user_id for user_id, _ in chunk),
+                    ],
+                    limiter=self._beat_limiter,
                 )
                 recreated += [chunk[i - 1] for i in new]
                 conflicts += [chunk[i - 1] for i in lost]
                 # Remembered at once: if a later chunk fails, the next beat finds these
                 # leases in place and would not know they had vanished.
                 self._recreated.update(chunk[i - 1][0] for i in new)
+                # The survivors may have announced these users gone (or Redis lost
+                # them): online again, in any case.
+                for i, version in zip(new, versions, strict=True):
+                    self._deliver(PresenceChange(chunk[i - 1][0], True, int(version)))
             # A lease released while this beat was running must not be left re-created.
             stale = [(u, h) for u, h in recreated if self._claims.get(u) != h]
             if stale:
-                await self._call(
-                    self._release_script,
-                    [self.presence_key(user_id) for user_id, _ in stale],
-                    [self._value(holder) for _, holder in stale],
-                )
+                await self._release(stale, forget=True)
         except BrokerUnavailable:
             return
         self._renewed_at = started

@@ -45,6 +45,7 @@ from chat.protocol.messages import (
     LoginResult,
     MembersPage,
     MessageEvent,
+    PresenceEvent,
     Sent,
     UserRef,
     UserResult,
@@ -261,6 +262,11 @@ class App:
             self.console.show(
                 notice(("name", render.clean(event.friend.name)), " ended your friendship")
             )
+        elif isinstance(event, PresenceEvent):
+            # The server tells friends when a user comes or goes (protocol 1.1): the
+            # friend list stays live. An event that changes nothing is not shown.
+            if self.known.presence_changed(event.user, event.online):
+                self.console.show(render.presence_change(event))
         elif isinstance(event, FriendAddedEvent):
             self.known.befriended(event.friend)
             self.console.show(
@@ -349,7 +355,6 @@ class App:
                 )
             case cmd.Friends():
                 self._need_login()
-                await self._refresh_friends()
                 for line in render.friend_list(self.known):
                     self.console.show(line)
             case cmd.Unfriend(name):
@@ -583,11 +588,6 @@ class App:
             self.known.seen(found)
             user_id = found.id
         return user_id
-
-    async def _refresh_friends(self) -> None:
-        """Read the whole friend list again, with each friend's presence now."""
-        self.known.friends = {}
-        await self._all_friends()
 
     async def _all_friends(self, after: int | None = None) -> None:
         """Read the friend list from ``after`` on, a page at a time, into ``known``."""

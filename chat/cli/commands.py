@@ -178,9 +178,8 @@ Commands (arguments with spaces go in quotes: /msg "Ada L" hi):
   /logout                     log out and stay connected
   /who NAME                   look a user up: id and whether they are online
   /friend NAME                add a friend (friendship is mutual)
-  /friends                    your friends, with presence asked afresh from the server
-                              (the server announces no presence changes, so the list
-                              shown elsewhere may be out of date until you run this)
+  /friends                    your friends and who of them is online (kept up to date:
+                              the server says when a friend comes or goes)
   /unfriend NAME              end a friendship (for both of you; they are told if online)
   /block NAME                 block a user: they can no longer message you or add you as
                               a friend, and a friendship ends (they are not told)

@@ -13,7 +13,14 @@ import datetime
 import unicodedata
 from collections.abc import Iterable
 
-from chat.protocol.messages import GroupMessageEvent, Member, MessageEvent, UserPresence, UserRef
+from chat.protocol.messages import (
+    GroupMessageEvent,
+    Member,
+    MessageEvent,
+    PresenceEvent,
+    UserPresence,
+    UserRef,
+)
 
 from .state import Group, Known
 
@@ -119,6 +126,12 @@ def sent_group(group_name: str, text: str, ts: int) -> Line:
 
 def presence(user: UserPresence) -> Fragment:
     return ("online", "online") if user.online else ("away", "offline")
+
+
+def presence_change(event: PresenceEvent) -> Line:
+    """``* alice is online`` / ``* alice went offline``."""
+    change = ("online", "is online") if event.online else ("away", "went offline")
+    return notice(("name", clean(event.user.name)), " ", change)
 
 
 def person(user: UserPresence, known: Known) -> Line:

@@ -114,6 +114,14 @@ class Known:
         for group in groups:
             self.groups[group.id] = Group(group.id, group.name, group.description, group.role)
 
+    def presence_changed(self, user: UserRef, online: bool) -> bool:
+        """A friend's ``presence`` event: keep the friend list live. True when it
+        changes what was known (events may repeat what the login reply said)."""
+        self.learn(user.id, user.name)
+        known = self.friends.get(user.id)
+        self.friends[user.id] = UserPresence(user.id, user.name, online)
+        return known is None or known.online != online
+
     def seen(self, user: UserPresence) -> None:
         """A fresh ``find_user`` answer: cache the name and refresh a friend's presence."""
         self.learn(user.id, user.name)

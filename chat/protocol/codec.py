@@ -49,6 +49,7 @@ from .messages import (
     Ok,
     Password,
     Position,
+    PresenceEvent,
     Request,
     Rid,
     Secret,
@@ -451,7 +452,14 @@ def encode_event(event: Event) -> bytes:
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls for cls in (MessageEvent, GroupMessageEvent, FriendAddedEvent, FriendRemovedEvent)
+    cls.TYPE: cls
+    for cls in (
+        MessageEvent,
+        GroupMessageEvent,
+        FriendAddedEvent,
+        FriendRemovedEvent,
+        PresenceEvent,
+    )
 }
 
 

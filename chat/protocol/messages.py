@@ -464,6 +464,16 @@ class FriendRemovedEvent:
     friend: UserRef
 
 
-Event = MessageEvent | GroupMessageEvent | FriendAddedEvent | FriendRemovedEvent
+@attrs.frozen
+class PresenceEvent:
+    """A friend's ``online`` changed (protocol 1.1). Never kept: the friend list at
+    login shows presence."""
+
+    TYPE: ClassVar[str] = "presence"
+    user: UserRef
+    online: bool
+
+
+Event = MessageEvent | GroupMessageEvent | FriendAddedEvent | FriendRemovedEvent | PresenceEvent
 DeliveredEvent = MessageEvent | GroupMessageEvent
 """A stored message, as its recipients get it."""

@@ -3,7 +3,9 @@
 Task tree::
 
     Node.run
-    ├── broker.run            (notices from other nodes -> Router.on_notice)
+    ├── broker.run            (notices from other nodes -> Router.on_notice;
+    │                          presence changes -> PresenceAnnouncer.changed)
+    ├── presence.run          (presence changes -> the friends' events, in batches)
     ├── deletions.run         (written kept messages, deleted in batches)
     ├── relay.run             (wake-ups and events for other nodes, in batches)
     ├── watchdog              (ends connections whose write is overdue, or that
@@ -23,8 +25,8 @@ accepts connections and then does not answer them.
 
 Shutdown (``stop()``, called on SIGINT/SIGTERM): stop accepting, ask every
 session to finish (flush its queue, release its user's presence, close), give
-them ``shutdown_grace_seconds``, send the wake-ups still queued for other nodes,
-then stop the broker.
+them ``shutdown_grace_seconds``, announce their users' departure and send the
+wake-ups still queued for other nodes, then stop the broker.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from functools import partial
 
 import trio
 
-from chat.broker import Broker
+from chat.broker import Broker, Notice, PresenceChange
 from chat.protocol import V1, ErrorCode
 from chat.protocol.messages import Error
 from chat.store import Store
@@ -60,6 +62,7 @@ from .http import HttpEndpoint
 from .listeners import bound_ports, open_listeners
 from .metrics import StateCollector
 from .passwords import PasswordHasher
+from .presence import PresenceAnnouncer
 from .router import Router
 from .services import Services
 from .session import Session
@@ -99,6 +102,7 @@ class Node:
         )
         self._open: Counter[str] = Counter({"tcp": 0, "websocket": 0})
         """Open connections by transport (the ``chat_connections`` gauge)."""
+        self.presence = PresenceAnnouncer(store, self.router)
         self._serials = itertools.count(1)
         self._sessions: set[Session] = set()
         self._stop = trio.Event()
@@ -117,7 +121,8 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         settings = self.settings
         async with trio.open_nursery() as services:
-            await services.start(self.services.broker.run, self.router.on_notice)
+            await services.start(self.presence.run)
+            await services.start(self.services.broker.run, self._on_notice)
             await services.start(self.services.deletions.run)
             await services.start(self.router.relay.run)
             services.start_soon(self._watch_writes)
@@ -154,8 +159,10 @@ class Node:
                 connections.cancel_scope.deadline = (
                     trio.current_time() + settings.shutdown_grace_seconds
                 )
-            # Stored messages whose recipients are on other nodes: wake them before leaving.
+            # Friends should hear that this node's users left; stored messages whose
+            # recipients are on other nodes: wake them before leaving.
             with trio.move_on_after(settings.close_grace_seconds, shield=True):
+                await self.presence.drain()
                 await self.router.relay.drain()
             services.cancel_scope.cancel()
         log.info("node %s stopped", settings.node_id)
@@ -187,6 +194,14 @@ class Node:
             await stream.send([refusal])
         with trio.move_on_after(self.settings.close_grace_seconds, shield=True):
             await stream.aclose()
+
+    def _on_notice(self, notice: Notice) -> None:
+        """The broker's handler (in the trio thread): presence changes to announce go
+        to the announcer, everything else to the router."""
+        if isinstance(notice, PresenceChange):
+            self.presence.changed(notice)
+        else:
+            self.router.on_notice(notice)
 
     async def _watch_writes(self) -> None:
         """Abort every connection whose write has been under way longer than

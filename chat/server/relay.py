@@ -22,13 +22,15 @@ from collections.abc import Iterable
 
 import trio
 
-from chat.broker import Broker, BrokerUnavailable, Push
+from chat.broker import Broker, BrokerUnavailable, PresencePush, Push
 from chat.protocol.messages import Event
 
 log = logging.getLogger(__name__)
 
 MAX_PUSHES = 10_000
 """Events queued for other nodes at most; more are dropped (they are never kept anyway)."""
+MAX_PRESENCE = 10_000
+"""Presence events (each for many friends) queued for other nodes at most."""
 
 
 class Relay:
@@ -37,6 +39,7 @@ class Relay:
         self._wake: dict[int, None] = {}
         """Users to wake, in the order asked (a dict as an ordered set)."""
         self._push: list[Push] = []
+        self._presence: list[PresencePush] = []
         self._more = trio.Event()
         self._busy = False
         self._idle = trio.Event()
@@ -55,6 +58,17 @@ class Relay:
         self._push.append(Push(user_id, event))
         self._kick()
 
+    def presence(self, push: PresencePush) -> None:
+        """Hand a presence event to these users wherever they are held, with the next batch."""
+        if len(self._presence) >= MAX_PRESENCE:
+            log.warning(
+                "too many presence events queued for other nodes: one about user %d dropped",
+                push.event.user.id,
+            )
+            return
+        self._presence.append(push)
+        self._kick()
+
     def _kick(self) -> None:
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         self._more.set()
@@ -64,17 +78,20 @@ class Relay:
         while True:
             await self._more.wait()
             self._more = trio.Event()
-            while self._wake or self._push:
+            while self._wake or self._push or self._presence:
                 wake, self._wake = list(self._wake), {}
                 push, self._push = self._push, []
+                presence, self._presence = self._presence, []
                 self._busy = True
                 try:
-                    await self._broker.route(wake, push)
+                    await self._broker.route(wake, push, presence)
                 except BrokerUnavailable as exc:
                     log.warning(
-                        "broker unavailable: %d wake-ups and %d events not sent (%s)",
+                        "broker unavailable: %d wake-ups, %d events and %d presence events"
+                        " not sent (%s)",
                         len(wake),
                         len(push),
+                        len(presence),
                         exc,
                     )
                 except Exception:
@@ -86,5 +103,5 @@ class Relay:
 
     async def drain(self) -> None:
         """Wait until everything queued so far has been handed to the broker."""
-        while self._wake or self._push or self._busy:
+        while self._wake or self._push or self._presence or self._busy:
             await self._idle.wait()

@@ -8,11 +8,17 @@ While the broker cannot confirm this node's presence leases (``Pause``), the
 node is *paused*: its sessions deliver nothing and answer requests with
 ``unavailable`` until ``Resume``, so that a user claimed elsewhere meanwhile is
 never served by two connections at once.
+
+Presence events about one user may reach this node by different paths (directly
+from this node's announcer, through Redis from others') and cross on the way:
+the router remembers the newest version it handed out per user and drops older
+ones, so each friend's last event is the newest state.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -24,6 +30,7 @@ from chat.broker import (
     Evict,
     Notice,
     Pause,
+    PresencePush,
     Push,
     Resume,
     Resync,
@@ -39,6 +46,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PRESENCE_VERSIONS = 100_000
+"""Users whose newest presence version is remembered (the most recently changed):
+announcements cross within seconds, so forgetting the oldest costs nothing."""
+
 
 class Router:
     def __init__(self, broker: Broker) -> None:
@@ -50,6 +61,8 @@ class Router:
         self._resumed = trio.Event()
         self._resumed.set()
         self._marks = 0
+        self._presence_versions: OrderedDict[int, int] = OrderedDict()
+        """User id -> the newest presence version handed to sessions here."""
 
     @property
     def node_id(self) -> str:
@@ -81,6 +94,8 @@ class Router:
             session = self._local.get(notice.user_id)
             if session is not None:
                 session.push(notice.event)
+        elif isinstance(notice, PresencePush):
+            self._deliver_presence(notice)
         elif isinstance(notice, Resync):
             for session in self._local.values():
                 session.wake()
@@ -150,6 +165,32 @@ class Router:
             session.push(event)
         else:
             self.relay.push(user_id, event)
+
+    def presence(self, push: PresencePush) -> None:
+        """Hand a presence event to each of these users who is online anywhere: local
+        ones at once, the others with the relay's next batch."""
+        local = tuple(user_id for user_id in push.user_ids if user_id in self._local)
+        if local:
+            self._deliver_presence(PresencePush(local, push.event, push.version))
+        if len(local) < len(push.user_ids):
+            remote = tuple(user_id for user_id in push.user_ids if user_id not in self._local)
+            self.relay.presence(PresencePush(remote, push.event, push.version))
+
+    def _deliver_presence(self, push: PresencePush) -> None:
+        """Queue the event for the local sessions it names, unless this node already
+        handed out a newer one about the same user (they crossed on the way)."""
+        subject = push.event.user.id
+        newest = self._presence_versions.get(subject)
+        if newest is not None and push.version < newest:
+            return
+        self._presence_versions[subject] = push.version
+        self._presence_versions.move_to_end(subject)
+        if len(self._presence_versions) > PRESENCE_VERSIONS:
+            self._presence_versions.popitem(last=False)
+        for user_id in push.user_ids:
+            session = self._local.get(user_id)
+            if session is not None:
+                session.push(push.event)
 
     async def online(self, user_ids: Sequence[int]) -> set[int]:
         """Which of these users are logged in anywhere in the cluster."""

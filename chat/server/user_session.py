@@ -235,7 +235,8 @@ class UserSession:
             if len(self._held_pushes) < MAX_HELD_PUSHES:
                 self._held_pushes.append(event)
             return
-        if not self.connection.queue_nowait(Outgoing(self.connection.codec.encode_event(event))):
+        payload = self.services.encoded.transient(self.connection.codec, event)
+        if not self.connection.queue_nowait(Outgoing(payload)):
             # A busy client is not a slow one yet (queued messages get their grace time);
             # a transient event is not kept, and the next login's friend list shows it.
             log.warning(

@@ -39,6 +39,7 @@ from .records import (
     MembershipRecord,
     Page,
     PendingDelivery,
+    PresenceAudience,
     StoredMessage,
     UserRecord,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "NotFriends",
     "Page",
     "PendingDelivery",
+    "PresenceAudience",
     "RateLimited",
     "Store",
     "StoreError",

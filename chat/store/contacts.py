@@ -11,6 +11,7 @@ reply is cut to the byte later, in ``chat.protocol.login_cut``): a user with
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ from .records import (
     MemberRecord,
     MembershipRecord,
     Page,
+    PresenceAudience,
     Role,
     UserRecord,
     text,
@@ -200,6 +202,35 @@ def blockers_among(sql: Sql, user_id: int, candidates: Sequence[int]) -> set[int
             )
         )
     return found
+
+
+def presence_audiences(sql: Sql, user_ids: Sequence[int]) -> dict[int, PresenceAudience]:
+    """Each of these users (name included) with every friend and when each friendship
+    was made; absent if no such user."""
+    wanted = sorted({user_id for user_id in user_ids if not no_row(user_id)})
+    names: dict[int, str] = {}
+    friends: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for start in range(0, len(wanted), 1000):
+        chunk = wanted[start : start + 1000]
+        marks = ", ".join("?" for _ in chunk)
+        for row in sql.all(
+            "SELECT u.id, u.name, f.friend_id, f.created_at FROM users u"
+            " LEFT JOIN friends f ON f.user_id = u.id"
+            f" WHERE u.id IN ({marks}) ORDER BY u.id, f.friend_id",
+            chunk,
+        ):
+            user_id = int(row[0])
+            names[user_id] = text(row[1])
+            if row[2] is not None:
+                friends[user_id].append((int(row[2]), int(row[3])))
+    return {
+        user_id: PresenceAudience(
+            UserRecord(user_id, name),
+            tuple(friend for friend, _ in friends[user_id]),
+            tuple(since for _, since in friends[user_id]),
+        )
+        for user_id, name in names.items()
+    }
 
 
 # --- groups -------------------------------------------------------------------------

@@ -132,6 +132,27 @@ class HistoryMessage:
 
 
 @attrs.frozen
+class PresenceAudience:
+    """Who hears about a user's presence: the user (with the name the event shows)
+    and every friend, logged in or not (routing skips those who are not)."""
+
+    user: UserRecord
+    friend_ids: tuple[int, ...]
+    befriended_at: tuple[int, ...] = ()
+    """When each friendship was made (ms), in the order of ``friend_ids``."""
+
+    def friends_before(self, at_ms: int) -> tuple[int, ...]:
+        """The friends of the user at ``at_ms``: a change is told to those only."""
+        if not self.befriended_at:
+            return self.friend_ids
+        return tuple(
+            friend
+            for friend, since in zip(self.friend_ids, self.befriended_at, strict=True)
+            if since <= at_ms
+        )
+
+
+@attrs.frozen
 class HistoryPage:
     messages: list[HistoryMessage]
     """Ascending by id."""

@@ -40,6 +40,7 @@ from .records import (
     MembershipRecord,
     Page,
     PendingDelivery,
+    PresenceAudience,
     Role,
     StoredMessage,
     UserRecord,
@@ -251,6 +252,14 @@ class Store:
         if counted, else milliseconds to wait. Check and count are one transaction;
         two concurrent ones may both pass at the limit (a budget, not an exact bound)."""
         return await self._run(lambda sql: throttle.take(sql, bucket, window, now_ms()), write=True)
+
+    async def presence_audiences(self, user_ids: Sequence[int]) -> dict[int, PresenceAudience]:
+        """Each of these users with all their friends, in one read transaction (a
+        presence announcement batches many users); users that do not exist are absent.
+        (A block ends the friendship, so a blocked user is nobody's audience here.)"""
+        if not user_ids:
+            return {}
+        return await self._run(partial(contacts.presence_audiences, user_ids=user_ids), write=False)
 
     # --- groups ---------------------------------------------------------------
 
