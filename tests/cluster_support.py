@@ -29,6 +29,9 @@ from chat.server import Node
 
 from .support import ServerProcess, free_port, running_node, server_process
 
+DEADLINE = 20.0
+"""Generous: a loaded machine may be slow, and this only bounds a wait that polls."""
+
 REPO = Path(__file__).resolve().parent.parent
 LEASE_SECONDS = 3.0
 """Short leases keep the crash tests short; heartbeats come every second."""
@@ -145,6 +148,25 @@ async def cluster_node(
     finally:
         with trio.move_on_after(5, shield=True):
             await broker.aclose()
+
+
+@asynccontextmanager
+async def two_nodes(
+    mysql_url: str, redis_url: str, **settings: Any
+) -> AsyncIterator[tuple[Node, Node]]:
+    """Two in-process nodes, ``node-a`` and ``node-b``, on one database and one Redis."""
+    async with (
+        cluster_node(mysql_url, make_broker(redis_url, "node-a"), **settings) as a,
+        cluster_node(mysql_url, make_broker(redis_url, "node-b"), **settings) as b,
+    ):
+        yield a, b
+
+
+async def receive(c: ChatClient, kind: str) -> dict[str, Any]:
+    """The client's next event, which must be of type ``kind``."""
+    event = await c.next_event(DEADLINE)
+    assert event["type"] == kind, event
+    return event
 
 
 @asynccontextmanager

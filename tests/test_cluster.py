@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from chat.protocol.messages import FriendAddedEvent, UserPresence
 from chat.server import Node
 
 from .cluster_support import (
+    DEADLINE,
     RedisServer,
     Tally,
     cluster_node,
@@ -35,28 +34,10 @@ from .cluster_support import (
     make_broker,
     nginx_proxy,
     node_process,
+    receive,
+    two_nodes,
 )
 from .support import client, login, mysql_database, no_event, register
-
-# Generous: a loaded machine may be slow, and these only bound a wait that polls.
-DEADLINE = 20.0
-
-
-@asynccontextmanager
-async def two_nodes(
-    mysql_url: str, redis_url: str, **settings: Any
-) -> AsyncIterator[tuple[Node, Node]]:
-    async with (
-        cluster_node(mysql_url, make_broker(redis_url, "node-a"), **settings) as a,
-        cluster_node(mysql_url, make_broker(redis_url, "node-b"), **settings) as b,
-    ):
-        yield a, b
-
-
-async def receive(c: ChatClient, kind: str) -> dict[str, Any]:
-    event = await c.next_event(DEADLINE)
-    assert event["type"] == kind, event
-    return event
 
 
 async def login_when_free(c: ChatClient, name: str) -> dict[str, Any]:

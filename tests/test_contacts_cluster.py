@@ -4,35 +4,11 @@ decides), and ``friend_removed`` reaches a user on another node."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 import trio
 
-from chat.client import ChatClient
-from chat.server import Node
-
 from .bulk_support import bulk_users
-from .cluster_support import cluster_node, make_broker
+from .cluster_support import DEADLINE, receive, two_nodes
 from .support import client, login, next_is_sentinel, register
-
-DEADLINE = 20.0
-
-
-@asynccontextmanager
-async def two_nodes(mysql_url: str, redis_url: str) -> AsyncIterator[tuple[Node, Node]]:
-    async with (
-        cluster_node(mysql_url, make_broker(redis_url, "node-a")) as a,
-        cluster_node(mysql_url, make_broker(redis_url, "node-b")) as b,
-    ):
-        yield a, b
-
-
-async def receive(c: ChatClient, kind: str) -> dict[str, Any]:
-    event = await c.next_event(DEADLINE)
-    assert event["type"] == kind, event
-    return event
 
 
 async def test_blocking_across_two_nodes(mysql_url: str, redis_url: str) -> None:

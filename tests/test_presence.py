@@ -11,8 +11,6 @@ does *not* happen, it sends a sentinel message that has to arrive first.
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +21,14 @@ from chat.broker import MemoryBroker, PresenceChange, PresencePush, Resync, Wake
 from chat.broker.redis import decode_notices, encode_notices, encode_presence
 from chat.client import ChatClient
 from chat.protocol.messages import Event, PresenceEvent, UserRef
-from chat.server import Node
 from chat.server.presence import PresenceAnnouncer
 from chat.server.router import Router
 from chat.store import Window, open_store
 
-from .cluster_support import cluster_node, dial, make_broker, node_process
+from .cluster_support import DEADLINE, cluster_node, dial, make_broker, node_process, two_nodes
 from .support import client, login, next_is_sentinel, register
 from .ws_support import Connect
 
-DEADLINE = 20.0
-"""Generous: these bound waits that poll, on a busy machine; the protocol's own
-bounds are 3 s (logout, close, SIGTERM) and 20 s (a node killed)."""
 STABLE_SECONDS = 3.0
 """The protocol: once a user's presence has been stable this long, each friend's
 last event about the user matches it."""
@@ -234,15 +228,6 @@ def test_presence_notices_survive_the_wire() -> None:
 
 
 # --- two nodes -------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def two_nodes(mysql_url: str, redis_url: str) -> AsyncIterator[tuple[Node, Node]]:
-    async with (
-        cluster_node(mysql_url, make_broker(redis_url, "node-a")) as a,
-        cluster_node(mysql_url, make_broker(redis_url, "node-b")) as b,
-    ):
-        yield a, b
 
 
 async def test_presence_crosses_nodes(mysql_url: str, redis_url: str) -> None:

@@ -23,12 +23,9 @@ import trio
 
 from chat.client import ChatClient, client_over
 
-from .cluster_support import LEASE_SECONDS, RedisServer
+from .cluster_support import DEADLINE, LEASE_SECONDS, RedisServer, receive
 from .ops_support import http_get, parse, value
 from .support import ServerProcess, chat_env, free_port, login, register, server_process
-
-DEADLINE = 20.0
-"""Generous: these only bound waits that poll."""
 
 
 @asynccontextmanager
@@ -96,12 +93,6 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-async def receive(c: ChatClient, kind: str) -> dict[str, object]:
-    event = await c.next_event(DEADLINE)
-    assert event["type"] == kind, event
-    return event
 
 
 def free_port_pair() -> int:
