@@ -22,8 +22,9 @@ from chat.protocol.messages import (
     Result,
     UserRef,
 )
-from chat.store import AlreadyMember, GroupNameTaken, NoSuchGroup, NotAMember
+from chat.store import AlreadyMember, GroupNameTaken, NoSuchGroup
 
+from .group_access import group_access
 from .messages import sent
 from .registry import Caller, handler, me
 
@@ -60,18 +61,10 @@ async def join_group(caller: Caller, request: JoinGroup) -> Result:
 async def group_send(caller: Caller, request: GroupSend) -> Result:
     user = me(caller)
     stored_after = caller.services.router.mark()
-    try:
+    with group_access(request.group_id):
         stored = await caller.services.store.store_group(
             user.id, request.group_id, request.text, request.cid
         )
-    except NoSuchGroup:
-        raise RequestError(
-            ErrorCode.NO_SUCH_GROUP, f"group_id: no group has id {request.group_id}"
-        ) from None
-    except NotAMember:
-        raise RequestError(
-            ErrorCode.NOT_A_MEMBER, f"group_id: you are not in group {request.group_id}"
-        ) from None
     event = GroupMessageEvent(
         stored.message_id,
         request.group_id,
@@ -101,18 +94,10 @@ async def groups(caller: Caller, request: ListGroups) -> Result:
 @handler(ListMembers)
 async def group_members(caller: Caller, request: ListMembers) -> Result:
     user = me(caller)
-    try:
+    with group_access(request.group_id):
         page = await caller.services.store.group_members(
             user.id, request.group_id, request.after or 0, request.limit
         )
-    except NoSuchGroup:
-        raise RequestError(
-            ErrorCode.NO_SUCH_GROUP, f"group_id: no group has id {request.group_id}"
-        ) from None
-    except NotAMember:
-        raise RequestError(
-            ErrorCode.NOT_A_MEMBER, f"group_id: you are not in group {request.group_id}"
-        ) from None
     items, more = page_fit(
         [Member(m.id, m.name, m.role) for m in page.items], page.more, fixed=MembersPage([], True)
     )

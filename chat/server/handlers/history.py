@@ -20,8 +20,9 @@ from chat.protocol.messages import (
     Result,
     UserRef,
 )
-from chat.store import HistoryMessage, HistoryPage, NoSuchGroup, NoSuchUser, NotAMember
+from chat.store import HistoryMessage, HistoryPage, NoSuchUser
 
+from .group_access import group_access
 from .registry import Caller, handler, me
 
 
@@ -42,18 +43,10 @@ async def history(caller: Caller, request: History) -> Result:
             ) from None
     else:
         assert request.group_id is not None  # the codec checked: exactly one of them
-        try:
+        with group_access(request.group_id):
             page = await store.history_group(
                 user.id, request.group_id, before=before, after=after, limit=limit
             )
-        except NoSuchGroup:
-            raise RequestError(
-                ErrorCode.NO_SUCH_GROUP, f"group_id: no group has id {request.group_id}"
-            ) from None
-        except NotAMember:
-            raise RequestError(
-                ErrorCode.NOT_A_MEMBER, f"group_id: you are not in group {request.group_id}"
-            ) from None
     items = [history_item(message) for message in page.messages]
     return fit_in_frame(items, page.more, keep_oldest=request.after is not None)
 
