@@ -29,9 +29,12 @@ frame is trio's own run loop, else "chat logic" (sessions, handlers, store calls
 label, name, out, work = sys.argv[1:5]
 scenario = sys.argv[5] if len(sys.argv) > 5 else "burst"
 with open(out) as lines:
-    line = [row for row in lines if row.startswith('{"chat_bench"')][-1]
-data = json.loads(line)
-burst = data["results"][scenario]
+    found = [row for row in lines if row.startswith('{"chat_bench"')]
+burst = json.loads(found[-1])["results"].get(scenario, {}) if found else {}
+if "latency" not in burst:  # the load failed (its output says why): no figures
+    print(f"{label:8} {name:8} failed: no figures (see {out})", flush=True)
+    sys.exit(0)
+data = json.loads(found[-1])
 lat = burst["latency"]
 routes = burst.get("routes") or {}
 extra = " ".join(
