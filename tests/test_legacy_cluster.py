@@ -9,7 +9,15 @@ from typing import Any
 
 import trio
 
-from .cluster_support import DEADLINE, LEASE_SECONDS, cluster_node, dial, make_broker, two_nodes
+from .cluster_support import (
+    DEADLINE,
+    LEASE_SECONDS,
+    cluster_node,
+    dial,
+    make_broker,
+    nginx_proxy,
+    two_nodes,
+)
 from .legacy_support import LegacyClient, legacy, parse_ack
 from .support import free_port, login, register, server_process
 
@@ -97,3 +105,25 @@ async def test_kept_messages_outlive_a_killed_node(
             assert got[again:] == texts
             await bob.call("send", to=ann_id, text="after")
             assert (await ann.next())["msg"] == "after"
+
+
+async def test_legacy_clients_through_nginx(mysql_url: str, redis_url: str, tmp_path: Path) -> None:
+    """The shipped nginx config balances the legacy port too (with the PROXY protocol)."""
+    legacy_port = free_port()
+    async with (
+        two_nodes(mysql_url, redis_url, proxy_protocol=True, legacy_port=0) as (a, b),
+        nginx_proxy(
+            (a.ports[0], b.ports[0]),
+            tmp_path / "nginx",
+            legacy=(legacy_port, (a.legacy_ports[0], b.legacy_ports[0])),
+        ),
+        legacy(legacy_port) as ann,
+        legacy(legacy_port) as bob,
+    ):
+        ann_id = await ann.register("ann")
+        bob_id = await bob.register("bob")
+        await ann.login(ann_id)
+        await bob.login(bob_id)
+        await ann.send(6, id=ann_id, name="ann", toid=bob_id, msg="via nginx", time="")
+        got = await bob.next()
+        assert (got["id"], got["msg"]) == (ann_id, "via nginx")

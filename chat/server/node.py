@@ -148,9 +148,10 @@ class Node:
                         self._accept_websocket, ws_listeners, connections, ws_accepting
                     )
                     log.info("node %s: WebSocket on port %s", settings.node_id, self.ws_ports)
+                legacy_accepting = trio.CancelScope()
                 if legacy_listeners:
                     connections.start_soon(
-                        self._accept, legacy_listeners, connections, ws_accepting, True
+                        self._accept, legacy_listeners, connections, legacy_accepting, True
                     )
                     log.info(
                         "node %s: legacy protocol on port %s", settings.node_id, self.legacy_ports
@@ -167,6 +168,7 @@ class Node:
                 log.info("node %s stopping: %d connections", settings.node_id, len(self._sessions))
                 accepting.cancel()
                 ws_accepting.cancel()
+                legacy_accepting.cancel()
                 for session in list(self._sessions):
                     session.request_close()
                 connections.cancel_scope.deadline = (
