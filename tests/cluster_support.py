@@ -203,10 +203,19 @@ def nginx_binary() -> str:
     return found
 
 
-def render_nginx_conf(listen_port: int, node_ports: tuple[int, int]) -> str:
-    """infra/nginx/nginx.conf with the test's ports instead of 8000, 6000 and 6002."""
+def render_nginx_conf(
+    listen_port: int,
+    node_ports: tuple[int, int],
+    legacy: tuple[int, tuple[int, int]] | None = None,
+) -> str:
+    """infra/nginx/nginx.conf with the test's ports instead of 8000, 6000 and 6002
+    (and with ``legacy``, (listen port, node ports) instead of 8001, 6001 and 6003)."""
     text = (REPO / "infra/nginx/nginx.conf").read_text()
+    legacy_port, legacy_nodes = legacy or (free_port(), (free_port(), free_port()))
     for pattern, replacement in [
+        (r"listen 8001\b", f"listen 127.0.0.1:{legacy_port}"),
+        (r"server 127\.0\.0\.1:6001\b", f"server 127.0.0.1:{legacy_nodes[0]}"),
+        (r"server 127\.0\.0\.1:6003\b", f"server 127.0.0.1:{legacy_nodes[1]}"),
         (r"listen 8000\b", f"listen 127.0.0.1:{listen_port}"),
         (r"server 127\.0\.0\.1:6000\b", f"server 127.0.0.1:{node_ports[0]}"),
         (r"server 127\.0\.0\.1:6002\b", f"server 127.0.0.1:{node_ports[1]}"),
@@ -254,10 +263,15 @@ async def run_nginx(text: str, directory: Path) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def nginx_proxy(node_ports: tuple[int, int], directory: Path) -> AsyncIterator[int]:
-    """nginx's stream proxy in front of two nodes; yields the port clients connect to."""
+async def nginx_proxy(
+    node_ports: tuple[int, int],
+    directory: Path,
+    legacy: tuple[int, tuple[int, int]] | None = None,
+) -> AsyncIterator[int]:
+    """nginx's stream proxy in front of two nodes; yields the port clients connect to
+    (``legacy``: also the original protocol's, (listen port, the nodes' ports))."""
     port = free_port()
-    async with run_nginx(render_nginx_conf(port, node_ports), directory):
+    async with run_nginx(render_nginx_conf(port, node_ports, legacy), directory):
         yield port
 
 

@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="WebSocket port for browsers (protocol v1, one JSON object per text message; "
         "default: off)",
     )
+    serve.add_argument(
+        "--legacy-port",
+        type=_port,
+        default=_env("legacy_port", None),
+        help="port for clients of the original C++ chat server (its numbered JSON "
+        "messages, docs/legacy.md; default: off)",
+    )
     _database_flag(serve)
     serve.add_argument(
         "--redis",
@@ -341,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         node_id=node_id,
         ws_port=args.ws_port,
+        legacy_port=args.legacy_port,
         reuse_port=args.reuse_port,
         http_port=args.http_port,
         trusted_addresses=args.trusted_addresses,
@@ -388,6 +396,11 @@ def _run_workers(args: argparse.Namespace, node_id: str) -> int:
         ws_port, ws_held = (
             reserve_port(args.host, args.ws_port) if args.ws_port is not None else (None, None)
         )
+        legacy_port, legacy_held = (
+            reserve_port(args.host, args.legacy_port)
+            if args.legacy_port is not None
+            else (None, None)
+        )
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
@@ -399,6 +412,8 @@ def _run_workers(args: argparse.Namespace, node_id: str) -> int:
         argv += ["--lease-seconds", str(args.lease_seconds), "--log-level", args.log_level]
         if ws_port is not None:
             argv += ["--ws-port", str(ws_port)]
+        if legacy_port is not None:
+            argv += ["--legacy-port", str(legacy_port)]
         if args.redis_prefix is not None:
             argv += ["--redis-prefix", args.redis_prefix]
         if args.http_port is not None:
@@ -418,7 +433,7 @@ def _run_workers(args: argparse.Namespace, node_id: str) -> int:
     try:
         return trio.run(Supervisor(args.workers, node_id, command).run)
     finally:
-        for sock in (held, ws_held):
+        for sock in (held, ws_held, legacy_held):
             if sock is not None:
                 sock.close()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -27,6 +27,7 @@ from .messages import (
     HISTORY_LIMIT_MAX,
     REQUEST_TYPES,
     ClientMessageId,
+    DeliveredEvent,
     Description,
     Error,
     Event,
@@ -351,7 +352,13 @@ _COMBINATIONS: dict[str, Callable[[dict[str, Any]], str | None]] = {
 
 def decode_request(frame: bytes | str) -> DecodedRequest:
     """Turn one frame into a typed request, or raise ``ProtocolError`` saying why not."""
-    obj = parse_object(frame)
+    return request_from_object(parse_object(frame))
+
+
+def request_from_object(obj: dict[str, Any]) -> DecodedRequest:
+    """A parsed JSON object (v1 field names) as a typed request, with every check of
+    ``decode_request`` after parsing; another codec that maps its own messages onto
+    v1's reuses these checks."""
     rid: Rid | None = None
     rid_problem: str | None = None
     if "rid" in obj:
@@ -491,9 +498,20 @@ class Codec(Protocol):
 
     def decode_request(self, frame: bytes | str) -> DecodedRequest: ...
 
-    def encode_reply(self, reply: Ok | Error) -> bytes: ...
+    def encode_reply(self, reply: Ok | Error) -> bytes:
+        """The reply's bytes; empty: the protocol has no such reply, nothing is written."""
 
-    def encode_event(self, event: Event) -> bytes: ...
+    def encode_event(self, event: Event) -> bytes:
+        """The event's bytes; empty: the protocol has no such event, nothing is written."""
+
+    @property
+    def login_carries_kept(self) -> bool:
+        """The login reply itself carries the first kept messages (``encode_login``), so
+        it is written only once they have been read; v1 announces a count instead."""
+
+    def encode_login(self, reply: Ok, kept: Sequence[DeliveredEvent]) -> tuple[bytes, int]:
+        """The login reply carrying the first of ``kept`` (the oldest kept messages, in
+        order), and how many of them it carries; the rest are sent as events after it."""
 
 
 @attrs.frozen
@@ -510,6 +528,13 @@ class JsonCodec:
 
     def encode_event(self, event: Event) -> bytes:
         return encode_event(event)
+
+    @property
+    def login_carries_kept(self) -> bool:
+        return False
+
+    def encode_login(self, reply: Ok, kept: Sequence[DeliveredEvent]) -> tuple[bytes, int]:
+        return encode_reply(reply), 0
 
 
 V1: Codec = JsonCodec()
@@ -531,5 +556,6 @@ __all__ = [
     "encode_event",
     "encode_reply",
     "parse_object",
+    "request_from_object",
     "unstructure",
 ]

@@ -15,6 +15,7 @@ Task tree::
     └── connections nursery
         ├── accept loop       (trio.serve_listeners; cancelled first on shutdown)
         ├── WebSocket accept loop (with ``ws_port``; cancelled with the other)
+        ├── legacy accept loop (with ``legacy_port``: the original's clients)
         └── Session.run ...   (one per connection, each with its own writer
                                and delivery tasks)
 
@@ -41,7 +42,8 @@ from functools import partial
 import trio
 
 from chat.broker import Broker, Notice, PresenceChange
-from chat.protocol import V1, ErrorCode
+from chat.protocol import V1, Codec, ErrorCode
+from chat.protocol.legacy import LegacyCodec
 from chat.protocol.messages import Error
 from chat.store import Store
 from chat.transports import (
@@ -52,6 +54,7 @@ from chat.transports import (
     enable_keepalive,
     serve_websocket,
 )
+from chat.transports.legacy import LegacyStream
 from chat.transports.proxy import HEADER_TIMEOUT as PROXY_HEADER_TIMEOUT
 from chat.transports.proxy import ProxiedPeer, ProxyHeaderError, read_proxy_header
 from chat.transports.tcp import format_peer, peer_address, peer_name
@@ -100,7 +103,7 @@ class Node:
                 store_timeouts=lambda: store.pool.timeouts,
             )
         )
-        self._open: Counter[str] = Counter({"tcp": 0, "websocket": 0})
+        self._open: Counter[str] = Counter({"tcp": 0, "websocket": 0, "legacy": 0})
         """Open connections by transport (the ``chat_connections`` gauge)."""
         self.presence = PresenceAnnouncer(store, self.router)
         self._serials = itertools.count(1)
@@ -110,6 +113,8 @@ class Node:
         """The TCP ports actually listened on (useful with port 0)."""
         self.ws_ports: list[int] = []
         """The WebSocket ports actually listened on; empty when WebSocket is off."""
+        self.legacy_ports: list[int] = []
+        """The legacy protocol's ports actually listened on; empty when it is off."""
         self.http_ports: list[int] = []
         """The HTTP (metrics, health) ports actually listened on; empty when off."""
 
@@ -133,6 +138,7 @@ class Node:
             )
             self.ports = bound_ports(listeners)
             ws_listeners = await self._open_ws_listeners(listeners)
+            legacy_listeners = await self._open_legacy_listeners([*listeners, *ws_listeners])
             async with trio.open_nursery() as connections:
                 accepting = trio.CancelScope()
                 connections.start_soon(self._accept, listeners, connections, accepting)
@@ -142,6 +148,14 @@ class Node:
                         self._accept_websocket, ws_listeners, connections, ws_accepting
                     )
                     log.info("node %s: WebSocket on port %s", settings.node_id, self.ws_ports)
+                legacy_accepting = trio.CancelScope()
+                if legacy_listeners:
+                    connections.start_soon(
+                        self._accept, legacy_listeners, connections, legacy_accepting, True
+                    )
+                    log.info(
+                        "node %s: legacy protocol on port %s", settings.node_id, self.legacy_ports
+                    )
                 log.info(
                     "node %s listening on %s port %s (%s)",
                     settings.node_id,
@@ -154,6 +168,7 @@ class Node:
                 log.info("node %s stopping: %d connections", settings.node_id, len(self._sessions))
                 accepting.cancel()
                 ws_accepting.cancel()
+                legacy_accepting.cancel()
                 for session in list(self._sessions):
                     session.request_close()
                 connections.cancel_scope.deadline = (
@@ -185,11 +200,12 @@ class Node:
         reason: str,
         message: str,
         code: ErrorCode = ErrorCode.UNAVAILABLE,
+        codec: Codec = V1,
     ) -> None:
-        """One ``error`` line and close: cheaper than a session."""
+        """One ``error`` line (if ``codec`` has one) and close: cheaper than a session."""
         self.services.metrics.connections_refused.labels(reason).inc()
         log.warning("refusing %s: %s", stream.peer, message)
-        refusal = V1.encode_reply(Error(None, code, message))
+        refusal = codec.encode_reply(Error(None, code, message))
         with trio.move_on_after(self.settings.close_grace_seconds), suppress(StreamClosed):
             await stream.send([refusal])
         with trio.move_on_after(self.settings.close_grace_seconds, shield=True):
@@ -225,10 +241,12 @@ class Node:
         listeners: list[trio.SocketListener],
         connections: trio.Nursery,
         scope: trio.CancelScope,
+        legacy: bool = False,
     ) -> None:
+        serve = partial(self._serve_tcp, legacy=legacy)
         with scope:
             try:
-                await trio.serve_listeners(self._serve_tcp, listeners, handler_nursery=connections)
+                await trio.serve_listeners(serve, listeners, handler_nursery=connections)
             finally:
                 for listener in listeners:
                     await listener.aclose()
@@ -250,6 +268,23 @@ class Node:
         self.ws_ports = bound_ports(listeners)
         return listeners
 
+    async def _open_legacy_listeners(
+        self, other_listeners: list[trio.SocketListener]
+    ) -> list[trio.SocketListener]:
+        """Bind the legacy port before anything runs, like the WebSocket one."""
+        if self.settings.legacy_port is None:
+            return []
+        try:
+            listeners = await open_listeners(
+                self.settings.legacy_port, self.settings.host, reuse_port=self.settings.reuse_port
+            )
+        except OSError:
+            for listener in other_listeners:
+                await listener.aclose()
+            raise
+        self.legacy_ports = bound_ports(listeners)
+        return listeners
+
     async def _accept_websocket(
         self,
         listeners: list[trio.SocketListener],
@@ -264,7 +299,7 @@ class Node:
                 max_frame=self.settings.max_frame_bytes,
             )
 
-    async def _serve_tcp(self, stream: trio.SocketStream) -> None:
+    async def _serve_tcp(self, stream: trio.SocketStream, *, legacy: bool = False) -> None:
         try:
             enable_keepalive(stream)
             peer = peer_name(stream)
@@ -285,9 +320,14 @@ class Node:
                     proxied.host,
                 )
             rest = proxied.rest
-        await self.serve_stream(
-            LineStream(stream, peer, self.settings.max_frame_bytes, address=address, buffered=rest)
-        )
+        max_frame = self.settings.max_frame_bytes
+        if legacy:
+            await self.serve_stream(
+                LegacyStream(stream, peer, max_frame, address=address, buffered=rest),
+                LegacyCodec(peer),
+            )
+            return
+        await self.serve_stream(LineStream(stream, peer, max_frame, address=address, buffered=rest))
 
     async def _read_proxy_header(self, stream: trio.SocketStream, peer: str) -> ProxiedPeer | None:
         """The PROXY protocol header (``--proxy-protocol``); None: there was none, and
@@ -309,14 +349,23 @@ class Node:
         )
         return None
 
-    async def serve_stream(self, stream: MessageStream) -> None:
-        """Run a session over any message stream (the TCP and WebSocket adapters call this)."""
+    async def serve_stream(self, stream: MessageStream, codec: Codec = V1) -> None:
+        """Run a session over any message stream (the TCP, WebSocket and legacy adapters
+        call this), speaking ``codec``."""
         limit = self.settings.max_connections
         if limit and len(self._sessions) >= limit:
-            await self._refuse(stream, "max_connections", "this server is full; try again later")
+            await self._refuse(
+                stream, "max_connections", "this server is full; try again later", codec=codec
+            )
             return
-        session = Session(self.services, stream, next(self._serials))
-        transport = "websocket" if isinstance(stream, WebSocketStream) else "tcp"
+        session = Session(self.services, stream, next(self._serials), codec)
+        transport = (
+            "websocket"
+            if isinstance(stream, WebSocketStream)
+            else "legacy"
+            if isinstance(stream, LegacyStream)
+            else "tcp"
+        )
         self._open[transport] += 1
         self._sessions.add(session)
         if self._stop.is_set():

@@ -168,6 +168,11 @@ class Session:
             await self._reply_error(rid, ErrorCode.INTERNAL_ERROR, "internal server error")
             return
         metrics.requests.labels(kind, "ok").inc()
+        if isinstance(result, LoginResult) and self.connection.codec.login_carries_kept:
+            # The reply itself carries the first kept messages: queued once they are read.
+            self._logged_in = True
+            await self.user_session.go_live(result.offline, nursery, reply=Ok(rid, result))
+            return
         sent = await self._reply(Ok(rid, result))
         if isinstance(result, LoginResult):
             self._logged_in = True
@@ -182,6 +187,8 @@ class Session:
         bug ever makes one too large, the client gets an error it can read rather
         than a frame it must refuse."""
         payload = self.connection.codec.encode_reply(reply)
+        if not payload:
+            return True  # the codec's protocol has no such reply: nothing to write
         if len(payload) > self.services.settings.max_frame_bytes:
             log.error("a %d-byte reply was too large to send: %.200r", len(payload), payload)
             error = Error(reply.rid, ErrorCode.INTERNAL_ERROR, "internal server error")

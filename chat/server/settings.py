@@ -57,6 +57,8 @@ class Settings:
     hash_concurrency: int = 2
     ws_port: int | None = None
     """Port for protocol v1 over WebSocket; ``None``: no WebSocket listener."""
+    legacy_port: int | None = None
+    """Port for the original system's protocol (its clients, unchanged); ``None``: off."""
     http_port: int | None = None
     """Port of the HTTP endpoint (``/metrics``, ``/healthz``, ``/readyz``); ``None``: off."""
     http_host: str | None = None

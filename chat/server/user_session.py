@@ -37,6 +37,7 @@ from chat.protocol.messages import (
     Event,
     GroupMessageEvent,
     MessageEvent,
+    Ok,
     UserRef,
 )
 from chat.store import PendingDelivery, StoreError, UserRecord
@@ -123,15 +124,17 @@ class UserSession:
         self.services.router.attach(user.id, self)
         return True
 
-    async def go_live(self, offline: int, nursery: trio.Nursery) -> None:
+    async def go_live(self, offline: int, nursery: trio.Nursery, reply: Ok | None = None) -> None:
         """After the login reply: queue the ``offline`` kept messages, then start the
-        delivery task in ``nursery`` (the connection's)."""
+        delivery task in ``nursery`` (the connection's). ``reply``: the login reply,
+        not queued yet, because it carries the first kept messages
+        (``Codec.login_carries_kept``)."""
         user = self.user
         if user is None:
             return
         generation = self._generation
         try:
-            queued = await self._queue_kept(user, offline, generation)
+            queued = await self._queue_kept(user, offline, generation, reply)
         except StoreError as exc:
             # The reply promised ``offline`` messages that cannot be read now; closing
             # is the honest answer. They stay kept for the next login.
@@ -245,8 +248,11 @@ class UserSession:
 
     # --- delivery ---------------------------------------------------------------------
 
-    async def _queue_kept(self, user: UserRecord, count: int, generation: int) -> int:
-        """Queue the ``count`` oldest kept messages, marked ``offline``."""
+    async def _queue_kept(
+        self, user: UserRecord, count: int, generation: int, reply: Ok | None = None
+    ) -> int:
+        """Queue the ``count`` oldest kept messages, marked ``offline`` (after ``reply``,
+        which carries as many of the first ones as its codec fits in it)."""
         page = self.services.settings.delivery_page
         after = queued = 0
         while queued < count:
@@ -260,12 +266,34 @@ class UserSession:
                 self._last_read = self.services.router.mark()
             if not rows:
                 break
-            for row in rows:
+            carried = 0
+            if reply is not None:
+                carried = await self._queue_login_reply(user, reply, rows, generation)
+                reply = None
+            for row in rows[carried:]:
                 self._inflight.add(row.message_id)
                 await self.connection.queue(self._kept(user, row, True, generation))
             after = rows[-1].seq
             queued += len(rows)
+        if reply is not None:
+            await self._queue_login_reply(user, reply, [], generation)
         return queued
+
+    async def _queue_login_reply(
+        self, user: UserRecord, reply: Ok, rows: Sequence[PendingDelivery], generation: int
+    ) -> int:
+        """Queue a login reply that carries the first of ``rows``, then one empty frame
+        for each message it carries: an empty frame writes nothing and counts as written
+        once the reply has been, so the store forgets each carried message exactly when
+        the reply that carries it has left. Returns how many it carries."""
+        events = [event_for(row, offline=True) for row in rows]
+        payload, carried = self.connection.codec.encode_login(reply, events)
+        await self.connection.queue(Outgoing(payload))
+        for event in events[:carried]:
+            self._inflight.add(event.message_id)
+            receipt = Receipt(user.id, event.message_id, generation, event.ts)
+            await self.connection.queue(Outgoing(b"", receipt))
+        return carried
 
     async def _deliver_live(
         self, user: UserRecord, generation: int, scope: trio.CancelScope, done: trio.Event

@@ -67,6 +67,15 @@ class _Counts(Protocol):
     frames_sent: int
 
 
+class Splitter(Protocol):
+    """Bytes in, whole frames out (``LineSplitter``, or the legacy protocol's)."""
+
+    @property
+    def room(self) -> int: ...
+
+    def feed(self, data: bytes) -> list[bytes]: ...
+
+
 async def send_counted(
     sock: trio.socket.SocketType, data: bytes, ends: Sequence[int], counts: _Counts
 ) -> None:
@@ -101,7 +110,7 @@ class LineStream:
         self._stream = stream
         self.peer = peer
         self.address = address
-        self._splitter = LineSplitter(max_line)
+        self._splitter: Splitter = LineSplitter(max_line)
         self._ready: deque[bytes] = deque()
         self.frames_sent = 0
         self._buffered = buffered
