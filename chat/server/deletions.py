@@ -71,10 +71,6 @@ class Deletions:
         self._last[user_id] = batch
         self._more.set()
 
-    def waiting(self, user_id: int) -> bool:
-        """This node still has rows of the user to delete."""
-        return user_id in self._last
-
     async def settle(self, user_id: int) -> None:
         """Return once every row handed in for the user so far is deleted. The batches
         it waits for run at once (no lingering, no pause after a failure); if one that
