@@ -25,7 +25,6 @@ import argparse
 import os
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,28 +36,14 @@ from pathlib import Path
 import trio
 
 from chat.client import connect
-from chat.store import dialect_for
+
+from .local import free_port, fresh_database
 
 TARGET_MS = 200.0
 PING_EVERY = 0.05
 CONNECT_AT_ONCE = 2_000
 """Connections being opened at once (more only fill the listen backlog)."""
 LEASE_TROUBLE = ("pausing", "no lease renewal", "logged in elsewhere", "leases had lapsed")
-
-
-def fresh_database(url: str) -> None:
-    dialect = dialect_for(url)
-    admin = dialect_for(url.rsplit("/", 1)[0] + "/mysql")
-    conn = admin.connect()
-    with conn.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{dialect.database}`")  # type: ignore[attr-defined]
-    conn.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Pings:

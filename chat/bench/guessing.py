@@ -35,7 +35,6 @@ import contextlib
 import itertools
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,25 +48,11 @@ import attrs
 import trio
 
 from chat.client import ChatClient, ChatError, client_over
-from chat.store import dialect_for
+
+from .local import free_port, fresh_database
 
 TARGET_SECONDS = 1.0
 PASSWORD = "right-password"
-
-
-def fresh_database(url: str) -> None:
-    dialect = dialect_for(url)
-    admin = dialect_for(url.rsplit("/", 1)[0] + "/mysql")
-    conn = admin.connect()
-    with conn.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{dialect.database}`")  # type: ignore[attr-defined]
-    conn.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def start_server(url: str, port: int, log: Path, *flags: str) -> trio.Process:

@@ -43,6 +43,8 @@ from chat.server.router import Router
 from chat.store import UserRecord, dialect_for, name_key, open_store
 from chat.store.sql import Sql, now_ms
 
+from .local import free_port, fresh_database
+
 REPO = Path(__file__).resolve().parent.parent.parent
 FRIENDS = 5_000
 GROUPS = 50
@@ -54,14 +56,7 @@ PASSWORD = "bench-secret"
 def fill(url: str, long_names: bool) -> None:
     """The crowded user ``crowded`` (id 1), its friends, its groups and their members."""
     dialect = dialect_for(url)
-    if dialect.name == "mysql":
-        admin = dialect_for(url.rsplit("/", 1)[0] + "/mysql")
-        conn = admin.connect()
-        with conn.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS `{url.rsplit('/', 1)[1]}`")
-        conn.close()
-    else:
-        Path(url[len("sqlite:///") :]).unlink(missing_ok=True)
+    fresh_database(url)
     open_store(url).close()
     secret = hash_password(PASSWORD)
 
@@ -134,12 +129,6 @@ def scrypt_ms(rounds: int = 5) -> float:
         verify_password(PASSWORD, stored)
         times.append((time.perf_counter() - began) * 1000)
     return statistics.median(times)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def read_line(sock: socket.socket, buffer: bytearray) -> bytes:
