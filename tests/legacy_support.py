@@ -14,32 +14,32 @@ from typing import Any
 
 import trio
 
+from .support import RawClient
+
 DEADLINE = 20.0
 
 
 class LegacyClient:
     def __init__(self, stream: trio.SocketStream, end: bytes = b"\0") -> None:
-        self.stream = stream
+        self.raw = RawClient(stream)
+        """Reads the server's lines (and sees the connection close)."""
         self.end = end
-        self.buffer = b""
+
+    @property
+    def buffer(self) -> bytes:
+        """What arrived and was not read yet."""
+        return self.raw.buffer
 
     async def send(self, msgid: int, **fields: Any) -> None:
         await self.send_raw(json.dumps({"msgid": msgid, **fields}, separators=(",", ":")).encode())
 
     async def send_raw(self, data: bytes, end: bytes | None = None) -> None:
-        await self.stream.send_all(data + (self.end if end is None else end))
+        await self.raw.send(data + (self.end if end is None else end))
 
     async def next(self, within: float = DEADLINE) -> dict[str, Any]:
         """The next object from the server (each ends with one newline)."""
-        with trio.fail_after(within):
-            while b"\n" not in self.buffer:
-                chunk = await self.stream.receive_some(65536)
-                if not chunk:
-                    raise EOFError(f"closed; unread {self.buffer!r}")
-                self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        value: dict[str, Any] = json.loads(line)
-        assert isinstance(value, dict), line
+        value = await self.raw.line(within)
+        assert isinstance(value, dict), value
         return value
 
     async def nothing(self, wait: float = 0.3) -> None:
@@ -49,15 +49,7 @@ class LegacyClient:
             raise AssertionError(f"unexpected {value}")
 
     async def closed(self, within: float = DEADLINE) -> bool:
-        with trio.fail_after(within):
-            while True:
-                try:
-                    chunk = await self.stream.receive_some(65536)
-                except trio.BrokenResourceError:
-                    return True
-                if not chunk:
-                    return True
-                self.buffer += chunk
+        return await self.raw.closed(within)
 
     # --- the requests that have acks ------------------------------------------
 
