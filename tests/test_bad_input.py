@@ -168,10 +168,14 @@ async def test_a_client_that_stops_reading_is_disconnected_and_loses_nothing(
         await sock.connect(("127.0.0.1", node.ports[0]))
         stalled = trio.SocketStream(sock)
         await stalled.send_all(b'{"type":"login","name":"bob","password":"secret"}\n')
+        received = bytearray()
+        with trio.fail_after(10):
+            while b"\n" not in received:
+                received += await stalled.receive_some(1 << 20)
+        assert json.loads(received.split(b"\n", 1)[0])["type"] == "ok", bytes(received)
         for i in range(total):
             await ann.call("send", to=bob_id, text=f"{i:05d}{text}")
         # The server gives up on bob: reading now finds the end of the stream.
-        received = b""
         with trio.fail_after(30):
             while True:
                 try:
@@ -182,7 +186,7 @@ async def test_a_client_that_stops_reading_is_disconnected_and_loses_nothing(
                     break
                 received += chunk
         # The last line may be cut short: the server gave up in the middle of a write.
-        complete, _, _partial = received.rpartition(b"\n")
+        complete, _, _partial = bytes(received).rpartition(b"\n")
         lines = [json.loads(line) for line in complete.split(b"\n") if line.strip()]
         first = [int(e["text"][:5]) for e in lines if e.get("type") == "message"]
         assert len(first) < total, "bob was never cut off"
