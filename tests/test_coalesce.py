@@ -17,6 +17,8 @@ class Batches:
 
     def __init__(self) -> None:
         self.seen: list[list[str]] = []
+        self.order: list[list[str]] = []
+        """Each batch's requests in the order they were made."""
         self.gates: dict[int, trio.Event] = {}
         self.fail: set[int] = set()
 
@@ -26,6 +28,7 @@ class Batches:
     async def __call__(self, requests: Sequence[str]) -> list[str]:
         n = len(self.seen)
         self.seen.append(sorted(requests))
+        self.order.append(list(requests))
         with trio.CancelScope(shield=True):
             await self.gate(n).wait()
         if n in self.fail:
@@ -207,3 +210,74 @@ async def _wake_only_whom_it_concerns(batches: Batches, coalesce: Coalescer[str,
         # not the 49 others waiting for batch 1.
         assert wakeups.count < 10, wakeups.count
         assert batches.seen[1] == sorted(f"w{i}" for i in range(50))
+
+
+async def test_submitted_calls_keep_their_place_and_run_in_the_next_batch() -> None:
+    """``submit`` queues at once (a pipelining connection's sends, in the order read);
+    they run in the next batch, before calls made after them, and an answer that is
+    in already is returned without waiting."""
+    batches = Batches()
+    coalesce = Coalescer(batches)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(coalesce, "a")  # batch 0, holds the coalescer busy
+        await trio.testing.wait_all_tasks_blocked()
+        first, second = coalesce.submit("s2"), coalesce.submit("s1")
+        nursery.start_soon(coalesce, "b")
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(0).set()
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(1).set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert batches.order == [["a"], ["s2", "s1", "b"]]
+        assert (await first.result(), await second.result()) == ("s2!", "s1!")
+
+
+async def test_a_submitted_call_nobody_waits_for_never_holds_up_a_batch() -> None:
+    """Only a call being waited for leads: one submitted by a connection busy with an
+    earlier answer must not stall everyone behind it."""
+    batches = Batches()
+    coalesce = Coalescer(batches)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(coalesce, "a")
+        await trio.testing.wait_all_tasks_blocked()
+        submitted = coalesce.submit("s")
+        batches.gate(0).set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert batches.seen == [["a"]]  # nobody waits: no batch runs yet
+        nursery.start_soon(coalesce, "b")  # someone else's call leads, and takes it along
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(1).set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert batches.seen == [["a"], ["b", "s"]]
+        assert await submitted.result() == "s!"
+
+
+async def test_a_cancelled_wait_for_a_submitted_call_still_runs_it() -> None:
+    """A submitted call is never taken back (later ones of its connection run anyway:
+    taking it back would leave a gap); its cancelled waiter gets the answer, and the
+    cancellation at its next checkpoint."""
+    batches = Batches()
+    coalesce = Coalescer(batches)
+    got: list[str] = []
+    scope = trio.CancelScope()
+
+    async def cancelled_waiter() -> None:
+        with scope:
+            got.append(await submitted.result())
+            await trio.lowlevel.checkpoint()
+            got.append("not reached")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(coalesce, "a")
+        await trio.testing.wait_all_tasks_blocked()
+        submitted = coalesce.submit("s")
+        nursery.start_soon(cancelled_waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(0).set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert batches.seen == [["a"], ["s"]]  # it still led its batch
+        batches.gate(1).set()
+    assert got == ["s!"]
+    assert scope.cancelled_caught

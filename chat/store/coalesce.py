@@ -22,10 +22,19 @@ handing its calls to another leader would run them twice.
 
 A cancelled call whose batch has not started leaves the queue (it never happened);
 if it had been chosen to lead the next batch, the next queued call leads instead.
+(Not one queued by ``submit``: see there.)
 
 Waking: each waiting call sleeps on an event of its own, set when its batch has
 finished or when it is its turn to lead, so a batch wakes its own calls and the
 next leader, nobody else.
+
+Two steps: ``submit`` queues a call at once, without waiting, and its ``result()``
+waits for it. A connection that pipelines sends submits each one as it reads it
+(so they are stored in the order they were sent, several in one batch) and
+waits for them one after the other. Only a call that is being waited for is
+chosen to lead: a submitted call nobody waits for yet (its connection is busy
+with an earlier one) never holds up everyone else's batch; it runs in whichever
+batch comes next.
 """
 
 from __future__ import annotations
@@ -53,8 +62,24 @@ class _Call(Generic[Req, Res]):
     """Its batch ran (``result`` or ``error`` is set)."""
     leads: bool = False
     """It was chosen to run the next batch."""
+    waiting: bool = False
+    """Its ``result()`` is being awaited (only such a call can be chosen to lead)."""
+    submitted: bool = False
+    """Queued by ``submit``: it runs even if the wait for it is cancelled."""
     wake: trio.Event = attrs.field(factory=trio.Event)
     """Set once: when its batch finished, or when it must lead."""
+
+
+class Submitted(Generic[Req, Res]):
+    """A queued call: its place in the order of calls is fixed; ``result()`` waits for it."""
+
+    def __init__(self, coalescer: Coalescer[Req, Res], call: _Call[Req, Res]) -> None:
+        self._coalescer = coalescer
+        self._call = call
+
+    async def result(self) -> Res:
+        """Wait for the call's batch (leading it if nobody else does); await once."""
+        return await self._coalescer._result(self._call)
 
 
 class Coalescer(Generic[Req, Res]):
@@ -74,25 +99,66 @@ class Coalescer(Generic[Req, Res]):
         """Told each batch's size and seconds once it is over (the node's metrics)."""
 
     async def __call__(self, request: Req) -> Res:
+        return await self._result(self._submit(request))
+
+    def submit(self, request: Req) -> Submitted[Req, Res]:
+        """Queue a call now, without waiting: it goes in the next batch that starts.
+        Its ``result()`` must be awaited (that is what makes sure a batch runs). Unlike
+        a plain call, it is never taken back: a cancelled ``result()`` still waits for
+        it (shielded) and returns its answer, so the calls submitted after it, which run
+        anyway, never leave a gap behind them."""
+        call = self._submit(request)
+        call.submitted = True
+        return Submitted(self, call)
+
+    def _submit(self, request: Req) -> _Call[Req, Res]:
         call: _Call[Req, Res] = _Call(request)
         self._queue.append(call)
-        if self._busy:
-            try:
-                await call.wake.wait()
-            except trio.Cancelled:
-                if call in self._queue:  # its batch has not started: it never happened
-                    self._queue.remove(call)
-                    if call.leads:
-                        self._next_leader()
-                    raise
-                # Its batch is running: it completes, and the cancellation comes later.
-                with trio.CancelScope(shield=True):
-                    await call.wake.wait()
-        else:
-            self._busy = True
-            call.leads = True
+        return call
+
+    async def _result(self, call: _Call[Req, Res]) -> Res:
+        call.waiting = True
         if not call.finished:
-            await self._lead()
+            if not self._busy:
+                self._busy = True
+                call.leads = True
+            else:
+                try:
+                    await call.wake.wait()
+                except trio.Cancelled:
+                    if call in self._queue and not call.submitted:
+                        # Its batch has not started: it never happened.
+                        call.waiting = False
+                        self._queue.remove(call)
+                        if call.leads:
+                            self._next_leader()
+                        raise
+                    # Its batch is running, or it was submitted (see ``submit``): it
+                    # completes, and the cancellation arrives at the caller's next
+                    # checkpoint.
+                    with trio.CancelScope(shield=True):
+                        if not call.leads and not call.finished:
+                            await call.wake.wait()
+                        await self._lead_until(call)
+                    return self._answer(call)
+            await self._lead_until(call)
+        # A call that ran in an earlier batch returns without a checkpoint: a pipelining
+        # connection collects several answers in a row, then lets its writer run once.
+        return self._answer(call)
+
+    async def _lead_until(self, call: _Call[Req, Res]) -> None:
+        """If ``call`` leads: run batches until its own has run (calls submitted before
+        it may fill the first), then hand over to the next leader."""
+        if call.finished:
+            return
+        try:
+            while not call.finished:
+                await self._lead()
+        finally:
+            self._next_leader()
+
+    @staticmethod
+    def _answer(call: _Call[Req, Res]) -> Res:
         if call.error is not None:
             raise _fresh(call.error)
         return call.result  # type: ignore[return-value]
@@ -114,16 +180,18 @@ class Coalescer(Generic[Req, Res]):
             self.observe(len(batch), trio.current_time() - started)
         for call in batch:
             call.finished = True
+            call.leads = False
             call.wake.set()
-        self._next_leader()
 
     def _next_leader(self) -> None:
-        """Hand the next batch to the first queued call, or become idle."""
-        if self._queue:
-            self._queue[0].leads = True
-            self._queue[0].wake.set()
-        else:
-            self._busy = False
+        """Hand the next batch to the first queued call that is waited for, or become
+        idle (then the next call waited for leads, taking all that is queued)."""
+        for call in self._queue:
+            if call.waiting:
+                call.leads = True
+                call.wake.set()
+                return
+        self._busy = False
 
 
 def _fresh(error: Exception) -> Exception:

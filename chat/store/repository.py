@@ -13,13 +13,13 @@ happens inside one function here, which is what makes checks such as "is the
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
 from . import contacts, history, throttle, tokens
-from .coalesce import Coalescer
+from .coalesce import Coalescer, Submitted
 from .dialect import Connection, Dialect
 from .errors import (
     AlreadyMember,
@@ -74,6 +74,11 @@ class Store:
     def reads_of_kept(self) -> int:
         """Batches of ``pending`` run so far (each one read of the store)."""
         return self._pending_calls.batches
+
+    @property
+    def send_batches(self) -> int:
+        """Batches of sends stored so far (each one transaction)."""
+        return self._send_calls.batches
 
     def observe_batches(self, observer: Callable[[str, int, float], None]) -> None:
         """Tell ``observer(kind, calls, seconds)`` about every coalesced transaction
@@ -343,23 +348,29 @@ class Store:
 
     # --- messages -------------------------------------------------------------
 
-    async def store_direct(
+    def store_direct(
         self, sender_id: int, recipient_id: int, body_text: str, cid: str | None
-    ) -> StoredMessage:
+    ) -> Coroutine[Any, Any, StoredMessage]:
         """Store a one-to-one message and keep it for its recipient.
 
         Concurrent sends share one transaction (``chat.store.sends``); this one's
-        checks, errors and savepoint are its own, and it returns once committed."""
-        return await self._send(DirectSend(sender_id, recipient_id, body_text, cid))
+        checks, errors and savepoint are its own, and it returns once committed.
+        The send takes its place in the order of sends when this is *called*, not
+        when the result is awaited: a connection that pipelines sends calls this as it
+        reads each one, so they are stored in the order sent. Always await the result."""
+        return self._send(
+            self._send_calls.submit(DirectSend(sender_id, recipient_id, body_text, cid))
+        )
 
-    async def store_group(
+    def store_group(
         self, sender_id: int, group_id: int, body_text: str, cid: str | None
-    ) -> StoredMessage:
+    ) -> Coroutine[Any, Any, StoredMessage]:
         """Store a group message and keep it for every other member (as ``store_direct``)."""
-        return await self._send(GroupSend(sender_id, group_id, body_text, cid))
+        return self._send(self._send_calls.submit(GroupSend(sender_id, group_id, body_text, cid)))
 
-    async def _send(self, request: SendRequest) -> StoredMessage:
-        outcome = await self._send_calls(request)
+    @staticmethod
+    async def _send(submitted: Submitted[SendRequest, SendOutcome]) -> StoredMessage:
+        outcome = await submitted.result()
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
