@@ -5,6 +5,17 @@ Tasks, all in the session's nursery:
 - the reader (the session's main task) reads frames, decodes them with the
   connection's codec and handles requests one at a time, so replies leave in the
   order the requests came;
+- the answerer, once the client pipelines sends (its next frame has arrived
+  before a send is answered): the reader only starts such a send (its place in
+  the store's order is fixed then, ``handlers.begin``) and reads on, up to
+  ``pipeline_depth`` sends ahead; the answerer finishes them one after the other
+  and replies, so a client that sends many messages at once has them stored in
+  few transactions and answered in few writes, in order. Any other request waits
+  until every send before it was answered, so what it sees and what it changes
+  comes after them, as if the sends had been handled one by one. A client that
+  waits for each answer is served by the reader alone, without the hop. A send
+  that was started is carried out even if the connection ends first (its
+  recipients get it; its sender no answer), so a cut-off pipeline leaves no gap;
 - the writer (``Connection.run_writer``) is the only task that writes to the
   connection;
 - the delivery task (``UserSession``), while a user is logged in, reads what the
@@ -19,17 +30,19 @@ handler results and errors into replies.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Coroutine
+from typing import Any
 
 import trio
 
 from chat.broker import BrokerUnavailable
 from chat.protocol import V1, Codec, ErrorCode, ProtocolError, RequestError
-from chat.protocol.messages import Error, LoginResult, Ok, Rid
+from chat.protocol.messages import Error, LoginResult, Ok, Result, Rid
 from chat.store import StoreError, StoreUnavailable
 from chat.transports import FrameRejected, MessageStream, StreamClosed
 
 from .connection import Connection, Outgoing
-from .handlers import dispatch
+from .handlers import begin, dispatch, pipelined
 from .services import Services
 from .throttles import RequestBudget
 from .user_session import UserSession
@@ -59,6 +72,17 @@ class Session:
         self._logged_in = False
         """A login succeeded on this connection (it is exempt from the login timeout)."""
         self.opened_at = trio.current_time()
+        self._started: trio.MemorySendChannel[_Started] | None = None
+        """To the answerer: pipelined requests, in the order they came (see the module)."""
+        self._unanswered = 0
+        """Pipelined requests started and not answered yet."""
+        self._answered = trio.Event()
+        """Set when ``_unanswered`` drops to 0 (``_answer_pipelined_first`` waits on it)."""
+        self._pause_seconds = 0.0
+        """After a ``rate_limited`` reply: how long the reader pauses before reading on."""
+        self._finishing = trio.Lock()
+        """Held by the answerer while it finishes, unanswered, what it had when the
+        connection ended, so a request the reader could not hand over comes after."""
 
     async def run(self) -> None:
         settings = self.services.settings
@@ -74,9 +98,13 @@ class Session:
                 # few at a time keeps the event loop, and everyone else on it, moving.
                 await closing.acquire()
                 gated = True
-                # The client left or the node is stopping: flush what is queued, then go.
+                # The client left or the node is stopping: answer the sends it made, flush
+                # what is queued, then go.
                 with trio.move_on_after(settings.close_grace_seconds, shield=True):
+                    await self._answer_pipelined_first()
                     await self.user_session.end_login()
+                if self._started is not None:
+                    self._started.close()  # the answerer ends
                 self.connection.close_outbox()
                 nursery.cancel_scope.deadline = trio.current_time() + settings.close_grace_seconds
         except Exception:
@@ -120,54 +148,39 @@ class Session:
             except StreamClosed:
                 return
             except FrameRejected as exc:
+                await self._answer_pipelined_first()
                 await self._reply(Error(None, exc.code, exc.message))
                 if exc.fatal:
                     return
                 continue
             await self._handle_frame(frame, nursery)
-
-    async def _handle_frame(self, frame: bytes | str, nursery: trio.Nursery) -> None:
-        metrics = self.services.metrics
-        try:
-            decoded = self.connection.codec.decode_request(frame)
-        except ProtocolError as exc:
-            metrics.requests.labels("-", exc.code.value).inc()  # no type to trust
-            await self._reply(Error(exc.rid, exc.code, exc.message))
-            return
-        rid = decoded.rid
-        kind = decoded.request.TYPE
-        try:
-            result = await dispatch(self.user_session, decoded.request, self.budget)
-        except RequestError as exc:
-            metrics.requests.labels(kind, exc.code.value).inc()
-            await self._reply(Error(rid, exc.code, exc.message, exc.retry_after_ms))
-            if exc.code is ErrorCode.RATE_LIMITED:
-                metrics.rate_limited.labels(getattr(exc, "limit", kind)).inc()
+            if self._pause_seconds:
                 # Told to wait: this connection's next request is read a little later.
                 # An honest client waits anyway; a flood that does not gets at most one
                 # refusal per connection per pause, instead of as many as the node can
                 # answer (every one of which costs the event loop and everyone on it).
-                await trio.sleep(min(exc.retry_after_ms or 0, RATE_LIMITED_PAUSE_MS) / 1000)
+                await trio.sleep(self._pause_seconds)
+                self._pause_seconds = 0.0
+
+    async def _handle_frame(self, frame: bytes | str, nursery: trio.Nursery) -> None:
+        try:
+            decoded = self.connection.codec.decode_request(frame)
+        except ProtocolError as exc:
+            await self._answer_pipelined_first()
+            self.services.metrics.requests.labels("-", exc.code.value).inc()  # no type to trust
+            await self._reply(Error(exc.rid, exc.code, exc.message))
             return
-        except (StoreUnavailable, BrokerUnavailable) as exc:
-            log.warning("%s failed: %s", kind, exc)
-            metrics.requests.labels(kind, ErrorCode.UNAVAILABLE.value).inc()
-            await self._reply_error(
-                rid, ErrorCode.UNAVAILABLE, "the server cannot do this right now; try again"
-            )
+        rid = decoded.rid
+        request = decoded.request
+        kind = request.TYPE
+        if pipelined(request) and (self._unanswered or self.stream.frames_waiting()):
+            # The client sent on without waiting for this answer: read on, too.
+            await self._start(rid, kind, nursery, request)
             return
-        except StoreError:
-            log.exception("%s failed in the store", kind)
-            metrics.requests.labels(kind, ErrorCode.UNAVAILABLE.value).inc()
-            await self._reply_error(rid, ErrorCode.UNAVAILABLE, "the request failed; try again")
+        await self._answer_pipelined_first()
+        result = await self._outcome(rid, kind, dispatch(self.user_session, request, self.budget))
+        if result is None:
             return
-        except Exception:
-            # A bug must cost one request, never the connection or the server.
-            log.exception("request %s failed unexpectedly", kind)
-            metrics.requests.labels(kind, ErrorCode.INTERNAL_ERROR.value).inc()
-            await self._reply_error(rid, ErrorCode.INTERNAL_ERROR, "internal server error")
-            return
-        metrics.requests.labels(kind, "ok").inc()
         if isinstance(result, LoginResult) and self.connection.codec.login_carries_kept:
             # The reply itself carries the first kept messages: queued once they are read.
             self._logged_in = True
@@ -180,6 +193,144 @@ class Session:
                 await self.user_session.go_live(result.offline, nursery)
             else:
                 await self.user_session.end_login()
+
+    async def _outcome(self, rid: Rid | None, kind: str, work: Awaitable[Result]) -> Result | None:
+        """Await a request's handler: its result, or None once its error is queued."""
+        metrics = self.services.metrics
+        try:
+            result = await work
+        except RequestError as exc:
+            metrics.requests.labels(kind, exc.code.value).inc()
+            await self._reply(Error(rid, exc.code, exc.message, exc.retry_after_ms))
+            if exc.code is ErrorCode.RATE_LIMITED:
+                metrics.rate_limited.labels(getattr(exc, "limit", kind)).inc()
+                pause = min(exc.retry_after_ms or 0, RATE_LIMITED_PAUSE_MS) / 1000
+                self._pause_seconds = max(self._pause_seconds, pause)
+            return None
+        except (StoreUnavailable, BrokerUnavailable) as exc:
+            log.warning("%s failed: %s", kind, exc)
+            metrics.requests.labels(kind, ErrorCode.UNAVAILABLE.value).inc()
+            await self._reply_error(
+                rid, ErrorCode.UNAVAILABLE, "the server cannot do this right now; try again"
+            )
+            return None
+        except StoreError:
+            log.exception("%s failed in the store", kind)
+            metrics.requests.labels(kind, ErrorCode.UNAVAILABLE.value).inc()
+            await self._reply_error(rid, ErrorCode.UNAVAILABLE, "the request failed; try again")
+            return None
+        except Exception:
+            # A bug must cost one request, never the connection or the server.
+            log.exception("request %s failed unexpectedly", kind)
+            metrics.requests.labels(kind, ErrorCode.INTERNAL_ERROR.value).inc()
+            await self._reply_error(rid, ErrorCode.INTERNAL_ERROR, "internal server error")
+            return None
+        metrics.requests.labels(kind, "ok").inc()
+        return result
+
+    # --- pipelined requests ---------------------------------------------------------
+
+    async def _start(self, rid: Rid | None, kind: str, nursery: trio.Nursery, request: Any) -> None:
+        """Start a pipelined request and hand it to the answerer; waits only while
+        ``pipeline_depth`` requests are unanswered already."""
+        try:
+            work = begin(self.user_session, request, self.budget)
+        except Exception as exc:
+            work = _refused(exc)  # answered in its turn, after the requests before it
+            if isinstance(exc, RequestError) and exc.code is ErrorCode.RATE_LIMITED:
+                pause = min(exc.retry_after_ms or 0, RATE_LIMITED_PAUSE_MS) / 1000
+                self._pause_seconds = max(self._pause_seconds, pause)
+        if self._started is None:
+            depth = self.services.settings.pipeline_depth
+            self._started, started = trio.open_memory_channel[_Started](max(0, depth - 1))
+            nursery.start_soon(self._answer_in_order, started)
+        self._unanswered += 1
+        try:
+            try:
+                self._started.send_nowait((rid, kind, work))
+            except trio.WouldBlock:
+                # Started is started: it goes to the answerer even if the connection is
+                # ending (the answerer then finishes it, after those before it).
+                with trio.CancelScope(shield=True):
+                    await self._started.send((rid, kind, work))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The answerer is gone (the connection is ending): this one is finished
+            # after those it still had (it holds the lock while it finishes them).
+            self._answered_one()
+            with trio.move_on_after(self.services.settings.close_grace_seconds, shield=True):
+                async with self._finishing:
+                    await self._finish_unanswered([(rid, kind, work)])
+            _discard(work)  # if the wait for the lock ran out of time
+            await trio.lowlevel.checkpoint()
+
+    async def _answer_in_order(self, started: trio.MemoryReceiveChannel[_Started]) -> None:
+        """The answerer: finish each pipelined request, in order, and reply. Requests
+        whose store calls have run already are answered in a row, without a schedule
+        point, so the writer sends their replies in one write."""
+        try:
+            while True:
+                try:
+                    rid, kind, work = started.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        rid, kind, work = await started.receive()
+                    except trio.EndOfChannel:
+                        return
+                except trio.EndOfChannel:
+                    return
+                try:
+                    # Cancelled, the store call still runs (``Coalescer.submit``) and
+                    # its request is finished here: no gap before the later ones.
+                    result = await self._outcome(rid, kind, work)
+                    if result is not None:
+                        await self._reply(Ok(rid, result))
+                finally:
+                    self._answered_one()
+        finally:
+            self._finishing.acquire_nowait()  # before anyone can see the channel closed
+            try:
+                leftovers: list[_Started] = []
+                while True:
+                    try:
+                        leftovers.append(started.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                started.close()
+                for _ in leftovers:
+                    self._answered_one()
+                await self._finish_unanswered(leftovers)
+            finally:
+                self._finishing.release()
+
+    async def _finish_unanswered(self, started: list[_Started]) -> None:
+        """The connection is ending before these pipelined requests were answered. Each
+        was started: a send is queued in the store and will be stored, so it is
+        finished all the same, in order, without a reply (a stored message must reach
+        its recipients). If the store does not answer within the close grace, those
+        left are still stored, and delivered at their recipients' next read."""
+        with trio.move_on_after(self.services.settings.close_grace_seconds, shield=True):
+            while started:
+                _rid, kind, work = started[0]
+                try:
+                    await work
+                except Exception as exc:
+                    log.debug("%s of a closing connection failed: %s", kind, exc)
+                started.pop(0)
+        for _rid, _kind, work in started:
+            _discard(work)
+
+    def _answered_one(self) -> None:
+        self._unanswered -= 1
+        if not self._unanswered:
+            self._answered.set()
+
+    async def _answer_pipelined_first(self) -> None:
+        """Wait until every pipelined request read so far is answered (before any other
+        request: it must see, and come after, what they did). One waiter at a time:
+        the reader, or the session once the reader is done."""
+        if self._unanswered:
+            self._answered = trio.Event()
+            await self._answered.wait()
 
     async def _reply(self, reply: Ok | Error) -> bool:
         """Queue a reply; False if it was too large for a frame and an ``internal_error``
@@ -199,3 +350,18 @@ class Session:
 
     async def _reply_error(self, rid: Rid | None, code: ErrorCode, message: str) -> None:
         await self._reply(Error(rid, code, message))
+
+
+_Started = tuple[Rid | None, str, Awaitable[Result]]
+"""A pipelined request the reader started: its rid, its type, what finishes it."""
+
+
+async def _refused(error: Exception) -> Result:
+    """A pipelined request refused by its first checks, answered in its turn."""
+    raise error
+
+
+def _discard(work: Awaitable[Result]) -> None:
+    """Never to be awaited: close it (no "never awaited" warning)."""
+    if isinstance(work, Coroutine):
+        work.close()

@@ -34,6 +34,10 @@ REQUEST_BURST = 2_000
 """Per connection: this many requests per second on average, in bursts of this many.
 An interactive client sends a few per second; a bulk importer pipelining sends
 stays under 200/s sustained."""
+PIPELINE_DEPTH = 16
+"""Sends one connection may have started and not yet answered: a client that sends
+many at once has them stored together; beyond this, its next request is read once
+the oldest is answered."""
 DB_TIMEOUT_SECONDS = 5.0
 """A store call that has not finished in this time answers ``unavailable``."""
 LOGIN_TIMEOUT_SECONDS = 60.0
@@ -48,6 +52,8 @@ class Settings:
     port: int = 6000
     node_id: str = "node-1"
     outbox_frames: int = OUTBOX_FRAMES
+    pipeline_depth: int = PIPELINE_DEPTH
+    """Sends a connection may have under way at once (``chat.server.session``)."""
     slow_client_seconds: float = SLOW_CLIENT_SECONDS
     delivery_page: int = DELIVERY_PAGE
     write_batch_bytes: int = WRITE_BATCH_BYTES

@@ -40,6 +40,10 @@ class MessageStream(Protocol):
     async def receive(self) -> bytes | str:
         """The next frame; raises ``StreamClosed`` or ``FrameRejected``."""
 
+    def frames_waiting(self) -> bool:
+        """The next frame has arrived already (the client sent on before it had the
+        answer to the last one): the session then pipelines sends. False when unsure."""
+
     async def send(self, frames: Sequence[bytes]) -> None:
         """Write frames in order; raises ``StreamClosed`` if the peer is gone.
 

@@ -132,6 +132,9 @@ class LineStream:
                 raise FrameRejected(ErrorCode.FRAME_TOO_LARGE, str(exc), fatal=True) from exc
         return self._ready.popleft()
 
+    def frames_waiting(self) -> bool:
+        return bool(self._ready) or bool(self._buffered)
+
     async def _receive_some(self) -> bytes:
         try:
             return bytes(await self._stream.receive_some(min(READ_CHUNK, self._splitter.room)))

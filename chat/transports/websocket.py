@@ -113,6 +113,13 @@ class WebSocketStream:
             )
         return frame
 
+    def frames_waiting(self) -> bool:
+        """Messages trio-websocket has read and not handed out yet (its own channel:
+        looked at, never touched; False if that is not there in this version)."""
+        received = getattr(self._ws, "_recv_channel", None)
+        statistics = getattr(received, "statistics", None)
+        return statistics is not None and statistics().current_buffer_used > 0
+
     async def send(self, frames: Sequence[bytes]) -> None:
         """All frames in one write, as text messages built from the UTF-8 bytes the codec
         made (trio-websocket would take a ``str`` per message, encode it again, and

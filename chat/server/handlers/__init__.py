@@ -7,8 +7,18 @@ user, never an id the client sent. A new request type: its message class in
 """
 
 from . import accounts, contacts, groups, history, messages
-from .registry import Caller, check_complete, dispatch
+from .registry import Caller, begin, check_complete, dispatch, pipelined
 
 check_complete()
 
-__all__ = ["Caller", "accounts", "contacts", "dispatch", "groups", "history", "messages"]
+__all__ = [
+    "Caller",
+    "accounts",
+    "begin",
+    "contacts",
+    "dispatch",
+    "groups",
+    "history",
+    "messages",
+    "pipelined",
+]

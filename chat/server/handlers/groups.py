@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from chat.protocol import ErrorCode, RequestError
 from chat.protocol.bounded import page_fit
 from chat.protocol.messages import (
@@ -22,7 +24,7 @@ from chat.protocol.messages import (
     Result,
     UserRef,
 )
-from chat.store import AlreadyMember, GroupNameTaken, NoSuchGroup
+from chat.store import AlreadyMember, GroupNameTaken, NoSuchGroup, StoredMessage, UserRecord
 
 from .group_access import group_access
 from .messages import sent
@@ -57,14 +59,26 @@ async def join_group(caller: Caller, request: JoinGroup) -> Result:
     return JoinResult(GroupInfo(group.id, group.name, group.description), role)
 
 
-@handler(GroupSend)
-async def group_send(caller: Caller, request: GroupSend) -> Result:
+@handler(GroupSend, pipelined=True)
+def group_send(caller: Caller, request: GroupSend) -> Awaitable[Result]:
+    """Pipelined: the send takes its place in the store's order before this returns."""
     user = me(caller)
     stored_after = caller.services.router.mark()
+    storing = caller.services.store.store_group(
+        user.id, request.group_id, request.text, request.cid
+    )
+    return _group_send_stored(caller, user, request, storing, stored_after)
+
+
+async def _group_send_stored(
+    caller: Caller,
+    user: UserRecord,
+    request: GroupSend,
+    storing: Awaitable[StoredMessage],
+    stored_after: int,
+) -> Result:
     with group_access(request.group_id):
-        stored = await caller.services.store.store_group(
-            user.id, request.group_id, request.text, request.cid
-        )
+        stored = await storing
     event = GroupMessageEvent(
         stored.message_id,
         request.group_id,

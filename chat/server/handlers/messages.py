@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from chat.protocol import ErrorCode, RequestError
 from chat.protocol.messages import (
     DeliveredEvent,
@@ -12,19 +14,29 @@ from chat.protocol.messages import (
     Sent,
     UserRef,
 )
-from chat.store import Blocked, NoSuchUser, StoredMessage
+from chat.store import Blocked, NoSuchUser, StoredMessage, UserRecord
 
 from .registry import Caller, handler, me
 
 
-@handler(Send)
-async def send(caller: Caller, request: Send) -> Result:
+@handler(Send, pipelined=True)
+def send(caller: Caller, request: Send) -> Awaitable[Result]:
+    """Pipelined: the send takes its place in the store's order before this returns."""
     user = me(caller)
     stored_after = caller.services.router.mark()
+    storing = caller.services.store.store_direct(user.id, request.to, request.text, request.cid)
+    return _send_stored(caller, user, request, storing, stored_after)
+
+
+async def _send_stored(
+    caller: Caller,
+    user: UserRecord,
+    request: Send,
+    storing: Awaitable[StoredMessage],
+    stored_after: int,
+) -> Result:
     try:
-        stored = await caller.services.store.store_direct(
-            user.id, request.to, request.text, request.cid
-        )
+        stored = await storing
     except NoSuchUser:
         raise RequestError(ErrorCode.NO_SUCH_USER, f"to: no user has id {request.to}") from None
     except Blocked:

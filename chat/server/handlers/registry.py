@@ -60,6 +60,7 @@ class _Entry:
     run: HandlerFn
     needs_login: bool
     while_paused: bool
+    pipelined: bool
 
 
 _HANDLERS: dict[type, _Entry] = {}
@@ -67,13 +68,24 @@ _HANDLERS: dict[type, _Entry] = {}
 
 
 def handler(
-    kind: type[R], *, needs_login: bool = True, while_paused: bool = False
+    kind: type[R],
+    *,
+    needs_login: bool = True,
+    while_paused: bool = False,
+    pipelined: bool = False,
 ) -> Callable[[Callable[[Caller, R], Awaitable[Result]]], Callable[[Caller, R], Awaitable[Result]]]:
     """Register the decorated coroutine for requests of ``kind``.
 
     ``needs_login``: refused with ``not_logged_in`` on a connection not logged in.
     ``while_paused``: still served for a logged-in user while the node is paused (its
     presence leases in doubt); every other request then answers ``unavailable``.
+    ``pipelined``: the connection reads on while the request is under way (see
+    ``begin``). The handler is then a plain function that does, before it returns,
+    everything that fixes the request's place in the order of the user's requests
+    (a send: its place in the store's order), and returns a coroutine that finishes
+    the request; the session awaits those coroutines one after the other, in the
+    order the requests came, so what they do after the store answered (a reply, the
+    hand-off to recipients) keeps that order too.
     """
 
     def register(
@@ -81,7 +93,7 @@ def handler(
     ) -> Callable[[Caller, R], Awaitable[Result]]:
         if kind in _HANDLERS:
             raise ValueError(f"two handlers for {kind.__name__}")
-        _HANDLERS[kind] = _Entry(fn, needs_login, while_paused)
+        _HANDLERS[kind] = _Entry(fn, needs_login, while_paused, pipelined)
         return fn
 
     return register
@@ -91,6 +103,27 @@ async def dispatch(caller: Caller, request: Request, budget: RequestBudget | Non
     """Run ``request``'s handler after the checks every request gets; ``budget`` is the
     connection's (``rate_limited`` comes after ``not_logged_in``, before the request's
     own errors)."""
+    return await _checked(caller, request, budget).run(caller, request)
+
+
+def pipelined(request: Request) -> bool:
+    """The connection may read on while this request is under way (``begin``)."""
+    return _HANDLERS[type(request)].pipelined
+
+
+def begin(
+    caller: Caller, request: Request, budget: RequestBudget | None = None
+) -> Awaitable[Result]:
+    """Start a pipelined request without waiting: the checks every request gets and
+    the handler's first step happen now (raising the request's early errors), and the
+    returned awaitable, which must be awaited, finishes it."""
+    entry = _checked(caller, request, budget)
+    assert entry.pipelined, f"{request.TYPE} is not pipelined"
+    return entry.run(caller, request)
+
+
+def _checked(caller: Caller, request: Request, budget: RequestBudget | None) -> _Entry:
+    """The checks every request gets, in the protocol's order; the request's entry."""
     entry = _HANDLERS[type(request)]
     user = caller.user
     if entry.needs_login and user is None:
@@ -103,7 +136,7 @@ async def dispatch(caller: Caller, request: Request, budget: RequestBudget | Non
             ErrorCode.UNAVAILABLE,
             "this server cannot confirm your login right now (Redis does not answer); try again",
         )
-    return await entry.run(caller, request)
+    return entry
 
 
 def me(caller: Caller) -> UserRecord:
