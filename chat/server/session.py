@@ -167,7 +167,7 @@ class Session:
             decoded = self.connection.codec.decode_request(frame)
         except ProtocolError as exc:
             await self._answer_pipelined_first()
-            self.services.metrics.requests.labels("-", exc.code.value).inc()  # no type to trust
+            self.services.metrics.answered("-", exc.code.value)  # no type to trust
             await self._reply(Error(exc.rid, exc.code, exc.message))
             return
         rid = decoded.rid
@@ -200,7 +200,7 @@ class Session:
         try:
             result = await work
         except RequestError as exc:
-            metrics.requests.labels(kind, exc.code.value).inc()
+            metrics.answered(kind, exc.code.value)
             await self._reply(Error(rid, exc.code, exc.message, exc.retry_after_ms))
             if exc.code is ErrorCode.RATE_LIMITED:
                 metrics.rate_limited.labels(getattr(exc, "limit", kind)).inc()
@@ -209,23 +209,23 @@ class Session:
             return None
         except (StoreUnavailable, BrokerUnavailable) as exc:
             log.warning("%s failed: %s", kind, exc)
-            metrics.requests.labels(kind, ErrorCode.UNAVAILABLE.value).inc()
+            metrics.answered(kind, ErrorCode.UNAVAILABLE.value)
             await self._reply_error(
                 rid, ErrorCode.UNAVAILABLE, "the server cannot do this right now; try again"
             )
             return None
         except StoreError:
             log.exception("%s failed in the store", kind)
-            metrics.requests.labels(kind, ErrorCode.UNAVAILABLE.value).inc()
+            metrics.answered(kind, ErrorCode.UNAVAILABLE.value)
             await self._reply_error(rid, ErrorCode.UNAVAILABLE, "the request failed; try again")
             return None
         except Exception:
             # A bug must cost one request, never the connection or the server.
             log.exception("request %s failed unexpectedly", kind)
-            metrics.requests.labels(kind, ErrorCode.INTERNAL_ERROR.value).inc()
+            metrics.answered(kind, ErrorCode.INTERNAL_ERROR.value)
             await self._reply_error(rid, ErrorCode.INTERNAL_ERROR, "internal server error")
             return None
-        metrics.requests.labels(kind, "ok").inc()
+        metrics.answered(kind, "ok")
         return result
 
     # --- pipelined requests ---------------------------------------------------------
@@ -249,19 +249,20 @@ class Session:
             try:
                 self._started.send_nowait((rid, kind, work))
             except trio.WouldBlock:
-                # Started is started: it goes to the answerer even if the connection is
-                # ending (the answerer then finishes it, after those before it).
-                with trio.CancelScope(shield=True):
-                    await self._started.send((rid, kind, work))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The answerer is gone (the connection is ending): this one is finished
-            # after those it still had (it holds the lock while it finishes them).
+                await self._started.send((rid, kind, work))
+        except (trio.Cancelled, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The connection is ending before the answerer took this one. It was
+            # started, so it is finished here all the same, after those before it (the
+            # answerer holds ``_finishing`` while it finishes what it still had).
             self._answered_one()
             with trio.move_on_after(self.services.settings.close_grace_seconds, shield=True):
+                await self._answer_pipelined_first()
                 async with self._finishing:
                     await self._finish_unanswered([(rid, kind, work)])
-            _discard(work)  # if the wait for the lock ran out of time
-            await trio.lowlevel.checkpoint()
+            _discard(work)  # if that ran out of time
+            if isinstance(exc, trio.Cancelled):
+                raise
+            await trio.lowlevel.checkpoint()  # the answerer is gone: so is the connection
 
     async def _answer_in_order(self, started: trio.MemoryReceiveChannel[_Started]) -> None:
         """The answerer: finish each pipelined request, in order, and reply. Requests

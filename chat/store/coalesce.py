@@ -66,8 +66,14 @@ class _Call(Generic[Req, Res]):
     """Its ``result()`` is being awaited (only such a call can be chosen to lead)."""
     submitted: bool = False
     """Queued by ``submit``: it runs even if the wait for it is cancelled."""
-    wake: trio.Event = attrs.field(factory=trio.Event)
-    """Set once: when its batch finished, or when it must lead."""
+    wake: trio.Event | None = None
+    """Set once: when its batch finished, or when it must lead. Made only when the call
+    has to wait (most answers of a pipelining connection are in before it asks)."""
+
+    def wake_event(self) -> trio.Event:
+        if self.wake is None:
+            self.wake = trio.Event()
+        return self.wake
 
 
 class Submitted(Generic[Req, Res]):
@@ -124,7 +130,7 @@ class Coalescer(Generic[Req, Res]):
                 call.leads = True
             else:
                 try:
-                    await call.wake.wait()
+                    await call.wake_event().wait()
                 except trio.Cancelled:
                     if call in self._queue and not call.submitted:
                         # Its batch has not started: it never happened.
@@ -138,7 +144,7 @@ class Coalescer(Generic[Req, Res]):
                     # checkpoint.
                     with trio.CancelScope(shield=True):
                         if not call.leads and not call.finished:
-                            await call.wake.wait()
+                            await call.wake_event().wait()
                         await self._lead_until(call)
                     return self._answer(call)
             await self._lead_until(call)
@@ -181,7 +187,8 @@ class Coalescer(Generic[Req, Res]):
         for call in batch:
             call.finished = True
             call.leads = False
-            call.wake.set()
+            if call.wake is not None:
+                call.wake.set()
 
     def _next_leader(self) -> None:
         """Hand the next batch to the first queued call that is waited for, or become
@@ -189,7 +196,7 @@ class Coalescer(Generic[Req, Res]):
         for call in self._queue:
             if call.waiting:
                 call.leads = True
-                call.wake.set()
+                call.wake_event().set()
                 return
         self._busy = False
 

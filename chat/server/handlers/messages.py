@@ -58,9 +58,9 @@ def sent(caller: Caller, stored: StoredMessage, event: DeliveredEvent, stored_af
     lets go of Redis. A retried send (its ``cid`` used already) only wakes: its
     recipients read the first attempt's message from the store."""
     if stored.created:
-        caller.services.metrics.messages_stored.labels(
+        caller.services.metrics.stored(
             "group" if isinstance(event, GroupMessageEvent) else "direct"
-        ).inc()
+        )
     if stored.recipients:
         if stored.created:
             caller.services.router.deliver(stored.recipients, event, stored_after)
