@@ -246,10 +246,13 @@ class Session:
             nursery.start_soon(self._answer_in_order, started)
         self._unanswered += 1
         try:
-            try:
-                self._started.send_nowait((rid, kind, work))
-            except trio.WouldBlock:
-                await self._started.send((rid, kind, work))
+            if self._unanswered > self.services.settings.pipeline_depth:
+                await self._started.send((rid, kind, work))  # full: wait (no WouldBlock twice)
+            else:
+                try:
+                    self._started.send_nowait((rid, kind, work))
+                except trio.WouldBlock:
+                    await self._started.send((rid, kind, work))
         except (trio.Cancelled, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             # The connection is ending before the answerer took this one. It was
             # started, so it is finished here all the same, after those before it (the
