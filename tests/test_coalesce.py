@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from chat.store.coalesce import Coalescer
+from chat.store.coalesce import Coalescer, Submitted
 
 
 class Batches:
@@ -281,3 +281,42 @@ async def test_a_cancelled_wait_for_a_submitted_call_still_runs_it() -> None:
         batches.gate(1).set()
     assert got == ["s!"]
     assert scope.cancelled_caught
+
+
+async def test_a_failed_batch_fails_the_calls_queued_behind_it_on_its_chains() -> None:
+    """A sender's pipelined sends are a chain: when a batch with one of them fails, its
+    later ones still queued fail too (stored after an earlier one was not, they would
+    leave a gap). Other chains' calls, and plain calls, run as usual."""
+    batches = Batches()
+    batches.fail.add(0)
+    coalesce = Coalescer(batches, chain=lambda request: request[0])
+    got: dict[str, str] = {}
+
+    async def wait_for(name: str, submitted: Submitted[str, str]) -> None:
+        try:
+            got[name] = await submitted.result()
+        except ValueError as exc:
+            got[name] = str(exc)
+
+    async def call(name: str) -> None:
+        got[name] = await coalesce(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait_for, "a1", coalesce.submit("a1"))  # batch 0, fails
+        await trio.testing.wait_all_tasks_blocked()
+        behind = {name: coalesce.submit(name) for name in ("a2", "b1", "a3")}
+        nursery.start_soon(call, "c1")
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(0).set()
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(1).set()
+        for name, submitted in behind.items():
+            nursery.start_soon(wait_for, name, submitted)
+    assert batches.seen == [["a1"], ["b1", "c1"]]
+    assert got == {
+        "a1": "batch 0 failed",
+        "a2": "batch 0 failed",
+        "a3": "batch 0 failed",
+        "b1": "b1!",
+        "c1": "c1!",
+    }

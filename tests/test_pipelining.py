@@ -3,6 +3,7 @@ answered in order, delivered in order, and never a gap when the connection dies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from pathlib import Path
@@ -102,6 +103,58 @@ async def test_a_connection_cut_off_mid_pipeline_leaves_no_gap(how: str, tmp_pat
                 assert kept == [*delivered, "sentinel"]
                 last = sentinel["message_id"]
                 await again.call("logout")
+
+
+async def test_a_closing_session_still_answers_its_started_sends_in_order(tmp_path: Path) -> None:
+    """The node asks a session to close (shutting down, or the user evicted) while the
+    client pipelines sends and reads nothing, so the reader waits for the answerer and
+    the answerer for room in the outbox. The send the reader holds is started: it must
+    still be stored *and* handed to the online recipient, in its turn, however long the
+    answerer takes (here longer than the close grace)."""
+    url = f"sqlite:///{tmp_path / 'closing.db'}"
+    async with (
+        running_node(url, outbox_frames=8, slow_client_seconds=2, close_grace_seconds=0.5) as node,
+        client(node) as ann,
+        client(node) as bob,
+    ):
+        await register(ann, "ann")
+        bob_id = await register(bob, "bob")
+        await login(bob, "bob")
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", node.ports[0]))
+        stream = trio.SocketStream(sock)
+        await stream.send_all(lines({"type": "login", "name": "ann", "password": "secret"}))
+        assert (await _line(stream))["type"] == "ok"
+        texts = [f"m{n}" for n in range(3000)]
+        sends = lines(*({"type": "send", "to": bob_id, "text": text} for text in texts))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_write_until_refused, stream, sends)
+            await trio.sleep(0.5)  # the pipeline is full, the outbox too
+            (session,) = [
+                s
+                for s in node._sessions
+                if s.user_session.user is not None and s.user_session.user.name == "ann"
+            ]
+            session.request_close()
+        async with client(node) as again:
+            await _login_once_free(again, "ann")
+            # Bob gets everything stored so far; then, idle, the sentinel is handed to
+            # him directly: a send stored with it but never handed over would show in
+            # the history and not in what he got.
+            stored = await _history_after(again, bob_id, 0)
+            delivered = [(await bob.next_event())["text"] for _ in stored]
+            assert delivered == stored == texts[: len(stored)]
+            sentinel = await again.call("send", to=bob_id, text="sentinel")
+            event = await bob.next_event()
+            assert event["message_id"] == sentinel["message_id"], event
+            assert await _history_after(again, bob_id, 0) == [*delivered, "sentinel"]
+        await stream.aclose()
+
+
+async def _write_until_refused(stream: trio.SocketStream, data: bytes) -> None:
+    with trio.move_on_after(10), contextlib.suppress(trio.BrokenResourceError):
+        await stream.send_all(data)
 
 
 async def _send_and_go(node: Node, how: str, to: int, texts: list[str]) -> None:

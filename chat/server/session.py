@@ -30,7 +30,7 @@ handler results and errors into replies.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from typing import Any
 
 import trio
@@ -102,6 +102,13 @@ class Session:
                 # what is queued, then go.
                 with trio.move_on_after(settings.close_grace_seconds, shield=True):
                     await self._answer_pipelined_first()
+                if self._unanswered:
+                    # Their answers cannot be written (the client reads nothing): end the
+                    # connection. The answerer still finishes those sends before the user
+                    # is let go (the nursery waits for it; ``end_login`` comes after).
+                    self.connection.abort("pipelined sends not answered within the close grace")
+                    await trio.lowlevel.checkpoint()
+                with trio.move_on_after(settings.close_grace_seconds, shield=True):
                     await self.user_session.end_login()
                 if self._started is not None:
                     self._started.close()  # the answerer ends
@@ -194,8 +201,12 @@ class Session:
             else:
                 await self.user_session.end_login()
 
-    async def _outcome(self, rid: Rid | None, kind: str, work: Awaitable[Result]) -> Result | None:
-        """Await a request's handler: its result, or None once its error is queued."""
+    async def _outcome(
+        self, rid: Rid | None, kind: str, work: Awaitable[Result], *, pause: bool = True
+    ) -> Result | None:
+        """Await a request's handler: its result, or None once its error is queued.
+        ``pause``: a ``rate_limited`` refusal pauses the reader (the pipelined path
+        does that when it starts the request)."""
         metrics = self.services.metrics
         try:
             result = await work
@@ -204,8 +215,9 @@ class Session:
             await self._reply(Error(rid, exc.code, exc.message, exc.retry_after_ms))
             if exc.code is ErrorCode.RATE_LIMITED:
                 metrics.rate_limited.labels(getattr(exc, "limit", kind)).inc()
-                pause = min(exc.retry_after_ms or 0, RATE_LIMITED_PAUSE_MS) / 1000
-                self._pause_seconds = max(self._pause_seconds, pause)
+                if pause:
+                    wait = min(exc.retry_after_ms or 0, RATE_LIMITED_PAUSE_MS) / 1000
+                    self._pause_seconds = max(self._pause_seconds, wait)
             return None
         except (StoreUnavailable, BrokerUnavailable) as exc:
             log.warning("%s failed: %s", kind, exc)
@@ -240,32 +252,40 @@ class Session:
             if isinstance(exc, RequestError) and exc.code is ErrorCode.RATE_LIMITED:
                 pause = min(exc.retry_after_ms or 0, RATE_LIMITED_PAUSE_MS) / 1000
                 self._pause_seconds = max(self._pause_seconds, pause)
+        depth = max(1, self.services.settings.pipeline_depth)
         if self._started is None:
-            depth = self.services.settings.pipeline_depth
-            self._started, started = trio.open_memory_channel[_Started](max(0, depth - 1))
+            self._started, started = trio.open_memory_channel[_Started](depth - 1)
             nursery.start_soon(self._answer_in_order, started)
+        item = (rid, kind, work)
         self._unanswered += 1
         try:
-            if self._unanswered > self.services.settings.pipeline_depth:
-                await self._started.send((rid, kind, work))  # full: wait (no WouldBlock twice)
+            if self._unanswered > depth:
+                await self._started.send(item)  # full: wait (no WouldBlock twice)
             else:
                 try:
-                    self._started.send_nowait((rid, kind, work))
+                    self._started.send_nowait(item)
                 except trio.WouldBlock:
-                    await self._started.send((rid, kind, work))
-        except (trio.Cancelled, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            # The connection is ending before the answerer took this one. It was
-            # started, so it is finished here all the same, after those before it (the
-            # answerer holds ``_finishing`` while it finishes what it still had).
-            self._answered_one()
-            with trio.move_on_after(self.services.settings.close_grace_seconds, shield=True):
-                await self._answer_pipelined_first()
-                async with self._finishing:
-                    await self._finish_unanswered([(rid, kind, work)])
-            _discard(work)  # if that ran out of time
-            if isinstance(exc, trio.Cancelled):
-                raise
+                    await self._started.send(item)
+        except trio.Cancelled:
+            # Started is started: it still goes to the answerer, in its turn. The wait
+            # is bounded: the answerer makes room within ``slow_client_seconds``, or the
+            # connection is aborted and the answerer ends, taking it with its leftovers.
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._started.send(item)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._finish_after_answerer(item)
+            raise
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._finish_after_answerer(item)
             await trio.lowlevel.checkpoint()  # the answerer is gone: so is the connection
+
+    async def _finish_after_answerer(self, item: _Started) -> None:
+        """The answerer has ended (the connection is ending): finish a request it never
+        took, after those it still had (it holds ``_finishing`` while it finishes them)."""
+        with trio.CancelScope(shield=True):
+            async with self._finishing:
+                await self._finish_unanswered([item])
 
     async def _answer_in_order(self, started: trio.MemoryReceiveChannel[_Started]) -> None:
         """The answerer: finish each pipelined request, in order, and reply. Requests
@@ -285,43 +305,42 @@ class Session:
                 try:
                     # Cancelled, the store call still runs (``Coalescer.submit``) and
                     # its request is finished here: no gap before the later ones.
-                    result = await self._outcome(rid, kind, work)
+                    result = await self._outcome(rid, kind, work, pause=False)
                     if result is not None:
                         await self._reply(Ok(rid, result))
                 finally:
                     self._answered_one()
         finally:
-            self._finishing.acquire_nowait()  # before anyone can see the channel closed
-            try:
-                leftovers: list[_Started] = []
-                while True:
-                    try:
-                        leftovers.append(started.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                started.close()
-                for _ in leftovers:
-                    self._answered_one()
-                await self._finish_unanswered(leftovers)
-            finally:
-                self._finishing.release()
+            with trio.CancelScope(shield=True):
+                # Before anyone can see the channel closed (a reader's request that
+                # finds it closed is finished after these); free unless that reader
+                # is still finishing one of its own from before.
+                await self._finishing.acquire()
+                try:
+                    leftovers: list[_Started] = []
+                    while True:
+                        try:
+                            leftovers.append(started.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    started.close()
+                    await self._finish_unanswered(leftovers)
+                finally:
+                    self._finishing.release()
 
     async def _finish_unanswered(self, started: list[_Started]) -> None:
         """The connection is ending before these pipelined requests were answered. Each
         was started: a send is queued in the store and will be stored, so it is
-        finished all the same, in order, without a reply (a stored message must reach
-        its recipients). If the store does not answer within the close grace, those
-        left are still stored, and delivered at their recipients' next read."""
-        with trio.move_on_after(self.services.settings.close_grace_seconds, shield=True):
-            while started:
-                _rid, kind, work = started[0]
+        finished all the same (handed to its recipients), in order, before the user's
+        presence is let go; only its ``ok`` is not written. Bounded by the store's own
+        timeout, and when a batch fails, the sends queued behind it fail at once
+        (``Coalescer`` chains)."""
+        with trio.CancelScope(shield=True):
+            for rid, kind, work in started:
                 try:
-                    await work
-                except Exception as exc:
-                    log.debug("%s of a closing connection failed: %s", kind, exc)
-                started.pop(0)
-        for _rid, _kind, work in started:
-            _discard(work)
+                    await self._outcome(rid, kind, work, pause=False)
+                finally:
+                    self._answered_one()
 
     def _answered_one(self) -> None:
         self._unanswered -= 1
@@ -363,9 +382,3 @@ _Started = tuple[Rid | None, str, Awaitable[Result]]
 async def _refused(error: Exception) -> Result:
     """A pipelined request refused by its first checks, answered in its turn."""
     raise error
-
-
-def _discard(work: Awaitable[Result]) -> None:
-    """Never to be awaited: close it (no "never awaited" warning)."""
-    if isinstance(work, Coroutine):
-        work.close()

@@ -40,7 +40,7 @@ batch comes next.
 from __future__ import annotations
 
 import copy
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 import attrs
@@ -93,9 +93,14 @@ class Coalescer(Generic[Req, Res]):
         self,
         run_batch: Callable[[Sequence[Req]], Awaitable[Sequence[Res]]],
         max_batch: int = MAX_BATCH,
+        chain: Callable[[Req], Hashable] | None = None,
     ) -> None:
+        """``chain``: which submitted calls follow one another (a sender's pipelined
+        sends): when a batch fails, the submitted calls of its chains still queued fail
+        with it, never stored after an earlier one of theirs was not."""
         self._run_batch = run_batch
         self._max_batch = max_batch
+        self._chain = chain
         self._queue: list[_Call[Req, Res]] = []
         self._busy = False
         """A batch is running, or a queued call has been told to lead the next one."""
@@ -174,21 +179,40 @@ class Coalescer(Generic[Req, Res]):
         batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
         self.batches += 1
         started = trio.current_time()
+        failed: Exception | None = None
         with trio.CancelScope(shield=True):
             try:
                 results = await self._run_batch([call.request for call in batch])
                 for call, result in zip(batch, results, strict=True):
                     call.result = result
             except Exception as exc:
+                failed = exc
                 for call in batch:
                     call.error = exc
         if self.observe is not None:
             self.observe(len(batch), trio.current_time() - started)
+        if failed is not None and self._chain is not None:
+            batch += self._followers(batch, failed)
         for call in batch:
             call.finished = True
             call.leads = False
             if call.wake is not None:
                 call.wake.set()
+
+    def _followers(self, batch: list[_Call[Req, Res]], error: Exception) -> list[_Call[Req, Res]]:
+        """Take the submitted calls queued behind a failed batch on its chains out of
+        the queue, failed with its error (see ``chain``)."""
+        assert self._chain is not None
+        chains = {self._chain(call.request) for call in batch if call.submitted}
+        followers = [
+            call for call in self._queue if call.submitted and self._chain(call.request) in chains
+        ]
+        if followers:
+            gone = set(followers)
+            self._queue = [call for call in self._queue if call not in gone]
+            for call in followers:
+                call.error = error
+        return followers
 
     def _next_leader(self) -> None:
         """Hand the next batch to the first queued call that is waited for, or become

@@ -64,7 +64,7 @@ class Store:
         self.dialect = dialect
         self.pool = ConnectionPool(dialect, pool_size or dialect.pool_size)
         self._pending_calls = Coalescer(self._pending_batch)
-        self._send_calls = Coalescer(self._send_batch)
+        self._send_calls = Coalescer(self._send_batch, chain=_sender)
         self._token_calls = Coalescer(self._token_batch)
 
     def close(self) -> None:
@@ -529,3 +529,8 @@ def _pending_rows(sql: _Sql, users: Sequence[int], limit: int, after_seq: int) -
 
 def _fetch_one(query: str, args: Sequence[Any], sql: _Sql) -> Any:
     return sql.one(query, args)
+
+
+def _sender(request: SendRequest) -> int:
+    """A send's chain in the send coalescer: its sender's pipelined sends."""
+    return request.sender_id

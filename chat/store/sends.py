@@ -25,8 +25,10 @@ sender may rely on is what a transaction of its own gave it:
   failure of the transaction itself (a lost connection) is every send's error,
   and a deadlock makes the pool run the whole batch again.
 - **Order.** A batch starts after all its calls were made and stores them in
-  call order. (One user's sends are handled one at a time, so they never share
-  a batch; their rows are committed in the order they were sent.)
+  call order, and batches run one at a time. A user's sends are called in the
+  order sent (a pipelining connection submits each as it reads it, so several
+  may share a batch), so their rows are committed in that order; if a batch
+  fails, the sender's sends queued behind it fail too (``Coalescer`` chains).
 - ``ts`` is the server's clock, read inside the transaction just before the insert.
 
 Checks only read, so they run before anything is written: there is nothing to
