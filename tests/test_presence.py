@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 import trio
 
-from chat.broker import MemoryBroker, PresenceChange, PresencePush, Resync, Wake
+from chat.broker import MemoryBroker, Pause, PresenceChange, PresencePush, Resume, Resync, Wake
 from chat.broker.redis import decode_notices, encode_notices, encode_presence
 from chat.client import ChatClient
 from chat.protocol.messages import Event, PresenceEvent, UserRef
+from chat.server import Node
 from chat.server.presence import PresenceAnnouncer
 from chat.server.router import Router
 from chat.store import Window, open_store
@@ -87,6 +88,33 @@ async def test_friends_hear_a_login_and_a_logout(connect: Connect) -> None:
         # queued with them, so it would come before these sentinels.
         await next_is_sentinel(alice, alice_id, bob)
         await next_is_sentinel(carol, carol_id, alice)
+
+
+async def test_changes_while_the_node_is_paused_arrive_when_it_resumes(
+    connect: Connect, node: Node
+) -> None:
+    """While the node is paused (its leases in doubt) sessions write no events; what
+    they are told meanwhile is held, only the newest state per friend, and written when
+    the node resumes: bob hears that alice is gone, not that she came. (The pause is
+    handed to the router the way the broker hands it over.)"""
+    async with connect() as bob:
+        async with connect() as alice:
+            alice_id = await register(alice, "alice")
+            await register(bob, "bob")
+            await login(bob, "bob")
+            await befriend(bob, alice_id)
+            node.router.on_notice(Pause("a test"))
+            await login(alice, "alice")  # bob is told, while paused
+        # alice's connection closed: bob is told she is gone, while still paused.
+        with trio.fail_after(DEADLINE):
+            while any(s.user and s.user.id == alice_id for s in node.router.sessions()):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        await node.presence.drain()
+        node.router.on_notice(Resume())
+        assert await next_presence(bob) == presence_of(alice_id, "alice", False)
+        async with connect() as alice:
+            await login(alice, "alice")
+            assert await next_presence(bob) == presence_of(alice_id, "alice", True)
 
 
 async def test_friends_hear_a_connection_close(connect: Connect) -> None:

@@ -14,13 +14,14 @@ message is forgotten by the store only after it was written to the connection.
 While the node is paused (its presence leases are in doubt: the user may be
 logged in elsewhere by now), nothing is delivered: the delivery task waits, kept
 messages are held back (in order) and only replies are written, and transient
-events are dropped. On resume what was held is written; if the login ends first,
-it stays kept for the next login. If the user's lease had vanished meanwhile
-(and was re-created), someone may have logged in as the user elsewhere and been
-delivered those very messages: then the session forgets every kept message it
-had queued (they carry the session's *generation*, which the resume bumps), and
-re-reads the store once the writer has passed them, so nothing comes twice and
-the order holds.
+events are held too (only the newest presence event per friend: ``HeldEvents``).
+On resume what was held is written; if the login ends first, the kept messages
+stay kept for the next login (and the transient events go). If the user's lease
+had vanished meanwhile (and was re-created), someone may have logged in as the
+user elsewhere and been delivered those very messages: then the session forgets
+every kept message it had queued (they carry the session's *generation*, which
+the resume bumps), and re-reads the store once the writer has passed them, so
+nothing comes twice and the order holds.
 """
 
 from __future__ import annotations
@@ -43,12 +44,10 @@ from chat.protocol.messages import (
 from chat.store import PendingDelivery, StoreError, UserRecord
 
 from .connection import Connection, Nudge, Outgoing, Receipt
+from .held_events import HeldEvents
 from .services import Services
 
 log = logging.getLogger(__name__)
-
-MAX_HELD_PUSHES = 100
-"""Transient events held while a login's kept messages are being queued."""
 
 
 def event_for(row: PendingDelivery, *, offline: bool) -> DeliveredEvent:
@@ -98,7 +97,10 @@ class UserSession:
         user when it last read is queued (see ``offer``)."""
         self._delivery_scope: trio.CancelScope | None = None
         self._delivery_done: trio.Event | None = None
-        self._held_pushes: list[Event] | None = None
+        self._held_events = HeldEvents()
+        """Transient events held back while logging in or paused (see held_events)."""
+        self._logging_in = False
+        """The login's kept messages are being queued (transient events wait)."""
         self._revoked = False
         """The user was logged in elsewhere while this node was paused: this session
         must never deliver again; it is closing."""
@@ -116,7 +118,8 @@ class UserSession:
             return False
         self.user = user
         self._revoked = False
-        self._held_pushes = []
+        self._held_events.take()
+        self._logging_in = True
         self._inflight.clear()
         self._forgotten.clear()
         self._wake = trio.Event()
@@ -145,9 +148,10 @@ class UserSession:
             log.error(
                 "login of user %d announced %d kept messages, sent %d", user.id, offline, queued
             )
-        held, self._held_pushes = self._held_pushes or [], None
-        for event in held:
-            await self.connection.queue(Outgoing(self.connection.codec.encode_event(event)))
+        self._logging_in = False
+        if not self.services.router.paused:  # else they go when the node resumes
+            for event in self._held_events.take():
+                await self.connection.queue(Outgoing(self.connection.codec.encode_event(event)))
         self._delivery_done = trio.Event()
         self._delivery_scope = trio.CancelScope()
         self._wake.set()
@@ -165,7 +169,8 @@ class UserSession:
             self._delivery_scope.cancel()
             await self._delivery_done.wait()
         self._delivery_scope = self._delivery_done = None
-        self._held_pushes = None
+        self._logging_in = False
+        self._held_events.take()  # transient: not for anyone else
         await self.connection.flush()
         self._held.clear()  # not written: they stay kept for the next login
         await self._settle_deletions(user)
@@ -196,6 +201,9 @@ class UserSession:
             self._forgetting = True
         self._wake.set()
         self.connection.queue_nowait(Nudge())  # a full outbox wakes the writer anyway
+        if not self._logging_in:
+            for event in self._held_events.take():
+                self._queue_transient(event)
 
     def offer(self, event: DeliveredEvent, stored_after: int) -> bool:
         """Take a message just stored for this user straight into the outbox, without
@@ -231,13 +239,17 @@ class UserSession:
         return True
 
     def push(self, event: Event) -> None:
-        """Queue a transient event now, or hold it while a login is being served."""
-        if self.user is None or self._revoked or self.services.router.paused:
+        """Queue a transient event now, or hold it while a login's kept messages are
+        being queued or the node is paused (then it goes when that is over; a
+        presence event held is replaced by a newer one about the same friend)."""
+        if self.user is None or self._revoked:
             return
-        if self._held_pushes is not None:
-            if len(self._held_pushes) < MAX_HELD_PUSHES:
-                self._held_pushes.append(event)
+        if self._logging_in or self.services.router.paused:
+            self._held_events.hold(event)
             return
+        self._queue_transient(event)
+
+    def _queue_transient(self, event: Event) -> None:
         payload = self.services.encoded.transient(self.connection.codec, event)
         if not self.connection.queue_nowait(Outgoing(payload)):
             # A busy client is not a slow one yet (queued messages get their grace time);
