@@ -81,6 +81,8 @@ def children(pid: int) -> dict[int, str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
+        if ")" not in stat:  # it exited while being read: an empty stat
+            continue
         state, ppid = stat.rsplit(")", 1)[1].split()[:2]
         if int(ppid) == pid and state != "Z":
             found[int(entry.name)] = cmdline
