@@ -120,12 +120,7 @@ async def test_a_closing_session_still_answers_its_started_sends_in_order(tmp_pa
         await register(ann, "ann")
         bob_id = await register(bob, "bob")
         await login(bob, "bob")
-        sock = trio.socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        await sock.connect(("127.0.0.1", node.ports[0]))
-        stream = trio.SocketStream(sock)
-        await stream.send_all(lines({"type": "login", "name": "ann", "password": "secret"}))
-        assert (await _line(stream))["type"] == "ok"
+        _, stream = await _raw_login(node, "ann", small_window=True)
         texts = [f"m{n}" for n in range(3000)]
         sends = lines(*({"type": "send", "to": bob_id, "text": text} for text in texts))
         async with trio.open_nursery() as nursery:
@@ -159,14 +154,7 @@ async def _write_until_refused(stream: trio.SocketStream, data: bytes) -> None:
 
 async def _send_and_go(node: Node, how: str, to: int, texts: list[str]) -> None:
     """Log in as ann on a raw socket, write every send at once, and go (see the test)."""
-    sock = trio.socket.socket()
-    if how == "stalled":
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await sock.connect(("127.0.0.1", node.ports[0]))
-    stream = trio.SocketStream(sock)
-    await stream.send_all(lines({"type": "login", "name": "ann", "password": "secret"}))
-    reply = await _line(stream)
-    assert reply["type"] == "ok", reply
+    sock, stream = await _raw_login(node, "ann", small_window=how == "stalled")
     sends = lines(*({"type": "send", "to": to, "text": text} for text in texts))
     if how == "reset":
         await stream.send_all(sends)
@@ -182,6 +170,22 @@ async def _send_and_go(node: Node, how: str, to: int, texts: list[str]) -> None:
         except trio.BrokenResourceError:
             pass
     await stream.aclose()
+
+
+async def _raw_login(
+    node: Node, name: str, *, small_window: bool
+) -> tuple[trio.socket.SocketType, trio.SocketStream]:
+    """A raw connection logged in as ``name``; ``small_window``: a 4 KB receive buffer,
+    so that a client that reads nothing stalls the server's writes soon."""
+    sock = trio.socket.socket()
+    if small_window:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", node.ports[0]))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(lines({"type": "login", "name": name, "password": "secret"}))
+    reply = await _line(stream)
+    assert reply["type"] == "ok", reply
+    return sock, stream
 
 
 async def _history_after(c: ChatClient, with_id: int, after: int) -> list[str]:
