@@ -228,19 +228,6 @@ class Store:
 
     # --- throttles -------------------------------------------------------------
 
-    async def throttle_wait(self, bucket: str, window: Window) -> int | None:
-        """Milliseconds until ``bucket`` allows one more event; None: allowed now. For a
-        throttle whose check and count are separate steps (say, failed password logins:
-        checked before the password, counted only when it was wrong); ``add_friend``
-        checks and counts inside its own transaction instead."""
-        return await self._run(
-            lambda sql: throttle.wait_ms(sql, bucket, window, now_ms()), write=False
-        )
-
-    async def throttle_record(self, bucket: str, window: Window) -> None:
-        """Count one event of ``bucket`` now (see ``chat.store.throttle``)."""
-        await self._run(lambda sql: throttle.record(sql, bucket, window, now_ms()), write=True)
-
     async def throttle_reserve(self, buckets: Sequence[str], window: Window) -> Reservation:
         """A lockout check that counts the attempt when it lets it through
         (``throttle.reserve``): one transaction for all of ``buckets``."""
