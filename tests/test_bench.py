@@ -103,10 +103,11 @@ async def test_burst_passes_its_checks(sqlite_node: Node) -> None:
     assert burst["server_cpu_seconds"] > 0
     assert burst["server_cpu_us_per_delivered"] > 0
     # Both come from /proc in clock ticks (10 ms: 100 us per message of these 100), the
-    # thread's and the process's read one after the other at start and end.
+    # thread's and the process's read one after the other at start and end; 100
+    # messages may cost the trio thread less than a tick.
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK") / burst["delivered"]
     trio_us, server_us = burst["trio_thread_us_per_delivered"], burst["server_cpu_us_per_delivered"]
-    assert 0 < trio_us <= server_us + 2 * tick_us
+    assert 0 <= trio_us <= server_us + 2 * tick_us
     assert 0 < burst["machine_cpu_busy"] <= 1
     assert "== burst" in "\n".join(lines[:-1])
     assert "server CPU" in "\n".join(lines[:-1])
