@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from chat.protocol.messages import FriendAddedEvent, PresenceEvent, UserPresence, UserRef
-from chat.server.held_events import MAX_HELD_OTHERS, HeldEvents
+from chat.protocol.messages import (
+    FriendAddedEvent,
+    FriendRemovedEvent,
+    PresenceEvent,
+    UserPresence,
+    UserRef,
+)
+from chat.server.held_events import HeldEvents
 
 
 def presence(user_id: int, online: bool) -> PresenceEvent:
@@ -29,12 +35,15 @@ def test_presence_keeps_the_newest_per_friend_however_many_friends() -> None:
     assert held.take() == []
 
 
-def test_other_events_are_bounded_and_the_oldest_go() -> None:
+def test_friend_events_keep_the_newest_per_friend() -> None:
+    """Added then removed: removed is the state, and it goes after the presence event
+    it followed; each friend's events are bounded the same way."""
     held = HeldEvents()
-    for user_id in range(MAX_HELD_OTHERS + 5):
-        held.hold(friend_added(user_id))
+    held.hold(friend_added(1))
     held.hold(presence(1, True))
+    held.hold(FriendRemovedEvent(UserRef(1, "u1")))
+    for user_id in range(2, 500):
+        held.hold(friend_added(user_id))
     events = held.take()
-    assert events[0] == friend_added(5) and events[-2] == friend_added(MAX_HELD_OTHERS + 4)
-    assert events[-1] == presence(1, True)
-    assert held.dropped == 5
+    assert events[:2] == [presence(1, True), FriendRemovedEvent(UserRef(1, "u1"))]
+    assert len(events) == 2 + 498 and held.dropped == 0

@@ -117,6 +117,28 @@ async def test_changes_while_the_node_is_paused_arrive_when_it_resumes(
             assert await next_presence(bob) == presence_of(alice_id, "alice", True)
 
 
+async def test_what_a_paused_session_held_is_all_written_however_much(
+    connect: Connect, node: Node
+) -> None:
+    """More held events than the outbox has room for (a user with many friends who all
+    changed during a pause): every one is written on resume, none dropped for want of
+    room, and a change told right after the resume comes after them."""
+    many = node.settings.outbox_frames * 2 + 10
+    async with connect() as bob:
+        bob_id = await register(bob, "bob")
+        await login(bob, "bob")
+        node.router.on_notice(Pause("a test"))
+        for friend in range(1, many + 1):  # ids no user has: only bob's session matters
+            event = PresenceEvent(UserRef(10_000 + friend, f"f{friend}"), True)
+            node.router.presence(PresencePush((bob_id,), event, 1))
+        node.router.on_notice(Resume())
+        later = PresenceEvent(UserRef(20_000, "later"), True)
+        node.router.presence(PresencePush((bob_id,), later, 1))
+        got = [await next_presence(bob) for _ in range(many + 1)]
+        assert [e["user"]["id"] for e in got[:many]] == [10_000 + f for f in range(1, many + 1)]
+        assert got[-1] == presence_of(20_000, "later", True)
+
+
 async def test_friends_hear_a_connection_close(connect: Connect) -> None:
     async with connect() as bob:
         await register(bob, "bob")

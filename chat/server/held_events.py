@@ -1,53 +1,57 @@
 """Transient events a session holds back for a while, and then queues, in order.
 
 A session holds events while a login's kept messages are being queued (they must
-come first) and while the node is paused (its presence lease is in doubt). A
-presence event says a friend's current state, so only the newest one about each
-friend is worth keeping: holding presence costs one event per friend however
-long the wait (the router hands them out in version order, so the last one held
-is the newest). Other transient events (``friend_added``) are each kept, up to
-``MAX_HELD_OTHERS``; beyond that the oldest go (the friend list of the next login
-shows what they said).
+come first), while the node is paused (its presence lease is in doubt), and while
+it is writing what it held (so nothing newer overtakes it). An event says a
+friend's current state, so only the newest one about each friend and kind is worth
+keeping: a presence event replaces the held presence event about the same user,
+a ``friend_added`` or ``friend_removed`` the held one about the same friend. So
+holding costs about one event per friend however long the wait, and the newest
+state is never the one let go. (The router hands presence events out in version
+order, so the last one held is the newest.) Each replacement goes last, after
+whatever it followed. Any other kind is kept as it comes, up to
+``MAX_HELD_OTHERS``; beyond that the oldest of them go.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import deque
 
-from chat.protocol.messages import Event, PresenceEvent
+from chat.protocol.messages import Event, FriendAddedEvent, FriendRemovedEvent, PresenceEvent
 
 MAX_HELD_OTHERS = 100
-"""Transient events other than presence held at once, per session."""
+"""Events of other kinds held at once, per session."""
 
 
 class HeldEvents:
     def __init__(self) -> None:
         self._events: dict[tuple[str, int], Event] = {}
         """In the order to be queued (a dict keeps insertion order)."""
-        self._others = 0
+        self._others: deque[tuple[str, int]] = deque()
         self._serial = itertools.count()
         self.dropped = 0
-        """Events let go because too many were held (for logs)."""
+        """Events let go because too many of other kinds were held (for logs)."""
 
     def hold(self, event: Event) -> None:
         if isinstance(event, PresenceEvent):
             key = ("presence", event.user.id)
-            self._events.pop(key, None)  # superseded: the newest goes last
+        elif isinstance(event, FriendAddedEvent | FriendRemovedEvent):
+            key = ("friend", event.friend.id)  # added then removed: removed is the state
         else:
-            key = ("event", next(self._serial))
-            if self._others >= MAX_HELD_OTHERS:
-                oldest = next(k for k in self._events if k[0] == "event")
-                del self._events[oldest]
+            key = ("other", next(self._serial))
+            self._others.append(key)
+            if len(self._others) > MAX_HELD_OTHERS:
+                del self._events[self._others.popleft()]
                 self.dropped += 1
-            else:
-                self._others += 1
+        self._events.pop(key, None)  # superseded: the newest goes last
         self._events[key] = event
 
     def take(self) -> list[Event]:
         """Everything held, in order; holds nothing afterwards."""
         events = list(self._events.values())
         self._events.clear()
-        self._others = 0
+        self._others.clear()
         return events
 
     def __len__(self) -> int:

@@ -101,6 +101,8 @@ class UserSession:
         """Transient events held back while logging in or paused (see held_events)."""
         self._logging_in = False
         """The login's kept messages are being queued (transient events wait)."""
+        self._writing_held = False
+        """Held transient events are being written (newer ones wait behind them)."""
         self._revoked = False
         """The user was logged in elsewhere while this node was paused: this session
         must never deliver again; it is closing."""
@@ -148,10 +150,8 @@ class UserSession:
             log.error(
                 "login of user %d announced %d kept messages, sent %d", user.id, offline, queued
             )
+        await self._write_held()  # (if paused, the delivery task writes them on resume)
         self._logging_in = False
-        if not self.services.router.paused:  # else they go when the node resumes
-            for event in self._held_events.take():
-                await self.connection.queue(Outgoing(self.connection.codec.encode_event(event)))
         self._delivery_done = trio.Event()
         self._delivery_scope = trio.CancelScope()
         self._wake.set()
@@ -170,8 +170,8 @@ class UserSession:
             await self._delivery_done.wait()
         self._delivery_scope = self._delivery_done = None
         self._logging_in = False
-        self._held_events.take()  # transient: not for anyone else
         await self.connection.flush()
+        self._held_events.take()  # transient: not for anyone else
         self._held.clear()  # not written: they stay kept for the next login
         await self._settle_deletions(user)
         self.user = None
@@ -201,9 +201,7 @@ class UserSession:
             self._forgetting = True
         self._wake.set()
         self.connection.queue_nowait(Nudge())  # a full outbox wakes the writer anyway
-        if not self._logging_in:
-            for event in self._held_events.take():
-                self._queue_transient(event)
+        # The delivery task, woken now, writes the transient events held meanwhile.
 
     def offer(self, event: DeliveredEvent, stored_after: int) -> bool:
         """Take a message just stored for this user straight into the outbox, without
@@ -244,10 +242,34 @@ class UserSession:
         presence event held is replaced by a newer one about the same friend)."""
         if self.user is None or self._revoked:
             return
-        if self._logging_in or self.services.router.paused:
-            self._held_events.hold(event)
+        if (
+            self._logging_in
+            or self._writing_held
+            or self._held_events
+            or self.services.router.paused
+        ):
+            self._held_events.hold(event)  # behind what is held already
             return
         self._queue_transient(event)
+
+    async def _write_held(self) -> None:
+        """Write the held transient events, in order, waiting for room in the outbox (a
+        friend's newest state must not be dropped for want of room), and those held
+        meanwhile after them. Not while paused (they wait for the resume, which wakes
+        the delivery task); never for a session that was revoked or logged out."""
+        if self._writing_held:
+            return
+        self._writing_held = True
+        try:
+            while self._held_events and not self.services.router.paused:
+                for event in self._held_events.take():
+                    if self._revoked or self.user is None:
+                        self._held_events.take()
+                        return
+                    payload = self.services.encoded.transient(self.connection.codec, event)
+                    await self.connection.queue(Outgoing(payload))
+        finally:
+            self._writing_held = False
 
     def _queue_transient(self, event: Event) -> None:
         payload = self.services.encoded.transient(self.connection.codec, event)
@@ -329,6 +351,8 @@ class UserSession:
                     await self.services.router.wait_live()
                     if self._revoked:
                         return
+                    if self._held_events:
+                        await self._write_held()
                     self._wake = trio.Event()
                     if generation != self._generation:
                         # Let the writer drop the forgotten messages before reading again.
