@@ -18,10 +18,10 @@ import pytest
 import redis
 import trio
 
-from chat.broker import Evict, Pause, Push, Resume, Resync, Wake
+from chat.broker import Evict, Pause, PresencePush, Push, Resume, Resync, Wake
 from chat.broker.redis import RedisBroker, decode_notices, encode_notices
 from chat.client import ChatClient
-from chat.protocol.messages import FriendAddedEvent, UserPresence
+from chat.protocol.messages import FriendAddedEvent, PresenceEvent, UserPresence, UserRef
 from chat.server import Node
 
 from .cluster_support import (
@@ -778,19 +778,23 @@ async def test_a_resumed_session_whose_lease_was_recreated_reads_the_store_again
 
 
 async def test_an_evicted_session_never_writes_what_it_held(mysql_url: str, redis_url: str) -> None:
-    """bob's session on B holds kept messages back while B is paused; then B learns
-    that bob logged in elsewhere (Evict) and resumes in the same breath. The evicted
-    session must close without writing them: they stay kept for bob's other login."""
+    """bob's session on B holds kept messages back while B is paused, and a presence
+    event it was told meanwhile; then B learns that bob logged in elsewhere (Evict)
+    and resumes in the same breath. The evicted session must close without writing
+    any of them: the messages stay kept for bob's other login, and the event is not
+    this connection's to show any more."""
     async with two_nodes(mysql_url, redis_url) as (a, b), client(a) as alice:
         bob_id, _ = await three_kept_for_bob_then_pause(alice, b)
         async with client(b) as bob:
             assert (await login(bob, "bob"))["offline"] == 3
             (held,) = [s for s in b.router.sessions() if s.user and s.user.id == bob_id]
+            told = PresenceEvent(UserRef(10_000, "someone"), True)
+            b.router.presence(PresencePush((bob_id,), told, 1))
             b.router.on_notice(Evict(bob_id, held.holder))
             b.router.on_notice(Resume())
             with trio.fail_after(DEADLINE):
                 await bob.closed.wait()
-            assert [e for e in drained(bob) if e["type"] == "message"] == []
+            assert [e for e in drained(bob) if e["type"] in ("message", "presence")] == []
         async with client(a) as again:
             reply = await login_when_free(again, "bob")
             assert reply["offline"] == 3
