@@ -47,3 +47,12 @@ def test_friend_events_keep_the_newest_per_friend() -> None:
     events = held.take()
     assert events[:2] == [presence(1, True), FriendRemovedEvent(UserRef(1, "u1"))]
     assert len(events) == 2 + 498 and held.dropped == 0
+
+
+def test_what_is_put_back_goes_first_and_what_is_newer_wins() -> None:
+    """A write interrupted by a pause puts the rest back: before what was held since,
+    except where something newer about the same friend was held since."""
+    held = HeldEvents()
+    held.hold(presence(2, True))
+    held.put_back([presence(1, True), presence(2, False), friend_added(3)])
+    assert held.take() == [presence(1, True), friend_added(3), presence(2, True)]

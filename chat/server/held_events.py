@@ -47,6 +47,18 @@ class HeldEvents:
         self._events.pop(key, None)  # superseded: the newest goes last
         self._events[key] = event
 
+    def put_back(self, events: list[Event]) -> None:
+        """Hold ``events`` (taken earlier, not written) again, before what was held
+        since; where something newer about the same friend was held since, it wins."""
+        newer, self._events = self._events, {}
+        others, self._others = self._others, deque()
+        for event in events:
+            self.hold(event)
+        for key, event in newer.items():
+            self._events.pop(key, None)
+            self._events[key] = event
+        self._others.extend(others)
+
     def take(self) -> list[Event]:
         """Everything held, in order; holds nothing afterwards."""
         events = list(self._events.values())

@@ -262,9 +262,14 @@ class UserSession:
         self._writing_held = True
         try:
             while self._held_events and not self.services.router.paused:
-                for event in self._held_events.take():
+                events = self._held_events.take()
+                for index, event in enumerate(events):
+                    # Looked at before each one: the wait for room may be long.
                     if self._revoked or self.user is None:
                         self._held_events.take()
+                        return
+                    if self.services.router.paused:
+                        self._held_events.put_back(events[index:])
                         return
                     payload = self.services.encoded.transient(self.connection.codec, event)
                     await self.connection.queue(Outgoing(payload))
