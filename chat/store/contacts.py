@@ -246,9 +246,9 @@ def groups_page(sql: Sql, user_id: int, after: int, limit: int) -> Page[Membersh
     return Page(groups, len(rows) > limit)
 
 
-def members_page(
-    sql: Sql, user_id: int, group_id: int, after: int, limit: int
-) -> Page[MemberRecord]:
+def require_member(sql: Sql, user_id: int, group_id: int) -> None:
+    """Raise ``NoSuchGroup`` or ``NotAMember`` unless ``user_id`` is in the group: one
+    query for both (what sending to, reading and listing a group all check first)."""
     row = (
         None
         if no_row(group_id)
@@ -262,6 +262,12 @@ def members_page(
         raise NoSuchGroup(group_id)
     if row[1] is None:
         raise NotAMember()
+
+
+def members_page(
+    sql: Sql, user_id: int, group_id: int, after: int, limit: int
+) -> Page[MemberRecord]:
+    require_member(sql, user_id, group_id)
     after = min(after, MAX_ROW_ID)  # a larger id names no row (and fits no column)
     rows = sql.all(
         "SELECT u.id, u.name, gm.role FROM group_members gm JOIN users u ON u.id = gm.user_id"

@@ -27,7 +27,6 @@ from .errors import (
     NameTaken,
     NoSuchGroup,
     NoSuchUser,
-    NotAMember,
 )
 from .names import name_key
 from .pool import ConnectionPool
@@ -438,19 +437,7 @@ class Store:
         """A page of a group's messages, for one of its members only."""
 
         def body(sql: _Sql) -> HistoryPage:
-            row = (
-                None
-                if _no_row(group_id)
-                else sql.one(
-                    "SELECT g.id, gm.user_id FROM chat_groups g LEFT JOIN group_members gm"
-                    " ON gm.group_id = g.id AND gm.user_id = ? WHERE g.id = ?",
-                    (user_id, group_id),
-                )
-            )
-            if row is None:
-                raise NoSuchGroup(group_id)
-            if row[1] is None:
-                raise NotAMember()
+            contacts.require_member(sql, user_id, group_id)
             ranges = history.group_range(group_id)
             return history.read_page(sql, ranges, before=before, after=after, limit=limit)
 

@@ -43,7 +43,8 @@ from collections.abc import Sequence
 
 import attrs
 
-from .errors import Blocked, NoSuchGroup, NoSuchUser, NotAMember, StoreError
+from .contacts import require_member
+from .errors import Blocked, NoSuchUser, StoreError
 from .records import StoredMessage, text
 from .sql import Sql, no_row, now_ms
 
@@ -194,7 +195,7 @@ class _Batch:
         earlier = self._earlier(request)
         if earlier is not None:
             return earlier
-        _check_group(self.sql, request)
+        require_member(self.sql, request.sender_id, request.group_id)
         # Several statements: undone together, and alone, if one of them fails.
         self.sql.execute(f"SAVEPOINT {savepoint}")
         try:
@@ -222,22 +223,6 @@ class _Batch:
             if earlier is not None:
                 return earlier
         return exc
-
-
-def _check_group(sql: Sql, request: GroupSend) -> None:
-    row = (
-        None
-        if no_row(request.group_id)
-        else sql.one(
-            "SELECT g.id, gm.user_id FROM chat_groups g LEFT JOIN group_members gm"
-            " ON gm.group_id = g.id AND gm.user_id = ? WHERE g.id = ?",
-            (request.sender_id, request.group_id),
-        )
-    )
-    if row is None:
-        raise NoSuchGroup(request.group_id)
-    if row[1] is None:
-        raise NotAMember()
 
 
 def _write_group(request: GroupSend, sql: Sql) -> StoredMessage:
