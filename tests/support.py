@@ -123,6 +123,16 @@ async def next_is_sentinel(recipient: ChatClient, recipient_id: int, sender: Cha
     assert event["offline"] is False, event
 
 
+def drained(c: ChatClient) -> list[dict[str, Any]]:
+    """The events a client has received and not yet read."""
+    events = []
+    while True:
+        try:
+            events.append(c.events.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return events
+
+
 async def no_event(c: ChatClient, wait: float = 0.3) -> None:
     """Assert that no event arrives within ``wait`` seconds.
 

@@ -37,7 +37,7 @@ from .cluster_support import (
     receive,
     two_nodes,
 )
-from .support import client, login, mysql_database, no_event, register
+from .support import client, drained, login, mysql_database, no_event, register
 
 
 async def login_when_free(c: ChatClient, name: str) -> dict[str, Any]:
@@ -49,16 +49,6 @@ async def login_when_free(c: ChatClient, name: str) -> dict[str, Any]:
                 return reply
             assert reply["code"] in ("already_online", "unavailable"), reply
             await trio.sleep(0.2)
-
-
-def drained(c: ChatClient) -> list[dict[str, Any]]:
-    """The events a client has received and not yet read."""
-    events = []
-    while True:
-        try:
-            events.append(c.events.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return events
 
 
 def logged_in(node: Node) -> set[str]:

@@ -27,7 +27,7 @@ from chat.server.router import Router
 from chat.store import Window, open_store
 
 from .cluster_support import DEADLINE, cluster_node, dial, make_broker, node_process, two_nodes
-from .support import client, login, next_is_sentinel, register
+from .support import client, drained, login, next_is_sentinel, register
 from .ws_support import Connect
 
 STABLE_SECONDS = 3.0
@@ -44,16 +44,6 @@ async def next_presence(c: ChatClient, within: float = DEADLINE) -> dict[str, An
     event = await c.next_event(within)
     assert event["type"] == "presence", event
     return event
-
-
-def received(c: ChatClient) -> list[dict[str, Any]]:
-    """The events a client has received and not yet read."""
-    events = []
-    while True:
-        try:
-            events.append(c.events.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return events
 
 
 async def befriend(c: ChatClient, user_id: int, friend: ChatClient | None = None) -> None:
@@ -349,7 +339,7 @@ async def test_flapping_across_nodes_ends_with_the_newest_state(
             # Stable from now: after 3 s each friend's last event must say so.
             await trio.sleep(STABLE_SECONDS)
             for friend in (bob, carol):
-                events = received(friend)
+                events = drained(friend)
                 assert events, "no presence event at all"
                 assert all(e["type"] == "presence" for e in events), events
                 assert events[-1] == presence_of(alice_id, "alice", end_online), events
@@ -421,7 +411,7 @@ async def test_kill_9_announces_the_dead_nodes_users_once(
         # sent that would have to arrive after a second announcement, so wait.
         await trio.sleep(2.5)
         for friend in (bob, carol):
-            assert received(friend) == []
+            assert drained(friend) == []
 
         async with client(b) as again:
             await login(again, "alice")
