@@ -216,8 +216,7 @@ class Session:
             if exc.code is ErrorCode.RATE_LIMITED:
                 metrics.rate_limited.labels(getattr(exc, "limit", kind)).inc()
                 if pause:
-                    wait = min(exc.retry_after_ms or 0, RATE_LIMITED_PAUSE_MS) / 1000
-                    self._pause_seconds = max(self._pause_seconds, wait)
+                    self._pause_after(exc)
             return None
         except (StoreUnavailable, BrokerUnavailable) as exc:
             log.warning("%s failed: %s", kind, exc)
@@ -240,6 +239,11 @@ class Session:
         metrics.answered(kind, "ok")
         return result
 
+    def _pause_after(self, refusal: RequestError) -> None:
+        """A ``rate_limited`` refusal: the reader reads on a little later."""
+        wait = min(refusal.retry_after_ms or 0, RATE_LIMITED_PAUSE_MS) / 1000
+        self._pause_seconds = max(self._pause_seconds, wait)
+
     # --- pipelined requests ---------------------------------------------------------
 
     async def _start(self, rid: Rid | None, kind: str, nursery: trio.Nursery, request: Any) -> None:
@@ -250,8 +254,7 @@ class Session:
         except Exception as exc:
             work = _refused(exc)  # answered in its turn, after the requests before it
             if isinstance(exc, RequestError) and exc.code is ErrorCode.RATE_LIMITED:
-                pause = min(exc.retry_after_ms or 0, RATE_LIMITED_PAUSE_MS) / 1000
-                self._pause_seconds = max(self._pause_seconds, pause)
+                self._pause_after(exc)
         depth = max(1, self.services.settings.pipeline_depth)
         if self._started is None:
             self._started, started = trio.open_memory_channel[_Started](depth - 1)
