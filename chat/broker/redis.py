@@ -824,7 +824,7 @@ class RedisBroker:
     def _listen(self, send: trio.MemorySendChannel[_Received | _Subscribed]) -> None:
         """The subscription thread: one connection's lifetime, until it breaks or the
         trio side is cancelled."""
-        pubsub = redis.Redis(connection_pool=self._sub_pool).pubsub()  # type: ignore[no-untyped-call]
+        pubsub = redis.Redis(connection_pool=self._sub_pool).pubsub()
         try:
             pubsub.subscribe(self._channel, self._broadcast)
             pending = 2
