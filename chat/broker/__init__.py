@@ -3,7 +3,9 @@
 from .base import (
     Broker,
     BrokerUnavailable,
+    MAX_DEVICES_ONLINE,
     Evict,
+    GroupWake,
     Notice,
     NoticeHandler,
     Pause,
@@ -17,9 +19,11 @@ from .base import (
 from .memory import MemoryBroker
 
 __all__ = [
+    "MAX_DEVICES_ONLINE",
     "Broker",
     "BrokerUnavailable",
     "Evict",
+    "GroupWake",
     "MemoryBroker",
     "Notice",
     "NoticeHandler",
