@@ -113,8 +113,9 @@ class Resume:
 class PresenceChange:
     """This user's ``online`` changed: its first device claimed (``True``), or its last
     device released, or found gone with a node that died (``False``); a device that
-    comes or goes while another device of the user stays online changes nothing. Only ever handed to the node's own handler,
-    and for each change to one node only, so each change is announced once.
+    comes or goes while another device of the user stays online changes nothing. Only
+    ever handed to the node's own handler, and for each change to one node only, so
+    each change is announced once.
 
     ``version`` grows with every change of any user in the cluster (the broker hands
     them out atomically with the change itself): of two announcements about one
@@ -186,11 +187,12 @@ class Broker(Protocol):
         presence: Sequence[PresencePush] = (),
         groups: Sequence[int] = (),
     ) -> None:
-        """Wake these users and hand these events to whichever nodes hold a device of
-        each user, this one included, and wake these groups on every node, with one
-        presence look-up and one message per node for the whole batch (so one node's
-        notices arrive in the order they were routed). Users held by nobody are
-        skipped: their messages wait in the store (and pushed events are not kept)."""
+        """Wake these users and hand these events to the *other* nodes that hold a device
+        of each user, and wake these groups on every other node, with one presence
+        look-up and one message per node for the whole batch (so one node's notices
+        arrive in the order they were routed). This node's own sessions are the
+        router's to reach, never routed back. Users held by nobody are skipped: their
+        messages wait in the store (and pushed events are not kept)."""
 
     async def aclose(self) -> None:
         """Release what the broker holds (connections, threads)."""

@@ -7,15 +7,7 @@ from collections.abc import Sequence
 
 import trio
 
-from .base import (
-    MAX_DEVICES_ONLINE,
-    GroupWake,
-    NoticeHandler,
-    PresenceChange,
-    PresencePush,
-    Push,
-    Wake,
-)
+from .base import MAX_DEVICES_ONLINE, NoticeHandler, PresenceChange, PresencePush, Push
 
 
 class MemoryBroker:
@@ -74,20 +66,7 @@ class MemoryBroker:
         presence: Sequence[PresencePush] = (),
         groups: Sequence[int] = (),
     ) -> None:
-        if self._handler is None:
-            return
-        held = [user for user in wake if user in self._holders]
-        if held:
-            self._handler(Wake(tuple(held)))
-        if groups:
-            self._handler(GroupWake(tuple(groups)))
-        for event in push:
-            if event.user_id in self._holders:
-                self._handler(event)
-        for item in presence:
-            users = tuple(user for user in item.user_ids if user in self._holders)
-            if users:
-                self._handler(PresencePush(users, item.event, item.version))
+        """Nothing to do: there is no other node (the router reached this one's sessions)."""
 
     async def aclose(self) -> None:
         self._holders.clear()

@@ -6,7 +6,7 @@ Task tree::
     ├── broker.run            (notices from other nodes -> Router.on_notice;
     │                          presence changes -> PresenceAnnouncer.changed)
     ├── presence.run          (presence changes -> the friends' events, in batches)
-    ├── deletions.run         (written kept messages, deleted in batches)
+    ├── positions.run         (devices' positions, stored in batches)
     ├── relay.run             (wake-ups and events for other nodes, in batches)
     ├── watchdog              (ends connections whose write is overdue, or that
     │                          did not log in within the login timeout)
@@ -59,12 +59,13 @@ from chat.transports.proxy import HEADER_TIMEOUT as PROXY_HEADER_TIMEOUT
 from chat.transports.proxy import ProxiedPeer, ProxyHeaderError, read_proxy_header
 from chat.transports.tcp import format_peer, peer_address, peer_name
 
-from .deletions import Deletions
+from .fanout import FanoutBudget
 from .health import Health
 from .http import HttpEndpoint
 from .listeners import bound_ports, open_listeners
 from .metrics import StateCollector
 from .passwords import PasswordHasher
+from .positions import Positions
 from .presence import PresenceAnnouncer
 from .router import Router
 from .services import Services
@@ -84,7 +85,8 @@ class Node:
             broker=broker,
             router=self.router,
             hasher=PasswordHasher(settings.hash_concurrency, settings.hash_queue),
-            deletions=Deletions(store),
+            positions=Positions(store),
+            fanout=FanoutBudget(settings.fanout_rate, settings.fanout_burst),
         )
         store.pool.timeout = settings.db_timeout_seconds
         metrics = self.services.metrics
@@ -128,7 +130,7 @@ class Node:
         async with trio.open_nursery() as services:
             await services.start(self.presence.run)
             await services.start(self.services.broker.run, self._on_notice)
-            await services.start(self.services.deletions.run)
+            await services.start(self.services.positions.run)
             await services.start(self.router.relay.run)
             services.start_soon(self._watch_writes)
             await services.start(self.health.run)

@@ -34,6 +34,12 @@ REQUEST_BURST = 2_000
 """Per connection: this many requests per second on average, in bursts of this many.
 An interactive client sends a few per second; a bulk importer pipelining sends
 stays under 200/s sustained."""
+FANOUT_RATE = 20_000.0
+FANOUT_BURST = 100_000
+"""Per user and node: deliveries the user's sends may cause, this many per second on
+average, in bursts of this many (a one-to-one message costs 1, a group message the
+group's other members). A member of a 5,000-member group sends 20 messages at once,
+then 4 a second; one-to-one chat never comes near it."""
 PIPELINE_DEPTH = 16
 """Sends one connection may have started and not yet answered: a client that sends
 many at once has them stored together; beyond this, its next request is read once
@@ -74,6 +80,8 @@ class Settings:
     hash_queue: int = HASH_QUEUE
     request_rate: float = REQUEST_RATE
     request_burst: int = REQUEST_BURST
+    fanout_rate: float = FANOUT_RATE
+    fanout_burst: int = FANOUT_BURST
     db_timeout_seconds: float = DB_TIMEOUT_SECONDS
     login_timeout_seconds: float = LOGIN_TIMEOUT_SECONDS
     """0: no timeout."""
