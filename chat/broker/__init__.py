@@ -1,9 +1,9 @@
 """Brokers: how nodes learn who is online where, and wake each other."""
 
 from .base import (
+    MAX_DEVICES_ONLINE,
     Broker,
     BrokerUnavailable,
-    MAX_DEVICES_ONLINE,
     Evict,
     GroupWake,
     Notice,

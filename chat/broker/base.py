@@ -113,8 +113,9 @@ class Resume:
 class PresenceChange:
     """This user's ``online`` changed: its first device claimed (``True``), or its last
     device released, or found gone with a node that died (``False``); a device that
-    comes or goes while another device of the user stays online changes nothing. Only ever handed to the node's own handler,
-    and for each change to one node only, so each change is announced once.
+    comes or goes while another device of the user stays online changes nothing. Only
+    ever handed to the node's own handler, and for each change to one node only, so
+    each change is announced once.
 
     ``version`` grows with every change of any user in the cluster (the broker hands
     them out atomically with the change itself): of two announcements about one
