@@ -462,6 +462,8 @@ def test_notices_survive_the_wire() -> None:
     # An event this node cannot read costs that event, not the wake-ups beside it.
     unreadable = b'{"wake": [4], "push": [[1, "{\\"type\\": \\"from_the_future\\"}", "x"]]}'
     assert decode_notices(unreadable) == [Wake((4,))]
+    unreadable = b'{"wake":[4],"presence":[[5,"{\\"type\\":\\"presence\\",\\"user\\":1}",[3]]]}'
+    assert decode_notices(unreadable) == [Wake((4,))]
     for junk in [
         b"",
         b"[]",
