@@ -18,10 +18,10 @@ import pytest
 import redis
 import trio
 
-from chat.broker import Evict, Pause, PresencePush, Push, Resume, Resync, Wake
-from chat.broker.redis import RedisBroker, decode_notices, encode_notices
+from chat.broker import Evict, Pause, PresencePush, Resume
+from chat.broker.redis import RedisBroker
 from chat.client import ChatClient
-from chat.protocol.messages import FriendAddedEvent, PresenceEvent, UserPresence, UserRef
+from chat.protocol.messages import PresenceEvent, UserRef
 from chat.server import Node
 
 from .cluster_support import (
@@ -58,53 +58,7 @@ def logged_in(node: Node) -> set[str]:
 # --- the broker alone -----------------------------------------------------------------
 
 
-async def test_leases_are_held_by_one_holder(redis_url: str) -> None:
-    a = make_broker(redis_url, "node-a")
-    b = make_broker(redis_url, "node-b")
-    try:
-        # A Redis that has never seen the cluster takes claims at once: no settling.
-        assert await a.claim(1, "node-a/1")
-        assert not await b.claim(1, "node-b/1")
-        assert await b.claim(2, "node-b/2")
-        assert await a.locate([1, 2, 3]) == {1: "node-a", 2: "node-b"}
-        # A late release by someone who no longer holds the user frees nothing.
-        await b.release(1, "node-b/1")
-        assert await b.locate([1]) == {1: "node-a"}
-        # Closing a broker releases its own leases and nobody else's.
-        await a.aclose()
-        assert await b.locate([1, 2]) == {2: "node-b"}
-        assert await b.claim(1, "node-b/3")
-    finally:
-        await a.aclose()
-        await b.aclose()
-
-
-def test_notices_survive_the_wire() -> None:
-    pushes = [
-        Push(3, FriendAddedEvent(UserPresence(1, "ann", True))),
-        Push(1, FriendAddedEvent(UserPresence(2, "\u00e9\U0001f600", False))),
-    ]
-    assert decode_notices(encode_notices([1, 2], pushes)) == [Wake((1, 2)), *pushes]
-    assert decode_notices(encode_notices([7])) == [Wake((7,))]
-    assert decode_notices(b'{"resync":true}') == [Resync()]
-    # An event this node cannot read costs that event, not the wake-ups beside it.
-    unreadable = b'{"wake": [4], "push": [[1, "{\\"type\\": \\"from_the_future\\"}"]]}'
-    assert decode_notices(unreadable) == [Wake((4,))]
-    for junk in [
-        b"",
-        b"[]",
-        b"{}",
-        b'{"wake": [0]}',
-        b'{"wake": [true]}',
-        b'{"wake": []}',
-        b'{"push": 1}',
-        b'{"push": [[1]]}',
-        b'{"push": [[1, 2]]}',
-        b'{"push": [[1, "{\\"type\\": \\"nonsense\\"}"]]}',
-        b'{"wake": [1], "what": 2}',
-        b"\xff",
-    ]:
-        assert decode_notices(junk) == [], junk
+# The leases and the wire format: tests/test_redis_broker.py.
 
 
 def test_bad_redis_url_is_a_clear_error() -> None:

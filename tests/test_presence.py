@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from chat.broker import MemoryBroker, Pause, PresenceChange, PresencePush, Resume, Resync, Wake
-from chat.broker.redis import decode_notices, encode_notices, encode_presence
+from chat.broker import MemoryBroker, Pause, PresenceChange, PresencePush, Resume
 from chat.client import ChatClient
 from chat.protocol.messages import Event, PresenceEvent, UserRef
 from chat.server import Node
@@ -248,23 +247,6 @@ async def test_the_announcer_coalesces_steps_and_keeps_the_newest(database_url: 
         assert sessions[friends[0].id].events == told
     finally:
         store.close()
-
-
-# --- the wire between nodes --------------------------------------------------------------
-
-
-def test_presence_notices_survive_the_wire() -> None:
-    event = PresenceEvent(UserRef(7, "ann"), False)
-    push = PresencePush((3, 4), event, 1_764_520_000_123_456)
-    assert decode_notices(encode_presence([push])) == [push]
-    # Wake-ups never share a message with presence events (an older node would drop both).
-    assert decode_notices(encode_notices([1])) == [Wake((1,))]
-    # An event this node cannot read costs that item only.
-    unreadable = b'{"presence":[[5,"{\\"type\\":\\"presence\\",\\"user\\":1}",[3]]]}'
-    assert decode_notices(unreadable) == []
-    assert decode_notices(b'{"presence":[[0,"{}",[3]]]}') == []  # malformed: version 0
-    assert decode_notices(b'{"presence":[[5,"{}",[]]]}') == []  # nobody to tell
-    assert decode_notices(b'{"resync":true}') == [Resync()]
 
 
 # --- two nodes -------------------------------------------------------------------------
