@@ -359,13 +359,20 @@ async def test_route_reaches_every_node_of_a_user_and_keeps_skip(redis_url: str)
         await a.broker.route([], [], groups=[5])
         await c.heard.until(lambda: routed(c.heard))
         assert routed(c.heard) == [GroupWake((5,))]
-        # The routing node's own users get theirs by direct call, in the same order.
+        # The routing node's own sessions are the router's to reach: nothing comes back
+        # to it, and user 1's other node gets its share, in order.
+        before = len(routed(a.heard))
         await a.broker.route([1], [Push(1, FRIEND, skip="node-b/1")], groups=[6])
-        assert routed(a.heard)[-3:] == [
+        await b.heard.until(lambda: GroupWake((6,)) in routed(b.heard))
+        assert routed(b.heard)[-3:] == [
             Wake((1,)),
             GroupWake((6,)),
             Push(1, FRIEND, skip="node-b/1"),
         ]
+        # A sentinel from B to A: what A heard before it is all A was ever sent.
+        await b.broker.route([], [], groups=[99])
+        await a.heard.until(lambda: GroupWake((99,)) in routed(a.heard))
+        assert routed(a.heard)[before:] == [GroupWake((99,))]
         assert b.broker.notices_received >= 5
 
 
@@ -404,8 +411,9 @@ class Subscriber:
 async def test_group_wakes_reach_every_live_node_in_one_message(redis_url: str) -> None:
     """A, B and two nodes that are only entries in Redis and a pub/sub connection each:
     Z, alive (its liveness key stands), and Y, dead (listed, but its liveness lapsed).
-    A route call with group wake-ups hands them to A itself, to B, and to Z in the same
-    message as Z's wake-ups and pushes, in order; Y gets nothing."""
+    A route call with group wake-ups hands them to B, and to Z in the same message as
+    Z's wake-ups and pushes, in order; Y gets nothing, and neither does A itself (its
+    router reaches its own sessions)."""
     async with node(redis_url, "node-a") as a, node(redis_url, "node-b") as b:
         prefix = a.broker.prefix
         z = Subscriber(redis_url, a.broker.channel_of("node-z"))
@@ -438,9 +446,11 @@ async def test_group_wakes_reach_every_live_node_in_one_message(redis_url: str) 
             client.close()
             z.close()
             y.close()
-        assert routed(a.heard) == [GroupWake((7, 8))]
         await b.heard.until(lambda: routed(b.heard))
         assert routed(b.heard) == [GroupWake((7, 8))]
+        await b.broker.route([], [], groups=[99])  # a sentinel for A
+        await a.heard.until(lambda: routed(a.heard))
+        assert routed(a.heard) == [GroupWake((99,))]
         # B: two groups; Z: two groups, a wake-up, a push and a presence item.
         assert a.broker.notices_sent == 2 + (2 + 1 + 1 + 1)
 

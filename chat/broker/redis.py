@@ -155,7 +155,7 @@ from .base import (
     Resync,
     Wake,
 )
-from .wire import RESYNC, decode_notices, encode_notices, in_order
+from .wire import RESYNC, decode_notices, encode_notices
 
 log = logging.getLogger(__name__)
 
@@ -503,12 +503,9 @@ class RedisBroker:
         )
         if not users and not groups:
             return
-        mine, sent = await self._call(
+        self.notices_sent += await self._call(
             self._route, users, wake, push, presence, list(dict.fromkeys(groups))
         )
-        self.notices_sent += sent
-        for notice in mine:
-            self._deliver(notice)
 
     async def ping(self) -> None:
         """Redis answers a PING (the node's readiness check). Abandoned if the caller
@@ -581,10 +578,11 @@ class RedisBroker:
         push: Sequence[Push],
         presence: Sequence[PresencePush],
         groups: Sequence[int],
-    ) -> tuple[list[Notice], int]:
+    ) -> int:
         """Look up the nodes of every user's devices (and with ``groups``, every live
-        node), publish one message per other node (pipelined), and return what is for
-        this node, and how many notices went to others."""
+        node), publish one message per other node (pipelined), and return how many
+        notices went out. Nothing comes back to this node: its own sessions are the
+        router's to reach (``Broker.route``)."""
         alive, found = self._lookup(users, bool(groups))
         nodes = {
             user: {node_of(value) for value in devices.values()} for user, devices in found.items()
@@ -620,16 +618,13 @@ class RedisBroker:
                     ),
                 )
             pipe.execute()
-        me = self.node_id
-        mine = in_order(wakes[me], pushes[me], presences[me], groups)
-        sent = sum(
+        return sum(
             len(wakes[node])
             + len(pushes[node])
             + len(presences[node])
             + len(groups) * (node in grouped)
             for node in others
         )
-        return mine, sent
 
     # --- subscription -----------------------------------------------------------------
 
