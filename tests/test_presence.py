@@ -200,11 +200,15 @@ async def test_a_failed_login_announces_nothing(connect: Connect) -> None:
 class Recorder:
     """Stands in for a user session: what the router hands it."""
 
-    def __init__(self) -> None:
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
         self.events: list[Event] = []
 
     def push(self, event: Event) -> None:
         self.events.append(event)
+
+    def following(self) -> list[int]:
+        return []
 
 
 async def test_the_announcer_coalesces_steps_and_keeps_the_newest(database_url: str) -> None:
@@ -221,7 +225,7 @@ async def test_the_announcer_coalesces_steps_and_keeps_the_newest(database_url: 
             await store.add_friend(ann.id, friend.id, window)
             await store.add_friend(friend.id, bob.id, window)
         router = Router(MemoryBroker("node"))
-        sessions = {user.id: Recorder() for user in [*friends, stranger, ann]}
+        sessions = {user.id: Recorder(f"node/{user.id}") for user in [*friends, stranger, ann]}
         for user_id, session in sessions.items():
             router.attach(user_id, session)  # type: ignore[arg-type]
         announcer = PresenceAnnouncer(store, router, fanout_step=2)

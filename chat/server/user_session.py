@@ -146,6 +146,9 @@ class UserSession:
         makes its stream be read after it, never neither."""
         user = self.user
         assert user is not None
+        # What this node had to store for an earlier login of the device first (or
+        # ``unavailable``): else this login would count, and deliver, it again.
+        await self.services.positions.settle(user.id, self.device)
         online = await self.services.broker.devices(user.id)
         start = await self.services.store.device_login(user.id, self.device, sorted(online))
         for forgotten in start.forgotten:

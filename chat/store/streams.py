@@ -201,8 +201,9 @@ def device_login(
 
     A new device starts at each stream's head: it gets what is stored from now on,
     and reads older messages with ``history``. The very first device of a user who
-    never had one starts at the beginning of the inbox instead, so that what was sent
-    to a new account before its first login is kept for it, as in version 1."""
+    never had one starts at the beginning of the inbox (and of each group, where the
+    user joined it) instead, so that what was sent to an account before its first
+    login is kept for it, as in version 1."""
     logged_in = set(online)
     row = sql.one(
         f"SELECT devices_since, inbox_head FROM users WHERE id = ?{sql.dialect.for_update}",
@@ -235,9 +236,12 @@ def device_login(
             " VALUES (?, ?, ?, ?, ?)",
             (user_id, device, start, now, now),
         )
+        # The first device: each group from where the user joined it; a later one:
+        # from the group's head.
+        start_at = "g.log_head" if devices_since is not None else "gm.joined_pos"
         sql.execute(
             "INSERT INTO device_groups (user_id, device, group_id, pos)"
-            " SELECT gm.user_id, ?, gm.group_id, g.log_head FROM group_members gm"
+            f" SELECT gm.user_id, ?, gm.group_id, {start_at} FROM group_members gm"
             " JOIN chat_groups g ON g.id = gm.group_id WHERE gm.user_id = ?",
             (device, user_id),
         )
@@ -320,6 +324,11 @@ def follow_group(sql: Sql, user_id: int, group_id: int) -> None:
     the head read here is the one the next group message follows; the user's row is
     locked too, so a device made meanwhile (``device_login``) is not missed."""
     sql.one(f"SELECT id FROM users WHERE id = ?{sql.dialect.for_update}", (user_id,))
+    sql.execute(
+        "UPDATE group_members SET joined_pos = (SELECT log_head FROM chat_groups WHERE id = ?)"
+        " WHERE group_id = ? AND user_id = ?",
+        (group_id, group_id, user_id),
+    )
     sql.execute(
         "INSERT INTO device_groups (user_id, device, group_id, pos)"
         " SELECT d.user_id, d.device, g.id, g.log_head FROM devices d"
