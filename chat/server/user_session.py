@@ -110,6 +110,9 @@ class UserSession:
         """The device's lease was re-created: compare positions before delivering more."""
         self._revoked = False
         """This session must never deliver again; it is closing."""
+        self._ending = False
+        """The connection is ending (``ack_timeout``): what is queued is written, nothing
+        more is queued."""
         connection.hooks = self
 
     # --- login state (the Caller interface) ----------------------------------------
@@ -131,6 +134,7 @@ class UserSession:
         self.device = device
         self.acks = acks
         self._revoked = False
+        self._ending = False
         self._checking = False
         self._woken_early = False
         self._held_events.take()
@@ -222,7 +226,7 @@ class UserSession:
         """A message was just stored at ``pos`` of ``stream``, a stream of this user:
         queue it now if it is the next one, or read the stream (``DeviceState.offer``)."""
         state = self.state
-        if self.user is None or self._revoked:
+        if self.user is None or self._revoked or self._ending:
             return
         if state is None:
             self._woken_early = True
@@ -415,7 +419,7 @@ class UserSession:
         """Queue a read's items in order (waiting for room); how many were messages."""
         count = 0
         for item in items:
-            if self._revoked:
+            if self._revoked or self._ending:
                 break
             if isinstance(item, Mark):
                 await self.connection.queue(Outgoing(b"", item))
@@ -429,8 +433,8 @@ class UserSession:
     def _check_unacked(self, state: DeviceState) -> None:
         """An ``acks`` client that stopped acknowledging: end the connection (what it
         had not acknowledged stays kept for the device)."""
-        if state.acks and state.unacked > MAX_UNACKED and not self._revoked:
-            self._revoked = True
+        if state.acks and state.unacked > MAX_UNACKED and not self._ending:
+            self._ending = True
             error = Error(
                 None,
                 ErrorCode.ACK_TIMEOUT,
@@ -454,7 +458,7 @@ class UserSession:
                 while True:
                     await self._wake.wait()
                     await router.wait_live()
-                    if self._revoked:
+                    if self._revoked or self._ending:
                         return
                     self._wake = trio.Event()
                     if self._checking and not await self._still_current(state):
