@@ -466,7 +466,9 @@ class UserSession:
                     await self._follow_joined(state)
                     if self._held_events:
                         await self._write_held()
+                    along: set[int] = set()
                     while state.dirty and not router.paused and not self._revoked:
+                        state.wake(along)
                         ranges = state.live_ranges(page)
                         state.reading = True
                         try:
@@ -479,6 +481,15 @@ class UserSession:
                             break
                         finally:
                             state.reading = False
+                        read = {wanted.stream for wanted in ranges}
+                        if state.dirty - read:
+                            # Streams told of new messages while this read ran, and not in
+                            # it: the read may hold a sender's later message while an
+                            # earlier one waits in those. Read them all together instead
+                            # (the set only grows, so this ends).
+                            along = read
+                            continue
+                        along = set()
                         await self._queue_items(
                             state, state.take(ranges, results, page), offline=False
                         )
@@ -512,6 +523,9 @@ class UserSession:
     async def _follow_joined(self, state: DeviceState) -> None:
         while self._to_follow:
             group_id = self._to_follow.pop()
+            # Hand-offs wait meanwhile (they turn into reads): a message of the group and
+            # a later one of its sender elsewhere must not pass each other.
+            state.reading = True
             try:
                 pos = await self.services.store.group_position(
                     state.user_id, state.device, group_id
@@ -522,6 +536,8 @@ class UserSession:
                 await trio.sleep(1.0)
                 self._wake.set()
                 return
+            finally:
+                state.reading = False
             if pos is not None:
                 state.follow(group_id, pos)
                 self.services.router.follow(self, [group_id])

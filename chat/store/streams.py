@@ -252,27 +252,27 @@ def device_login(
             "UPDATE devices SET last_seen = ? WHERE user_id = ? AND device = ?",
             (now, user_id, device),
         )
-    # Each statement reads from one snapshot: a head and the count below it agree.
-    inbox = sql.one(
-        "SELECT d.inbox_pos, u.inbox_head, (SELECT COUNT(*) FROM messages m"
+    # One statement, so one snapshot for every stream: each head and the count below it
+    # agree, and a sender's message in one stream is never before a head while an
+    # earlier one of theirs in another stream is after its head.
+    positions: dict[int, int] = {}
+    heads: dict[int, int] = {}
+    kept = 0
+    for stream, pos, head, count in sql.all(
+        "SELECT 0, d.inbox_pos, u.inbox_head, (SELECT COUNT(*) FROM messages m"
         " WHERE m.recipient_id = u.id AND m.pos > d.inbox_pos AND m.pos <= u.inbox_head)"
         " FROM devices d JOIN users u ON u.id = d.user_id"
-        " WHERE d.user_id = ? AND d.device = ?",
-        (user_id, device),
-    )
-    positions = {INBOX: int(inbox[0])}
-    heads = {INBOX: int(inbox[1])}
-    kept = int(inbox[2])
-    for group_id, pos, head, count in sql.all(
-        "SELECT c.group_id, c.pos, g.log_head, (SELECT COUNT(*) FROM messages m"
+        " WHERE d.user_id = ? AND d.device = ?"
+        " UNION ALL"
+        " SELECT c.group_id, c.pos, g.log_head, (SELECT COUNT(*) FROM messages m"
         " WHERE m.group_id = c.group_id AND m.pos > c.pos AND m.pos <= g.log_head"
         " AND m.sender_id <> c.user_id)"
         " FROM device_groups c JOIN chat_groups g ON g.id = c.group_id"
         " WHERE c.user_id = ? AND c.device = ?",
-        (user_id, device),
+        (user_id, device, user_id, device),
     ):
-        positions[int(group_id)] = int(pos)
-        heads[int(group_id)] = int(head)
+        positions[int(stream)] = int(pos)
+        heads[int(stream)] = int(head)
         kept += int(count)
     return DeviceStart(positions, heads, kept, new, sorted(forget))
 
