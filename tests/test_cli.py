@@ -161,7 +161,7 @@ def run_piped(
 
 
 def login(child: pexpect.spawn, name: str) -> None:
-    """Log in with the password asked for at a no-echo prompt."""
+    """Log in with the password asked for at a masked prompt."""
     child.sendline(f"/login {name}")
     child.expect_exact(f"password for {name}:")
     child.sendline(PASSWORD)
@@ -216,6 +216,7 @@ def test_two_users_befriend_chat_and_talk_in_a_group(cli: Spawn) -> None:
     alice.sendline("/register alice")
     alice.expect_exact("new password for alice:")
     alice.sendline(PASSWORD)
+    alice.expect(drawn("*" * len(PASSWORD)))  # the docs promise a masked echo
     alice.expect_exact("the same password again:")
     alice.sendline(PASSWORD)
     alice.expect_exact("registered alice (#")
@@ -263,7 +264,7 @@ def test_two_users_befriend_chat_and_talk_in_a_group(cli: Spawn) -> None:
 
     quit_cleanly(bob)
     transcript = quit_cleanly(alice, status=1)  # the /msg to nobody failed
-    assert PASSWORD not in transcript  # asked for without echo
+    assert PASSWORD not in transcript  # masked: shown as *, never as typed
 
 
 def test_friends_coming_and_going_are_shown_and_the_list_stays_live(
