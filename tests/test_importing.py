@@ -276,8 +276,8 @@ def test_a_name_twice_in_the_file_is_a_problem_of_the_later_line() -> None:
     with pytest.raises(ImportRefused) as caught:
         read_plan(lines)
     assert [str(p) for p in caught.value.problems] == [
-        "line 3: name: 'ann' is a user of line 1 as 'Ann' already",
-        "line 4: group: 'G' is a group of line 2 as 'g' already",
+        "line 3: name: 'ann' is already a user on line 1 (as 'Ann')",
+        "line 4: group: 'G' is already a group on line 2 (as 'g')",
     ]
 
 

@@ -207,26 +207,24 @@ def _read_line(
     if ("name" in obj) == ("group" in obj):
         problem("name, group: give name (a user line) or group (a group line)")
         return None
-    fields = USER_FIELDS if "name" in obj else GROUP_FIELDS
+    field, kind, fields = (
+        ("name", "user", USER_FIELDS) if "name" in obj else ("group", "group", GROUP_FIELDS)
+    )
     for key in obj:
         if key not in fields:
-            problem(f"{key}: unknown field (a {_kind(obj)} line takes {', '.join(fields)})")
-    field = "name" if "name" in obj else "group"
+            problem(f"{key}: unknown field (a {kind} line takes {', '.join(fields)})")
     name = _checked(obj, field, check_new_name, problem)
     if name is None:
         return None
     named[field].append((number, name))
-    line = _user(name, obj, problem) if field == "name" else _group(name, obj, problem)
-    return line(number) if line is not None else None
-
-
-def _kind(obj: Mapping[str, Any]) -> str:
-    return "user" if "name" in obj else "group"
+    if field == "name":
+        return _user(number, name, obj, problem)
+    return _group(number, name, obj, problem)
 
 
 def _user(
-    name: str, obj: Mapping[str, Any], problem: Callable[[str], None]
-) -> Callable[[int], UserLine] | None:
+    number: int, name: str, obj: Mapping[str, Any], problem: Callable[[str], None]
+) -> UserLine | None:
     password = password_hash = None
     if "password" not in obj and "password_hash" not in obj:
         problem("password: required field missing (or give password_hash)")
@@ -242,12 +240,12 @@ def _user(
     if name in friends:
         problem(f"friends: {name!r} cannot be their own friend")
         return None
-    return lambda line: UserLine(line, name, password, password_hash, friends)
+    return UserLine(number, name, password, password_hash, friends)
 
 
 def _group(
-    name: str, obj: Mapping[str, Any], problem: Callable[[str], None]
-) -> Callable[[int], GroupLine] | None:
+    number: int, name: str, obj: Mapping[str, Any], problem: Callable[[str], None]
+) -> GroupLine | None:
     description = _checked(obj, "description", check_description, problem, default="")
     creator = None
     if "creator" not in obj:
@@ -257,7 +255,7 @@ def _group(
     members = _names(obj, "members", problem)
     if description is None or creator is None or members is None:
         return None
-    return lambda line: GroupLine(line, name, description, creator, members)
+    return GroupLine(number, name, description, creator, members)
 
 
 def _checked(
@@ -311,9 +309,9 @@ def _no_twins(
         key = name_key(name)
         if key in first:
             earlier_line, earlier = first[key]
-            same = "" if earlier == name else f" as {earlier!r}"
+            spelt = "" if earlier == name else f" (as {earlier!r})"
             problems.append(
-                Problem(line, f"{field}: {name!r} is {what} of line {earlier_line}{same} already")
+                Problem(line, f"{field}: {name!r} is already {what} on line {earlier_line}{spelt}")
             )
         else:
             first[key] = (line, name)
