@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from .bulk import Accounts, ImportBlocked, Imported, InUse, NewGroup, NewUser
 from .contacts import LoginReads
 from .dialect import Dialect
 from .errors import (
@@ -90,6 +91,7 @@ def open_store(url: str, pool_size: int | None = None) -> Store:
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "Accounts",
     "AlreadyBlocked",
     "AlreadyFriends",
     "AlreadyMember",
@@ -101,11 +103,16 @@ __all__ = [
     "GroupRecord",
     "HistoryMessage",
     "HistoryPage",
+    "ImportBlocked",
+    "Imported",
+    "InUse",
     "LoginReads",
     "LoginSnapshot",
     "MemberRecord",
     "MembershipRecord",
     "NameTaken",
+    "NewGroup",
+    "NewUser",
     "NoSuchGroup",
     "NoSuchUser",
     "NotAMember",
