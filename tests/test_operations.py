@@ -84,6 +84,43 @@ async def test_metrics_move_with_traffic(database_url: str) -> None:
         assert value(after, "chat_users_online") == 0
 
 
+OPERATIONS_DOC = Path(__file__).parent.parent / "docs" / "operations.md"
+
+
+def documented_metrics() -> dict[str, tuple[str, str]]:
+    """The metrics table of docs/operations.md: name -> (type, the whole row)."""
+    rows = {}
+    for line in OPERATIONS_DOC.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `chat_") and len(cells) >= 4:
+            rows[cells[0].strip("`")] = (cells[1], line)
+    return rows
+
+
+async def test_the_metrics_table_in_the_docs_names_everything_exported(tmp_path: Path) -> None:
+    documented = documented_metrics()
+    async with running_node(f"sqlite:///{tmp_path}/chat.db", http_port=0) as node:
+        status, body = await http_get(node.http_ports[0], "/metrics")
+    assert status == 200, body
+    exported = {}
+    for line in body.decode().splitlines():
+        if line.startswith("# TYPE "):
+            name, kind = line.split()[2:4]
+            if not name.endswith("_created"):  # prometheus_client's, described under the table
+                exported[name] = kind
+    assert sorted(exported.keys() - documented.keys()) == [], "exported but not in the table"
+    # chat_redis_up is exported only with --redis (test_readyz_follows_redis sees it).
+    assert sorted(documented.keys() - exported.keys()) == ["chat_redis_up"], "documented only"
+    for name, kind in exported.items():
+        assert documented[name][0] == kind, name
+    transports = {
+        dict(labels)["transport"] for name, labels in parse(body) if name == "chat_connections"
+    }
+    assert transports == {"tcp", "websocket", "legacy"}
+    for transport in transports:
+        assert f"`{transport}`" in documented["chat_connections"][1], transport
+
+
 async def test_health_endpoints(tmp_path: Path) -> None:
     async with running_node(f"sqlite:///{tmp_path}/chat.db", http_port=0) as node:
         port = node.http_ports[0]

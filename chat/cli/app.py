@@ -120,9 +120,12 @@ class App:
         self.target = target
         self.console = console
         self.tokens = tokens
-        """Where remembered tokens are: one found for this server logs in at start."""
+        """Where remembered tokens are: one found for this server logs in at start, in a
+        terminal always, in a piped run only with ``remember`` (a script that logs in
+        by itself must not find itself logged in as someone else)."""
         self.remember = remember
-        """Keep the token of each login in ``tokens`` (``--remember``)."""
+        """Keep the token of each login in ``tokens``, and use a kept one in a piped run
+        too (``--remember``)."""
         self.known = Known()
         self._token: str | None = None
         """The session token of the last login: a reconnect logs in with it."""
@@ -193,11 +196,12 @@ class App:
 
     async def _resume(self) -> None:
         """After a reconnect: log in again, then resend what had no reply. At the first
-        connection: log in with the token remembered for this server, if any."""
-        if self._token is None and self._credentials is None and self.tokens is not None:
-            remembered = self.tokens.get(str(self.target))
+        connection: log in with the token remembered for this server, if any (in a piped
+        run only with ``--remember``)."""
+        if self._token is None and self._credentials is None:
+            remembered = self._remembered()
             if remembered is not None:
-                await self._login_with_token(remembered.token, remembered.name)
+                await self._login_with_token(remembered.token, remembered.name, remembered=True)
         elif self._token is not None and self.known.me is None:
             await self._login_with_token(self._token, None)
         if self._credentials is not None and self.known.me is None:
@@ -328,7 +332,7 @@ class App:
             case cmd.Logout():
                 # The token is revoked on the server too: nobody logs in with it again.
                 await self._call("logout", forget=True)
-                self._forget_token()
+                self._forget_token(self._token)
                 self.known.logged_out()
                 self._credentials = None
                 self.console.show(notice("logged out"))
@@ -489,35 +493,61 @@ class App:
         await self._enter({"name": name, "password": password})
         self._credentials = (name, password)
 
-    async def _login_with_token(self, token: str, name: str | None) -> None:
-        """Log in with a session token; one the server refuses is forgotten."""
+    def _remembered(self) -> Remembered | None:
+        """The login kept for this server, if this run may use it."""
+        if self.tokens is None or not (self.console.interactive or self.remember):
+            return None
+        return self.tokens.get(str(self.target))
+
+    async def _login_with_token(
+        self, token: str, name: str | None, *, remembered: bool = False
+    ) -> None:
+        """Log in with a session token (``remembered``: the one kept in the token file,
+        at start); one the server refuses is forgotten."""
         reply = await self._request("login", token=token)
         if reply.get("type") == "ok":
-            await self._enter(reply=reply)
+            how = f"with the login remembered for {self.target} (/logout forgets it)"
+            await self._enter(reply=reply, how=how if remembered else "")
             return
         who = name or (
             self.known.conversation_of and self.known.name_of(self.known.conversation_of)
         )
         if reply.get("code") == "bad_credentials":
-            self._forget_token()
+            self._forget_token(token)
             self.console.problem(
                 render.error(
                     f"the remembered login{' of ' + who if who else ''} has expired or was"
                     " revoked; /login NAME"
                 )
             )
+        elif remembered:
+            self.console.problem(
+                render.error(
+                    f"the login remembered for {self.target}{f' ({who})' if who else ''} was"
+                    f" not used: {reply.get('message')}; /login NAME"
+                )
+            )
         else:
             self.console.problem(render.error(f"could not log in again: {reply.get('message')}"))
 
-    def _forget_token(self) -> None:
+    def _forget_token(self, token: str | None) -> None:
+        """This run is done with ``token``: forget it, also in the token file if it is the
+        one kept there (a login made without ``--remember`` leaves the kept one alone)."""
         self._token = None
-        if self.tokens is not None:
+        if self.tokens is None or token is None:
+            return
+        kept = self.tokens.get(str(self.target))
+        if kept is not None and kept.token == token:
             self.tokens.forget(str(self.target))
 
     async def _enter(
-        self, fields: dict[str, Any] | None = None, reply: dict[str, Any] | None = None
+        self,
+        fields: dict[str, Any] | None = None,
+        reply: dict[str, Any] | None = None,
+        how: str = "",
     ) -> None:
-        """A login: by ``fields``, or the ``reply`` of one already made."""
+        """A login: by ``fields``, or the ``reply`` of one already made (``how``: said
+        after "logged in as NAME")."""
         async with self._events_lock:
             if reply is None:
                 assert fields is not None
@@ -538,16 +568,20 @@ class App:
             self._offline_done = trio.Event()
             if result.offline == 0:
                 self._offline_done.set()
-            for line in self._login_summary(result):
+            for line in self._login_summary(result, how):
                 self.console.show(line)
             self._completions()
         # Kept messages follow the reply: wait for them, so a script sees them all.
         with trio.move_on_after(OFFLINE_WAIT_SECONDS):
             await self._offline_done.wait()
 
-    def _login_summary(self, result: LoginResult) -> list[Line]:
+    def _login_summary(self, result: LoginResult, how: str = "") -> list[Line]:
         lines = [
-            notice("logged in as ", ("me", render.clean(result.user.name)), f" (#{result.user.id})")
+            notice(
+                "logged in as ",
+                ("me", render.clean(result.user.name)),
+                f" (#{result.user.id})" + (f" {how}" if how else ""),
+            )
         ]
         everyone = list(self.known.friends.values())
         if len(everyone) > SUMMARY_FRIENDS:

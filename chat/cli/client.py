@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--remember",
         action="store_true",
         help=f"keep the login's session token in {default_tokens_path()} (mode 0600), so the"
-        " next start logs in by itself; /logout forgets it",
+        " next start logs in by itself; /logout forgets it. In a terminal a kept token is"
+        " always used; with commands piped in, only with --remember",
     )
     return parser
 

@@ -1,4 +1,5 @@
-"""``chat-server``: run a node (``serve``) or only prepare its database (``migrate``)."""
+"""``chat-server``: run a node (``serve``), only prepare its database (``migrate``), or
+create many accounts at once (``import-users``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 
 import trio
 
 from chat.broker import Broker, MemoryBroker
 from chat.server import Node, Settings
+from chat.server.importing import ImportRefused, import_plan, read_plan
 from chat.server.settings import (
     ADDRESS_LOGINS_PER_MINUTE,
     DB_TIMEOUT_SECONDS,
@@ -131,6 +134,31 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="create the database and apply migrations")
     _database_flag(migrate)
     _log_flag(migrate)
+
+    accounts = commands.add_parser(
+        "import-users",
+        help="create users, friendships and groups from a JSON lines file, all or nothing",
+        description="Create users, friendships and groups from a JSON lines file: one object "
+        'per line, {"name": ..., "password": ... (or "password_hash": ...), "friends": [...]} '
+        'for a user, {"group": ..., "creator": ..., "members": [...], "description": ...} for '
+        "a group. Every line is checked first (names as register checks them); a file with "
+        "any problem writes nothing. The database is migrated first. docs/operations.md.",
+    )
+    accounts.add_argument("file", help="the JSON lines file ('-': standard input)")
+    _database_flag(accounts)
+    accounts.add_argument(
+        "--hash-threads",
+        type=_workers,
+        default="auto",
+        help="threads hashing passwords (each distinct password is hashed once; default "
+        "auto: one per CPU)",
+    )
+    accounts.add_argument(
+        "--check",
+        action="store_true",
+        help="check the file against the database and write nothing",
+    )
+    _log_flag(accounts)
     return parser
 
 
@@ -328,6 +356,8 @@ async def _stop_on_signal(signals: AsyncIterator[int], node: Node, scope: trio.C
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "import-users":
+        return _import_users(args)
     if args.command == "migrate":
         configure_logging(args.log_level, "migrate")
         try:
@@ -373,6 +403,65 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         raise
     return 0
+
+
+SHOWN_PROBLEMS = 50
+"""``import-users`` prints at most this many problems of a refused file."""
+
+
+def _import_users(args: argparse.Namespace) -> int:
+    """``import-users``: 0 imported (or, with ``--check``, would be), 1 refused or no
+    database; nothing is written unless everything is."""
+    configure_logging(args.log_level, "import")
+    try:
+        if args.file == "-":
+            plan = read_plan(sys.stdin)
+        else:
+            with open(args.file, encoding="utf-8") as lines:
+                plan = read_plan(lines)
+    except OSError as exc:
+        log.error("cannot read %s: %s", args.file, exc)
+        return 1
+    except UnicodeDecodeError as exc:
+        log.error("cannot read %s: not UTF-8 (%s)", args.file, exc)
+        return 1
+    except ImportRefused as refused:
+        return _refused(args.file, refused)
+    try:
+        store = open_store(args.database)
+    except (StoreError, ValueError, OSError) as exc:
+        log.error("cannot open %s: %s", args.database, exc)
+        return 1
+    try:
+        report = trio.run(
+            partial(import_plan, store, plan, threads=args.hash_threads, check_only=args.check)
+        )
+    except ImportRefused as refused:
+        return _refused(args.file, refused)
+    except StoreError as exc:
+        log.error("nothing was imported: %s", exc)
+        return 1
+    finally:
+        store.close()
+    where = store.dialect.describe()
+    if report is None:
+        print(
+            f"{args.file}: {len(plan.users)} users and {len(plan.groups)} groups can be"
+            f" imported into {where} (--check: nothing written)"
+        )
+    else:
+        print(f"{report} into {where}")
+    return 0
+
+
+def _refused(file: str, refused: ImportRefused) -> int:
+    for problem in refused.problems[:SHOWN_PROBLEMS]:
+        print(f"{file}: {problem}", file=sys.stderr)
+    more = len(refused.problems) - SHOWN_PROBLEMS
+    if more > 0:
+        print(f"{file}: ... and {more} more problems", file=sys.stderr)
+    print(f"{file}: nothing was imported", file=sys.stderr)
+    return 1
 
 
 def _run_workers(args: argparse.Namespace, node_id: str) -> int:
