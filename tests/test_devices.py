@@ -14,7 +14,7 @@ import trio
 from chat.client import ChatClient
 from chat.server import Node
 
-from .support import client, next_is_sentinel, register
+from .support import client, next_is_sentinel, register, running_node
 
 Connect = Callable[[], AbstractAsyncContextManager[ChatClient]]
 DEADLINE = 10
@@ -448,3 +448,40 @@ async def test_a_login_of_a_twenty_first_device_forgets_the_least_recently_seen(
         await on(c, "ann", "d20")
         names = [d["device"] for d in (await c.call("devices"))["devices"]]
         assert len(names) == 20 and "d00" not in names and "d20" in names
+
+
+# --- the fan-out budget -------------------------------------------------------------------------
+
+
+async def test_a_group_sender_beyond_its_fan_out_budget_is_rate_limited(
+    database_url: str,
+) -> None:
+    """A member of a group of 21 may cause 50 deliveries at once and 10 a second more:
+    group messages (20 deliveries each) go until the budget is in debt (three: 50, 30,
+    10, then -10), the fourth answers ``rate_limited`` with ``retry_after_ms`` and
+    stores nothing, and one-to-one chat of other users is not touched."""
+    async with running_node(database_url, fanout_rate=10, fanout_burst=50) as node:
+        async with client(node) as c:
+            names = [f"m{n:02}" for n in range(21)]
+            ids = {name: await register(c, name) for name in [*names, "x", "y"]}
+        async with client(node) as loud, client(node) as x, client(node) as y:
+            await on(loud, "m00")
+            group = (await loud.call("create_group", name="big"))["group"]["id"]
+            for name in names[1:]:
+                async with client(node) as member:
+                    await on(member, name)
+                    await member.call("join_group", group_id=group)
+            for n in range(3):
+                await loud.call("group_send", group_id=group, text=f"ok {n}")
+            reply = await loud.request("group_send", group_id=group, text="too much")
+            assert reply["code"] == "rate_limited", reply
+            assert reply["retry_after_ms"] > 0
+            page = await loud.call("history", group_id=group)
+            assert [m["text"] for m in page["messages"]] == ["ok 0", "ok 1", "ok 2"]
+            await on(x, "x")
+            await on(y, "y")
+            for n in range(5):
+                await x.call("send", to=ids["y"], text=f"pair {n}")
+            with trio.fail_after(DEADLINE):
+                await trio.sleep(reply["retry_after_ms"] / 1000)
+            await loud.call("group_send", group_id=group, text="later")

@@ -20,6 +20,8 @@ from chat.server.importing import ImportRefused, import_plan, read_plan
 from chat.server.settings import (
     ADDRESS_LOGINS_PER_MINUTE,
     DB_TIMEOUT_SECONDS,
+    FANOUT_BURST,
+    FANOUT_RATE,
     HASH_QUEUE,
     LOGIN_TIMEOUT_SECONDS,
     MAX_CONNECTIONS,
@@ -206,6 +208,20 @@ def _operations_flags(serve: argparse.ArgumentParser) -> None:
         help=f"requests one connection may send at once (default {REQUEST_BURST})",
     )
     serve.add_argument(
+        "--fanout-rate",
+        type=float,
+        default=_env("fanout_rate", str(FANOUT_RATE)),
+        help="deliveries per second one user's sends may cause on a node, on average (a "
+        "one-to-one message counts 1, a group message the other members; default "
+        f"{FANOUT_RATE:g}; 0: no limit)",
+    )
+    serve.add_argument(
+        "--fanout-burst",
+        type=_count,
+        default=_env("fanout_burst", str(FANOUT_BURST)),
+        help=f"deliveries one user's sends may cause at once (default {FANOUT_BURST})",
+    )
+    serve.add_argument(
         "--db-timeout",
         type=_positive_seconds,
         default=_env("db_timeout", str(DB_TIMEOUT_SECONDS)),
@@ -386,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         hash_queue=args.hash_queue,
         request_rate=args.request_rate,
         request_burst=args.request_burst,
+        fanout_rate=args.fanout_rate,
+        fanout_burst=args.fanout_burst,
         db_timeout_seconds=args.db_timeout,
         login_timeout_seconds=args.login_timeout,
         max_connections=args.max_connections,
@@ -512,6 +530,7 @@ def _run_workers(args: argparse.Namespace, node_id: str) -> int:
         argv += ["--address-logins-per-minute", str(args.address_logins_per_minute)]
         argv += ["--hash-queue", str(args.hash_queue), "--request-rate", str(args.request_rate)]
         argv += ["--request-burst", str(args.request_burst), "--db-timeout", str(args.db_timeout)]
+        argv += ["--fanout-rate", str(args.fanout_rate), "--fanout-burst", str(args.fanout_burst)]
         argv += ["--login-timeout", str(args.login_timeout)]
         argv += ["--max-connections", str(args.max_connections), "--log-format", args.log_format]
         if args.proxy_protocol:

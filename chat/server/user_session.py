@@ -209,6 +209,7 @@ class UserSession:
         await self.connection.flush()
         self._held_events.take()  # transient: not for anyone else
         self._held.clear()  # not written: they stay kept for the next login
+        self.services.router.unfollow(self)  # (while it still knows what it follows)
         state, self.state = self.state, None
         if state is not None:
             self._settle(state, seen=True)
