@@ -192,7 +192,8 @@ async def test_recipient_logging_in_and_out_gets_everything_once_in_order(node: 
             nursery.start_soon(send_all)
             with trio.fail_after(90):
                 await churn()
-        assert [int(e["text"]) for e in events] == list(range(total))
+        got = [int(e["text"]) for e in events]
+        assert got == list(range(total)), [(i, g) for i, g in enumerate(got) if g != i][:5]
         assert len({e["message_id"] for e in events}) == total
         assert (await login(bob, "bob"))["offline"] == 0
         await next_is_sentinel(bob, bob_id, sender=ann)

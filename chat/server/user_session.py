@@ -201,6 +201,10 @@ class UserSession:
         user = self.user
         if user is None:
             return
+        if self.state is not None:
+            # Nothing more goes into the outbox from now on (a hand-off queued while
+            # the flush below waits would be written after it, and not counted).
+            self.state.live = False
         if self._delivery_scope is not None and self._delivery_done is not None:
             self._delivery_scope.cancel()
             await self._delivery_done.wait()
