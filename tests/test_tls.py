@@ -28,7 +28,16 @@ from chat.client import connect, connect_websocket, tls_context
 from chat.server import Node
 from chat.transports import LineStream
 
-from .support import ServerProcess, chat_env, register, running_node, server_process
+from .cluster_support import (
+    dial,
+    nginx_proxy,
+    nginx_tls_context,
+    receive,
+    run_nginx,
+    two_nodes,
+)
+from .support import ServerProcess, chat_env, free_port, register, running_node, server_process
+from .ws_support import render_web_conf
 
 PASSWORD = "pa55-w0rd"
 CLI = [sys.executable, "-m", "chat.cli.client"]
@@ -322,3 +331,56 @@ async def test_sighup_reloads_the_certificate(tmp_path: Path) -> None:
             await _peer_certificate(server.port, first.ca_file)
         assert await server.stop() == 0
         assert "Traceback" not in server.output()
+
+
+# --- the cluster behind nginx's TLS ----------------------------------------------
+
+
+async def test_the_cluster_through_nginx_tls(
+    mysql_url: str, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shipped nginx config terminates TLS: protocol v1 on the stream port (the
+    PROXY protocol still names the client to the nodes), the page and /ws over HTTPS."""
+    caplog.set_level(logging.INFO, logger="chat.server.session")
+    https_port = free_port()
+    async with (
+        two_nodes(mysql_url, redis_url, proxy_protocol=True, ws_port=0) as (a, b),
+        nginx_proxy((a.ports[0], b.ports[0]), tmp_path / "stream") as port,
+        run_nginx(
+            render_web_conf(free_port(), (a.ws_ports[0], b.ws_ports[0]), https_port),
+            tmp_path / "web",
+        ),
+    ):
+        wss = f"wss://localhost:{https_port}/ws"
+        async with (
+            dial(port, tls=True) as tcp,
+            connect_websocket(wss, ssl_context=nginx_tls_context()) as ws,
+        ):
+            ivy = await register(tcp, "ivy", PASSWORD)
+            jay = await register(ws, "jay", PASSWORD)
+            await tcp.call("login", name="ivy", password=PASSWORD)
+            await ws.call("login", name="jay", password=PASSWORD)
+            await tcp.call("send", to=jay, text="through nginx")
+            assert (await receive(ws, "message"))["text"] == "through nginx"
+            await ws.call("send", to=ivy, text="and back")
+            assert (await receive(tcp, "message"))["text"] == "and back"
+        # Plain text on nginx's TLS port: no chat, only nginx's refusal.
+        plain = await trio.open_tcp_stream("127.0.0.1", port)
+        await plain.send_all(b'{"type": "login", "name": "ivy", "password": "x"}\n')
+        with trio.fail_after(10), contextlib.suppress(trio.BrokenResourceError):
+            while chunk := await plain.receive_some(4096):
+                assert b'"type"' not in chunk
+        await plain.aclose()
+        # The page itself over HTTPS, verified.
+        page = await trio.open_ssl_over_tcp_stream(
+            "localhost", https_port, ssl_context=nginx_tls_context()
+        )
+        await page.send_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        body = b""
+        with trio.fail_after(10), contextlib.suppress(trio.BrokenResourceError):
+            while part := await page.receive_some(65_536):
+                body += part
+        assert body.startswith(b"HTTP/1.1 200"), body[:200]
+        assert b"<html" in body.lower()
+    opened = [r.getMessage() for r in caplog.records if "connection opened" in r.getMessage()]
+    assert any(" via 127.0.0.1:" in line for line in opened), opened
