@@ -183,19 +183,22 @@ async def test_a_write_cut_off_counts_only_the_frames_that_left(pair: Pair) -> N
     await client_tls.aclose()
 
 
-async def test_chat_bench_over_tls_delivers_every_message(tls_node: Node, pair: Pair) -> None:
+async def test_chat_bench_over_tls_delivers_every_message(pair: Pair, tmp_path: Path) -> None:
     """The burst scenario over TLS: every message delivered once (the writer's count of
     frames written, a write per frame under TLS, stays exact), the server verified."""
-    result = await trio.run_process(
-        [
-            *(sys.executable, "-m", "chat.bench.cli", "--ports", str(tls_node.ports[0])),
-            *("--tls", "--ca-file", str(pair.ca_file), "--scenario", "burst"),
-            *("--users", "4", "--messages", "50", "--prefix", f"tls{os.getpid()}"),
-        ],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
+    async with running_node(
+        f"sqlite:///{tmp_path / 'bench.db'}", tls_cert=str(pair.cert), tls_key=str(pair.key)
+    ) as node:  # the default login timeout: registering hashes passwords, which takes time
+        result = await trio.run_process(
+            [
+                *(sys.executable, "-m", "chat.bench.cli", "--ports", str(node.ports[0])),
+                *("--tls", "--ca-file", str(pair.ca_file), "--scenario", "burst"),
+                *("--users", "4", "--messages", "50", "--prefix", f"tls{os.getpid()}"),
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
     assert result.returncode == 0, result.stderr.decode()
     burst = json.loads(result.stdout.decode().splitlines()[-1])["results"]["burst"]
     assert burst["sent"] == burst["delivered"] == 4 * 50, burst
