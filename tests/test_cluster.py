@@ -243,7 +243,7 @@ async def test_clients_through_nginx_reach_both_nodes(
         nginx_proxy((a.ports[0], b.ports[0]), tmp_path / "nginx") as port,
     ):
         names = [f"user{i}" for i in range(6)]
-        async with dial(port) as c:
+        async with dial(port, tls=True) as c:
             ids = {name: await register(c, name) for name in names}
         async with trio.open_nursery() as nursery:
             clients: dict[str, ChatClient] = {}
@@ -251,7 +251,7 @@ async def test_clients_through_nginx_reach_both_nodes(
             finished = trio.Event()
 
             async def connected(name: str) -> None:
-                async with dial(port) as c:
+                async with dial(port, tls=True) as c:
                     await login(c, name)
                     clients[name] = c
                     if len(clients) == len(names):

@@ -97,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="port for clients of the original C++ chat server (its numbered JSON "
         "messages, docs/legacy.md; default: off)",
     )
+    serve.add_argument(
+        "--tls-cert",
+        default=_env("tls_cert", None),
+        help="PEM certificate (its chain after it) for TLS on --port and --ws-port, with "
+        "--tls-key; reloaded on SIGHUP. --legacy-port stays plain text (default: no TLS)",
+    )
+    serve.add_argument(
+        "--tls-key",
+        default=_env("tls_key", None),
+        help="PEM private key of --tls-cert",
+    )
     _database_flag(serve)
     serve.add_argument(
         "--redis",
@@ -345,7 +356,7 @@ async def serve(
     store = await trio.to_thread.run_sync(open_store, database_url)
     node = Node(settings, store, broker)
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, node, nursery.cancel_scope)
                 nursery.start_soon(watch_parent, node.stop)  # a --workers worker only
@@ -362,7 +373,10 @@ async def serve(
 async def _stop_on_signal(signals: AsyncIterator[int], node: Node, scope: trio.CancelScope) -> None:
     first = True
     async for signum in signals:
-        if first:
+        if signum == signal.SIGHUP:
+            log.info("SIGHUP: reloading the TLS certificate")
+            await node.reload_certificates()
+        elif first:
             log.info("%s: stopping gracefully (again to stop at once)", signal.Signals(signum).name)
             node.stop()
             first = False
@@ -387,6 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     node_id = args.node_id or f"{socket.gethostname()}-{args.port}"
     configure_logging(args.log_level, node_id, args.log_format)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        log.error("--tls-cert and --tls-key go together: give both, or neither")
+        return 2
     if args.workers > 1:
         return _run_workers(args, node_id)
     settings = Settings(
@@ -408,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         login_timeout_seconds=args.login_timeout,
         max_connections=args.max_connections,
         proxy_protocol=args.proxy_protocol,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     try:
         trio.run(serve, settings, args.database, args.redis, args.lease_seconds, args.redis_prefix)
@@ -535,6 +554,8 @@ def _run_workers(args: argparse.Namespace, node_id: str) -> int:
         argv += ["--max-connections", str(args.max_connections), "--log-format", args.log_format]
         if args.proxy_protocol:
             argv.append("--proxy-protocol")
+        if args.tls_cert is not None:
+            argv += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
         return argv
 
     log.info("starting %d workers on port %d", args.workers, port)
