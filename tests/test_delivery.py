@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 from collections import defaultdict
@@ -416,3 +417,38 @@ async def test_a_group_message_is_encoded_once_for_all_its_members(node: Node) -
             event = await c.next_event()
             assert (event["message_id"], event["text"]) == (sent["message_id"], "to everyone")
         assert node.services.encoded.encoded - before == 1
+
+
+@pytest.mark.parametrize(("frames", "page"), [(1, 50), (2, 200), (4, 20)])
+async def test_a_small_outbox_keeps_one_senders_order(
+    tmp_path: Path, frames: int, page: int
+) -> None:
+    """A tiny outbox makes the delivery task wait for room at almost every message it
+    read, while the sender pipelines a burst: a hand-off must never go in ahead of what
+    the task read and has not queued yet (found in review: it did, and the message it
+    overtook could be lost at a logout)."""
+    total = 600
+    async with (
+        running_node(
+            f"sqlite:///{tmp_path / 'chat.db'}", outbox_frames=frames, delivery_page=page
+        ) as node,
+        client(node) as ann,
+        client(node) as bob,
+    ):
+        await register(ann, "ann")
+        bob_id = await register(bob, "bob")
+        await login(ann, "ann")
+        await login(bob, "bob")
+        lines = b"".join(
+            json.dumps({"type": "send", "to": bob_id, "text": f"t{i}"}).encode() + b"\n"
+            for i in range(total)
+        )
+        got: list[int] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(ann.send_raw, lines, replies=total))
+            with trio.fail_after(60):
+                while len(got) < total:
+                    event = await bob.next_event()
+                    if event["type"] == "message":
+                        got.append(int(event["text"][1:]))
+        assert got == list(range(total))

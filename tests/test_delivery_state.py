@@ -49,7 +49,10 @@ def live(positions: dict[int, int] | None = None, *, acks: bool = False) -> Devi
 
 
 def read(
-    device: DeviceState, ranges: list[StreamRange], store: dict[int, list[KeptMessage]]
+    device: DeviceState,
+    ranges: list[StreamRange],
+    store: dict[int, list[KeptMessage]],
+    page: int | None = None,
 ) -> list[KeptMessage | Mark]:
     """What the store would answer for ``ranges``, from ``store`` (stream -> messages)."""
     results = []
@@ -62,7 +65,9 @@ def read(
             and not (wanted.without_sender and m.sender_id == ME)
         ]
         results.append(rows[: wanted.limit])
-    return device.take(ranges, results, limit=ranges[0].limit if ranges else 10)
+    if page is None:
+        page = ranges[0].limit if ranges else 10
+    return device.take(ranges, results, limit=page)
 
 
 # --- hand-off ------------------------------------------------------------------------
@@ -228,3 +233,28 @@ def test_a_joined_group_is_followed_from_its_position() -> None:
     assert device.offer(GROUP, 5, FRIEND) is Offer.DROP
     device.follow(GROUP, 4)
     assert device.offer(GROUP, 5, FRIEND) is Offer.TAKE
+
+
+def test_a_stream_cut_by_its_share_of_the_page_holds_the_others_back() -> None:
+    """Three streams share a page of 60: each reads 20. The inbox is cut at 20 (its last
+    id read is 40); the groups' later messages (ids above 40) wait for the next read, or
+    one of the inbox's unread messages (ids 41 and on) would come after them."""
+    other = GROUP + 1
+    device = live(positions={INBOX: 0, GROUP: 0, other: 0})
+    device.wake(None)
+    store = {
+        INBOX: [kept(INBOX, p, 2 * p) for p in range(1, 41)],  # ids 2..80
+        GROUP: [kept(GROUP, p, 100 + p) for p in range(1, 3)],  # ids 101, 102
+        other: [kept(other, 1, 1)],
+    }
+    ranges = device.live_ranges(60)
+    assert [r.limit for r in ranges] == [20, 20, 20]
+    items = read(device, ranges, store, page=60)
+    ids = [m.message_id for m in items if isinstance(m, KeptMessage)]
+    assert ids == [1, *range(2, 41, 2)]
+    assert device.dirty == {INBOX, GROUP}
+    seen = list(ids)
+    while device.dirty:
+        items = read(device, device.live_ranges(60), store, page=60)
+        seen += [m.message_id for m in items if isinstance(m, KeptMessage)]
+    assert seen == sorted(m.message_id for s in store.values() for m in s)

@@ -13,6 +13,7 @@ import trio
 
 from chat.client import ChatClient
 from chat.server import Node
+from chat.server.connection import Outgoing
 
 from .support import client, next_is_sentinel, register, running_node
 
@@ -334,8 +335,40 @@ async def test_own_copies_carry_seq_with_acks(connect: Connect) -> None:
 
 
 async def test_too_many_unacknowledged_events_end_the_connection_and_stay_kept(
-    node: Node,
+    database_url: str,
 ) -> None:
+    """More than 1,000 events not acknowledged: delivery waits for acks, and a client
+    that sends none in time gets ``ack_timeout`` and is closed; nothing is lost."""
+    async with running_node(database_url, ack_wait_seconds=1.0) as node:
+        await _too_many_unacknowledged(node)
+
+
+async def test_acks_let_a_backlog_of_thousands_through(node: Node) -> None:
+    """Flow control, not a limit on the backlog: a client that acknowledges as it reads
+    gets far more than 1,000 kept messages in one login."""
+    async with client(node) as c:
+        ann_id = await register(c, "ann")
+        bob_id = await register(c, "bob")
+        await on(c, "ann", "phone", acks=True)
+        await c.call("logout")
+    for n in range(2_500):
+        await node.services.store.store_direct(bob_id, ann_id, f"k{n}", None)
+    async with client(node) as ann:
+        reply = await on(ann, "ann", "phone", acks=True)
+        assert reply["offline"] == 2_500
+        texts: list[str] = []
+        while len(texts) < 2_500:
+            event = await next_of(ann, "message")
+            texts.append(event["text"])
+            if event["seq"] % 100 == 0:
+                await ann.call("ack", seq=event["seq"])
+        assert texts == [f"k{n}" for n in range(2_500)]
+        await ann.call("ack", seq=2_500)
+    async with client(node) as ann:
+        assert (await on(ann, "ann", "phone", acks=True))["offline"] == 0
+
+
+async def _too_many_unacknowledged(node: Node) -> None:
     async with client(node) as c:
         ann_id = await register(c, "ann")
         await register(c, "bob")
@@ -485,3 +518,29 @@ async def test_a_group_sender_beyond_its_fan_out_budget_is_rate_limited(
             with trio.fail_after(DEADLINE):
                 await trio.sleep(reply["retry_after_ms"] / 1000)
             await loud.call("group_send", group_id=group, text="later")
+
+
+async def test_logout_everywhere_reaches_a_device_whose_outbox_is_full(
+    database_url: str,
+) -> None:
+    """The ``logged_out`` event waits for room like a message, and the device is closed
+    after it (found in review: a full outbox dropped it and left the device logged in)."""
+    async with (
+        running_node(database_url, outbox_frames=8) as node,
+        client(node) as laptop,
+        client(node) as phone,
+    ):
+        bob = await register(laptop, "bob")
+        await on(laptop, "bob", "laptop")
+        await on(phone, "bob", "phone")
+        sessions = {s.device: s for s in node.router.sessions_of(bob)}
+        # A burst fills the phone's outbox at the moment the laptop logs out everywhere.
+        while sessions["phone"].connection.queue_nowait(Outgoing(b'{"type":"burst"}')):
+            pass
+        await laptop.call("logout", everywhere=True)
+        kinds = []
+        with trio.fail_after(DEADLINE):
+            while (event := await phone.next_event(DEADLINE))["type"] != "logged_out":
+                kinds.append(event["type"])
+            await phone.closed.wait()
+        assert set(kinds) == {"burst"}

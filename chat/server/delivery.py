@@ -50,8 +50,9 @@ import attrs
 from chat.store.streams import INBOX, Advance, DeviceStart, KeptMessage, StreamRange, merge
 
 MAX_UNACKED = 1_000
-"""Events written to an ``acks`` connection and not acknowledged, at most: beyond it the
-connection is ended (``ack_timeout``); what it had not acknowledged stays kept."""
+"""Events queued or written to an ``acks`` connection and not acknowledged: one more goes
+out, then delivery waits for the client's acks (and ends the connection with
+``ack_timeout`` if none comes in time); what it had not acknowledged stays kept."""
 
 
 class Offer(enum.Enum):
@@ -83,6 +84,17 @@ class Written:
     seq: int = 0
 
 
+MIN_PER_STREAM = 20
+"""Rows read from one stream at least, however many streams share a read's page."""
+
+
+def _share(limit: int, streams: int) -> int:
+    """Rows to read from each of ``streams`` for a page of ``limit``: a read of many
+    streams does not read ``limit`` rows from every one of them (``take`` cuts at the
+    first stream that may hold more)."""
+    return max(min(MIN_PER_STREAM, limit), -(-limit // max(streams, 1)))
+
+
 class AckError(ValueError):
     """An ``ack`` the protocol refuses (``invalid_request``)."""
 
@@ -109,6 +121,9 @@ class DeviceState:
         self._next_seq = 1
         self.written_seq = 0
         """The highest ``seq`` written to the connection."""
+        self.handed_seq = 0
+        """The highest ``seq`` handed to the transport (a write under way may have
+        delivered it already: the client may acknowledge it before the writer says)."""
         self.acked_seq = 0
         self._unacked: deque[Written] = deque()
         """Written frames with a seq or a mark, not yet acknowledged (``acks`` only)."""
@@ -155,19 +170,20 @@ class DeviceState:
     def backlog_ranges(self, limit: int) -> list[StreamRange]:
         """The next page of the login's backlog: each stream up to its head at login,
         without the user's own group messages (not kept for the user's devices)."""
+        streams = [s for s, queued in self.queued.items() if queued < self.heads.get(s, queued)]
+        each = _share(limit, len(streams))
         return [
-            StreamRange(self.user_id, stream, queued, self.heads[stream], limit, stream != INBOX)
-            for stream, queued in self.queued.items()
-            if queued < self.heads.get(stream, queued)
+            StreamRange(self.user_id, s, self.queued[s], self.heads[s], each, s != INBOX)
+            for s in streams
         ]
 
     def live_ranges(self, limit: int) -> list[StreamRange]:
         """The streams marked to be read, from where they are queued, with no end."""
-        streams, self.dirty = sorted(self.dirty), set()
+        streams = [s for s in sorted(self.dirty) if s in self.queued]
+        self.dirty = set()
+        each = _share(limit, len(streams))
         return [
-            StreamRange(self.user_id, stream, self.queued[stream], None, limit, stream != INBOX)
-            for stream in streams
-            if stream in self.queued
+            StreamRange(self.user_id, s, self.queued[s], None, each, s != INBOX) for s in streams
         ]
 
     def take(
@@ -179,7 +195,18 @@ class DeviceState:
         Streams read only in part are marked to be read again (live), or stay in the
         backlog. ``queued`` moves as it goes; the caller queues every item."""
         items: list[KeptMessage | Mark] = []
-        for message in merge(results, limit):
+        # A range cut by its own limit may hold more below the ids the others returned:
+        # take nothing past the last id it returned.
+        cut = [
+            rows[-1].message_id
+            for w, rows in zip(ranges, results, strict=True)
+            if rows and len(rows) >= w.limit
+        ]
+        ceiling = min(cut) if cut else None
+        merged = merge(results, limit)
+        if ceiling is not None:
+            merged = [m for m in merged if m.message_id <= ceiling]
+        for message in merged:
             if message.pos <= self.queued.get(message.stream, message.pos):
                 continue
             self.queued[message.stream] = message.pos
@@ -207,6 +234,10 @@ class DeviceState:
         self._next_seq += 1
         return seq
 
+    def handing(self, seq: int) -> None:
+        """The writer is about to write a frame with this ``seq``."""
+        self.handed_seq = max(self.handed_seq, seq)
+
     def written(self, frames: Iterable[Written]) -> None:
         """The writer wrote these frames, in order."""
         for frame in frames:
@@ -223,8 +254,9 @@ class DeviceState:
         """``ack seq``: every event written with a ``seq`` up to it was received."""
         if not self.acks:
             raise AckError("seq: this connection did not ask for acks at login")
-        if seq > self.written_seq:
-            raise AckError(f"seq: {seq} is above the last seq written ({self.written_seq})")
+        highest = max(self.written_seq, self.handed_seq)
+        if seq > highest:
+            raise AckError(f"seq: {seq} is above the last seq written ({highest})")
         self.acked_seq = max(self.acked_seq, seq)
         self._settle_acked()
 
@@ -236,6 +268,12 @@ class DeviceState:
             frame = self._unacked.popleft()
             if frame.mark is not None:
                 self._done(frame.mark)
+
+    @property
+    def window_full(self) -> bool:
+        """An ``acks`` connection has more than ``MAX_UNACKED`` events unacknowledged:
+        no more until it acknowledges some."""
+        return self.acks and self.unacked > MAX_UNACKED
 
     @property
     def unacked(self) -> int:

@@ -107,13 +107,21 @@ class Positions:
             moves = [Advance(u, d, s, p) for (u, d, s), p in batch.moves.items()]
             try:
                 await self._store.advance(moves, batch.seen)
-            except StoreError as exc:
-                log.warning(
-                    "storing the positions of %d devices failed, retrying: %s",
-                    len(batch.devices()),
-                    exc,
-                )
-                batch.error = exc
+            except Exception as exc:
+                # Any failure (an error the pool does not classify too) costs a retry,
+                # never the node's other tasks.
+                error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
+                if isinstance(exc, StoreError):
+                    log.warning(
+                        "storing the positions of %d devices failed, retrying: %s",
+                        len(batch.devices()),
+                        exc,
+                    )
+                else:
+                    log.exception(
+                        "storing the positions of %d devices failed", len(batch.devices())
+                    )
+                batch.error = error
                 self._retry(batch)
                 batch.done.set()
                 with trio.move_on_after(RETRY_SECONDS):

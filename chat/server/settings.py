@@ -62,6 +62,9 @@ class Settings:
     """Sends a connection may have under way at once (``chat.server.session``)."""
     slow_client_seconds: float = SLOW_CLIENT_SECONDS
     delivery_page: int = DELIVERY_PAGE
+    ack_wait_seconds: float = SLOW_CLIENT_SECONDS
+    """With ``acks``: how long delivery waits for an ack once more than 1,000 events are
+    unacknowledged, before the connection is ended (``ack_timeout``)."""
     write_batch_bytes: int = WRITE_BATCH_BYTES
     max_frame_bytes: int = MAX_LINE_BYTES
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS

@@ -56,6 +56,9 @@ from .services import Services
 
 log = logging.getLogger(__name__)
 
+RELEASE_SECONDS = 3.0
+"""How long the release of a device's presence may take at the end of a login."""
+
 
 def event_for(message: KeptMessage, *, offline: bool) -> DeliveredEvent:
     sender = UserRef(message.sender_id, message.sender_name)
@@ -96,6 +99,8 @@ class UserSession:
         """A wake-up or hand-off came before the device's state was read."""
         self._group_mark = 0
         """``Router.mark()`` when the login began (see ``start_device``)."""
+        self._acked = trio.Event()
+        """Set by each ``ack`` (the delivery task may wait for one)."""
         self._to_follow: set[int] = set()
         """Groups joined on another device: to follow once their position is read."""
         self._delivery_scope: trio.CancelScope | None = None
@@ -172,10 +177,41 @@ class UserSession:
         """After the login reply: queue the ``offline`` kept messages, then start the
         delivery task in ``nursery`` (the connection's). ``reply``: the login reply,
         not queued yet, because it carries the first kept messages
-        (``Codec.login_carries_kept``)."""
+        (``Codec.login_carries_kept``).
+
+        Without ``acks`` the reader queues them before it reads the next request (so
+        the replies to later requests come after them too). With ``acks`` the delivery
+        task queues them while the reader goes on reading: the client's acks must be
+        read meanwhile, or a backlog of more than ``MAX_UNACKED`` could never pass."""
         state = self.state
         if self.user is None or state is None:
             return
+        self._delivery_done = trio.Event()
+        self._delivery_scope = trio.CancelScope()
+        if state.acks and reply is None:
+            nursery.start_soon(
+                self._deliver_all, state, offline, self._delivery_scope, self._delivery_done
+            )
+            return
+        if not await self._start_live(state, offline, reply):
+            self._delivery_done.set()
+            return
+        nursery.start_soon(self._deliver_live, state, self._delivery_scope, self._delivery_done)
+
+    async def _deliver_all(
+        self, state: DeviceState, offline: int, scope: trio.CancelScope, done: trio.Event
+    ) -> None:
+        """The delivery task of an ``acks`` login: the backlog first, then live."""
+        try:
+            with scope:
+                if await self._start_live(state, offline, None):
+                    await self._live_loop(state)
+        finally:
+            done.set()
+
+    async def _start_live(self, state: DeviceState, offline: int, reply: Ok | None) -> bool:
+        """Queue the backlog (and ``reply``), write the transient events held meanwhile,
+        and turn live delivery on; False if the connection is being ended."""
         try:
             queued = await self._queue_backlog(state, reply)
         except StoreError as exc:
@@ -183,16 +219,14 @@ class UserSession:
             # is the honest answer. They stay kept for the next login.
             self.connection.abort(f"cannot read kept messages of {self.holder}: {exc}")
             await trio.lowlevel.checkpoint()
-            return
-        if queued != offline:
+            return False
+        if queued != offline and not self._ending:
             log.error("login %s announced %d kept messages, sent %d", self.holder, offline, queued)
         await self._write_held()  # (if paused, the delivery task writes them on resume)
         self._logging_in = False
         state.live = True
-        self._delivery_done = trio.Event()
-        self._delivery_scope = trio.CancelScope()
         self._wake.set()
-        nursery.start_soon(self._deliver_live, state, self._delivery_scope, self._delivery_done)
+        return True
 
     async def end_login(self) -> None:
         """Log the device out of this connection: nothing more is queued, the queue is
@@ -209,6 +243,8 @@ class UserSession:
             self._delivery_scope.cancel()
             await self._delivery_done.wait()
         self._delivery_scope = self._delivery_done = None
+        if self.state is not None:
+            self.state.live = False  # (the delivery task may have turned it on meanwhile)
         self._logging_in = False
         await self.connection.flush()
         self._held_events.take()  # transient: not for anyone else
@@ -220,10 +256,14 @@ class UserSession:
             await self._settle_positions(user)
         self.user = None
         self.services.router.detach(user.id, self)
-        try:
-            await self.services.broker.release(user.id, self.device, self.holder)
-        except BrokerUnavailable:
-            log.warning("could not release %s now; the lease will expire", self.holder)
+        # In a scope of its own: a caller out of time (the store was slow to take the
+        # positions) must not skip it, or the device would look online until its
+        # lease lapsed and its user would never be announced gone.
+        with trio.move_on_after(RELEASE_SECONDS, shield=True):
+            try:
+                await self.services.broker.release(user.id, self.device, self.holder)
+            except BrokerUnavailable:
+                log.warning("could not release %s now; the lease will expire", self.holder)
 
     # --- what the router calls -------------------------------------------------------
 
@@ -236,14 +276,15 @@ class UserSession:
         if state is None:
             self._woken_early = True
             return
-        if self.services.router.paused or self._checking:
+        if self.services.router.paused or self._checking or self._to_follow:
+            # (A group joined meanwhile: its earlier messages are read first.)
             state.wake([stream])
             self._wake.set()
             return
         decision = state.offer(stream, pos, event.from_.id)
         if decision is Offer.DROP:
             return
-        if decision is not Offer.READ and self.connection.has_room():
+        if decision is not Offer.READ and self.connection.has_room() and not state.window_full:
             mark = Mark(stream, pos)
             outgoing = (
                 self._outgoing(state, event, mark)
@@ -252,7 +293,6 @@ class UserSession:
             )
             if self.connection.queue_nowait(outgoing):
                 state.queued_one(stream, pos)
-                self._check_unacked(state)
                 return
         state.wake([stream])  # a gap, a read under way, or a full outbox: read it
         self._wake.set()
@@ -318,6 +358,7 @@ class UserSession:
         state = self.state
         assert state is not None
         state.ack(seq)
+        self._acked.set()
         self.services.positions.report(state.advances())
 
     # --- transient events ---------------------------------------------------------------
@@ -350,6 +391,13 @@ class UserSession:
         if not self.connection.has_room() or not self.connection.queue_nowait(
             self._transient(event)
         ):
+            if isinstance(event, LoggedOutEvent):
+                # Logged out everywhere: nothing more is delivered, and the event waits
+                # for room (the delivery task writes it, then the connection closes).
+                self._ending = True
+                self._held_events.hold(event)
+                self._wake.set()
+                return
             # A busy client is not a slow one yet (queued messages get their grace time);
             # a transient event is not kept, and the next login's friend list shows it.
             log.warning(
@@ -429,79 +477,95 @@ class UserSession:
             if isinstance(item, Mark):
                 await self.connection.queue(Outgoing(b"", item))
                 continue
+            if state.window_full and not await self._wait_for_acks(state):
+                break
             event = event_for(item, offline=offline)
             await self.connection.queue(self._outgoing(state, event, Mark(item.stream, item.pos)))
             count += 1
-            self._check_unacked(state)
         return count
 
-    def _check_unacked(self, state: DeviceState) -> None:
-        """An ``acks`` client that stopped acknowledging: end the connection (what it
-        had not acknowledged stays kept for the device)."""
-        if state.acks and state.unacked > MAX_UNACKED and not self._ending:
-            self._ending = True
-            error = Error(
-                None,
-                ErrorCode.ACK_TIMEOUT,
-                f"more than {MAX_UNACKED} events not acknowledged: closing",
-            )
-            self.connection.queue_nowait(Outgoing(self.connection.codec.encode_reply(error)))
-            log.warning(
-                "closing %s: more than %d events not acknowledged", self.holder, MAX_UNACKED
-            )
-            self.request_close()
+    async def _wait_for_acks(self, state: DeviceState) -> bool:
+        """More than ``MAX_UNACKED`` events wait for the client's ack: deliver nothing more
+        until it acknowledges some (flow control). A client that acknowledges nothing
+        for ``ack_wait_seconds`` meanwhile is told ``ack_timeout`` and the connection is
+        ended; what it had not acknowledged stays kept for the device. False then."""
+        with trio.move_on_after(self.services.settings.ack_wait_seconds):
+            while state.window_full:
+                self._acked = trio.Event()
+                await self._acked.wait()
+            return True
+        self._ending = True
+        error = Error(
+            None,
+            ErrorCode.ACK_TIMEOUT,
+            f"more than {MAX_UNACKED} events not acknowledged: closing",
+        )
+        await self.connection.queue(Outgoing(self.connection.codec.encode_reply(error)))
+        log.warning("closing %s: more than %d events not acknowledged", self.holder, MAX_UNACKED)
+        self.request_close()
+        return False
 
     async def _deliver_live(
         self, state: DeviceState, scope: trio.CancelScope, done: trio.Event
     ) -> None:
+        """The delivery task (see ``_live_loop``)."""
+        try:
+            with scope:
+                await self._live_loop(state)
+        finally:
+            done.set()
+
+    async def _live_loop(self, state: DeviceState) -> None:
         """Read the streams marked to be read whenever woken, and queue what they hold."""
         page = self.services.settings.delivery_page
         store = self.services.store
         router = self.services.router
-        try:
-            with scope:
-                while True:
-                    await self._wake.wait()
-                    await router.wait_live()
-                    if self._revoked or self._ending:
-                        return
-                    self._wake = trio.Event()
-                    if self._checking and not await self._still_current(state):
-                        return
-                    await self._follow_joined(state)
-                    if self._held_events:
-                        await self._write_held()
-                    along: set[int] = set()
-                    while state.dirty and not router.paused and not self._revoked:
-                        state.wake(along)
-                        ranges = state.live_ranges(page)
-                        state.reading = True
-                        try:
-                            results = await store.read_streams(ranges)
-                        except StoreError as exc:
-                            log.warning("cannot read kept messages of %s: %s", self.holder, exc)
-                            state.wake(wanted.stream for wanted in ranges)
-                            await trio.sleep(1.0)
-                            self._wake.set()
-                            break
-                        finally:
-                            state.reading = False
-                        read = {wanted.stream for wanted in ranges}
-                        if state.dirty - read:
-                            # Streams told of new messages while this read ran, and not in
-                            # it: the read may hold a sender's later message while an
-                            # earlier one waits in those. Read them all together instead
-                            # (the set only grows, so this ends).
-                            along = read
-                            continue
-                        along = set()
-                        await self._queue_items(
-                            state, state.take(ranges, results, page), offline=False
-                        )
-                    if state.dirty:
-                        self._wake.set()  # paused meanwhile: read on once live
-        finally:
-            done.set()
+        while True:
+            await self._wake.wait()
+            await router.wait_live()
+            if self._revoked:
+                return
+            self._wake = trio.Event()
+            if self._held_events:
+                await self._write_held()
+            if self._ending:
+                return
+            if self._checking and not await self._still_current(state):
+                return
+            await self._follow_joined(state)
+            along: set[int] = set()
+            while state.dirty and not router.paused and not self._revoked:
+                state.wake(along)
+                ranges = state.live_ranges(page)
+                state.reading = True
+                try:
+                    results = await store.read_streams(ranges)
+                except StoreError as exc:
+                    log.warning("cannot read kept messages of %s: %s", self.holder, exc)
+                    state.wake(wanted.stream for wanted in ranges)
+                    await trio.sleep(1.0)
+                    self._wake.set()
+                    break
+                finally:
+                    state.reading = False
+                read = {wanted.stream for wanted in ranges}
+                if state.dirty - read:
+                    # Streams told of new messages while this read ran, and not in it:
+                    # the read may hold a sender's later message while an earlier one
+                    # waits in those. Read them all together instead (the set only
+                    # grows, so this ends).
+                    along = read
+                    continue
+                along = set()
+                # ``take`` moved ``queued`` past what it returned: until all of it is in
+                # the outbox (which may wait for room), a hand-off must not go in ahead.
+                state.reading = True
+                try:
+                    await self._queue_items(state, state.take(ranges, results, page), offline=False)
+                finally:
+                    state.reading = False
+            if state.dirty:
+                self._wake.set()  # paused meanwhile: read on once live
 
     async def _still_current(self, state: DeviceState) -> bool:
         """After a re-created lease: the store's positions are not ahead of this
@@ -567,9 +631,14 @@ class UserSession:
         first."""
         if self._revoked or self._checking or self.services.router.paused:
             self._held.extend(item for item in outgoing if item.mark or item.seq)
-            return [item for item in outgoing if not (item.mark or item.seq)]
-        if self._held:
+            outgoing = [item for item in outgoing if not (item.mark or item.seq)]
+        elif self._held:
             outgoing, self._held = [*self._held, *outgoing], []
+        if self.state is not None and self.state.acks:
+            for item in reversed(outgoing):
+                if item.seq:
+                    self.state.handing(item.seq)
+                    break
         return outgoing
 
     def written(self, outgoing: Sequence[Outgoing]) -> None:

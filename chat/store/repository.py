@@ -379,14 +379,31 @@ class Store:
     async def _read_batch(
         self, requests: Sequence[tuple[StreamRange, ...]]
     ) -> list[list[list[KeptMessage]]]:
-        unique = list(dict.fromkeys(wanted for request in requests for wanted in request))
+        # Statements of about READ_RANGES_PER_STATEMENT ranges, never splitting one
+        # call's ranges: each call's read must be one snapshot (MariaDB reads outside a
+        # transaction, each statement seeing what was committed when it began), or a
+        # sender's earlier message could be missed in one stream while a later one is
+        # seen in another. Ranges asked by several calls of one statement are read once.
+        statements: list[dict[StreamRange, None]] = [{}]
+        where: list[int] = []
+        for request in requests:
+            current = statements[-1]
+            fresh = [wanted for wanted in request if wanted not in current]
+            if current and len(current) + len(fresh) > READ_RANGES_PER_STATEMENT:
+                statements.append(dict.fromkeys(request))
+            else:
+                current.update(dict.fromkeys(fresh))
+            where.append(len(statements) - 1)
 
         def body(sql: _Sql) -> list[list[list[KeptMessage]]]:
-            found: dict[StreamRange, list[KeptMessage]] = {}
-            for start in range(0, len(unique), READ_RANGES_PER_STATEMENT):
-                chunk = unique[start : start + READ_RANGES_PER_STATEMENT]
-                found.update(zip(chunk, streams.read_ranges(sql, chunk), strict=True))
-            return [[found[wanted] for wanted in request] for request in requests]
+            found = [
+                dict(zip(statement, streams.read_ranges(sql, list(statement)), strict=True))
+                for statement in statements
+            ]
+            return [
+                [found[number][wanted] for wanted in request]
+                for request, number in zip(requests, where, strict=True)
+            ]
 
         return await self._run(body, write=False)
 

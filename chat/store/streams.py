@@ -113,8 +113,10 @@ class DeviceRecord:
 def allocate_inbox(sql: Sql, counts: Mapping[int, int]) -> dict[int, int]:
     """Take ``counts[user]`` consecutive positions in each user's inbox; returns the
     first of each. The users' rows stay locked until the transaction ends, so a
-    stream's positions commit in order. One statement for all users (rows locked in
-    ascending id order, as every caller does, so two batches cannot deadlock on them)."""
+    stream's positions commit in order. One statement for all users (their rows locked
+    in ascending id order). A batch that also locks groups (a group send between direct
+    sends) can still deadlock with another node's batch; the pool runs a deadlocked
+    batch again."""
     if not counts:
         return {}
     users = sorted(counts)
