@@ -21,11 +21,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pexpect.popen_spawn
 import pytest
 import trio
+
+from chat.client import connect
 
 from .bulk_support import PASSWORD as BULK_PASSWORD
 from .bulk_support import bulk_friends, bulk_users
@@ -425,8 +428,12 @@ def test_remember_logs_in_by_itself_and_logout_forgets(server: Server) -> None:
     assert tokens.stat().st_mode & 0o777 == 0o600
     assert tokens.parent.stat().st_mode & 0o777 == 0o700
     saved = json.loads(tokens.read_text())
-    ((where, entry),) = saved.items()
+    ((where, by_device),) = saved.items()
+    ((device, entry),) = by_device.items()
     assert where == f"127.0.0.1:{server.port}" and entry["name"] == "kim"
+    # The token belongs to the device whose login it was: this machine's kept id.
+    assert device == (tokens.parent / "device").read_text().strip()
+    assert re.fullmatch(r"cli-[0-9a-f]{8}", device)
     assert PASSWORD not in tokens.read_text()
     # The next start logs in by itself (no --remember needed to use what was kept).
     again = run_piped(server, "/history kim\n")
@@ -441,6 +448,71 @@ def test_remember_logs_in_by_itself_and_logout_forgets(server: Server) -> None:
     refused = run_piped(server, "/who kim\n")
     assert "* logged in" not in refused.stdout
     assert "the remembered login of kim has expired or was revoked" in refused.stderr
+    assert json.loads(tokens.read_text()) == {}
+
+
+def token_of(server: Server, name: str, **login: Any) -> str:
+    """A session token for ``name``, from a login by a plain client (``login``: its
+    extra fields, such as ``device``)."""
+
+    async def get() -> str:
+        async with connect("127.0.0.1", server.port) as client:
+            reply = await client.call("login", name=name, password=PASSWORD, **login)
+            return str(reply["token"])
+
+    return trio.run(get)
+
+
+def test_a_remembered_token_logs_in_again_as_its_device(server: Server) -> None:
+    """A token belongs to the device whose login issued it (protocol 1.2): chat-cli keeps
+    it with that device and logs in with it as that device, and no other."""
+    tokens = server.tmp_path / "config" / "chat-cli" / "tokens.json"
+    where = f"127.0.0.1:{server.port}"
+    first = run_piped(
+        server,
+        f"/register kim {PASSWORD}\n/login kim {PASSWORD}\n",
+        "--device",
+        "laptop",
+        "--remember",
+    )
+    assert first.returncode == 0, first.stderr
+    kept = json.loads(tokens.read_text())
+    assert list(kept[where]) == ["laptop"]
+    # The same device logs in by itself. Had it named another device with the token,
+    # the server would refuse it (and the line below would be an error instead).
+    again = run_piped(server, "/who kim\n", "--device", "laptop")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("* logged in as kim (#1)\n"), again.stdout
+    # Another device of the same machine does not use it: nothing logs it in.
+    for other in ([], ["--device", "phone"]):
+        alone = run_piped(server, "/who kim\n", *other)
+        assert "logged in" not in alone.stdout
+        assert alone.stderr == "chat-cli: line 1: error: log in before find_user\n"
+    assert json.loads(tokens.read_text()) == kept  # and leaves it be
+    # Kept under another device's name, the token is refused by the server, so the
+    # client must have named that device with it; it is forgotten.
+    device = (tokens.parent / "device").read_text().strip()
+    tokens.write_text(json.dumps({where: {device: kept[where]["laptop"]}}))
+    moved = run_piped(server, "/who kim\n")
+    assert "the remembered login of kim has expired or was revoked" in moved.stderr
+    assert json.loads(tokens.read_text()) == {}
+
+
+def test_a_token_kept_before_devices_still_logs_in(server: Server) -> None:
+    """A tokens.json from chat-cli before protocol 1.2 (one token per server, issued to
+    a login without ``device``) logs in as the device ``""``, unless --device is given."""
+    tokens = server.tmp_path / "config" / "chat-cli" / "tokens.json"
+    where = f"127.0.0.1:{server.port}"
+    assert run_piped(server, f"/register lee {PASSWORD}\n").returncode == 0
+    tokens.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tokens.write_text(json.dumps({where: {"name": "lee", "token": token_of(server, "lee")}}))
+    chosen = run_piped(server, "/who lee\n", "--device", "desk")
+    assert "logged in" not in chosen.stdout
+    legacy = run_piped(server, "/who lee\n")
+    assert legacy.returncode == 0, legacy.stderr
+    assert legacy.stdout.startswith("* logged in as lee (#1)\n"), legacy.stdout
+    out = run_piped(server, "/logout\n")  # forgets it, in the old format too
+    assert out.returncode == 0, out.stderr
     assert json.loads(tokens.read_text()) == {}
 
 

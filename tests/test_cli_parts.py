@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
 from chat.cli import commands as cmd
+from chat.cli.remembered import Remembered, TokenFile, check_device, stable_device
 from chat.cli.render import clean, to_text
 from chat.cli.state import Completions, Group, Known
 from chat.cli.terminal import ChatCompleter
@@ -100,3 +105,51 @@ def test_text_from_others_cannot_drive_the_terminal() -> None:
     line = (("name", "ada"), ("", ": hi"))
     assert to_text(line, colour=False) == "ada: hi"
     assert to_text(line, colour=True) == "\x1b[1;36mada\x1b[0m: hi"
+
+
+def test_the_device_id_is_made_once_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "config" / "chat-cli" / "device"
+    first = stable_device(path)
+    assert check_device(first) == first and first.startswith("cli-")
+    assert stable_device(path) == first
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    path.write_text("\x1b[2J\n")  # not a device name: replaced by a good one
+    replaced = stable_device(path)
+    assert replaced != first and stable_device(path) == replaced
+    with pytest.raises(ValueError, match="control characters"):
+        check_device("a\nb")
+    with pytest.raises(ValueError, match="1 to 64"):
+        check_device("x" * 65)
+
+
+def test_tokens_are_kept_per_server_and_device(tmp_path: Path) -> None:
+    tokens = TokenFile(tmp_path / "tokens.json")
+    tokens.path.write_text(json.dumps({"s:1": {"name": "old", "token": "t0"}}))
+    assert tokens.get("s:1", "") == Remembered("old", "t0", "")  # from before devices
+    assert tokens.get("s:1", "laptop") is None
+    tokens.put("s:1", Remembered("kim", "t1", "laptop"))
+    tokens.put("s:1", Remembered("kim", "t2", "phone"))
+    assert tokens.get("s:1", "laptop") == Remembered("kim", "t1", "laptop")
+    assert tokens.get("s:1", "") == Remembered("old", "t0", "")  # still there
+    tokens.forget("s:1", "")
+    tokens.forget("s:1", "laptop")
+    assert json.loads(tokens.path.read_text()) == {"s:1": {"phone": {"name": "kim", "token": "t2"}}}
+    tokens.forget("s:1", "phone")
+    assert json.loads(tokens.path.read_text()) == {}
+
+
+def test_two_first_starts_at_once_agree_on_one_device_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other chat-cli links its id into place between our read and our link."""
+    path = tmp_path / "device"
+    real_link = os.link
+
+    def other_was_first(source: Path, target: Path) -> None:
+        Path(target).write_text("cli-0the0one\n")
+        monkeypatch.setattr(os, "link", real_link)
+        raise FileExistsError(target)
+
+    monkeypatch.setattr(os, "link", other_was_first)
+    assert stable_device(path) == "cli-0the0one"
+    assert [p.name for p in tmp_path.iterdir()] == ["device"]  # no temporary file left

@@ -15,6 +15,10 @@ with the same ``cid``, so the server delivers it at most once. A line entered
 just as the connection dropped, before it could be sent, is kept by the console
 and runs first on the new connection.
 
+Every login names this client's device (protocol 1.2): ``--device``, or the id
+kept in the config folder. A session token belongs to the device whose login
+issued it, so it is kept, and used again, with that device.
+
 Everything the client knows (friends, groups, names) lives in ``Known``; how it
 is shown lives in ``render``; where lines come from lives in the ``Console``.
 """
@@ -92,6 +96,10 @@ class Outcome(enum.Enum):
 class CommandFailed(Exception):
     """The server answered ``error``; the message is the server's own."""
 
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
 
 @enum.unique
 class _Kind(enum.Enum):
@@ -116,6 +124,8 @@ class App:
         tokens: TokenFile | None = None,
         *,
         remember: bool = False,
+        device: str,
+        device_chosen: bool = False,
     ) -> None:
         self.target = target
         self.console = console
@@ -123,9 +133,15 @@ class App:
         """Where remembered tokens are: one found for this server logs in at start."""
         self.remember = remember
         """Keep the token of each login in ``tokens`` (``--remember``)."""
+        self.device = device
+        """The device a password login names (``--device``, or this machine's id)."""
+        self.device_chosen = device_chosen
+        """``device`` came from ``--device``: only its own remembered token is used."""
         self.known = Known()
         self._token: str | None = None
         """The session token of the last login: a reconnect logs in with it."""
+        self._token_device = ""
+        """The device that token belongs to (a token login must name it again)."""
         self.failures = 0
         self._client: ChatClient | None = None
         self._scope: trio.CancelScope | None = None
@@ -195,11 +211,11 @@ class App:
         """After a reconnect: log in again, then resend what had no reply. At the first
         connection: log in with the token remembered for this server, if any."""
         if self._token is None and self._credentials is None and self.tokens is not None:
-            remembered = self.tokens.get(str(self.target))
+            remembered = self._remembered()
             if remembered is not None:
-                await self._login_with_token(remembered.token, remembered.name)
+                await self._login_with_token(remembered.token, remembered.device, remembered.name)
         elif self._token is not None and self.known.me is None:
-            await self._login_with_token(self._token, None)
+            await self._login_with_token(self._token, self._token_device, None)
         if self._credentials is not None and self.known.me is None:
             name, password = self._credentials
             try:
@@ -218,6 +234,16 @@ class App:
         except (CommandFailed, BadServerMessage) as exc:
             self.console.problem(render.error(f"your last message was not sent: {exc}"))
 
+    def _remembered(self) -> Remembered | None:
+        """The token kept for this server and device. Without ``--device``, one kept
+        by a chat-cli from before devices (device ``""``) serves too."""
+        assert self.tokens is not None
+        server = str(self.target)
+        found = self.tokens.get(server, self.device)
+        if found is None and not self.device_chosen:
+            found = self.tokens.get(server, "")
+        return found
+
     async def _pump(self, client: ChatClient) -> None:
         async for message in client.events:
             async with self._events_lock:
@@ -235,7 +261,10 @@ class App:
     async def _call(self, kind: str, **fields: Any) -> dict[str, Any]:
         reply = await self._request(kind, **fields)
         if reply.get("type") == "error":
-            raise CommandFailed(str(reply.get("message") or reply.get("code")))
+            code = reply.get("code")
+            raise CommandFailed(
+                str(reply.get("message") or code), code if isinstance(code, str) else None
+            )
         return reply
 
     # -- events -------------------------------------------------------------------
@@ -486,20 +515,30 @@ class App:
         )
 
     async def _login(self, name: str, password: str) -> None:
-        await self._enter({"name": name, "password": password})
+        try:
+            await self._enter(self.device, {"name": name, "password": password})
+        except CommandFailed as exc:
+            if exc.code == "already_online":
+                raise CommandFailed(
+                    f"{exc}; if another chat-cli here uses this device,"
+                    " start this one with --device NAME",
+                    exc.code,
+                ) from None
+            raise
         self._credentials = (name, password)
 
-    async def _login_with_token(self, token: str, name: str | None) -> None:
-        """Log in with a session token; one the server refuses is forgotten."""
-        reply = await self._request("login", token=token)
+    async def _login_with_token(self, token: str, device: str, name: str | None) -> None:
+        """Log in with a session token, as the device it belongs to; one the server
+        refuses is forgotten."""
+        reply = await self._request("login", token=token, **_login_fields(device))
         if reply.get("type") == "ok":
-            await self._enter(reply=reply)
+            await self._enter(device, reply=reply)
             return
         who = name or (
             self.known.conversation_of and self.known.name_of(self.known.conversation_of)
         )
         if reply.get("code") == "bad_credentials":
-            self._forget_token()
+            self._forget_token(device)
             self.console.problem(
                 render.error(
                     f"the remembered login{' of ' + who if who else ''} has expired or was"
@@ -509,19 +548,23 @@ class App:
         else:
             self.console.problem(render.error(f"could not log in again: {reply.get('message')}"))
 
-    def _forget_token(self) -> None:
+    def _forget_token(self, device: str | None = None) -> None:
+        """Forget the token of the last login (or the one of ``device`` that was refused)."""
         self._token = None
         if self.tokens is not None:
-            self.tokens.forget(str(self.target))
+            self.tokens.forget(str(self.target), self._token_device if device is None else device)
 
     async def _enter(
-        self, fields: dict[str, Any] | None = None, reply: dict[str, Any] | None = None
+        self,
+        device: str,
+        fields: dict[str, Any] | None = None,
+        reply: dict[str, Any] | None = None,
     ) -> None:
-        """A login: by ``fields``, or the ``reply`` of one already made."""
+        """A login as ``device``: by ``fields``, or the ``reply`` of one already made."""
         async with self._events_lock:
             if reply is None:
                 assert fields is not None
-                reply = await self._call("login", **fields)
+                reply = await self._call("login", **fields, **_login_fields(device))
             result = decode_server_message(LoginResult, reply)
             self.known.logged_in(result)
             # A long list was cut to fit the reply: the rest comes a page at a time.
@@ -532,8 +575,11 @@ class App:
                 for page in await self._pages("groups", GroupsPage, **after):
                     self.known.more_groups(page.groups)
             self._token = result.token
+            self._token_device = device
             if self.remember and self.tokens is not None and result.token is not None:
-                self.tokens.put(str(self.target), Remembered(result.user.name, result.token))
+                self.tokens.put(
+                    str(self.target), Remembered(result.user.name, result.token, device)
+                )
             self._offline_left = result.offline
             self._offline_done = trio.Event()
             if result.offline == 0:
@@ -712,3 +758,9 @@ class App:
 
     def _completions(self) -> None:
         self.console.completions(self.known.completions())
+
+
+def _login_fields(device: str) -> dict[str, Any]:
+    """The device every login names (protocol 1.2); the device ``""`` is a login that
+    names none."""
+    return {"device": device} if device else {}
