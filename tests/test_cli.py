@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from chat.client import connect
 
 from .bulk_support import PASSWORD as BULK_PASSWORD
 from .bulk_support import bulk_friends, bulk_users
+from .support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +51,8 @@ class Server:
         self.database = f"sqlite:///{tmp_path / 'chat.db'}"
         self.port = 0
         self.ws_port = 0
+        self.http_port = 0
+        """Where ``/metrics`` is: what the server counted (requests by type, deliveries)."""
         self.process: subprocess.Popen[bytes] | None = None
         self._starts = 0
 
@@ -57,6 +61,8 @@ class Server:
         log_path = self.tmp_path / f"server-{self._starts}.log"
         args = [sys.executable, "-m", "chat", "serve", "--port", str(port)]
         args += ["--database", self.database]
+        self.http_port = free_port()
+        args += ["--http-port", str(self.http_port)]
         if websocket:
             args += ["--ws-port", "0"]
         with log_path.open("wb") as log:
@@ -79,6 +85,26 @@ class Server:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    def counted(self, name: str, **labels: str) -> float:
+        """The sum of a counter of the server's ``/metrics`` over the series with ``labels``."""
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            text = response.read().decode()
+        total = 0.0
+        for found in re.finditer(rf"^{name}_total(?:{{(.*)}})? (\S+)$", text, re.M):
+            have = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1) or ""))
+            if all(have.get(key) == value for key, value in labels.items()):
+                total += float(found.group(2))
+        return total
+
+    def wait_counted(self, name: str, at_least: float, **labels: str) -> float:
+        """Until the counter reaches ``at_least``; its value then."""
+        deadline = time.monotonic() + TIMEOUT
+        while (value := self.counted(name, **labels)) < at_least:
+            assert time.monotonic() < deadline, f"{name} {labels} stayed at {value}"
+            time.sleep(0.05)
+        return value
 
     def kill(self) -> None:
         """Go away without warning (SIGKILL)."""
@@ -514,6 +540,69 @@ def test_a_token_kept_before_devices_still_logs_in(server: Server) -> None:
     out = run_piped(server, "/logout\n")  # forgets it, in the old format too
     assert out.returncode == 0, out.stderr
     assert json.loads(tokens.read_text()) == {}
+
+
+def test_what_was_shown_is_acknowledged_a_burst_at_a_time(server: Server) -> None:
+    """chat-cli logs in with ``acks`` and acknowledges what it printed: without waiting
+    for the end, not once per message, and all of it before it leaves."""
+    setup = run_piped(
+        server,
+        f"/register ann {PASSWORD}\n/register bob {PASSWORD}\n/login ann {PASSWORD}\n",
+    )
+    assert setup.returncode == 0, setup.stderr
+    sent = run_piped(
+        server, f"/login bob {PASSWORD}\n" + "".join(f"/msg ann n{n}\n" for n in range(20))
+    )
+    assert sent.returncode == 0, sent.stderr
+    before = server.counted("chat_requests", type="ack")
+    ann = pexpect.popen_spawn.PopenSpawn(
+        [*CLI, "--port", str(server.port)],
+        env=_env(server.tmp_path),
+        encoding="utf-8",
+        timeout=TIMEOUT,
+    )
+    ann.sendline(f"/login ann {PASSWORD}")
+    ann.expect_exact("20 messages waited for you")
+    ann.expect_exact("(offline) bob: n19")
+    # Acknowledged while the client goes on (stdin is still open), not only at the end.
+    server.wait_counted("chat_requests", before + 1, type="ack", outcome="ok")
+    ann.sendeof()
+    ann.expect(pexpect.EOF)
+    assert ann.wait() == 0
+    acks = server.counted("chat_requests", type="ack") - before
+    assert 1 <= acks < 20, acks  # a burst at a time, never one per message
+    assert server.counted("chat_requests", type="ack", outcome="ok") - before == acks
+    again = run_piped(server, f"/login ann {PASSWORD}\n")
+    assert again.returncode == 0, again.stderr
+    assert "waited" not in again.stdout, again.stdout  # all twenty were acknowledged
+
+
+def test_a_message_written_but_never_shown_comes_again(server: Server, cli: Spawn) -> None:
+    """A frozen chat-cli cannot show what the server writes to it: not acknowledged,
+    the message is kept for the device and shown at its next login (with version 1
+    delivery it would be lost with the connection)."""
+    setup = run_piped(server, f"/register ann {PASSWORD}\n/register bob {PASSWORD}\n")
+    assert setup.returncode == 0, setup.stderr
+    ann = cli()
+    login(ann, "ann")
+    written = server.counted("chat_deliveries")
+    os.kill(ann.pid, signal.SIGSTOP)
+    wait_until_stopped(ann.pid)
+    sent = run_piped(server, f"/login bob {PASSWORD}\n/msg ann while you were frozen\n")
+    assert sent.returncode == 0, sent.stderr
+    server.wait_counted("chat_deliveries", written + 1)  # in ann's socket, unread
+    ann.kill(signal.SIGKILL)
+    ann.close(force=True)
+    deadline = time.monotonic() + TIMEOUT
+    while True:  # the server may not have seen the old login end yet
+        again = run_piped(server, f"/login ann {PASSWORD}\n")
+        if "already_online" not in again.stderr and "logged in elsewhere" not in again.stderr:
+            break
+        assert time.monotonic() < deadline, again.stderr
+        time.sleep(0.2)
+    assert again.returncode == 0, again.stderr
+    assert "* 1 message waited for you while you were away:" in again.stdout, again.stdout
+    assert re.search(r"^\d\d:\d\d \(offline\) bob: while you were frozen$", again.stdout, re.M)
 
 
 def test_piped_over_websocket(server: Server) -> None:

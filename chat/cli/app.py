@@ -4,6 +4,7 @@ Task tree, per connection (``App._converse``)::
 
     connection nursery
     ├── event pump      (prints events the moment they arrive)
+    ├── acker           (acknowledges what the pump printed, a burst at a time)
     └── command loop    (reads a line, runs it, waits for its reply)
 
 Whoever notices first that the connection is gone (the pump, when the event
@@ -15,9 +16,17 @@ with the same ``cid``, so the server delivers it at most once. A line entered
 just as the connection dropped, before it could be sent, is kept by the console
 and runs first on the new connection.
 
-Every login names this client's device (protocol 1.2): ``--device``, or the id
-kept in the config folder. A session token belongs to the device whose login
-issued it, so it is kept, and used again, with that device.
+Devices and acknowledged delivery (protocol 1.2): every login names this
+client's device (``--device``, or the id kept in the config folder; a session
+token belongs to the device whose login issued it, so it is kept, and used
+again, with that device) and asks for ``acks``. The server then keeps each
+message for this device until the client says it was shown: the pump notes the
+highest ``seq`` it printed, and once the burst of events that arrived together
+is printed the acker sends one ``ack`` for all of it (the next burst waits for
+that reply, then goes in one ack too). The last of them is acknowledged before
+``/logout`` and before leaving, so a message the client did not get to print
+comes again, marked ``(offline)``, at the next login instead of being lost with
+the connection.
 
 Everything the client knows (friends, groups, names) lives in ``Known``; how it
 is shown lives in ``render``; where lines come from lives in the ``Console``.
@@ -142,6 +151,13 @@ class App:
         """The session token of the last login: a reconnect logs in with it."""
         self._token_device = ""
         """The device that token belongs to (a token login must name it again)."""
+        self._shown_seq = 0
+        """The highest ``seq`` printed since this connection's last login."""
+        self._acked_seq = 0
+        """The highest ``seq`` the server has been told of (``ack``)."""
+        self._ack_wanted = trio.Event()
+        self._ack_lock = trio.Lock()
+        """One ``ack`` at a time, and none while a login resets the count."""
         self.failures = 0
         self._client: ChatClient | None = None
         self._scope: trio.CancelScope | None = None
@@ -183,10 +199,13 @@ class App:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 nursery.start_soon(self._pump, client)
+                nursery.start_soon(self._acker)
                 if self.console.interactive:
                     self.console.show(notice(f"connected to {self.target}; /help lists commands"))
                 await self._resume()
                 outcome = await self._command_loop()
+                if outcome is Outcome.QUIT:
+                    await self._ack()  # what was shown is not kept for the next login
                 nursery.cancel_scope.cancel()
         finally:
             self._client = None
@@ -248,7 +267,29 @@ class App:
         async for message in client.events:
             async with self._events_lock:
                 self._on_event(message)
+                seq = message.get("seq")
+                if isinstance(seq, int) and not isinstance(seq, bool):
+                    self._shown_seq = max(self._shown_seq, seq)
+            if client.events.statistics().current_buffer_used == 0:
+                self._ack_wanted.set()  # the burst is shown: acknowledge it
         self._lose()
+
+    async def _acker(self) -> None:
+        while True:
+            await self._ack_wanted.wait()
+            self._ack_wanted = trio.Event()
+            await self._ack()
+
+    async def _ack(self) -> None:
+        """Acknowledge, in one ``ack``, every event shown since the last one."""
+        async with self._ack_lock:
+            seq = self._shown_seq
+            if seq <= self._acked_seq or self.known.me is None:
+                return
+            reply = await self._request("ack", seq=seq)
+            self._acked_seq = seq
+        if reply.get("type") == "error":
+            self.console.problem(render.error(f"acknowledging messages: {reply.get('message')}"))
 
     async def _request(self, kind: str, **fields: Any) -> dict[str, Any]:
         assert self._client is not None, "requests are made inside _converse"
@@ -355,6 +396,7 @@ class App:
                     password = await self._ask_password(f"password for {name}: ")
                 await self._login(name, password)
             case cmd.Logout():
+                await self._ack()  # what was shown is not kept for the next login
                 # The token is revoked on the server too: nobody logs in with it again.
                 await self._call("logout", forget=True)
                 self._forget_token()
@@ -530,7 +572,8 @@ class App:
     async def _login_with_token(self, token: str, device: str, name: str | None) -> None:
         """Log in with a session token, as the device it belongs to; one the server
         refuses is forgotten."""
-        reply = await self._request("login", token=token, **_login_fields(device))
+        async with self._ack_lock:
+            reply = await self._request("login", token=token, **_login_fields(device))
         if reply.get("type") == "ok":
             await self._enter(device, reply=reply)
             return
@@ -564,7 +607,10 @@ class App:
         async with self._events_lock:
             if reply is None:
                 assert fields is not None
-                reply = await self._call("login", **fields, **_login_fields(device))
+                async with self._ack_lock:
+                    reply = await self._call("login", **fields, **_login_fields(device))
+            # Its events count ``seq`` from 1 again; the pump waits for this lock.
+            self._shown_seq = self._acked_seq = 0
             result = decode_server_message(LoginResult, reply)
             self.known.logged_in(result)
             # A long list was cut to fit the reply: the rest comes a page at a time.
@@ -761,6 +807,6 @@ class App:
 
 
 def _login_fields(device: str) -> dict[str, Any]:
-    """The device every login names (protocol 1.2); the device ``""`` is a login that
-    names none."""
-    return {"device": device} if device else {}
+    """What every login adds (protocol 1.2): acknowledged delivery, and the device;
+    the device ``""`` is a login that names none."""
+    return {"acks": True, **({"device": device} if device else {})}
