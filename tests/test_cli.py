@@ -295,6 +295,48 @@ def test_two_users_befriend_chat_and_talk_in_a_group(cli: Spawn) -> None:
     assert PASSWORD not in transcript  # asked for without echo
 
 
+def test_one_user_on_two_devices_side_by_side(server: Server, cli: Spawn) -> None:
+    """Two chat-cli of one user (protocol 1.2 devices): both get what others send; what
+    one sends, or a group it joins, shows on the other as the user's own."""
+    setup = run_piped(server, f"/register alice {PASSWORD}\n/register bob {PASSWORD}\n")
+    assert setup.returncode == 0, setup.stderr
+    laptop = cli("--device", "laptop")
+    login(laptop, "alice")
+    phone = cli("--device", "phone")
+    login(phone, "alice")
+    bob = cli()
+    login(bob, "bob")
+
+    bob.sendline("/msg alice hello both")
+    for device in (laptop, phone):
+        device.expect(r"\d\d:\d\d bob: hello both")
+
+    laptop.sendline("/msg bob from the laptop")
+    laptop.expect(r"\d\d:\d\d you -> bob: from the laptop")
+    bob.expect(r"\d\d:\d\d alice: from the laptop")
+    phone.expect(r"\d\d:\d\d you \(on another device\) -> bob: from the laptop")
+
+    laptop.sendline("/group create den")
+    laptop.expect_exact("created group den (#1)")
+    phone.expect_exact("you created group den (#1) on another device")
+    phone.send("/g d\t")  # the group is in the phone's Tab completion now
+    phone.sendline("hi den")
+    phone.expect_exact("[den] you: hi den")
+    laptop.expect_exact("[den] you (on another device): hi den")
+    # Neither shows its own message twice: a later message of the same sender (alice,
+    # from the other device) comes after any copy there could have been.
+    phone.sendline("/msg bob sentinel from the phone")
+    laptop.expect_exact("you (on another device) -> bob: sentinel from the phone")
+    laptop.sendline("/msg bob sentinel from the laptop")
+    phone.expect_exact("you (on another device) -> bob: sentinel from the laptop")
+    for child in (bob, phone, laptop):
+        quit_cleanly(child)
+    assert isinstance(laptop.logfile_read, io.StringIO)
+    assert isinstance(phone.logfile_read, io.StringIO)
+    assert "device) -> bob: from the laptop" not in laptop.logfile_read.getvalue()
+    assert "you (on another device): hi den" not in phone.logfile_read.getvalue()
+
+
 def test_friends_coming_and_going_are_shown_and_the_list_stays_live(
     server: Server, cli: Spawn
 ) -> None:

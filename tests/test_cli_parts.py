@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ from prompt_toolkit.document import Document
 
 from chat.cli import commands as cmd
 from chat.cli.remembered import Remembered, TokenFile, check_device, stable_device
-from chat.cli.render import clean, to_text
+from chat.cli.render import clean, incoming, to_text
 from chat.cli.state import Completions, Group, Known
 from chat.cli.terminal import ChatCompleter
+from chat.protocol.messages import GroupMessageEvent, MessageEvent, UserRef
 
 
 @pytest.mark.parametrize(
@@ -153,3 +155,24 @@ def test_two_first_starts_at_once_agree_on_one_device_id(
     monkeypatch.setattr(os, "link", other_was_first)
     assert stable_device(path) == "cli-0the0one"
     assert [p.name for p in tmp_path.iterdir()] == ["device"]  # no temporary file left
+
+
+def test_own_messages_from_another_device_read_as_yours() -> None:
+    known = Known()
+    known.me = UserRef(1, "ann")
+    known.learn(2, "bob")
+    known.groups = {3: Group(3, "den", "", "normal")}
+
+    def shown(event: MessageEvent | GroupMessageEvent) -> str:
+        return to_text(incoming(event, known), colour=False).split(" ", 1)[1]  # after HH:MM
+
+    ann, bob = UserRef(1, "ann"), UserRef(2, "bob")
+    now = int(time.time() * 1000)
+    assert shown(MessageEvent(7, ann, 2, "hi", now, False)) == "you (on another device) -> bob: hi"
+    assert shown(MessageEvent(7, ann, 9, "hi", now, False)) == "you (on another device) -> #9: hi"
+    assert shown(GroupMessageEvent(7, 3, ann, "hi", now, False)) == (
+        "[den] you (on another device): hi"
+    )
+    assert shown(MessageEvent(7, ann, 1, "note", now, False)) == "ann: note"  # to oneself
+    assert shown(MessageEvent(7, bob, 1, "yo", now, False)) == "bob: yo"
+    assert shown(GroupMessageEvent(7, 3, bob, "yo", now, True)) == "(offline) [den] bob: yo"

@@ -51,6 +51,7 @@ from chat.protocol.messages import (
     FriendRemovedEvent,
     FriendResult,
     FriendsPage,
+    GroupJoinedEvent,
     GroupMessageEvent,
     GroupResult,
     GroupsPage,
@@ -320,7 +321,18 @@ class App:
         except BadServerMessage as exc:
             self.console.problem(render.error(str(exc)))
             return
-        if isinstance(event, MessageEvent | GroupMessageEvent):
+        if isinstance(event, GroupJoinedEvent):
+            # Joined (or created) on another device: its messages come here too now.
+            self.known.joined(event.group, event.role)
+            verb = "created" if event.role == "creator" else "joined"
+            self.console.show(
+                notice(
+                    f"you {verb} group ",
+                    ("group", render.clean(event.group.name)),
+                    f" (#{event.group.id}) on another device",
+                )
+            )
+        elif isinstance(event, MessageEvent | GroupMessageEvent):
             self.known.learn(event.from_.id, event.from_.name)
             self.console.show(render.incoming(event, self.known))
             if event.offline and self._offline_left > 0:

@@ -92,11 +92,34 @@ def _fragments(parts: Iterable[str | Fragment]) -> list[Fragment]:
     return [("", part) if isinstance(part, str) else part for part in parts]
 
 
+ANOTHER_DEVICE = "you (on another device)"
+
+
+def own_copy(event: MessageEvent | GroupMessageEvent, known: Known) -> bool:
+    """A message this user sent from another of its devices (protocol 1.2): a group
+    message from oneself, or a direct one from oneself to someone else (one sent to
+    oneself is an ordinary message, as in version 1)."""
+    me = known.me
+    if me is None or event.from_.id != me.id:
+        return False
+    return isinstance(event, GroupMessageEvent) or event.to != me.id
+
+
 def incoming(event: MessageEvent | GroupMessageEvent, known: Known) -> Line:
-    """A message someone sent: time, ``(offline)`` if it waited, ``[group]``, sender, text."""
+    """A message someone sent: time, ``(offline)`` if it waited, ``[group]``, sender, text.
+    What the user sent from another device reads like what it sent from here, marked."""
     line: list[Fragment] = [("time", clock(event.ts) + " ")]
     if event.offline:
         line.append(("offline", "(offline) "))
+    if own_copy(event, known):
+        if isinstance(event, GroupMessageEvent):
+            line.append(("group", f"[{clean(known.group_name(event.group_id))}] "))
+            line += [("me", ANOTHER_DEVICE), ("", ": " + clean(event.text))]
+        else:
+            to = known.name_of(event.to) or f"#{event.to}"
+            line += [("me", ANOTHER_DEVICE), ("", " -> "), ("name", clean(to))]
+            line.append(("", ": " + clean(event.text)))
+        return tuple(line)
     if isinstance(event, GroupMessageEvent):
         line.append(("group", f"[{clean(known.group_name(event.group_id))}] "))
     mine = known.me is not None and event.from_.id == known.me.id
