@@ -337,6 +337,50 @@ def test_one_user_on_two_devices_side_by_side(server: Server, cli: Spawn) -> Non
     assert "you (on another device): hi den" not in phone.logfile_read.getvalue()
 
 
+def test_devices_are_listed_forgotten_and_logged_out_everywhere(server: Server, cli: Spawn) -> None:
+    tokens = server.tmp_path / "config" / "chat-cli" / "tokens.json"
+    setup = run_piped(
+        server, f"/register alice {PASSWORD}\n/login alice {PASSWORD}\n", "--device", "old box"
+    )
+    assert setup.returncode == 0, setup.stderr
+    laptop = cli("--device", "laptop")
+    login(laptop, "alice")
+    phone = cli("--device", "phone", "--remember")
+    login(phone, "alice")
+    assert list(json.loads(tokens.read_text())[f"127.0.0.1:{server.port}"]) == ["phone"]
+
+    laptop.sendline("/devices")
+    laptop.expect_exact("3 devices, 2 online:")
+    laptop.expect(r"laptop     online  \(this one\)\r?\n")
+    laptop.expect(r"phone      online\r?\n")
+    laptop.expect(r'"old box"  offline, last seen \d\d:\d\d\r?\n')
+    phone.sendline("/devices")
+    phone.expect(r"phone      online  \(this one\)")
+
+    laptop.send("/forget-device o\t")  # Tab offers the devices /devices listed
+    laptop.sendline("")
+    laptop.expect_exact('forgot the device "old box"')
+    laptop.sendline("/forget-device phone")
+    laptop.expect_exact("error: device: 'phone' is logged in right now; log it out first")
+    laptop.sendline("/devices")
+    laptop.expect_exact("2 devices, 2 online:")
+
+    laptop.sendline("/logout everywhere")
+    laptop.expect_exact("logged out here and on all your other devices")
+    phone.expect_exact(
+        "you were logged out (/logout everywhere on another of your devices);"
+        " /login NAME to log in again"
+    )
+    assert json.loads(tokens.read_text()) == {}  # revoked by the server, forgotten here
+    phone.sendline("/msg alice hi")  # connected again, and logged out
+    phone.expect_exact("error: log in first")
+    laptop.sendline("/devices")
+    laptop.expect_exact("error: log in first")
+    login(phone, "alice")  # with the password: the tokens are gone, the account is not
+    quit_cleanly(phone, status=1)
+    quit_cleanly(laptop, status=1)
+
+
 def test_friends_coming_and_going_are_shown_and_the_list_stays_live(
     server: Server, cli: Spawn
 ) -> None:

@@ -35,6 +35,12 @@ from chat.protocol.messages import GroupMessageEvent, MessageEvent, UserRef
         ("/g rust hi all", cmd.GroupSay("rust", "hi all")),
         ("/WHO ada", cmd.Who("ada")),
         ("/friends", cmd.Friends()),
+        ("/logout", cmd.Logout()),
+        ("/logout everywhere", cmd.Logout(everywhere=True)),
+        ("/devices", cmd.Devices()),
+        ("/forget-device laptop", cmd.ForgetDevice("laptop")),
+        ('/forget-device "old box"', cmd.ForgetDevice("old box")),
+        ('/forget-device ""', cmd.ForgetDevice("")),
         ("just text", cmd.Say("just text")),
         ("/quit", cmd.Quit()),
         ("   ", None),
@@ -55,6 +61,8 @@ def test_parse(line: str, command: cmd.Command | None) -> None:
         ("/group join x", "not a group id"),
         ("/group leave 1", "create or join"),
         ("/friends now", "unexpected"),
+        ("/logout now", "unexpected 'now'; usage: /logout \\[everywhere\\]"),
+        ("/forget-device", "missing NAME"),
         ("/frobnicate", "unknown command"),
     ],
 )
@@ -84,6 +92,10 @@ def test_tab_completes_commands_friends_and_groups() -> None:
     assert _complete("/msg bob hel", snapshot) == []  # the text is not completed
     assert _complete("/g r", snapshot) == ["rust "]
     assert _complete("/group j", snapshot) == ["join "]
+    assert _complete("/logout e", snapshot) == ["everywhere "]
+    with_devices = Completions(devices=("old box", "phone"))
+    assert _complete("/forget-device ", with_devices) == ['"old box" ', "phone "]
+    assert _complete("/forget-device p", with_devices) == ["phone "]
 
 
 def test_groups_resolve_by_id_or_name() -> None:

@@ -46,6 +46,7 @@ from chat.client import ChatClient, ConnectionLost
 from chat.protocol.codec import BadServerMessage, decode_server_event, decode_server_message
 from chat.protocol.messages import (
     BlockedPage,
+    DevicesResult,
     FoundUser,
     FriendAddedEvent,
     FriendRemovedEvent,
@@ -56,6 +57,7 @@ from chat.protocol.messages import (
     GroupResult,
     GroupsPage,
     JoinResult,
+    LoggedOutEvent,
     LoginResult,
     MembersPage,
     MessageEvent,
@@ -101,6 +103,8 @@ class Exit(enum.IntEnum):
 class Outcome(enum.Enum):
     QUIT = "quit"
     LOST = "lost"
+    ENDED = "ended"
+    """The server logged this device out (``/logout everywhere`` on another) and closed."""
 
 
 class CommandFailed(Exception):
@@ -152,6 +156,8 @@ class App:
         """The session token of the last login: a reconnect logs in with it."""
         self._token_device = ""
         """The device that token belongs to (a token login must name it again)."""
+        self._ended = False
+        """The server said ``logged_out``: the connection's end is no loss."""
         self._shown_seq = 0
         """The highest ``seq`` printed since this connection's last login."""
         self._acked_seq = 0
@@ -178,6 +184,8 @@ class App:
             outcome = await self._connection()
             if outcome is Outcome.QUIT:
                 return Exit.COMMAND_FAILED if self.failures else Exit.OK
+            if outcome is Outcome.ENDED:
+                continue  # connect again, logged out, to /login as anyone
             if not self.console.interactive:
                 if self._unsent is not None:
                     self.console.problem(render.error("your last message may not have been sent"))
@@ -213,6 +221,10 @@ class App:
             self._scope = None
         if outcome is Outcome.QUIT:
             return outcome
+        if self._ended:
+            self._ended = False
+            self.known.disconnected()
+            return Outcome.ENDED
         self.known.disconnected()
         self.console.problem(render.error(f"the connection to {self.target} was lost"))
         if self._unsent is not None and self.console.interactive:
@@ -321,7 +333,21 @@ class App:
         except BadServerMessage as exc:
             self.console.problem(render.error(str(exc)))
             return
-        if isinstance(event, GroupJoinedEvent):
+        if isinstance(event, LoggedOutEvent):
+            # Another device logged out everywhere; the server closes this connection.
+            self._ended = True
+            self._forget_token()
+            self._credentials = None
+            self.known.logged_out()
+            why = (
+                "/logout everywhere on another of your devices"
+                if event.reason == "everywhere"
+                else f"the server says {event.reason!r}"
+            )
+            self.console.show(
+                notice(("error", "you were logged out"), f" ({why}); /login NAME to log in again")
+            )
+        elif isinstance(event, GroupJoinedEvent):
             # Joined (or created) on another device: its messages come here too now.
             self.known.joined(event.group, event.role)
             verb = "created" if event.role == "creator" else "joined"
@@ -407,14 +433,40 @@ class App:
                 if password is None:
                     password = await self._ask_password(f"password for {name}: ")
                 await self._login(name, password)
-            case cmd.Logout():
+            case cmd.Logout(everywhere):
+                self._need_login()
                 await self._ack()  # what was shown is not kept for the next login
                 # The token is revoked on the server too: nobody logs in with it again.
-                await self._call("logout", forget=True)
+                # Everywhere: every token of the user, and every other device is closed.
+                await self._call("logout", forget=True, everywhere=everywhere)
                 self._forget_token()
                 self.known.logged_out()
                 self._credentials = None
-                self.console.show(notice("logged out"))
+                if everywhere:
+                    self.console.show(
+                        notice("logged out here and on all your other devices (they were told)")
+                    )
+                else:
+                    self.console.show(notice("logged out"))
+            case cmd.Devices():
+                self._need_login()
+                devices = decode_server_message(DevicesResult, await self._call("devices")).devices
+                self.known.devices = tuple(d.device for d in devices)
+                for line in render.device_list(devices, self.known.device):
+                    self.console.show(line)
+            case cmd.ForgetDevice(device):
+                self._need_login()
+                await self._call("forget_device", device=device)
+                self.known.devices = tuple(d for d in self.known.devices if d != device)
+                if self.tokens is not None:
+                    self.tokens.forget(str(self.target), device)
+                self.console.show(
+                    notice(
+                        "forgot the device ",
+                        ("name", render.device_name(device)),
+                        ": nothing is kept for it any more, and its logins are revoked",
+                    )
+                )
             case cmd.Who(name):
                 found = decode_server_message(
                     FoundUser, await self._call("find_user", name=name)

@@ -14,6 +14,7 @@ import unicodedata
 from collections.abc import Iterable
 
 from chat.protocol.messages import (
+    DeviceInfo,
     GroupMessageEvent,
     Member,
     MessageEvent,
@@ -22,6 +23,7 @@ from chat.protocol.messages import (
     UserRef,
 )
 
+from .commands import quote
 from .state import Group, Known
 
 Fragment = tuple[str, str]
@@ -155,6 +157,35 @@ def presence_change(event: PresenceEvent) -> Line:
     """``* alice is online`` / ``* alice went offline``."""
     change = ("online", "is online") if event.online else ("away", "went offline")
     return notice(("name", clean(event.user.name)), " ", change)
+
+
+def device_name(name: str) -> str:
+    """A device as it is typed after ``/forget-device``: quoted when it must be
+    (``""`` is the device of clients that name none)."""
+    return clean(quote(name))
+
+
+def device_list(devices: Iterable[DeviceInfo], current: str | None) -> list[Line]:
+    """``/devices``: this one first, then the others online, then by when last seen."""
+    ordered = sorted(
+        devices, key=lambda d: (d.device != current, not d.online, -d.last_seen, d.device)
+    )
+    if not ordered:
+        return [notice("no devices known")]
+    online = sum(d.online for d in ordered)
+    lines = [notice(f"{count(len(ordered), 'device')}, {online} online:")]
+    width = max(len(device_name(d.device)) for d in ordered)
+    for device in ordered:
+        line: list[Fragment] = [("", "  "), ("name", device_name(device.device).ljust(width))]
+        line.append(("", "  "))
+        if device.online:
+            line.append(("online", "online"))
+        else:
+            line += [("away", "offline"), ("", ", last seen " + clock(device.last_seen))]
+        if device.device == current:
+            line.append(("me", "  (this one)"))
+        lines.append(tuple(line))
+    return lines
 
 
 def person(user: UserPresence, known: Known) -> Line:
