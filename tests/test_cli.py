@@ -306,6 +306,13 @@ def test_one_user_on_two_devices_side_by_side(server: Server, cli: Spawn) -> Non
     login(phone, "alice")
     bob = cli()
     login(bob, "bob")
+    # A device is logged in once: a second chat-cli as the laptop is told how to differ.
+    twin = run_piped(server, f"/login alice {PASSWORD}\n", "--device", "laptop")
+    assert twin.returncode == 1
+    assert "on device 'laptop'" in twin.stderr
+    assert "if another chat-cli here uses this device, start this one with --device NAME" in (
+        twin.stderr
+    )
 
     bob.sendline("/msg alice hello both")
     for device in (laptop, phone):
