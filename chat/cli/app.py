@@ -432,7 +432,16 @@ class App:
                     raise UsageError(f"you are logged in as {self.known.me.name}; /logout first")
                 if password is None:
                     password = await self._ask_password(f"password for {name}: ")
-                await self._login(name, password)
+                try:
+                    await self._login(name, password)
+                except CommandFailed as exc:
+                    if exc.code != "already_online":
+                        raise
+                    raise CommandFailed(
+                        f"{exc}; if another chat-cli here uses this device,"
+                        " start this one with --device NAME",
+                        exc.code,
+                    ) from None
             case cmd.Logout(everywhere):
                 self._need_login()
                 await self._ack()  # what was shown is not kept for the next login
@@ -621,16 +630,7 @@ class App:
         )
 
     async def _login(self, name: str, password: str) -> None:
-        try:
-            await self._enter(self.device, {"name": name, "password": password})
-        except CommandFailed as exc:
-            if exc.code == "already_online":
-                raise CommandFailed(
-                    f"{exc}; if another chat-cli here uses this device,"
-                    " start this one with --device NAME",
-                    exc.code,
-                ) from None
-            raise
+        await self._enter(self.device, {"name": name, "password": password})
         self._credentials = (name, password)
 
     async def _login_with_token(self, token: str, device: str, name: str | None) -> None:
