@@ -7,8 +7,11 @@ No timing assertions: the figures are checked for presence and consistency
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
+import subprocess
 import sys
 from functools import partial
 from pathlib import Path
@@ -27,6 +30,7 @@ from .cluster_support import cluster_node, make_broker
 from .support import running_node
 
 BENCH = [sys.executable, "-m", "chat.bench.cli"]
+LOGIN_BENCH = [sys.executable, "-m", "chat.bench.login"]
 
 
 async def run_bench(port: int | str, *args: str) -> tuple[int, list[str], str]:
@@ -349,3 +353,44 @@ def test_a_clean_stream_passes() -> None:
         checker.acked(2, 1, seq)
         checker.received(2, 1, seq)
     assert checker.finish().ok
+
+
+def test_the_login_bench_prepares_its_account_through_import_users(tmp_path: Path) -> None:
+    """scripts/bench-login on a small account: the fixture goes in through
+    ``chat-server import-users`` and the logins over TCP (the bench's own checks of
+    each reply run too)."""
+    small = ["--logins", "2", "--friends", "30", "--groups", "2", "--members", "10"]
+    result = subprocess.run(
+        [*LOGIN_BENCH, "--database", f"sqlite:///{tmp_path}/b.db", *small],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stderr  # 1: the time target, on a busy machine
+    out = result.stdout
+    assert "imported 31 users, 30 friendships and 2 groups with 20 members" in out, out
+    assert re.search(r"^login  2: +\d+ bytes .* 30 friends, 2 groups, 20 members shown", out, re.M)
+    assert re.search(r"^token logins \(no password check\): p50 [\d.]+ ms", out, re.M), out
+    assert "Traceback" not in result.stderr
+
+
+def test_benchmarks_know_the_server_only_by_its_command_line_and_protocol() -> None:
+    """docs/architecture.md: a benchmark measures over the wire. Nothing in chat/bench
+    imports the server, and only local.py (which drops a benchmark's database before
+    the server starts on it) imports the store."""
+    bench = Path(__file__).resolve().parent.parent / "chat" / "bench"
+    found: dict[str, set[str]] = {}
+    for source in sorted(bench.glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
+            for name in names:
+                if name.startswith(("chat.server", "chat.store")):
+                    found.setdefault(source.name, set()).add(name)
+    assert found == {"local.py": {"chat.store"}}

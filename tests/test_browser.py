@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 from .bulk_support import bulk_friends, bulk_users
+from .cluster_support import write_nginx_certificate
 from .support import free_port
 from .ws_support import render_web_conf
 
@@ -160,6 +161,7 @@ def nginx_port(ws_port: int, tmp_path: Path) -> Iterator[int]:
     port = free_port()
     directory = tmp_path / "nginx"
     directory.mkdir()
+    write_nginx_certificate(directory)  # the shipped config's HTTPS listener needs one
     conf = directory / "nginx.conf"
     conf.write_text(render_web_conf(port, (ws_port, ws_port)))
     process = subprocess.Popen(

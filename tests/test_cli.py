@@ -190,7 +190,7 @@ def run_piped(
 
 
 def login(child: pexpect.spawn, name: str) -> None:
-    """Log in with the password asked for at a no-echo prompt."""
+    """Log in with the password asked for at a masked prompt."""
     child.sendline(f"/login {name}")
     child.expect_exact(f"password for {name}:")
     child.sendline(PASSWORD)
@@ -245,6 +245,7 @@ def test_two_users_befriend_chat_and_talk_in_a_group(cli: Spawn) -> None:
     alice.sendline("/register alice")
     alice.expect_exact("new password for alice:")
     alice.sendline(PASSWORD)
+    alice.expect(drawn("*" * len(PASSWORD)))  # the docs promise a masked echo
     alice.expect_exact("the same password again:")
     alice.sendline(PASSWORD)
     alice.expect_exact("registered alice (#")
@@ -292,7 +293,7 @@ def test_two_users_befriend_chat_and_talk_in_a_group(cli: Spawn) -> None:
 
     quit_cleanly(bob)
     transcript = quit_cleanly(alice, status=1)  # the /msg to nobody failed
-    assert PASSWORD not in transcript  # asked for without echo
+    assert PASSWORD not in transcript  # masked: shown as *, never as typed
 
 
 def test_one_user_on_two_devices_side_by_side(server: Server, cli: Spawn) -> None:
@@ -538,7 +539,7 @@ def test_switching_to_a_conversation_shows_its_history(server: Server, cli: Spaw
     quit_cleanly(ann)
 
 
-def test_remember_logs_in_by_itself_and_logout_forgets(server: Server) -> None:
+def test_remember_logs_in_by_itself_and_logout_forgets(server: Server, cli: Spawn) -> None:
     tokens = server.tmp_path / "config" / "chat-cli" / "tokens.json"
     first = run_piped(
         server, f"/register kim {PASSWORD}\n/login kim {PASSWORD}\n/msg kim note\n", "--remember"
@@ -554,17 +555,22 @@ def test_remember_logs_in_by_itself_and_logout_forgets(server: Server) -> None:
     assert device == (tokens.parent / "device").read_text().strip()
     assert re.fullmatch(r"cli-[0-9a-f]{8}", device)
     assert PASSWORD not in tokens.read_text()
-    # The next start logs in by itself (no --remember needed to use what was kept).
-    again = run_piped(server, "/history kim\n")
+    # The next start in a terminal logs in by itself (no --remember needed), and says so.
+    remembered = f"with the login remembered for {where} (/logout forgets it)"
+    kim = cli()
+    kim.expect_exact(f"logged in as kim (#1) {remembered}")
+    quit_cleanly(kim)
+    # A piped one does too when asked to.
+    again = run_piped(server, "/history kim\n", "--remember")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.startswith("* logged in as kim (#1)\n"), again.stdout
+    assert again.stdout.startswith(f"* logged in as kim (#1) {remembered}\n"), again.stdout
     assert re.search(r"^\d\d:\d\d you -> kim: note$", again.stdout, re.M)
     # /logout forgets it here and on the server.
-    out = run_piped(server, "/logout\n")
+    out = run_piped(server, "/logout\n", "--remember")
     assert out.returncode == 0, out.stderr
     assert json.loads(tokens.read_text()) == {}
     tokens.write_text(json.dumps(saved))  # put it back: the server refuses it now
-    refused = run_piped(server, "/who kim\n")
+    refused = run_piped(server, "/who kim\n", "--remember")
     assert "* logged in" not in refused.stdout
     assert "the remembered login of kim has expired or was revoked" in refused.stderr
     assert json.loads(tokens.read_text()) == {}
@@ -597,14 +603,18 @@ def test_a_remembered_token_logs_in_again_as_its_device(server: Server) -> None:
     assert first.returncode == 0, first.stderr
     kept = json.loads(tokens.read_text())
     assert list(kept[where]) == ["laptop"]
-    # The same device logs in by itself. Had it named another device with the token,
-    # the server would refuse it (and the line below would be an error instead).
-    again = run_piped(server, "/who kim\n", "--device", "laptop")
+    # The same device logs in by itself (piped: with --remember). Had it named another
+    # device with the token, the server would refuse it (and the line below would be an
+    # error instead).
+    again = run_piped(server, "/who kim\n", "--device", "laptop", "--remember")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.startswith("* logged in as kim (#1)\n"), again.stdout
-    # Another device of the same machine does not use it: nothing logs it in.
+    assert again.stdout.startswith(
+        f"* logged in as kim (#1) with the login remembered for {where} (/logout forgets it)\n"
+    ), again.stdout
+    # Another device of the same machine does not use it, even with --remember: nothing
+    # logs it in.
     for other in ([], ["--device", "phone"]):
-        alone = run_piped(server, "/who kim\n", *other)
+        alone = run_piped(server, "/who kim\n", *other, "--remember")
         assert "logged in" not in alone.stdout
         assert alone.stderr == "chat-cli: line 1: error: log in before find_user\n"
     assert json.loads(tokens.read_text()) == kept  # and leaves it be
@@ -612,7 +622,7 @@ def test_a_remembered_token_logs_in_again_as_its_device(server: Server) -> None:
     # client must have named that device with it; it is forgotten.
     device = (tokens.parent / "device").read_text().strip()
     tokens.write_text(json.dumps({where: {device: kept[where]["laptop"]}}))
-    moved = run_piped(server, "/who kim\n")
+    moved = run_piped(server, "/who kim\n", "--remember")
     assert "the remembered login of kim has expired or was revoked" in moved.stderr
     assert json.loads(tokens.read_text()) == {}
 
@@ -624,13 +634,19 @@ def test_a_token_kept_before_devices_still_logs_in(server: Server) -> None:
     where = f"127.0.0.1:{server.port}"
     assert run_piped(server, f"/register lee {PASSWORD}\n").returncode == 0
     tokens.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tokens.write_text(json.dumps({where: {"name": "lee", "token": token_of(server, "lee")}}))
-    chosen = run_piped(server, "/who lee\n", "--device", "desk")
+    old = json.dumps({where: {"name": "lee", "token": token_of(server, "lee")}})
+    tokens.write_text(old)
+    # Piped, a kept token is used only with --remember (which also keeps it again, in
+    # the format of now: the file is put back in the old one before the /logout).
+    chosen = run_piped(server, "/who lee\n", "--device", "desk", "--remember")
     assert "logged in" not in chosen.stdout
-    legacy = run_piped(server, "/who lee\n")
+    legacy = run_piped(server, "/who lee\n", "--remember")
     assert legacy.returncode == 0, legacy.stderr
-    assert legacy.stdout.startswith("* logged in as lee (#1)\n"), legacy.stdout
-    out = run_piped(server, "/logout\n")  # forgets it, in the old format too
+    assert legacy.stdout.startswith(
+        f"* logged in as lee (#1) with the login remembered for {where}"
+    ), legacy.stdout
+    tokens.write_text(old)
+    out = run_piped(server, "/logout\n", "--remember")  # forgets it, in the old format too
     assert out.returncode == 0, out.stderr
     assert json.loads(tokens.read_text()) == {}
 
@@ -696,6 +712,43 @@ def test_a_message_written_but_never_shown_comes_again(server: Server, cli: Spaw
     assert again.returncode == 0, again.stderr
     assert "* 1 message waited for you while you were away:" in again.stdout, again.stdout
     assert re.search(r"^\d\d:\d\d \(offline\) bob: while you were frozen$", again.stdout, re.M)
+
+
+def test_a_piped_run_uses_a_remembered_login_only_with_remember(server: Server, cli: Spawn) -> None:
+    tokens = server.tmp_path / "config" / "chat-cli" / "tokens.json"
+    made = run_piped(server, f"/register alice {PASSWORD}\n/register bob {PASSWORD}\n")
+    assert made.returncode == 0, made.stderr
+    kept = run_piped(server, f"/login alice {PASSWORD}\n", "--remember")
+    assert kept.returncode == 0, kept.stderr
+    saved = tokens.read_text()
+    # A script that logs in by itself is not logged in as alice behind its back ...
+    bob = run_piped(server, f"/login bob {PASSWORD}\n/who alice\n/logout\n")
+    assert (bob.returncode, bob.stderr) == (0, ""), bob.stderr
+    assert bob.stdout.startswith("* logged in as bob (#2)\n"), bob.stdout
+    assert "alice (#1)" in bob.stdout and "remembered" not in bob.stdout
+    assert tokens.read_text() == saved  # ... and bob's /logout leaves alice's token alone
+    # With --remember it is, and says so.
+    used = run_piped(server, "/who bob\n", "--remember")
+    assert used.returncode == 0, used.stderr
+    where = f"127.0.0.1:{server.port}"
+    assert used.stdout.startswith(
+        f"* logged in as alice (#1) with the login remembered for {where}"
+    ), used.stdout
+    # A remembered login that cannot be used says whose it was and why. (In a terminal
+    # the remembered login is used without --remember.)
+    alice = cli()
+    alice.expect_exact(f"logged in as alice (#1) with the login remembered for {where}")
+    busy = run_piped(server, "/help\n", "--remember")
+    assert busy.returncode == 0, busy.stderr
+    assert "* logged in" not in busy.stdout
+    assert (
+        f"the login remembered for {where} (alice) was not used: "
+        "'alice' is logged in elsewhere" in busy.stderr
+    ), busy.stderr
+    # The terminal has this machine's device: the piped run is told how to differ.
+    assert "start this one with --device NAME" in busy.stderr, busy.stderr
+    assert tokens.read_text() == saved  # still valid: kept
+    quit_cleanly(alice)
 
 
 def test_piped_over_websocket(server: Server) -> None:

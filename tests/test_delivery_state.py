@@ -157,9 +157,7 @@ def test_a_backlog_range_ending_in_own_messages_is_passed_with_a_mark() -> None:
     store = {GROUP: [kept(GROUP, 1, 11), kept(GROUP, 2, 12, sender=ME)]}
     items = read(device, device.backlog_ranges(10), store)
     assert items[-1] == Mark(GROUP, 2)
-    device.written(
-        Written(Mark(GROUP, i.pos) if isinstance(i, KeptMessage) else i) for i in items
-    )
+    device.written(Written(Mark(GROUP, i.pos) if isinstance(i, KeptMessage) else i) for i in items)
     assert device.advances() == [Advance(ME, "laptop", GROUP, 2)]
 
 

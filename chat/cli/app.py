@@ -144,9 +144,12 @@ class App:
         self.target = target
         self.console = console
         self.tokens = tokens
-        """Where remembered tokens are: one found for this server logs in at start."""
+        """Where remembered tokens are: one found for this server logs in at start, in a
+        terminal always, in a piped run only with ``remember`` (a script that logs in
+        by itself must not find itself logged in as someone else)."""
         self.remember = remember
-        """Keep the token of each login in ``tokens`` (``--remember``)."""
+        """Keep the token of each login in ``tokens`` (per server and device), and use a
+        kept one in a piped run too (``--remember``)."""
         self.device = device
         """The device a password login names (``--device``, or this machine's id)."""
         self.device_chosen = device_chosen
@@ -241,11 +244,14 @@ class App:
 
     async def _resume(self) -> None:
         """After a reconnect: log in again, then resend what had no reply. At the first
-        connection: log in with the token remembered for this server, if any."""
-        if self._token is None and self._credentials is None and self.tokens is not None:
+        connection: log in with the token remembered for this server and device, if any
+        (in a piped run only with ``--remember``)."""
+        if self._token is None and self._credentials is None:
             remembered = self._remembered()
             if remembered is not None:
-                await self._login_with_token(remembered.token, remembered.device, remembered.name)
+                await self._login_with_token(
+                    remembered.token, remembered.device, remembered.name, remembered=True
+                )
         elif self._token is not None and self.known.me is None:
             await self._login_with_token(self._token, self._token_device, None)
         if self._credentials is not None and self.known.me is None:
@@ -267,9 +273,11 @@ class App:
             self.console.problem(render.error(f"your last message was not sent: {exc}"))
 
     def _remembered(self) -> Remembered | None:
-        """The token kept for this server and device. Without ``--device``, one kept
-        by a chat-cli from before devices (device ``""``) serves too."""
-        assert self.tokens is not None
+        """The token kept for this server and device, if this run may use it (in a
+        piped run only with ``--remember``). Without ``--device``, one kept by a
+        chat-cli from before devices (device ``""``) serves too."""
+        if self.tokens is None or not (self.console.interactive or self.remember):
+            return None
         server = str(self.target)
         found = self.tokens.get(server, self.device)
         if found is None and not self.device_chosen:
@@ -336,7 +344,7 @@ class App:
         if isinstance(event, LoggedOutEvent):
             # Another device logged out everywhere; the server closes this connection.
             self._ended = True
-            self._forget_token()
+            self._forget_token(self._token)
             self._credentials = None
             self.known.logged_out()
             why = (
@@ -448,7 +456,7 @@ class App:
                 # The token is revoked on the server too: nobody logs in with it again.
                 # Everywhere: every token of the user, and every other device is closed.
                 await self._call("logout", forget=True, everywhere=everywhere)
-                self._forget_token()
+                self._forget_token(self._token)
                 self.known.logged_out()
                 self._credentials = None
                 if everywhere:
@@ -633,41 +641,67 @@ class App:
         await self._enter(self.device, {"name": name, "password": password})
         self._credentials = (name, password)
 
-    async def _login_with_token(self, token: str, device: str, name: str | None) -> None:
-        """Log in with a session token, as the device it belongs to; one the server
-        refuses is forgotten."""
+    async def _login_with_token(
+        self, token: str, device: str, name: str | None, *, remembered: bool = False
+    ) -> None:
+        """Log in with a session token, as the device it belongs to (``remembered``: the
+        one kept in the token file, at start); one the server refuses is forgotten."""
         async with self._ack_lock:
             reply = await self._request("login", token=token, **_login_fields(device))
         if reply.get("type") == "ok":
-            await self._enter(device, reply=reply)
+            how = f"with the login remembered for {self.target} (/logout forgets it)"
+            await self._enter(device, reply=reply, how=how if remembered else "")
             return
         who = name or (
             self.known.conversation_of and self.known.name_of(self.known.conversation_of)
         )
         if reply.get("code") == "bad_credentials":
-            self._forget_token(device)
+            self._forget_token(token, device)
             self.console.problem(
                 render.error(
                     f"the remembered login{' of ' + who if who else ''} has expired or was"
                     " revoked; /login NAME"
                 )
             )
+        elif remembered:
+            # At start, already_online is another chat-cli here using this device.
+            hint = (
+                "if another chat-cli here uses this device, start this one with --device NAME"
+                if reply.get("code") == "already_online"
+                else "/login NAME"
+            )
+            self.console.problem(
+                render.error(
+                    f"the login remembered for {self.target}{f' ({who})' if who else ''} was"
+                    f" not used: {reply.get('message')}; {hint}"
+                )
+            )
         else:
             self.console.problem(render.error(f"could not log in again: {reply.get('message')}"))
 
-    def _forget_token(self, device: str | None = None) -> None:
-        """Forget the token of the last login (or the one of ``device`` that was refused)."""
+    def _forget_token(self, token: str | None, device: str | None = None) -> None:
+        """This run is done with ``token`` (of ``device``, by default the device of the
+        last login): forget it, also in the token file if it is the one kept there for
+        that server and device (a login made without ``--remember`` leaves the kept one
+        alone)."""
         self._token = None
-        if self.tokens is not None:
-            self.tokens.forget(str(self.target), self._token_device if device is None else device)
+        if self.tokens is None or token is None:
+            return
+        server = str(self.target)
+        device = self._token_device if device is None else device
+        kept = self.tokens.get(server, device)
+        if kept is not None and kept.token == token:
+            self.tokens.forget(server, device)
 
     async def _enter(
         self,
         device: str,
         fields: dict[str, Any] | None = None,
         reply: dict[str, Any] | None = None,
+        how: str = "",
     ) -> None:
-        """A login as ``device``: by ``fields``, or the ``reply`` of one already made."""
+        """A login as ``device``: by ``fields``, or the ``reply`` of one already made
+        (``how``: said after "logged in as NAME")."""
         async with self._events_lock:
             if reply is None:
                 assert fields is not None
@@ -694,16 +728,20 @@ class App:
             self._offline_done = trio.Event()
             if result.offline == 0:
                 self._offline_done.set()
-            for line in self._login_summary(result):
+            for line in self._login_summary(result, how):
                 self.console.show(line)
             self._completions()
         # Kept messages follow the reply: wait for them, so a script sees them all.
         with trio.move_on_after(OFFLINE_WAIT_SECONDS):
             await self._offline_done.wait()
 
-    def _login_summary(self, result: LoginResult) -> list[Line]:
+    def _login_summary(self, result: LoginResult, how: str = "") -> list[Line]:
         lines = [
-            notice("logged in as ", ("me", render.clean(result.user.name)), f" (#{result.user.id})")
+            notice(
+                "logged in as ",
+                ("me", render.clean(result.user.name)),
+                f" (#{result.user.id})" + (f" {how}" if how else ""),
+            )
         ]
         everyone = list(self.known.friends.values())
         if len(everyone) > SUMMARY_FRIENDS:

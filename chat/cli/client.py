@@ -36,6 +36,12 @@ from .terminal import PipedConsole, TerminalConsole, colour_wanted, default_hist
 STOP_SIGNALS = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
 
 
+INSECURE_WARNING = (
+    "chat-cli: WARNING: --insecure: the server's certificate is NOT checked; anyone "
+    "between you and the server can read and change everything, your password included"
+)
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -72,7 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--url",
         type=_url,
-        help="connect over WebSocket instead, e.g. ws://127.0.0.1:6080/ (overrides --host/--port)",
+        help="connect over WebSocket instead, e.g. ws://127.0.0.1:6080/ or wss://..., or "
+        "TLS over TCP with tls://HOST:PORT (overrides --host/--port)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS to --host/--port, verifying the server's certificate (a wss:// or "
+        "tls://HOST:PORT --url implies it)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        help="PEM file of the authority to trust for the server's certificate (default: "
+        "the system's certificate store)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="TLS without checking the server's certificate: anyone in between can read "
+        "and change the conversation (a warning says so)",
     )
     parser.add_argument(
         "--colour",
@@ -91,8 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--remember",
         action="store_true",
-        help=f"keep the login's session token in {default_tokens_path()} (mode 0600), so the"
-        " next start logs in by itself; /logout forgets it",
+        help=f"keep the login's session token in {default_tokens_path()} (mode 0600, one per"
+        " server and device), so the next start logs in by itself; /logout forgets it. In a"
+        " terminal a kept token is"
+        " always used; with commands piped in, only with --remember",
     )
     parser.add_argument(
         "--device",
@@ -168,7 +194,9 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    target = Target(args.host, args.port, args.url)
+    target = Target(args.host, args.port, args.url, args.tls, args.ca_file, args.insecure)
+    if args.insecure:
+        print(INSECURE_WARNING, file=sys.stderr)
     choice = {"always": True, "never": False}.get(args.colour)
     colour = colour_wanted(sys.stdout, choice)
     console: TerminalConsole | PipedConsole

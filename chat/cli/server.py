@@ -1,4 +1,5 @@
-"""``chat-server``: run a node (``serve``) or only prepare its database (``migrate``)."""
+"""``chat-server``: run a node (``serve``), only prepare its database (``migrate``), or
+create many accounts at once (``import-users``)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,18 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 
 import trio
 
 from chat.broker import Broker, MemoryBroker
 from chat.server import Node, Settings
+from chat.server.importing import ImportRefused, import_plan, read_plan
 from chat.server.settings import (
     ADDRESS_LOGINS_PER_MINUTE,
     DB_TIMEOUT_SECONDS,
+    FANOUT_BURST,
+    FANOUT_RATE,
     HASH_QUEUE,
     LOGIN_TIMEOUT_SECONDS,
     MAX_CONNECTIONS,
@@ -92,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="port for clients of the original C++ chat server (its numbered JSON "
         "messages, docs/legacy.md; default: off)",
     )
+    serve.add_argument(
+        "--tls-cert",
+        default=_env("tls_cert", None),
+        help="PEM certificate (its chain after it) for TLS on --port and --ws-port, with "
+        "--tls-key; reloaded on SIGHUP. --legacy-port stays plain text (default: no TLS)",
+    )
+    serve.add_argument(
+        "--tls-key",
+        default=_env("tls_key", None),
+        help="PEM private key of --tls-cert",
+    )
     _database_flag(serve)
     serve.add_argument(
         "--redis",
@@ -131,6 +147,31 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="create the database and apply migrations")
     _database_flag(migrate)
     _log_flag(migrate)
+
+    accounts = commands.add_parser(
+        "import-users",
+        help="create users, friendships and groups from a JSON lines file, all or nothing",
+        description="Create users, friendships and groups from a JSON lines file: one object "
+        'per line, {"name": ..., "password": ... (or "password_hash": ...), "friends": [...]} '
+        'for a user, {"group": ..., "creator": ..., "members": [...], "description": ...} for '
+        "a group. Every line is checked first (names as register checks them); a file with "
+        "any problem writes nothing. The database is migrated first. docs/operations.md.",
+    )
+    accounts.add_argument("file", help="the JSON lines file ('-': standard input)")
+    _database_flag(accounts)
+    accounts.add_argument(
+        "--hash-threads",
+        type=_workers,
+        default="auto",
+        help="threads hashing passwords (each distinct password is hashed once; default "
+        "auto: one per CPU)",
+    )
+    accounts.add_argument(
+        "--check",
+        action="store_true",
+        help="check the file against the database and write nothing",
+    )
+    _log_flag(accounts)
     return parser
 
 
@@ -176,6 +217,20 @@ def _operations_flags(serve: argparse.ArgumentParser) -> None:
         type=_count,
         default=_env("request_burst", str(REQUEST_BURST)),
         help=f"requests one connection may send at once (default {REQUEST_BURST})",
+    )
+    serve.add_argument(
+        "--fanout-rate",
+        type=float,
+        default=_env("fanout_rate", str(FANOUT_RATE)),
+        help="deliveries per second one user's sends may cause on a node, on average (a "
+        "one-to-one message counts 1, a group message the other members; default "
+        f"{FANOUT_RATE:g}; 0: no limit)",
+    )
+    serve.add_argument(
+        "--fanout-burst",
+        type=_count,
+        default=_env("fanout_burst", str(FANOUT_BURST)),
+        help=f"deliveries one user's sends may cause at once (default {FANOUT_BURST})",
     )
     serve.add_argument(
         "--db-timeout",
@@ -301,7 +356,7 @@ async def serve(
     store = await trio.to_thread.run_sync(open_store, database_url)
     node = Node(settings, store, broker)
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, node, nursery.cancel_scope)
                 nursery.start_soon(watch_parent, node.stop)  # a --workers worker only
@@ -318,7 +373,10 @@ async def serve(
 async def _stop_on_signal(signals: AsyncIterator[int], node: Node, scope: trio.CancelScope) -> None:
     first = True
     async for signum in signals:
-        if first:
+        if signum == signal.SIGHUP:
+            log.info("SIGHUP: reloading the TLS certificate")
+            await node.reload_certificates()
+        elif first:
             log.info("%s: stopping gracefully (again to stop at once)", signal.Signals(signum).name)
             node.stop()
             first = False
@@ -328,6 +386,8 @@ async def _stop_on_signal(signals: AsyncIterator[int], node: Node, scope: trio.C
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "import-users":
+        return _import_users(args)
     if args.command == "migrate":
         configure_logging(args.log_level, "migrate")
         try:
@@ -341,6 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     node_id = args.node_id or f"{socket.gethostname()}-{args.port}"
     configure_logging(args.log_level, node_id, args.log_format)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        log.error("--tls-cert and --tls-key go together: give both, or neither")
+        return 2
     if args.workers > 1:
         return _run_workers(args, node_id)
     settings = Settings(
@@ -356,10 +419,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         hash_queue=args.hash_queue,
         request_rate=args.request_rate,
         request_burst=args.request_burst,
+        fanout_rate=args.fanout_rate,
+        fanout_burst=args.fanout_burst,
         db_timeout_seconds=args.db_timeout,
         login_timeout_seconds=args.login_timeout,
         max_connections=args.max_connections,
         proxy_protocol=args.proxy_protocol,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     try:
         trio.run(serve, settings, args.database, args.redis, args.lease_seconds, args.redis_prefix)
@@ -373,6 +440,65 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         raise
     return 0
+
+
+SHOWN_PROBLEMS = 50
+"""``import-users`` prints at most this many problems of a refused file."""
+
+
+def _import_users(args: argparse.Namespace) -> int:
+    """``import-users``: 0 imported (or, with ``--check``, would be), 1 refused or no
+    database; nothing is written unless everything is."""
+    configure_logging(args.log_level, "import")
+    try:
+        if args.file == "-":
+            plan = read_plan(sys.stdin)
+        else:
+            with open(args.file, encoding="utf-8") as lines:
+                plan = read_plan(lines)
+    except OSError as exc:
+        log.error("cannot read %s: %s", args.file, exc)
+        return 1
+    except UnicodeDecodeError as exc:
+        log.error("cannot read %s: not UTF-8 (%s)", args.file, exc)
+        return 1
+    except ImportRefused as refused:
+        return _refused(args.file, refused)
+    try:
+        store = open_store(args.database)
+    except (StoreError, ValueError, OSError) as exc:
+        log.error("cannot open %s: %s", args.database, exc)
+        return 1
+    try:
+        report = trio.run(
+            partial(import_plan, store, plan, threads=args.hash_threads, check_only=args.check)
+        )
+    except ImportRefused as refused:
+        return _refused(args.file, refused)
+    except StoreError as exc:
+        log.error("nothing was imported: %s", exc)
+        return 1
+    finally:
+        store.close()
+    where = store.dialect.describe()
+    if report is None:
+        print(
+            f"{args.file}: {len(plan.users)} users and {len(plan.groups)} groups can be"
+            f" imported into {where} (--check: nothing written)"
+        )
+    else:
+        print(f"{report} into {where}")
+    return 0
+
+
+def _refused(file: str, refused: ImportRefused) -> int:
+    for problem in refused.problems[:SHOWN_PROBLEMS]:
+        print(f"{file}: {problem}", file=sys.stderr)
+    more = len(refused.problems) - SHOWN_PROBLEMS
+    if more > 0:
+        print(f"{file}: ... and {more} more problems", file=sys.stderr)
+    print(f"{file}: nothing was imported", file=sys.stderr)
+    return 1
 
 
 def _run_workers(args: argparse.Namespace, node_id: str) -> int:
@@ -423,10 +549,13 @@ def _run_workers(args: argparse.Namespace, node_id: str) -> int:
         argv += ["--address-logins-per-minute", str(args.address_logins_per_minute)]
         argv += ["--hash-queue", str(args.hash_queue), "--request-rate", str(args.request_rate)]
         argv += ["--request-burst", str(args.request_burst), "--db-timeout", str(args.db_timeout)]
+        argv += ["--fanout-rate", str(args.fanout_rate), "--fanout-burst", str(args.fanout_burst)]
         argv += ["--login-timeout", str(args.login_timeout)]
         argv += ["--max-connections", str(args.max_connections), "--log-format", args.log_format]
         if args.proxy_protocol:
             argv.append("--proxy-protocol")
+        if args.tls_cert is not None:
+            argv += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
         return argv
 
     log.info("starting %d workers on port %d", args.workers, port)

@@ -69,7 +69,8 @@ class Console(Protocol):
         """The next command line; ``None`` at the end of input (Ctrl-D, end of the pipe)."""
 
     async def read_secret(self, prompt: str) -> str | None:
-        """A line typed without echo; ``None`` if the person gave up (Ctrl-C, Ctrl-D)."""
+        """A line typed masked (each character shows as ``*``); ``None`` if the person gave
+        up (Ctrl-C, Ctrl-D)."""
 
     async def confirm(self, question: str) -> bool:
         """A yes/no question, yes by default."""

@@ -127,6 +127,7 @@ class Supervisor:
                     for worker in self.workers:
                         nursery.start_soon(self._keep_running, worker, nursery.cancel_scope)
                     nursery.start_soon(self._report_ready)
+                    nursery.start_soon(self._pass_on_sighup)
                     async for signum in signals:
                         log.info(
                             "%s: stopping %d workers gracefully (again to stop at once)",
@@ -169,6 +170,13 @@ class Supervisor:
                 log.error("workers did not stop within %.0fs: killing them", STOP_SECONDS)
                 self._signal_all(signal.SIGKILL)
             nursery.cancel_scope.cancel()
+
+    async def _pass_on_sighup(self) -> None:
+        """SIGHUP (reload the TLS certificate) goes to every worker."""
+        with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+            async for _ in hangups:
+                log.info("SIGHUP: passing it on to %d workers", len(self.workers))
+                self._signal_all(signal.SIGHUP)
 
     def _signal_all(self, signum: int) -> None:
         for worker in self.workers:

@@ -164,6 +164,27 @@ def _device(low: int) -> Callable[[object], str]:
     return check
 
 
+_password = _bounded_string(1, 1024)
+_description = _bounded_string(0, 200)
+
+
+def check_new_name(value: object) -> str:
+    """A new user or group name checked as ``register`` and ``create_group`` check it:
+    the name as stored (NFC), or ``ValueError`` saying what is wrong (for tools that
+    make accounts without a request, such as ``chat-server import-users``)."""
+    return _name(value)
+
+
+def check_new_password(value: object) -> str:
+    """A password checked as ``register`` checks it, or ``ValueError``."""
+    return _password(value)
+
+
+def check_description(value: object) -> str:
+    """A group description checked as ``create_group`` checks it, or ``ValueError``."""
+    return _description(value)
+
+
 def _bounded_int(low: int, high: int) -> Callable[[object], int]:
     def check(value: object) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -239,11 +260,11 @@ def _configure_converter(converter: cattrs.Converter) -> None:
         UserId: _positive_id,
         GroupId: _positive_id,
         Name: _name,
-        Password: _bounded_string(1, 1024),
+        Password: _password,
         Secret: _string,
         LookupName: _string,
         Text: _bounded_string(1, 4096),
-        Description: _bounded_string(0, 200),
+        Description: _description,
         ClientMessageId: _bounded_string(1, 64),
         ListLimit: _bounded_int(1, 500),
         GroupListLimit: _bounded_int(1, 200),
@@ -581,6 +602,9 @@ __all__ = [
     "DecodedRequest",
     "JsonCodec",
     "ProtocolError",
+    "check_description",
+    "check_new_name",
+    "check_new_password",
     "check_rid",
     "decode_request",
     "decode_server_event",

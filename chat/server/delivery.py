@@ -114,6 +114,8 @@ class DeviceState:
         """Written frames with a seq or a mark, not yet acknowledged (``acks`` only)."""
         self._reported: dict[int, int] = dict(start.positions)
         """What ``advances`` last handed out, per stream."""
+        self._moved: set[int] = set()
+        """Streams whose ``done`` moved since ``advances`` last looked."""
 
     # --- streams ----------------------------------------------------------------
 
@@ -241,14 +243,19 @@ class DeviceState:
         return self._next_seq - 1 - self.acked_seq
 
     def _done(self, mark: Mark) -> None:
-        if mark.stream in self.done:
-            self.done[mark.stream] = max(self.done[mark.stream], mark.pos)
+        if mark.stream in self.done and mark.pos > self.done[mark.stream]:
+            self.done[mark.stream] = mark.pos
+            self._moved.add(mark.stream)
 
     def advances(self) -> list[Advance]:
         """Positions done since last asked: to be stored."""
+        if not self._moved:
+            return []
         moves = []
-        for stream, pos in self.done.items():
+        for stream in sorted(self._moved):
+            pos = self.done[stream]
             if pos > self._reported.get(stream, 0):
                 moves.append(Advance(self.user_id, self.device, stream, pos))
                 self._reported[stream] = pos
+        self._moved.clear()
         return moves

@@ -104,7 +104,7 @@ class Metrics:
         # Labels known in advance show as 0 from the start: a rate() needs a first sample.
         for limit in ("password", "address", "hashing", "connection", "add_friend"):
             self.rate_limited.labels(limit)
-        for reason in ("max_connections", "proxy_header"):
+        for reason in ("max_connections", "proxy_header", "tls_handshake"):
             self.connections_refused.labels(reason)
         for kind in ("direct", "group"):
             self.messages_stored.labels(kind)

@@ -22,6 +22,8 @@ SCRYPT_R = 8
 SCRYPT_P = 1
 SALT_BYTES = 16
 KEY_BYTES = 32
+MAX_MEMORY = 64 * 1024 * 1024
+"""scrypt may use this much memory (``maxmem``); stored parameters that need more never verify."""
 _PREFIX = "scrypt"
 
 
@@ -31,7 +33,7 @@ def _b64(data: bytes) -> str:
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=KEY_BYTES, maxmem=64 * 1024 * 1024
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=KEY_BYTES, maxmem=MAX_MEMORY
     )
 
 
@@ -40,6 +42,31 @@ def hash_password(password: str) -> str:
     salt = os.urandom(SALT_BYTES)
     key = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
     return f"{_PREFIX}${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(key)}"
+
+
+def check_hash(stored: object) -> str:
+    """``stored`` if it is a hash in ``hash_password``'s format that ``verify_password``
+    can check (parameters within ``MAX_MEMORY``, a key of ``KEY_BYTES``); else
+    ``ValueError`` saying what is wrong. Costs no hashing: for hashes made elsewhere
+    (``chat-server import-users``)."""
+    if not isinstance(stored, str):
+        raise ValueError("must be a string")
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != _PREFIX:
+        raise ValueError(f"must be {_PREFIX}$N$r$p$SALT$KEY, as the server writes it")
+    try:
+        n, r, p = (int(part) for part in parts[1:4])
+        salt = base64.b64decode(parts[4], validate=True)
+        key = base64.b64decode(parts[5], validate=True)
+    except ValueError:
+        raise ValueError("N, r and p must be integers and SALT and KEY base64") from None
+    if n < 2 or n & (n - 1) or r < 1 or p < 1:
+        raise ValueError("N must be a power of 2 above 1, r and p at least 1")
+    if 128 * r * (n + p + 2) > MAX_MEMORY:  # what OpenSSL's scrypt would need
+        raise ValueError(f"N and r need more than the {MAX_MEMORY >> 20} MiB the server allows")
+    if not salt or len(key) != KEY_BYTES:
+        raise ValueError(f"SALT must not be empty and KEY must be {KEY_BYTES} bytes")
+    return stored
 
 
 def verify_password(password: str, stored: str) -> bool:

@@ -32,6 +32,7 @@ from chat.broker import (
     BrokerUnavailable,
     Evict,
     GroupWake,
+    MemoryBroker,
     Notice,
     Pause,
     PresencePush,
@@ -62,6 +63,8 @@ class Router:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.relay = Relay(broker)
+        self._alone = isinstance(broker, MemoryBroker)
+        """No other node can hold anyone (the in-process broker): nothing to relay."""
         self._local: dict[int, dict[str, UserSession]] = {}
         """User id -> the holder of each of its devices' sessions on this node."""
         self._followers: dict[int, set[UserSession]] = {}
@@ -190,7 +193,8 @@ class Router:
         wherever they are. Never waits: the message is stored already."""
         for session in self.sessions_of(recipient_id):
             session.offer(INBOX, pos, event)
-        self.relay.wake([recipient_id])
+        if not self._alone:
+            self.relay.wake([recipient_id])
 
     def deliver_group(self, group_id: int, event: DeliveredEvent, pos: int) -> None:
         """A group message was just stored at ``pos`` of the group's log: every local
@@ -199,7 +203,8 @@ class Router:
         self._note_group(group_id)
         for session in list(self._followers.get(group_id, ())):
             session.offer(group_id, pos, event)
-        self.relay.groups([group_id])
+        if not self._alone:
+            self.relay.groups([group_id])
 
     def wake(self, user_ids: Iterable[int]) -> None:
         """The inboxes of these users may hold messages their devices have not read."""
@@ -207,13 +212,15 @@ class Router:
         for user_id in ids:
             for session in self.sessions_of(user_id):
                 session.wake([INBOX])
-        self.relay.wake(ids)
+        if not self._alone:
+            self.relay.wake(ids)
 
     def wake_group(self, group_id: int) -> None:
         self._note_group(group_id)
         for session in list(self._followers.get(group_id, ())):
             session.wake([group_id])
-        self.relay.groups([group_id])
+        if not self._alone:
+            self.relay.groups([group_id])
 
     def push(self, user_id: int, event: Event, skip: str = "") -> None:
         """Send a transient event to each logged-in device of a user, wherever it is,
@@ -221,7 +228,8 @@ class Router:
         for session in self.sessions_of(user_id):
             if session.holder != skip:
                 session.push(event)
-        self.relay.push(user_id, event, skip)
+        if not self._alone:
+            self.relay.push(user_id, event, skip)
 
     def presence(self, push: PresencePush) -> None:
         """Hand a presence event to these users' devices wherever they are: local ones
@@ -229,7 +237,8 @@ class Router:
         local = tuple(user_id for user_id in push.user_ids if user_id in self._local)
         if local:
             self._deliver_presence(PresencePush(local, push.event, push.version))
-        self.relay.presence(push)
+        if not self._alone:
+            self.relay.presence(push)
 
     def _deliver_presence(self, push: PresencePush) -> None:
         """Queue the event for the local sessions it names, unless this node already

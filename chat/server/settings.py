@@ -88,6 +88,11 @@ class Settings:
     max_connections: int = MAX_CONNECTIONS
     proxy_protocol: bool = False
     """TCP listeners read a PROXY protocol (v1 or v2) header first: the real client address."""
+    tls_cert: str | None = None
+    """PEM file with the certificate (and its chain) for TLS on the TCP and WebSocket
+    listeners, with ``tls_key``; ``None``: plain text. Reloaded on SIGHUP."""
+    tls_key: str | None = None
+    """PEM file with the certificate's private key."""
     reuse_port: bool = False
     """Listen with ``SO_REUSEPORT``, sharing the ports with the other workers of
     ``chat-server serve --workers N``."""

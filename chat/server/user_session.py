@@ -110,6 +110,9 @@ class UserSession:
         """The device's lease was re-created: compare positions before delivering more."""
         self._revoked = False
         """This session must never deliver again; it is closing."""
+        self._ending = False
+        """The connection is ending (``ack_timeout``): what is queued is written, nothing
+        more is queued."""
         connection.hooks = self
 
     # --- login state (the Caller interface) ----------------------------------------
@@ -131,6 +134,7 @@ class UserSession:
         self.device = device
         self.acks = acks
         self._revoked = False
+        self._ending = False
         self._checking = False
         self._woken_early = False
         self._held_events.take()
@@ -146,6 +150,9 @@ class UserSession:
         makes its stream be read after it, never neither."""
         user = self.user
         assert user is not None
+        # What this node had to store for an earlier login of the device first (or
+        # ``unavailable``): else this login would count, and deliver, it again.
+        await self.services.positions.settle(user.id, self.device)
         online = await self.services.broker.devices(user.id)
         start = await self.services.store.device_login(user.id, self.device, sorted(online))
         for forgotten in start.forgotten:
@@ -194,6 +201,10 @@ class UserSession:
         user = self.user
         if user is None:
             return
+        if self.state is not None:
+            # Nothing more goes into the outbox from now on (a hand-off queued while
+            # the flush below waits would be written after it, and not counted).
+            self.state.live = False
         if self._delivery_scope is not None and self._delivery_done is not None:
             self._delivery_scope.cancel()
             await self._delivery_done.wait()
@@ -202,6 +213,7 @@ class UserSession:
         await self.connection.flush()
         self._held_events.take()  # transient: not for anyone else
         self._held.clear()  # not written: they stay kept for the next login
+        self.services.router.unfollow(self)  # (while it still knows what it follows)
         state, self.state = self.state, None
         if state is not None:
             self._settle(state, seen=True)
@@ -219,7 +231,7 @@ class UserSession:
         """A message was just stored at ``pos`` of ``stream``, a stream of this user:
         queue it now if it is the next one, or read the stream (``DeviceState.offer``)."""
         state = self.state
-        if self.user is None or self._revoked:
+        if self.user is None or self._revoked or self._ending:
             return
         if state is None:
             self._woken_early = True
@@ -412,7 +424,7 @@ class UserSession:
         """Queue a read's items in order (waiting for room); how many were messages."""
         count = 0
         for item in items:
-            if self._revoked:
+            if self._revoked or self._ending:
                 break
             if isinstance(item, Mark):
                 await self.connection.queue(Outgoing(b"", item))
@@ -426,8 +438,8 @@ class UserSession:
     def _check_unacked(self, state: DeviceState) -> None:
         """An ``acks`` client that stopped acknowledging: end the connection (what it
         had not acknowledged stays kept for the device)."""
-        if state.acks and state.unacked > MAX_UNACKED and not self._revoked:
-            self._revoked = True
+        if state.acks and state.unacked > MAX_UNACKED and not self._ending:
+            self._ending = True
             error = Error(
                 None,
                 ErrorCode.ACK_TIMEOUT,
@@ -451,7 +463,7 @@ class UserSession:
                 while True:
                     await self._wake.wait()
                     await router.wait_live()
-                    if self._revoked:
+                    if self._revoked or self._ending:
                         return
                     self._wake = trio.Event()
                     if self._checking and not await self._still_current(state):
@@ -459,7 +471,9 @@ class UserSession:
                     await self._follow_joined(state)
                     if self._held_events:
                         await self._write_held()
+                    along: set[int] = set()
                     while state.dirty and not router.paused and not self._revoked:
+                        state.wake(along)
                         ranges = state.live_ranges(page)
                         state.reading = True
                         try:
@@ -472,6 +486,15 @@ class UserSession:
                             break
                         finally:
                             state.reading = False
+                        read = {wanted.stream for wanted in ranges}
+                        if state.dirty - read:
+                            # Streams told of new messages while this read ran, and not in
+                            # it: the read may hold a sender's later message while an
+                            # earlier one waits in those. Read them all together instead
+                            # (the set only grows, so this ends).
+                            along = read
+                            continue
+                        along = set()
                         await self._queue_items(
                             state, state.take(ranges, results, page), offline=False
                         )
@@ -505,6 +528,9 @@ class UserSession:
     async def _follow_joined(self, state: DeviceState) -> None:
         while self._to_follow:
             group_id = self._to_follow.pop()
+            # Hand-offs wait meanwhile (they turn into reads): a message of the group and
+            # a later one of its sender elsewhere must not pass each other.
+            state.reading = True
             try:
                 pos = await self.services.store.group_position(
                     state.user_id, state.device, group_id
@@ -515,6 +541,8 @@ class UserSession:
                 await trio.sleep(1.0)
                 self._wake.set()
                 return
+            finally:
+                state.reading = False
             if pos is not None:
                 state.follow(group_id, pos)
                 self.services.router.follow(self, [group_id])

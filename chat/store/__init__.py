@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from .bulk import Accounts, ImportBlocked, Imported, InUse, NewGroup, NewUser
 from .contacts import LoginReads
 from .dialect import Dialect
 from .errors import (
@@ -89,6 +90,7 @@ def open_store(url: str, pool_size: int | None = None) -> Store:
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "Accounts",
     "AlreadyBlocked",
     "AlreadyFriends",
     "AlreadyMember",
@@ -100,11 +102,16 @@ __all__ = [
     "GroupRecord",
     "HistoryMessage",
     "HistoryPage",
+    "ImportBlocked",
+    "Imported",
+    "InUse",
     "LoginReads",
     "LoginSnapshot",
     "MemberRecord",
     "MembershipRecord",
     "NameTaken",
+    "NewGroup",
+    "NewUser",
     "NoSuchGroup",
     "NoSuchUser",
     "NotAMember",

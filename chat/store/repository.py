@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
-from . import contacts, history, streams, throttle, tokens
+from . import bulk, contacts, history, streams, throttle, tokens
 from .coalesce import Coalescer, Submitted
 from .dialect import Connection, Dialect
 from .errors import (
@@ -451,6 +451,25 @@ class Store:
             return history.read_page(sql, ranges, before=before, after=after, limit=limit)
 
         return await self._run(body, write=False)
+
+    # --- many accounts at once (``chat.store.bulk``: chat-server import-users) ----
+
+    async def import_in_use(self, accounts: bulk.Accounts) -> bulk.InUse:
+        """What keeps ``accounts`` from being imported now: names taken, users unknown."""
+        return await self._run(partial(bulk.in_use, accounts=accounts), write=False)
+
+    async def import_accounts(self, accounts: bulk.Accounts) -> bulk.Imported:
+        """Write all of ``accounts`` in one transaction, or nothing: ``ImportBlocked``
+        names what is in the way (also a name registered while the import ran)."""
+        try:
+            return await self._run(partial(bulk.write, accounts=accounts), write=True)
+        except Exception as exc:
+            if not self.dialect.is_integrity_error(exc):
+                raise
+            blocked = await self.import_in_use(accounts)
+            if not blocked:
+                raise
+            raise bulk.ImportBlocked(blocked) from exc
 
     # --- session tokens (``chat.store.tokens``: hashes only) --------------------
 

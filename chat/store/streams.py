@@ -201,8 +201,9 @@ def device_login(
 
     A new device starts at each stream's head: it gets what is stored from now on,
     and reads older messages with ``history``. The very first device of a user who
-    never had one starts at the beginning of the inbox instead, so that what was sent
-    to a new account before its first login is kept for it, as in version 1."""
+    never had one starts at the beginning of the inbox (and of each group, where the
+    user joined it) instead, so that what was sent to an account before its first
+    login is kept for it, as in version 1."""
     logged_in = set(online)
     row = sql.one(
         f"SELECT devices_since, inbox_head FROM users WHERE id = ?{sql.dialect.for_update}",
@@ -235,9 +236,12 @@ def device_login(
             " VALUES (?, ?, ?, ?, ?)",
             (user_id, device, start, now, now),
         )
+        # The first device: each group from where the user joined it; a later one:
+        # from the group's head.
+        start_at = "g.log_head" if devices_since is not None else "gm.joined_pos"
         sql.execute(
             "INSERT INTO device_groups (user_id, device, group_id, pos)"
-            " SELECT gm.user_id, ?, gm.group_id, g.log_head FROM group_members gm"
+            f" SELECT gm.user_id, ?, gm.group_id, {start_at} FROM group_members gm"
             " JOIN chat_groups g ON g.id = gm.group_id WHERE gm.user_id = ?",
             (device, user_id),
         )
@@ -248,27 +252,27 @@ def device_login(
             "UPDATE devices SET last_seen = ? WHERE user_id = ? AND device = ?",
             (now, user_id, device),
         )
-    # Each statement reads from one snapshot: a head and the count below it agree.
-    inbox = sql.one(
-        "SELECT d.inbox_pos, u.inbox_head, (SELECT COUNT(*) FROM messages m"
+    # One statement, so one snapshot for every stream: each head and the count below it
+    # agree, and a sender's message in one stream is never before a head while an
+    # earlier one of theirs in another stream is after its head.
+    positions: dict[int, int] = {}
+    heads: dict[int, int] = {}
+    kept = 0
+    for stream, pos, head, count in sql.all(
+        "SELECT 0, d.inbox_pos, u.inbox_head, (SELECT COUNT(*) FROM messages m"
         " WHERE m.recipient_id = u.id AND m.pos > d.inbox_pos AND m.pos <= u.inbox_head)"
         " FROM devices d JOIN users u ON u.id = d.user_id"
-        " WHERE d.user_id = ? AND d.device = ?",
-        (user_id, device),
-    )
-    positions = {INBOX: int(inbox[0])}
-    heads = {INBOX: int(inbox[1])}
-    kept = int(inbox[2])
-    for group_id, pos, head, count in sql.all(
-        "SELECT c.group_id, c.pos, g.log_head, (SELECT COUNT(*) FROM messages m"
+        " WHERE d.user_id = ? AND d.device = ?"
+        " UNION ALL"
+        " SELECT c.group_id, c.pos, g.log_head, (SELECT COUNT(*) FROM messages m"
         " WHERE m.group_id = c.group_id AND m.pos > c.pos AND m.pos <= g.log_head"
         " AND m.sender_id <> c.user_id)"
         " FROM device_groups c JOIN chat_groups g ON g.id = c.group_id"
         " WHERE c.user_id = ? AND c.device = ?",
-        (user_id, device),
+        (user_id, device, user_id, device),
     ):
-        positions[int(group_id)] = int(pos)
-        heads[int(group_id)] = int(head)
+        positions[int(stream)] = int(pos)
+        heads[int(stream)] = int(head)
         kept += int(count)
     return DeviceStart(positions, heads, kept, new, sorted(forget))
 
@@ -320,6 +324,11 @@ def follow_group(sql: Sql, user_id: int, group_id: int) -> None:
     the head read here is the one the next group message follows; the user's row is
     locked too, so a device made meanwhile (``device_login``) is not missed."""
     sql.one(f"SELECT id FROM users WHERE id = ?{sql.dialect.for_update}", (user_id,))
+    sql.execute(
+        "UPDATE group_members SET joined_pos = (SELECT log_head FROM chat_groups WHERE id = ?)"
+        " WHERE group_id = ? AND user_id = ?",
+        (group_id, group_id, user_id),
+    )
     sql.execute(
         "INSERT INTO device_groups (user_id, device, group_id, pos)"
         " SELECT d.user_id, d.device, g.id, g.log_head FROM devices d"

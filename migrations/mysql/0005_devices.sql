@@ -11,6 +11,9 @@ ALTER TABLE users
     ADD COLUMN inbox_head BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN devices_since BIGINT NULL;
 ALTER TABLE chat_groups ADD COLUMN log_head BIGINT NOT NULL DEFAULT 0;
+-- Where a member joined a group's log: a user's very first device gets the group's
+-- messages from there (as version 1 kept them for a member who never logged in).
+ALTER TABLE group_members ADD COLUMN joined_pos BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN pos BIGINT NULL;
 
 UPDATE messages m

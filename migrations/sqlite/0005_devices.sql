@@ -3,6 +3,9 @@
 ALTER TABLE users ADD COLUMN inbox_head INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN devices_since INTEGER;
 ALTER TABLE chat_groups ADD COLUMN log_head INTEGER NOT NULL DEFAULT 0;
+-- Where a member joined a group's log: a user's very first device gets the group's
+-- messages from there (as version 1 kept them for a member who never logged in).
+ALTER TABLE group_members ADD COLUMN joined_pos INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN pos INTEGER;
 
 UPDATE messages SET pos = r.n
