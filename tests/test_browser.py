@@ -260,7 +260,7 @@ def test_two_browser_users_chat(browser: Browser, ws_url: str, tmp_path: Path) -
     # Offline messages arrive at the next login, marked as such. Meanwhile alice's
     # page follows bob's presence live (presence events: the page no longer asks
     # about friends, so nothing else could change the dot).
-    bob.get_by_role("button", name="Log out").click()
+    bob.get_by_role("button", name="Log out", exact=True).click()
     expect(bob.get_by_role("heading", name="Sign in")).to_be_visible()
     expect(bob_in_alice).to_contain_text("offline")
     expect(bob_in_alice.locator(".presence.offline")).to_have_count(1)
@@ -429,7 +429,7 @@ def test_reload_signs_in_again_and_shows_history(browser: Browser, ws_url: str) 
 
     # Log out forgets the token, here and on the server: a reload asks for the password.
     token = alice.evaluate("JSON.parse(localStorage.getItem('chat.session')).token")
-    alice.get_by_role("button", name="Log out").click()
+    alice.get_by_role("button", name="Log out", exact=True).click()
     expect(alice.get_by_role("heading", name="Sign in")).to_be_visible()
     assert alice.evaluate("localStorage.getItem('chat.session')") is None
     alice.evaluate(
@@ -485,3 +485,123 @@ def test_a_lost_connection_comes_back_by_itself(browser: Browser, ws_url: str) -
     expect(status).to_have_text(re.compile(r"reconnecting in [23] s"))
     expect(status).to_have_text(re.compile(r"reconnecting in [45] s"))
     expect(dana.locator("#me-name")).to_have_text("dana")  # the page stays as it was
+
+
+RECORD_FRAMES = """
+window.__frames = [];  // [direction, frame]: what the page's sockets sent ("out") and got ("in")
+window.WebSocket = class extends window.WebSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", (e) => window.__frames.push(["in", JSON.parse(e.data)]));
+  }
+  send(data) { window.__frames.push(["out", JSON.parse(data)]); return super.send(data); }
+};
+"""
+
+ACKED_UP_TO = """([seq]) => {
+  // An `ack` covering `seq` that the server has answered `ok`.
+  const acks = window.__frames.filter(([way, f]) => way === "out" && f.type === "ack");
+  return acks.some(([, ack]) => ack.seq >= seq && window.__frames.some(
+    ([way, f]) => way === "in" && f.type === "ok" && f.rid === ack.rid));
+}"""
+
+
+def test_the_page_and_chat_cli_as_one_user(browser: Browser, ws_url: str, tmp_path: Path) -> None:
+    """One user on two devices (protocol 1.2): the page and chat-cli side by side."""
+    from playwright.sync_api import expect
+
+    pexpect = pytest.importorskip("pexpect")
+    expect.set_options(timeout=TIMEOUT_MS)
+    problems: list[str] = []
+    context = browser.new_context()
+    context.add_init_script(RECORD_FRAMES)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    url = PAGE.as_uri() + "?ws=" + ws_url
+    page.goto(url)
+    sign_in(page, "alice", register=True)
+    expect(page.locator("#me-name")).to_have_text("alice")
+    device = page.evaluate("localStorage.getItem('chat.device')")
+    assert re.fullmatch(r"web-[0-9a-f]{8}", device), device
+    (login,) = page.evaluate("window.__frames.filter(([w, f]) => f.type === 'login')")
+    assert login[1]["device"] == device and login[1]["acks"] is True
+
+    cli = pexpect.spawn(
+        sys.executable,
+        ["-m", "chat.cli.client", "--url", ws_url, "--device", "terminal"],
+        env={
+            **os.environ,
+            "PROMPT_TOOLKIT_NO_CPR": "1",
+            "TERM": "xterm",
+            "NO_COLOR": "1",
+            "XDG_STATE_HOME": str(tmp_path / "state"),
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        },
+        encoding="utf-8",
+        timeout=TIMEOUT_MS / 1000,
+        dimensions=(40, 160),
+    )
+    try:
+        cli.sendline("/login alice secret")
+        cli.expect_exact("logged in as alice")
+
+        # A third user writes: both devices show it.
+        page.evaluate(SEND_AS, [ws_url, "carl", "alice", 1])
+        cli.expect(r"\d\d:\d\d carl: carl 1")
+        carl = page.locator("#friend-list").get_by_role("button", name=re.compile("^carl"))
+        carl.click()
+        log = page.get_by_role("log")
+        expect(log.locator(".message").filter(has_text="carl 1")).not_to_have_class(
+            re.compile("mine")
+        )
+
+        # What alice sends from the terminal is hers in the page, not carl's, not unread.
+        cli.sendline("/msg carl from the terminal")
+        cli.expect_exact("you -> carl: from the terminal")
+        mine = log.locator(".message.mine").filter(has_text="from the terminal")
+        expect(mine).to_have_count(1)
+        expect(mine.locator(".from")).to_have_text("You")
+        cli.sendline("/group create den")
+        cli.expect_exact("created group den")
+        expect(page.locator("#group-list")).to_contain_text("den")  # group_joined
+
+        # A reload is the same device, so its token (which belongs to it) still works.
+        page.reload()
+        expect(page.locator("#me-name")).to_have_text("alice")
+        assert page.evaluate("localStorage.getItem('chat.device')") == device
+        logins = page.evaluate("window.__frames.filter(([w, f]) => f.type === 'login')")
+        assert logins and all(f["device"] == device and "token" in f for _, f in logins)
+
+        # Away (the page is closed), 20 messages wait for the page's device; back, it
+        # renders them and acknowledges them, a burst at a time.
+        page.goto("about:blank")  # (Chromium lets no socket out of about:blank to here)
+        open_page(browser, url, problems).evaluate(SEND_AS, [ws_url, "dora", "alice", 20])
+        cli.expect_exact("dora: dora 20")
+        page.goto(url)
+        dora = page.locator("#friend-list").get_by_role("button", name=re.compile("^dora"))
+        expect(dora).to_contain_text("20")  # unread
+        page.wait_for_function(ACKED_UP_TO, arg=[20])
+        acks = page.evaluate("window.__frames.filter(([w, f]) => f.type === 'ack').length")
+        assert 1 <= acks < 20, acks
+        page.reload()  # acknowledged: nothing waits for this device any more
+        expect(page.locator("#me-name")).to_have_text("alice")
+        page.wait_for_function("window.__frames.some(([w, f]) => f.type === 'ok' && f.user)")
+        reply = page.evaluate("window.__frames.find(([w, f]) => f.type === 'ok' && f.user)[1]")
+        assert reply["offline"] == 0, reply
+
+        # "Log out everywhere" on the terminal signs the page out, and it says why.
+        cli.sendline("/logout everywhere")
+        cli.expect_exact("logged out here and on all your other devices")
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        expect(page.locator("#login-error")).to_have_text(
+            "You were signed out: \u201cLog out everywhere\u201d was used on another device."
+        )
+        assert page.evaluate("localStorage.getItem('chat.session')") is None
+        assert page.evaluate("localStorage.getItem('chat.device')") == device  # kept
+        cli.sendline("/quit")
+        cli.expect(pexpect.EOF)
+    finally:
+        cli.close(force=True)
+    assert problems == []

@@ -23,7 +23,14 @@ import trio
 
 from .app import App, Exit
 from .connection import Target, check_url
-from .remembered import TokenFile, default_tokens_path
+from .remembered import (
+    TokenFile,
+    check_device,
+    default_device_path,
+    default_tokens_path,
+    new_device_id,
+    stable_device,
+)
 from .terminal import PipedConsole, TerminalConsole, colour_wanted, default_history_path
 
 STOP_SIGNALS = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
@@ -50,6 +57,13 @@ def _url(text: str) -> str:
         return check_url(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _device(text: str) -> str:
+    try:
+        return check_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,15 +115,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--remember",
         action="store_true",
-        help=f"keep the login's session token in {default_tokens_path()} (mode 0600), so the"
-        " next start logs in by itself; /logout forgets it. In a terminal a kept token is"
+        help=f"keep the login's session token in {default_tokens_path()} (mode 0600, one per"
+        " server and device), so the next start logs in by itself; /logout forgets it. In a"
+        " terminal a kept token is"
         " always used; with commands piped in, only with --remember",
+    )
+    parser.add_argument(
+        "--device",
+        type=_device,
+        help="the name this client logs in as, among your devices (default: a random id made"
+        f" once and kept in {default_device_path()}); give a second chat-cli on this machine"
+        " another one",
     )
     return parser
 
 
+def choose_device(chosen: str | None) -> str:
+    """``--device``, or this machine's stable id; a fresh one for this run (with a
+    warning) if none can be kept."""
+    if chosen is not None:
+        return chosen
+    path = default_device_path()
+    try:
+        return stable_device(path)
+    except OSError as exc:
+        device = new_device_id()
+        print(
+            f"chat-cli: cannot keep a device id in {path} ({exc.strerror or exc});"
+            f" this run is the device {device}",
+            file=sys.stderr,
+        )
+        return device
+
+
 async def _run(
-    target: Target, console: TerminalConsole | PipedConsole, remember: bool = False
+    target: Target,
+    console: TerminalConsole | PipedConsole,
+    remember: bool,
+    device: str,
+    device_chosen: bool,
 ) -> int:
     """Run the app; SIGTERM or SIGHUP (the terminal closed) end it like /quit.
 
@@ -129,7 +173,15 @@ async def _run(
 
                 nursery.start_soon(stop_on_signal)
                 tokens = TokenFile(default_tokens_path())
-                status = await App(target, console, tokens, remember=remember).run()
+                app = App(
+                    target,
+                    console,
+                    tokens,
+                    remember=remember,
+                    device=device,
+                    device_chosen=device_chosen,
+                )
+                status = await app.run()
                 nursery.cancel_scope.cancel()
     return status
 
@@ -154,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         console = PipedConsole(colour=colour)
     try:
-        return trio.run(_run, target, console, args.remember)
+        device = choose_device(args.device)
+        return trio.run(_run, target, console, args.remember, device, args.device is not None)
     except BaseException as exc:  # the last line of defence: a message, never a traceback
         leaves = _leaves(exc)
         if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
