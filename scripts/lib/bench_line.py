@@ -14,6 +14,7 @@ import json
 import sys
 
 BUCKETS = [
+    ("TLS (trio's SSLStream, ssl)", ("_ssl.py", "/ssl.py")),
     ("waiting in epoll", ("EpollIOManager.get_events",)),
     ("socket send/recv", ("_nonblocking_helper", "SocketStream.send_all", "receive_some")),
     (
