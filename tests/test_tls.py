@@ -26,7 +26,7 @@ import pytest
 import trio
 import trustme
 
-from chat.client import connect, connect_websocket, tls_context
+from chat.client import client_over, connect, connect_websocket, tls_context
 from chat.server import Node
 from chat.transports import LineStream
 
@@ -147,6 +147,94 @@ async def test_a_stalled_handshake_is_closed_by_the_login_timeout(tls_node: Node
     waited = trio.current_time() - started
     assert 0.9 <= waited < 5, waited  # the login timeout is 1 s
     await silent.aclose()
+
+
+async def test_the_login_timeout_counts_from_the_accept(pair: Pair, tmp_path: Path) -> None:
+    """A client that takes most of the login timeout to start its handshake gets only
+    the rest of it to log in: connect, handshake and login share one deadline."""
+    async with running_node(
+        f"sqlite:///{tmp_path / 'chat.db'}",
+        tls_cert=str(pair.cert),
+        tls_key=str(pair.key),
+        login_timeout_seconds=2.0,
+    ) as node:
+        raw = await trio.open_tcp_stream("127.0.0.1", node.ports[0])
+        connected = trio.current_time()
+        await trio.sleep(1.5)
+        tls = trio.SSLStream(raw, pair.client_context(), server_hostname="localhost")
+        with trio.fail_after(5):
+            await tls.do_handshake()  # within the 0.5 s left
+        received = b""
+        with trio.fail_after(10), contextlib.suppress(trio.BrokenResourceError):
+            while chunk := await tls.receive_some(4096):
+                received += chunk
+        waited = trio.current_time() - connected
+        await trio.aclose_forcefully(tls)
+    assert b"login_timeout" in received, received
+    # 2 s from the connect (and the watchdog's quarter period), not 2 s from the handshake.
+    assert 1.9 <= waited < 3.0, waited
+
+
+class _HeaderFirst(trio.abc.Stream):
+    """A TCP stream whose first write carries ``header`` in front: the PROXY header and
+    the ClientHello in one segment, as a proxy may send them."""
+
+    def __init__(self, stream: trio.abc.Stream, header: bytes) -> None:
+        self.stream = stream
+        self.header = header
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        data, self.header = self.header + bytes(data), b""
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return bytes(await self.stream.receive_some(max_bytes))
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def test_a_proxy_protocol_header_before_the_tls_handshake(
+    pair: Pair, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--proxy-protocol`` with TLS (a TCP proxy in front that passes TLS through): the
+    header in plain text, then the handshake; the node names the proxied client. The
+    header alone in its first write, and glued to the ClientHello in one."""
+    caplog.set_level(logging.INFO, logger="chat.server.session")
+    async with running_node(
+        f"sqlite:///{tmp_path / 'chat.db'}",
+        tls_cert=str(pair.cert),
+        tls_key=str(pair.key),
+        proxy_protocol=True,
+    ) as node:
+        port = node.ports[0]
+        alone = await trio.open_tcp_stream("127.0.0.1", port)
+        await alone.send_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 40001 6000\r\n")
+        glued = _HeaderFirst(
+            await trio.open_tcp_stream("127.0.0.1", port),
+            b"PROXY TCP4 203.0.113.8 127.0.0.1 40002 6000\r\n",
+        )
+        for name, raw in (("kim", alone), ("lee", glued)):
+            tls = trio.SSLStream(raw, pair.client_context(), server_hostname="localhost")
+            async with client_over(tls) as c:
+                await register(c, name, PASSWORD)
+                reply = await c.call("login", name=name, password=PASSWORD)
+                assert reply["type"] == "ok", reply
+        # Straight to TLS without the header: refused, no session.
+        bare = await trio.open_tcp_stream("127.0.0.1", port)
+        tls = trio.SSLStream(bare, pair.client_context(), server_hostname="localhost")
+        with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+            await tls.do_handshake()
+        await trio.aclose_forcefully(tls)
+        refused = node.services.metrics.connections_refused.labels("proxy_header")
+        assert refused._value.get() == 1
+    opened = [r.getMessage() for r in caplog.records if "connection opened" in r.getMessage()]
+    assert len(opened) == 2, opened
+    assert opened[0].startswith("connection opened: 203.0.113.7:40001 via 127.0.0.1:"), opened
+    assert opened[1].startswith("connection opened: 203.0.113.8:40002 via 127.0.0.1:"), opened
 
 
 async def test_a_write_cut_off_counts_only_the_frames_that_left(pair: Pair) -> None:
