@@ -445,6 +445,70 @@ async def test_sighup_reloads_the_certificate(tmp_path: Path) -> None:
         assert "Traceback" not in server.output()
 
 
+async def test_sighup_reaches_the_workers(mysql_url: str, redis_url: str, tmp_path: Path) -> None:
+    """``serve --workers 2`` with TLS: SIGHUPs to the parent while its workers start do
+    not kill them (they start with SIGHUP ignored until they listen for it), and once
+    they run, a SIGHUP after new files are in place reaches both: every new connection,
+    whichever worker the kernel gives it to, gets the new certificate."""
+    first = Pair(trustme.CA(), tmp_path, "first")
+    second = Pair(trustme.CA(), tmp_path, "second")
+    live_cert, live_key = tmp_path / "live.pem", tmp_path / "live.key"
+    live_cert.write_bytes(first.cert.read_bytes())
+    live_key.write_bytes(first.key.read_bytes())
+    port = free_port()
+    log = tmp_path / "workers.log"
+    with log.open("wb") as out:
+        process = await trio.lowlevel.open_process(
+            [
+                *(sys.executable, "-m", "chat", "serve", "--port", str(port), "--workers", "2"),
+                *("--host", "127.0.0.1", "--node-id", "node"),
+                *("--database", mysql_url, "--redis", redis_url, "--log-level", "INFO"),
+                *("--tls-cert", str(live_cert), "--tls-key", str(live_key)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=chat_env(),
+        )
+    try:
+        with trio.fail_after(120):
+            while "starting 2 workers" not in log.read_text():
+                assert process.returncode is None, log.read_text()
+                await trio.sleep(0.01)
+            hangups = 0
+            while "all 2 workers ready" not in log.read_text():
+                assert process.returncode is None, log.read_text()
+                process.send_signal(signal.SIGHUP)  # as the workers import, migrate, bind
+                hangups += 1
+                await trio.sleep(0.05)
+        text = log.read_text()
+        assert hangups >= 5, hangups
+        assert "exited" not in text, text
+        assert await _peer_certificate(port, first.ca_file)
+        live_cert.write_bytes(second.cert.read_bytes())
+        live_key.write_bytes(second.key.read_bytes())
+        before = text.count("reloaded the TLS certificate")
+        process.send_signal(signal.SIGHUP)
+        with trio.fail_after(10):
+            while log.read_text().count("reloaded the TLS certificate") < before + 2:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        reloaded = log.read_text().splitlines()[-20:]
+        assert any("node-w1" in line and "reloaded" in line for line in reloaded), reloaded
+        assert any("node-w2" in line and "reloaded" in line for line in reloaded), reloaded
+        for _ in range(10):  # SO_REUSEPORT spreads these over both workers
+            with pytest.raises(trio.BrokenResourceError):
+                await _peer_certificate(port, first.ca_file)
+            assert await _peer_certificate(port, second.ca_file)
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await process.wait() == 0
+        assert "Traceback" not in log.read_text()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 # --- the cluster behind nginx's TLS ----------------------------------------------
 
 
