@@ -343,7 +343,11 @@ class Node:
             login_timeout = self.settings.login_timeout_seconds
             left = max(login_timeout - (trio.current_time() - accepted), 1e-3)
             secured = await tls_handshake(
-                transport, self.certificates.context, left if login_timeout else 0, peer
+                transport,
+                self.certificates.context,
+                left if login_timeout else 0,
+                peer,
+                socket_stream=stream,
             )
             if secured is None:
                 self.services.metrics.connections_refused.labels("tls_handshake").inc()
