@@ -12,6 +12,8 @@ skipped and says why.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import shutil
@@ -21,6 +23,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,9 +34,11 @@ import trio
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
+from chat.client import connect_websocket
+
 from .bulk_support import bulk_friends, bulk_users
-from .cluster_support import write_nginx_certificate
-from .support import free_port
+from .cluster_support import nginx_tls_context, write_nginx_certificate
+from .support import free_port, register
 from .ws_support import render_web_conf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,15 +161,34 @@ def ws_url(ws_port: int) -> str:
 @pytest.fixture
 def nginx_port(ws_port: int, tmp_path: Path) -> Iterator[int]:
     """nginx from infra/nginx/nginx.conf, both WebSocket upstreams on the one node."""
+    with _nginx(ws_port, tmp_path, free_port(), free_port()):
+        yield port_of(tmp_path)
+
+
+def port_of(tmp_path: Path) -> int:
+    return int((tmp_path / "nginx" / "http-port").read_text())
+
+
+@pytest.fixture
+def nginx_https_port(ws_port: int, tmp_path: Path) -> Iterator[int]:
+    """The same nginx; yields its HTTPS port (the page and wss:// /ws; a certificate for
+    127.0.0.1 and localhost from the test authority, ``NGINX_CA``)."""
+    https_port = free_port()
+    with _nginx(ws_port, tmp_path, free_port(), https_port):
+        yield https_port
+
+
+@contextmanager
+def _nginx(ws_port: int, tmp_path: Path, port: int, https_port: int) -> Iterator[None]:
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(binary).exists():
         pytest.skip("nginx is not installed (scripts/test installs it)")
-    port = free_port()
     directory = tmp_path / "nginx"
     directory.mkdir()
+    (directory / "http-port").write_text(str(port))
     write_nginx_certificate(directory)  # the shipped config's HTTPS listener needs one
     conf = directory / "nginx.conf"
-    conf.write_text(render_web_conf(port, (ws_port, ws_port)))
+    conf.write_text(render_web_conf(port, (ws_port, ws_port), https_port))
     process = subprocess.Popen(
         [
             *(binary, "-c", str(conf), "-p", f"{directory}/"),
@@ -179,7 +204,7 @@ def nginx_port(ws_port: int, tmp_path: Path) -> Iterator[int]:
                 log = directory / "nginx-error.log"
                 pytest.fail(f"nginx did not start: {log.read_text() if log.exists() else ''}")
             time.sleep(0.05)
-        yield port
+        yield
     finally:
         process.terminate()
         try:
@@ -300,6 +325,87 @@ def test_the_page_through_nginx(browser: Browser, nginx_port: int) -> None:
     dave.locator("#friend-list").get_by_role("button", name=re.compile("^carol")).click()
     expect(dave.get_by_role("log")).to_contain_text("proxied")
     assert problems == []  # no script error, no Content-Security-Policy violation
+
+
+def spki_pin(certificate_pem: bytes) -> str:
+    """base64(SHA-256(SubjectPublicKeyInfo)) of a PEM certificate: what Chromium's
+    ``--ignore-certificate-errors-spki-list`` takes."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key = x509.load_pem_x509_certificate(certificate_pem).public_key()
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def test_the_page_over_https_and_wss(
+    browser: Browser, nginx_https_port: int, tmp_path: Path
+) -> None:
+    """The page from nginx's HTTPS port, in a Chromium that trusts only that certificate
+    (pinned by its public key, no certificate error ignored otherwise): it connects to
+    wss:// on the same port, and exchanges messages both ways with a ChatClient
+    connected over WSS and verifying the test authority."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    leaf = (tmp_path / "nginx" / "tls" / "server.pem").read_bytes()
+    leaf = leaf[: leaf.index(b"-----END CERTIFICATE-----") + 25]  # the first of the chain
+    pinned = browser.browser_type.launch(
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=[*CHROMIUM_FLAGS, f"--ignore-certificate-errors-spki-list={spki_pin(leaf)}"],
+    )
+    wss = f"wss://localhost:{nginx_https_port}/ws"
+
+    async def as_fred(*, new: bool = False, send: str | None = None) -> list[str]:
+        """fred over WSS (``new``: registered first): sends ``send`` to eve; answers the
+        messages that came to him within 2 s of his login."""
+        async with connect_websocket(wss, ssl_context=nginx_tls_context()) as fred:
+            if new:
+                await register(fred, "fred", "secret")
+            await fred.call("login", name="fred", password="secret")
+            if send is not None:
+                eve = await fred.call("find_user", name="eve")
+                await fred.call("send", to=eve["user"]["id"], text=send)
+            texts = []
+            with trio.move_on_after(2):
+                while True:
+                    event = await fred.next_event()
+                    if event.get("type") == "message":
+                        texts.append(event["text"])
+            return texts
+
+    try:
+        problems: list[str] = []
+        sockets: list[str] = []
+        page = pinned.new_context().new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        page.goto(f"https://localhost:{nginx_https_port}/")
+        expect(page.get_by_label("Server")).to_have_value(wss)
+        trio.run(partial(as_fred, new=True))
+        sign_in(page, "eve", register=True)
+        expect(page.locator("#me-name")).to_have_text("eve")
+        expect(page.locator("#status")).to_have_text(f"Connected to {wss}")
+        page.get_by_label("Add a friend by name").fill("fred")
+        page.get_by_role("button", name="Add", exact=True).click()
+        fred_in_eve = page.locator("#friend-list").get_by_role("button", name=re.compile("^fred"))
+        expect(fred_in_eve).to_contain_text("offline")
+        trio.run(partial(as_fred, send="from python over wss"))
+        fred_in_eve.click()
+        expect(page.get_by_role("log")).to_contain_text("from python over wss")
+        page.get_by_label("Message", exact=True).fill("from chromium over wss")
+        page.get_by_label("Message", exact=True).press("Enter")
+        expect(page.get_by_role("log")).to_contain_text("from chromium over wss")
+        assert "from chromium over wss" in trio.run(as_fred)
+        assert sockets and all(url == wss for url in sockets), sockets
+        assert problems == []
+    finally:
+        pinned.close()
 
 
 def test_remove_and_block_from_a_friends_menu(

@@ -26,9 +26,10 @@ import pytest
 import trio
 import trustme
 
-from chat.client import connect, connect_websocket, tls_context
+from chat.client import client_over, connect, connect_websocket, tls_context
 from chat.server import Node
-from chat.transports import LineStream
+from chat.transports import LineStream, StreamClosed
+from chat.transports.tls import Wire
 
 from .cluster_support import (
     dial,
@@ -149,16 +150,109 @@ async def test_a_stalled_handshake_is_closed_by_the_login_timeout(tls_node: Node
     await silent.aclose()
 
 
-async def test_a_write_cut_off_counts_only_the_frames_that_left(pair: Pair) -> None:
-    """Over TLS a frame counts as written only once its own write returned: the peer,
-    reading everything that arrived, finds exactly ``frames_sent`` whole frames."""
+async def test_the_login_timeout_counts_from_the_accept(pair: Pair, tmp_path: Path) -> None:
+    """A client that takes most of the login timeout to start its handshake gets only
+    the rest of it to log in: connect, handshake and login share one deadline."""
+    async with running_node(
+        f"sqlite:///{tmp_path / 'chat.db'}",
+        tls_cert=str(pair.cert),
+        tls_key=str(pair.key),
+        login_timeout_seconds=2.0,
+    ) as node:
+        raw = await trio.open_tcp_stream("127.0.0.1", node.ports[0])
+        connected = trio.current_time()
+        await trio.sleep(1.5)
+        tls = trio.SSLStream(raw, pair.client_context(), server_hostname="localhost")
+        with trio.fail_after(5):
+            await tls.do_handshake()  # within the 0.5 s left
+        received = b""
+        with trio.fail_after(10), contextlib.suppress(trio.BrokenResourceError):
+            while chunk := await tls.receive_some(4096):
+                received += chunk
+        waited = trio.current_time() - connected
+        await trio.aclose_forcefully(tls)
+    assert b"login_timeout" in received, received
+    # 2 s from the connect (and the watchdog's quarter period), not 2 s from the handshake.
+    assert 1.9 <= waited < 3.0, waited
+
+
+class _HeaderFirst(trio.abc.Stream):
+    """A TCP stream whose first write carries ``header`` in front: the PROXY header and
+    the ClientHello in one segment, as a proxy may send them."""
+
+    def __init__(self, stream: trio.abc.Stream, header: bytes) -> None:
+        self.stream = stream
+        self.header = header
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        data, self.header = self.header + bytes(data), b""
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return bytes(await self.stream.receive_some(max_bytes))
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def test_a_proxy_protocol_header_before_the_tls_handshake(
+    pair: Pair, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--proxy-protocol`` with TLS (a TCP proxy in front that passes TLS through): the
+    header in plain text, then the handshake; the node names the proxied client. The
+    header alone in its first write, and glued to the ClientHello in one."""
+    caplog.set_level(logging.INFO, logger="chat.server.session")
+    async with running_node(
+        f"sqlite:///{tmp_path / 'chat.db'}",
+        tls_cert=str(pair.cert),
+        tls_key=str(pair.key),
+        proxy_protocol=True,
+    ) as node:
+        port = node.ports[0]
+        alone = await trio.open_tcp_stream("127.0.0.1", port)
+        await alone.send_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 40001 6000\r\n")
+        glued = _HeaderFirst(
+            await trio.open_tcp_stream("127.0.0.1", port),
+            b"PROXY TCP4 203.0.113.8 127.0.0.1 40002 6000\r\n",
+        )
+        for name, raw in (("kim", alone), ("lee", glued)):
+            tls = trio.SSLStream(raw, pair.client_context(), server_hostname="localhost")
+            async with client_over(tls) as c:
+                await register(c, name, PASSWORD)
+                reply = await c.call("login", name=name, password=PASSWORD)
+                assert reply["type"] == "ok", reply
+        # Straight to TLS without the header: refused, no session.
+        bare = await trio.open_tcp_stream("127.0.0.1", port)
+        tls = trio.SSLStream(bare, pair.client_context(), server_hostname="localhost")
+        with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+            await tls.do_handshake()
+        await trio.aclose_forcefully(tls)
+        refused = node.services.metrics.connections_refused.labels("proxy_header")
+        assert refused._value.get() == 1
+    opened = [r.getMessage() for r in caplog.records if "connection opened" in r.getMessage()]
+    assert len(opened) == 2, opened
+    assert opened[0].startswith("connection opened: 203.0.113.7:40001 via 127.0.0.1:"), opened
+    assert opened[1].startswith("connection opened: 203.0.113.8:40002 via 127.0.0.1:"), opened
+
+
+@pytest.mark.parametrize("wired", [False, True], ids=["send_all each", "wire batch"])
+async def test_a_write_cut_off_counts_only_the_frames_that_left(pair: Pair, wired: bool) -> None:
+    """Over TLS a frame counts as written only once all of it left: the peer, reading
+    everything that arrived, finds exactly ``frames_sent`` whole frames. Over any TLS
+    stream (a write per frame) and over the node's ``Wire`` (the frames' records held,
+    then put on the socket in one go, counted by the bytes the kernel took)."""
     server_sock, client_sock = trio.socket.socketpair()
     for sock in (server_sock, client_sock):
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 16_384)
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 16_384)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(str(pair.cert), str(pair.key))
-    server_tls = trio.SSLStream(trio.SocketStream(server_sock), server_context, server_side=True)
+    server_stream = trio.SocketStream(server_sock)
+    transport: trio.abc.Stream = Wire(server_stream, server_stream) if wired else server_stream
+    server_tls = trio.SSLStream(transport, server_context, server_side=True)
     client_tls = trio.SSLStream(
         trio.SocketStream(client_sock), pair.client_context(), server_hostname="localhost"
     )
@@ -171,6 +265,9 @@ async def test_a_write_cut_off_counts_only_the_frames_that_left(pair: Pair) -> N
         await line.send(frames)  # nobody reads: the write stalls
     assert cut.cancelled_caught
     assert 0 < line.frames_sent < len(frames)
+    if wired:  # cut off: later writes fail at once, none goes out after the cut
+        with pytest.raises(StreamClosed):
+            await line.send([b"after the cut"])
     await server_tls.transport_stream.aclose()
     received = b""
     with trio.fail_after(10):
@@ -355,6 +452,77 @@ async def test_sighup_reloads_the_certificate(tmp_path: Path) -> None:
             await _peer_certificate(server.port, first.ca_file)
         assert await server.stop() == 0
         assert "Traceback" not in server.output()
+
+
+async def test_sighup_reaches_the_workers(mysql_url: str, redis_url: str, tmp_path: Path) -> None:
+    """``serve --workers 2`` with TLS: SIGHUPs to the parent while its workers start do
+    not kill them (they start with SIGHUP ignored until they listen for it), and once
+    they run, a SIGHUP after new files are in place reaches both: every new connection,
+    whichever worker the kernel gives it to, gets the new certificate."""
+    first = Pair(trustme.CA(), tmp_path, "first")
+    second = Pair(trustme.CA(), tmp_path, "second")
+    live_cert, live_key = tmp_path / "live.pem", tmp_path / "live.key"
+    live_cert.write_bytes(first.cert.read_bytes())
+    live_key.write_bytes(first.key.read_bytes())
+    port = free_port()
+    log = tmp_path / "workers.log"
+    with log.open("wb") as out:
+        process = await trio.lowlevel.open_process(
+            [
+                *(sys.executable, "-m", "chat", "serve", "--port", str(port), "--workers", "2"),
+                *("--host", "127.0.0.1", "--node-id", "node"),
+                *("--database", mysql_url, "--redis", redis_url, "--log-level", "INFO"),
+                *("--tls-cert", str(live_cert), "--tls-key", str(live_key)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=chat_env(),
+        )
+    try:
+        with trio.fail_after(120):
+            while "starting 2 workers" not in log.read_text():
+                assert process.returncode is None, log.read_text()
+                await trio.sleep(0.01)
+            hangups = 0
+            while "all 2 workers ready" not in log.read_text():
+                assert process.returncode is None, log.read_text()
+                process.send_signal(signal.SIGHUP)  # as the workers import, migrate, bind
+                hangups += 1
+                await trio.sleep(0.05)
+        text = log.read_text()
+        assert hangups >= 5, hangups
+        assert "exited" not in text, text
+        assert await _peer_certificate(port, first.ca_file)
+        # The SIGHUPs held back for a starting worker are passed on as it becomes
+        # ready: let those reloads finish (the log still for a second) first.
+        with trio.fail_after(30):
+            quiet, seen = trio.current_time(), log.read_text()
+            while trio.current_time() - quiet < 1:
+                await trio.sleep(0.1)
+                if (now := log.read_text()) != seen:
+                    quiet, seen = trio.current_time(), now
+        live_cert.write_bytes(second.cert.read_bytes())
+        live_key.write_bytes(second.key.read_bytes())
+        offset = len(log.read_text())
+        process.send_signal(signal.SIGHUP)
+        with trio.fail_after(10):
+            for worker in ("node-w1", "node-w2"):
+                pattern = re.compile(rf"\[{worker}\] .*reloaded the TLS certificate")
+                while not pattern.search(log.read_text()[offset:]):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+        for _ in range(10):  # SO_REUSEPORT spreads these over both workers
+            with pytest.raises(trio.BrokenResourceError):
+                await _peer_certificate(port, first.ca_file)
+            assert await _peer_certificate(port, second.ca_file)
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await process.wait() == 0
+        assert "Traceback" not in log.read_text()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 # --- the cluster behind nginx's TLS ----------------------------------------------

@@ -354,9 +354,11 @@ async def serve(
     # A bad URL or prefix fails first, before the database is touched.
     broker = make_broker(redis_url, settings.node_id, lease_seconds, redis_prefix)
     store = await trio.to_thread.run_sync(open_store, database_url)
-    node = Node(settings, store, broker)
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            # The certificate is read here: a SIGHUP from now on is a reload (one before
+            # was ignored, see main, and these files are the renewed ones anyway).
+            node = Node(settings, store, broker)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, node, nursery.cancel_scope)
                 nursery.start_soon(watch_parent, node.stop)  # a --workers worker only
@@ -399,6 +401,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("database %s is up to date", store.dialect.describe())
         return 0
 
+    # SIGHUP means "reload the certificate" once serve (or the --workers parent) listens
+    # for it; until then its default action would end the process (a renewal hook firing
+    # while a node starts), so it is ignored. Workers inherit the ignoring across exec,
+    # so they are covered from their first instruction.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     node_id = args.node_id or f"{socket.gethostname()}-{args.port}"
     configure_logging(args.log_level, node_id, args.log_format)
     if (args.tls_cert is None) != (args.tls_key is None):

@@ -310,8 +310,10 @@ class Node:
     async def _serve_connection(self, listener: Listener, stream: trio.SocketStream) -> None:
         """One accepted connection through the pipeline: the socket's set-up, the PROXY
         protocol header (``--proxy-protocol``; not on WebSocket, whose proxy speaks
-        HTTP), the TLS handshake (bounded by the login timeout: a handshake costs no
-        more than a connection that never logs in), then the listener's framing."""
+        HTTP), the TLS handshake, then the listener's framing. The login timeout counts
+        from the accept: the handshakes and the login together get that long (a
+        handshake costs no more than a connection that never logs in)."""
+        accepted = trio.current_time()
         try:
             enable_keepalive(stream)
             peer = peer_name(stream)
@@ -338,11 +340,14 @@ class Node:
         if listener.tls and self.certificates is not None:
             if rest:
                 transport, rest = Prefixed(stream, rest), b""
+            login_timeout = self.settings.login_timeout_seconds
+            left = max(login_timeout - (trio.current_time() - accepted), 1e-3)
             secured = await tls_handshake(
                 transport,
                 self.certificates.context,
-                self.settings.login_timeout_seconds,
+                left if login_timeout else 0,
                 peer,
+                socket_stream=stream,
             )
             if secured is None:
                 self.services.metrics.connections_refused.labels("tls_handshake").inc()
@@ -352,16 +357,22 @@ class Node:
         max_frame = self.settings.max_frame_bytes
         if listener.kind == "websocket":
             await serve_websocket_stream(
-                self.serve_stream, transport, peer, address=address, max_frame=max_frame
+                partial(self.serve_stream, opened_at=accepted),
+                transport,
+                peer,
+                address=address,
+                max_frame=max_frame,
             )
         elif listener.kind == "legacy":
             await self.serve_stream(
                 LegacyStream(transport, peer, max_frame, address=address, buffered=rest),
                 LegacyCodec(peer),
+                opened_at=accepted,
             )
         else:
             await self.serve_stream(
-                LineStream(transport, peer, max_frame, address=address, buffered=rest)
+                LineStream(transport, peer, max_frame, address=address, buffered=rest),
+                opened_at=accepted,
             )
 
     async def _read_proxy_header(self, stream: trio.SocketStream, peer: str) -> ProxiedPeer | None:
@@ -384,16 +395,19 @@ class Node:
         )
         return None
 
-    async def serve_stream(self, stream: MessageStream, codec: Codec = V1) -> None:
+    async def serve_stream(
+        self, stream: MessageStream, codec: Codec = V1, *, opened_at: float | None = None
+    ) -> None:
         """Run a session over any message stream (the TCP, WebSocket and legacy adapters
-        call this), speaking ``codec``."""
+        call this), speaking ``codec``; ``opened_at``: when its connection was accepted
+        (the login timeout counts from then; default now)."""
         limit = self.settings.max_connections
         if limit and len(self._sessions) >= limit:
             await self._refuse(
                 stream, "max_connections", "this server is full; try again later", codec=codec
             )
             return
-        session = Session(self.services, stream, next(self._serials), codec)
+        session = Session(self.services, stream, next(self._serials), codec, opened_at=opened_at)
         transport = (
             "websocket"
             if isinstance(stream, WebSocketStream)
