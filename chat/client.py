@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -133,10 +134,42 @@ async def client_over(stream: trio.abc.Stream) -> AsyncIterator[ChatClient]:
             nursery.cancel_scope.cancel()
 
 
+def tls_context(ca_file: str | None = None, *, insecure: bool = False) -> ssl.SSLContext:
+    """A client context that verifies the server's certificate and name: against
+    ``ca_file`` (PEM) if given, else the system's certificate store. ``insecure``:
+    no verification at all (anyone in the middle can read and change everything)."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def open_stream(
+    host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> trio.abc.Stream:
+    """A TCP stream, with TLS over it (handshake done, so a refused certificate
+    raises here: ``trio.BrokenResourceError`` from an ``ssl.SSLCertVerificationError``)
+    when ``ssl_context`` is given."""
+    tcp = await trio.open_tcp_stream(host, port)
+    if ssl_context is None:
+        return tcp
+    stream = trio.SSLStream(tcp, ssl_context, server_hostname=host)
+    try:
+        await stream.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+    return stream
+
+
 @asynccontextmanager
-async def connect(host: str, port: int) -> AsyncIterator[ChatClient]:
-    """Open a client over TCP."""
-    async with client_over(await trio.open_tcp_stream(host, port)) as client:
+async def connect(
+    host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[ChatClient]:
+    """Open a client over TCP; over TLS with ``ssl_context`` (``tls_context()``)."""
+    async with client_over(await open_stream(host, port, ssl_context)) as client:
         yield client
 
 
@@ -180,8 +213,11 @@ WS_CLOSE_TIMEOUT = 3.0
 
 
 @asynccontextmanager
-async def connect_websocket(url: str) -> AsyncIterator[ChatClient]:
-    """Like ``connect``, over WebSocket (``ws://host:port/path``).
+async def connect_websocket(
+    url: str, *, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[ChatClient]:
+    """Like ``connect``, over WebSocket (``ws://host:port/path``, or ``wss://`` with
+    ``ssl_context``; without one, ``wss://`` verifies against the system store).
 
     Failing to connect raises ``trio_websocket.HandshakeError`` (its ``__cause__``
     is the ``OSError``, if any); a malformed URL raises ``ValueError``.
@@ -189,6 +225,7 @@ async def connect_websocket(url: str) -> AsyncIterator[ChatClient]:
     async with (
         open_websocket_url(
             url,
+            ssl_context=ssl_context,
             max_message_size=CLIENT_MAX_FRAME,
             connect_timeout=WS_CONNECT_TIMEOUT,
             disconnect_timeout=WS_CLOSE_TIMEOUT,

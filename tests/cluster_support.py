@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import re
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -22,9 +23,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import trio
+import trustme
 
 from chat.broker.redis import RedisBroker
-from chat.client import ChatClient, connect
+from chat.client import ChatClient, connect, tls_context
 from chat.server import Node
 
 from .support import ServerProcess, free_port, running_node, server_process
@@ -170,8 +172,9 @@ async def receive(c: ChatClient, kind: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def dial(port: int) -> AsyncIterator[ChatClient]:
-    async with connect("127.0.0.1", port) as c:
+async def dial(port: int, *, tls: bool = False) -> AsyncIterator[ChatClient]:
+    """A client on 127.0.0.1; ``tls``: through the test nginx's TLS (``NGINX_CA``)."""
+    async with connect("127.0.0.1", port, ssl_context=nginx_tls_context() if tls else None) as c:
         yield c
 
 
@@ -219,8 +222,9 @@ def render_nginx_conf(
         (r"listen 8000\b", f"listen 127.0.0.1:{listen_port}"),
         (r"server 127\.0\.0\.1:6000\b", f"server 127.0.0.1:{node_ports[0]}"),
         (r"server 127\.0\.0\.1:6002\b", f"server 127.0.0.1:{node_ports[1]}"),
-        # The http server (page and /ws) is unused here: only move it off 8080.
+        # The http server (page and /ws) is unused here: only move it off 8080 and 8443.
         (r"listen 8080\b", f"listen 127.0.0.1:{free_port()}"),
+        (r"listen 8443 ssl\b", f"listen 127.0.0.1:{free_port()} ssl"),
     ]:
         text, count = re.subn(pattern, replacement, text)
         assert count == 1, f"infra/nginx/nginx.conf: expected one {pattern!r}"
@@ -228,12 +232,35 @@ def render_nginx_conf(
     return re.sub(r"listen 80\d\d\b", lambda _: f"listen 127.0.0.1:{free_port()}", text)
 
 
+NGINX_CA = trustme.CA()
+"""The authority of the certificate every test nginx has (``nginx_tls_context``)."""
+
+
+def nginx_tls_context() -> ssl.SSLContext:
+    """A client context that trusts the test nginx's certificate (127.0.0.1, localhost)."""
+    context = tls_context()
+    NGINX_CA.configure_trust(context)
+    return context
+
+
+def write_nginx_certificate(directory: Path) -> None:
+    """tls/server.pem and tls/server.key beside the config, where the shipped config
+    looks for them (scripts/cluster makes them with openssl)."""
+    tls = directory / "tls"
+    tls.mkdir(exist_ok=True)
+    issued = NGINX_CA.issue_cert("127.0.0.1", "localhost")
+    (tls / "server.pem").write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(tls / "server.key"))
+
+
 @asynccontextmanager
 async def run_nginx(text: str, directory: Path) -> AsyncIterator[None]:
-    """nginx with the config ``text``, its prefix (pid file, logs) in ``directory``;
-    ready once its listening sockets are open, stopped on exit."""
+    """nginx with the config ``text``, its prefix (pid file, logs) in ``directory``,
+    with a certificate from ``NGINX_CA``; ready once its listening sockets are open,
+    stopped on exit."""
     conf = directory / "nginx.conf"
     await trio.to_thread.run_sync(lambda: directory.mkdir(parents=True, exist_ok=True))
+    await trio.to_thread.run_sync(write_nginx_certificate, directory)
     await trio.to_thread.run_sync(conf.write_text, text)
     process = await trio.lowlevel.open_process(
         [

@@ -12,6 +12,8 @@ skipped and says why.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import shutil
@@ -21,6 +23,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,8 +34,11 @@ import trio
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
+from chat.client import connect_websocket
+
 from .bulk_support import bulk_friends, bulk_users
-from .support import free_port
+from .cluster_support import nginx_tls_context, write_nginx_certificate
+from .support import free_port, register
 from .ws_support import render_web_conf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,14 +161,34 @@ def ws_url(ws_port: int) -> str:
 @pytest.fixture
 def nginx_port(ws_port: int, tmp_path: Path) -> Iterator[int]:
     """nginx from infra/nginx/nginx.conf, both WebSocket upstreams on the one node."""
+    with _nginx(ws_port, tmp_path, free_port(), free_port()):
+        yield port_of(tmp_path)
+
+
+def port_of(tmp_path: Path) -> int:
+    return int((tmp_path / "nginx" / "http-port").read_text())
+
+
+@pytest.fixture
+def nginx_https_port(ws_port: int, tmp_path: Path) -> Iterator[int]:
+    """The same nginx; yields its HTTPS port (the page and wss:// /ws; a certificate for
+    127.0.0.1 and localhost from the test authority, ``NGINX_CA``)."""
+    https_port = free_port()
+    with _nginx(ws_port, tmp_path, free_port(), https_port):
+        yield https_port
+
+
+@contextmanager
+def _nginx(ws_port: int, tmp_path: Path, port: int, https_port: int) -> Iterator[None]:
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(binary).exists():
         pytest.skip("nginx is not installed (scripts/test installs it)")
-    port = free_port()
     directory = tmp_path / "nginx"
     directory.mkdir()
+    (directory / "http-port").write_text(str(port))
+    write_nginx_certificate(directory)  # the shipped config's HTTPS listener needs one
     conf = directory / "nginx.conf"
-    conf.write_text(render_web_conf(port, (ws_port, ws_port)))
+    conf.write_text(render_web_conf(port, (ws_port, ws_port), https_port))
     process = subprocess.Popen(
         [
             *(binary, "-c", str(conf), "-p", f"{directory}/"),
@@ -177,7 +204,7 @@ def nginx_port(ws_port: int, tmp_path: Path) -> Iterator[int]:
                 log = directory / "nginx-error.log"
                 pytest.fail(f"nginx did not start: {log.read_text() if log.exists() else ''}")
             time.sleep(0.05)
-        yield port
+        yield
     finally:
         process.terminate()
         try:
@@ -258,7 +285,7 @@ def test_two_browser_users_chat(browser: Browser, ws_url: str, tmp_path: Path) -
     # Offline messages arrive at the next login, marked as such. Meanwhile alice's
     # page follows bob's presence live (presence events: the page no longer asks
     # about friends, so nothing else could change the dot).
-    bob.get_by_role("button", name="Log out").click()
+    bob.get_by_role("button", name="Log out", exact=True).click()
     expect(bob.get_by_role("heading", name="Sign in")).to_be_visible()
     expect(bob_in_alice).to_contain_text("offline")
     expect(bob_in_alice.locator(".presence.offline")).to_have_count(1)
@@ -298,6 +325,87 @@ def test_the_page_through_nginx(browser: Browser, nginx_port: int) -> None:
     dave.locator("#friend-list").get_by_role("button", name=re.compile("^carol")).click()
     expect(dave.get_by_role("log")).to_contain_text("proxied")
     assert problems == []  # no script error, no Content-Security-Policy violation
+
+
+def spki_pin(certificate_pem: bytes) -> str:
+    """base64(SHA-256(SubjectPublicKeyInfo)) of a PEM certificate: what Chromium's
+    ``--ignore-certificate-errors-spki-list`` takes."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key = x509.load_pem_x509_certificate(certificate_pem).public_key()
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def test_the_page_over_https_and_wss(
+    browser: Browser, nginx_https_port: int, tmp_path: Path
+) -> None:
+    """The page from nginx's HTTPS port, in a Chromium that trusts only that certificate
+    (pinned by its public key, no certificate error ignored otherwise): it connects to
+    wss:// on the same port, and exchanges messages both ways with a ChatClient
+    connected over WSS and verifying the test authority."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    leaf = (tmp_path / "nginx" / "tls" / "server.pem").read_bytes()
+    leaf = leaf[: leaf.index(b"-----END CERTIFICATE-----") + 25]  # the first of the chain
+    pinned = browser.browser_type.launch(
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=[*CHROMIUM_FLAGS, f"--ignore-certificate-errors-spki-list={spki_pin(leaf)}"],
+    )
+    wss = f"wss://localhost:{nginx_https_port}/ws"
+
+    async def as_fred(*, new: bool = False, send: str | None = None) -> list[str]:
+        """fred over WSS (``new``: registered first): sends ``send`` to eve; answers the
+        messages that came to him within 2 s of his login."""
+        async with connect_websocket(wss, ssl_context=nginx_tls_context()) as fred:
+            if new:
+                await register(fred, "fred", "secret")
+            await fred.call("login", name="fred", password="secret")
+            if send is not None:
+                eve = await fred.call("find_user", name="eve")
+                await fred.call("send", to=eve["user"]["id"], text=send)
+            texts = []
+            with trio.move_on_after(2):
+                while True:
+                    event = await fred.next_event()
+                    if event.get("type") == "message":
+                        texts.append(event["text"])
+            return texts
+
+    try:
+        problems: list[str] = []
+        sockets: list[str] = []
+        page = pinned.new_context().new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        page.goto(f"https://localhost:{nginx_https_port}/")
+        expect(page.get_by_label("Server")).to_have_value(wss)
+        trio.run(partial(as_fred, new=True))
+        sign_in(page, "eve", register=True)
+        expect(page.locator("#me-name")).to_have_text("eve")
+        expect(page.locator("#status")).to_have_text(f"Connected to {wss}")
+        page.get_by_label("Add a friend by name").fill("fred")
+        page.get_by_role("button", name="Add", exact=True).click()
+        fred_in_eve = page.locator("#friend-list").get_by_role("button", name=re.compile("^fred"))
+        expect(fred_in_eve).to_contain_text("offline")
+        trio.run(partial(as_fred, send="from python over wss"))
+        fred_in_eve.click()
+        expect(page.get_by_role("log")).to_contain_text("from python over wss")
+        page.get_by_label("Message", exact=True).fill("from chromium over wss")
+        page.get_by_label("Message", exact=True).press("Enter")
+        expect(page.get_by_role("log")).to_contain_text("from chromium over wss")
+        assert "from chromium over wss" in trio.run(as_fred)
+        assert sockets and all(url == wss for url in sockets), sockets
+        assert problems == []
+    finally:
+        pinned.close()
 
 
 def test_remove_and_block_from_a_friends_menu(
@@ -427,7 +535,7 @@ def test_reload_signs_in_again_and_shows_history(browser: Browser, ws_url: str) 
 
     # Log out forgets the token, here and on the server: a reload asks for the password.
     token = alice.evaluate("JSON.parse(localStorage.getItem('chat.session')).token")
-    alice.get_by_role("button", name="Log out").click()
+    alice.get_by_role("button", name="Log out", exact=True).click()
     expect(alice.get_by_role("heading", name="Sign in")).to_be_visible()
     assert alice.evaluate("localStorage.getItem('chat.session')") is None
     alice.evaluate(
@@ -483,3 +591,123 @@ def test_a_lost_connection_comes_back_by_itself(browser: Browser, ws_url: str) -
     expect(status).to_have_text(re.compile(r"reconnecting in [23] s"))
     expect(status).to_have_text(re.compile(r"reconnecting in [45] s"))
     expect(dana.locator("#me-name")).to_have_text("dana")  # the page stays as it was
+
+
+RECORD_FRAMES = """
+window.__frames = [];  // [direction, frame]: what the page's sockets sent ("out") and got ("in")
+window.WebSocket = class extends window.WebSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", (e) => window.__frames.push(["in", JSON.parse(e.data)]));
+  }
+  send(data) { window.__frames.push(["out", JSON.parse(data)]); return super.send(data); }
+};
+"""
+
+ACKED_UP_TO = """([seq]) => {
+  // An `ack` covering `seq` that the server has answered `ok`.
+  const acks = window.__frames.filter(([way, f]) => way === "out" && f.type === "ack");
+  return acks.some(([, ack]) => ack.seq >= seq && window.__frames.some(
+    ([way, f]) => way === "in" && f.type === "ok" && f.rid === ack.rid));
+}"""
+
+
+def test_the_page_and_chat_cli_as_one_user(browser: Browser, ws_url: str, tmp_path: Path) -> None:
+    """One user on two devices (protocol 1.2): the page and chat-cli side by side."""
+    from playwright.sync_api import expect
+
+    pexpect = pytest.importorskip("pexpect")
+    expect.set_options(timeout=TIMEOUT_MS)
+    problems: list[str] = []
+    context = browser.new_context()
+    context.add_init_script(RECORD_FRAMES)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    url = PAGE.as_uri() + "?ws=" + ws_url
+    page.goto(url)
+    sign_in(page, "alice", register=True)
+    expect(page.locator("#me-name")).to_have_text("alice")
+    device = page.evaluate("localStorage.getItem('chat.device')")
+    assert re.fullmatch(r"web-[0-9a-f]{8}", device), device
+    (login,) = page.evaluate("window.__frames.filter(([w, f]) => f.type === 'login')")
+    assert login[1]["device"] == device and login[1]["acks"] is True
+
+    cli = pexpect.spawn(
+        sys.executable,
+        ["-m", "chat.cli.client", "--url", ws_url, "--device", "terminal"],
+        env={
+            **os.environ,
+            "PROMPT_TOOLKIT_NO_CPR": "1",
+            "TERM": "xterm",
+            "NO_COLOR": "1",
+            "XDG_STATE_HOME": str(tmp_path / "state"),
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        },
+        encoding="utf-8",
+        timeout=TIMEOUT_MS / 1000,
+        dimensions=(40, 160),
+    )
+    try:
+        cli.sendline("/login alice secret")
+        cli.expect_exact("logged in as alice")
+
+        # A third user writes: both devices show it.
+        page.evaluate(SEND_AS, [ws_url, "carl", "alice", 1])
+        cli.expect(r"\d\d:\d\d carl: carl 1")
+        carl = page.locator("#friend-list").get_by_role("button", name=re.compile("^carl"))
+        carl.click()
+        log = page.get_by_role("log")
+        expect(log.locator(".message").filter(has_text="carl 1")).not_to_have_class(
+            re.compile("mine")
+        )
+
+        # What alice sends from the terminal is hers in the page, not carl's, not unread.
+        cli.sendline("/msg carl from the terminal")
+        cli.expect_exact("you -> carl: from the terminal")
+        mine = log.locator(".message.mine").filter(has_text="from the terminal")
+        expect(mine).to_have_count(1)
+        expect(mine.locator(".from")).to_have_text("You")
+        cli.sendline("/group create den")
+        cli.expect_exact("created group den")
+        expect(page.locator("#group-list")).to_contain_text("den")  # group_joined
+
+        # A reload is the same device, so its token (which belongs to it) still works.
+        page.reload()
+        expect(page.locator("#me-name")).to_have_text("alice")
+        assert page.evaluate("localStorage.getItem('chat.device')") == device
+        logins = page.evaluate("window.__frames.filter(([w, f]) => f.type === 'login')")
+        assert logins and all(f["device"] == device and "token" in f for _, f in logins)
+
+        # Away (the page is closed), 20 messages wait for the page's device; back, it
+        # renders them and acknowledges them, a burst at a time.
+        page.goto("about:blank")  # (Chromium lets no socket out of about:blank to here)
+        open_page(browser, url, problems).evaluate(SEND_AS, [ws_url, "dora", "alice", 20])
+        cli.expect_exact("dora: dora 20")
+        page.goto(url)
+        dora = page.locator("#friend-list").get_by_role("button", name=re.compile("^dora"))
+        expect(dora).to_contain_text("20")  # unread
+        page.wait_for_function(ACKED_UP_TO, arg=[20])
+        acks = page.evaluate("window.__frames.filter(([w, f]) => f.type === 'ack').length")
+        assert 1 <= acks < 20, acks
+        page.reload()  # acknowledged: nothing waits for this device any more
+        expect(page.locator("#me-name")).to_have_text("alice")
+        page.wait_for_function("window.__frames.some(([w, f]) => f.type === 'ok' && f.user)")
+        reply = page.evaluate("window.__frames.find(([w, f]) => f.type === 'ok' && f.user)[1]")
+        assert reply["offline"] == 0, reply
+
+        # "Log out everywhere" on the terminal signs the page out, and it says why.
+        cli.sendline("/logout everywhere")
+        cli.expect_exact("logged out here and on all your other devices")
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        expect(page.locator("#login-error")).to_have_text(
+            "You were signed out: \u201cLog out everywhere\u201d was used on another device."
+        )
+        assert page.evaluate("localStorage.getItem('chat.session')") is None
+        assert page.evaluate("localStorage.getItem('chat.device')") == device  # kept
+        cli.sendline("/quit")
+        cli.expect(pexpect.EOF)
+    finally:
+        cli.close(force=True)
+    assert problems == []

@@ -19,16 +19,21 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pexpect.popen_spawn
 import pytest
 import trio
 
+from chat.client import connect
+
 from .bulk_support import PASSWORD as BULK_PASSWORD
 from .bulk_support import bulk_friends, bulk_users
+from .support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +51,8 @@ class Server:
         self.database = f"sqlite:///{tmp_path / 'chat.db'}"
         self.port = 0
         self.ws_port = 0
+        self.http_port = 0
+        """Where ``/metrics`` is: what the server counted (requests by type, deliveries)."""
         self.process: subprocess.Popen[bytes] | None = None
         self._starts = 0
 
@@ -54,6 +61,8 @@ class Server:
         log_path = self.tmp_path / f"server-{self._starts}.log"
         args = [sys.executable, "-m", "chat", "serve", "--port", str(port)]
         args += ["--database", self.database]
+        self.http_port = free_port()
+        args += ["--http-port", str(self.http_port)]
         if websocket:
             args += ["--ws-port", "0"]
         with log_path.open("wb") as log:
@@ -76,6 +85,26 @@ class Server:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    def counted(self, name: str, **labels: str) -> float:
+        """The sum of a counter of the server's ``/metrics`` over the series with ``labels``."""
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            text = response.read().decode()
+        total = 0.0
+        for found in re.finditer(rf"^{name}_total(?:{{(.*)}})? (\S+)$", text, re.M):
+            have = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1) or ""))
+            if all(have.get(key) == value for key, value in labels.items()):
+                total += float(found.group(2))
+        return total
+
+    def wait_counted(self, name: str, at_least: float, **labels: str) -> float:
+        """Until the counter reaches ``at_least``; its value then."""
+        deadline = time.monotonic() + TIMEOUT
+        while (value := self.counted(name, **labels)) < at_least:
+            assert time.monotonic() < deadline, f"{name} {labels} stayed at {value}"
+            time.sleep(0.05)
+        return value
 
     def kill(self) -> None:
         """Go away without warning (SIGKILL)."""
@@ -267,6 +296,99 @@ def test_two_users_befriend_chat_and_talk_in_a_group(cli: Spawn) -> None:
     assert PASSWORD not in transcript  # masked: shown as *, never as typed
 
 
+def test_one_user_on_two_devices_side_by_side(server: Server, cli: Spawn) -> None:
+    """Two chat-cli of one user (protocol 1.2 devices): both get what others send; what
+    one sends, or a group it joins, shows on the other as the user's own."""
+    setup = run_piped(server, f"/register alice {PASSWORD}\n/register bob {PASSWORD}\n")
+    assert setup.returncode == 0, setup.stderr
+    laptop = cli("--device", "laptop")
+    login(laptop, "alice")
+    phone = cli("--device", "phone")
+    login(phone, "alice")
+    bob = cli()
+    login(bob, "bob")
+    # A device is logged in once: a second chat-cli as the laptop is told how to differ.
+    twin = run_piped(server, f"/login alice {PASSWORD}\n", "--device", "laptop")
+    assert twin.returncode == 1
+    assert "on device 'laptop'" in twin.stderr
+    assert "if another chat-cli here uses this device, start this one with --device NAME" in (
+        twin.stderr
+    )
+
+    bob.sendline("/msg alice hello both")
+    for device in (laptop, phone):
+        device.expect(r"\d\d:\d\d bob: hello both")
+
+    laptop.sendline("/msg bob from the laptop")
+    laptop.expect(r"\d\d:\d\d you -> bob: from the laptop")
+    bob.expect(r"\d\d:\d\d alice: from the laptop")
+    phone.expect(r"\d\d:\d\d you \(on another device\) -> bob: from the laptop")
+
+    laptop.sendline("/group create den")
+    laptop.expect_exact("created group den (#1)")
+    phone.expect_exact("you created group den (#1) on another device")
+    phone.send("/g d\t")  # the group is in the phone's Tab completion now
+    phone.sendline("hi den")
+    phone.expect_exact("[den] you: hi den")
+    laptop.expect_exact("[den] you (on another device): hi den")
+    # Neither shows its own message twice: a later message of the same sender (alice,
+    # from the other device) comes after any copy there could have been.
+    phone.sendline("/msg bob sentinel from the phone")
+    laptop.expect_exact("you (on another device) -> bob: sentinel from the phone")
+    laptop.sendline("/msg bob sentinel from the laptop")
+    phone.expect_exact("you (on another device) -> bob: sentinel from the laptop")
+    for child in (bob, phone, laptop):
+        quit_cleanly(child)
+    assert isinstance(laptop.logfile_read, io.StringIO)
+    assert isinstance(phone.logfile_read, io.StringIO)
+    assert "device) -> bob: from the laptop" not in laptop.logfile_read.getvalue()
+    assert "you (on another device): hi den" not in phone.logfile_read.getvalue()
+
+
+def test_devices_are_listed_forgotten_and_logged_out_everywhere(server: Server, cli: Spawn) -> None:
+    tokens = server.tmp_path / "config" / "chat-cli" / "tokens.json"
+    setup = run_piped(
+        server, f"/register alice {PASSWORD}\n/login alice {PASSWORD}\n", "--device", "old box"
+    )
+    assert setup.returncode == 0, setup.stderr
+    laptop = cli("--device", "laptop")
+    login(laptop, "alice")
+    phone = cli("--device", "phone", "--remember")
+    login(phone, "alice")
+    assert list(json.loads(tokens.read_text())[f"127.0.0.1:{server.port}"]) == ["phone"]
+
+    laptop.sendline("/devices")
+    laptop.expect_exact("3 devices, 2 online:")
+    laptop.expect(r"laptop     online  \(this one\)\r?\n")
+    laptop.expect(r"phone      online\r?\n")
+    laptop.expect(r'"old box"  offline, last seen \d\d:\d\d\r?\n')
+    phone.sendline("/devices")
+    phone.expect(r"phone      online  \(this one\)")
+
+    laptop.send("/forget-device o\t")  # Tab offers the devices /devices listed
+    laptop.sendline("")
+    laptop.expect_exact('forgot the device "old box"')
+    laptop.sendline("/forget-device phone")
+    laptop.expect_exact("error: device: 'phone' is logged in right now; log it out first")
+    laptop.sendline("/devices")
+    laptop.expect_exact("2 devices, 2 online:")
+
+    laptop.sendline("/logout everywhere")
+    laptop.expect_exact("logged out here and on all your other devices")
+    phone.expect_exact(
+        "you were logged out (/logout everywhere on another of your devices);"
+        " /login NAME to log in again"
+    )
+    assert json.loads(tokens.read_text()) == {}  # revoked by the server, forgotten here
+    phone.sendline("/msg alice hi")  # connected again, and logged out
+    phone.expect_exact("error: log in first")
+    laptop.sendline("/devices")
+    laptop.expect_exact("error: log in first")
+    login(phone, "alice")  # with the password: the tokens are gone, the account is not
+    quit_cleanly(phone, status=1)
+    quit_cleanly(laptop, status=1)
+
+
 def test_friends_coming_and_going_are_shown_and_the_list_stays_live(
     server: Server, cli: Spawn
 ) -> None:
@@ -426,8 +548,12 @@ def test_remember_logs_in_by_itself_and_logout_forgets(server: Server, cli: Spaw
     assert tokens.stat().st_mode & 0o777 == 0o600
     assert tokens.parent.stat().st_mode & 0o777 == 0o700
     saved = json.loads(tokens.read_text())
-    ((where, entry),) = saved.items()
+    ((where, by_device),) = saved.items()
+    ((device, entry),) = by_device.items()
     assert where == f"127.0.0.1:{server.port}" and entry["name"] == "kim"
+    # The token belongs to the device whose login it was: this machine's kept id.
+    assert device == (tokens.parent / "device").read_text().strip()
+    assert re.fullmatch(r"cli-[0-9a-f]{8}", device)
     assert PASSWORD not in tokens.read_text()
     # The next start in a terminal logs in by itself (no --remember needed), and says so.
     remembered = f"with the login remembered for {where} (/logout forgets it)"
@@ -448,6 +574,144 @@ def test_remember_logs_in_by_itself_and_logout_forgets(server: Server, cli: Spaw
     assert "* logged in" not in refused.stdout
     assert "the remembered login of kim has expired or was revoked" in refused.stderr
     assert json.loads(tokens.read_text()) == {}
+
+
+def token_of(server: Server, name: str, **login: Any) -> str:
+    """A session token for ``name``, from a login by a plain client (``login``: its
+    extra fields, such as ``device``)."""
+
+    async def get() -> str:
+        async with connect("127.0.0.1", server.port) as client:
+            reply = await client.call("login", name=name, password=PASSWORD, **login)
+            return str(reply["token"])
+
+    return trio.run(get)
+
+
+def test_a_remembered_token_logs_in_again_as_its_device(server: Server) -> None:
+    """A token belongs to the device whose login issued it (protocol 1.2): chat-cli keeps
+    it with that device and logs in with it as that device, and no other."""
+    tokens = server.tmp_path / "config" / "chat-cli" / "tokens.json"
+    where = f"127.0.0.1:{server.port}"
+    first = run_piped(
+        server,
+        f"/register kim {PASSWORD}\n/login kim {PASSWORD}\n",
+        "--device",
+        "laptop",
+        "--remember",
+    )
+    assert first.returncode == 0, first.stderr
+    kept = json.loads(tokens.read_text())
+    assert list(kept[where]) == ["laptop"]
+    # The same device logs in by itself (piped: with --remember). Had it named another
+    # device with the token, the server would refuse it (and the line below would be an
+    # error instead).
+    again = run_piped(server, "/who kim\n", "--device", "laptop", "--remember")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(
+        f"* logged in as kim (#1) with the login remembered for {where} (/logout forgets it)\n"
+    ), again.stdout
+    # Another device of the same machine does not use it, even with --remember: nothing
+    # logs it in.
+    for other in ([], ["--device", "phone"]):
+        alone = run_piped(server, "/who kim\n", *other, "--remember")
+        assert "logged in" not in alone.stdout
+        assert alone.stderr == "chat-cli: line 1: error: log in before find_user\n"
+    assert json.loads(tokens.read_text()) == kept  # and leaves it be
+    # Kept under another device's name, the token is refused by the server, so the
+    # client must have named that device with it; it is forgotten.
+    device = (tokens.parent / "device").read_text().strip()
+    tokens.write_text(json.dumps({where: {device: kept[where]["laptop"]}}))
+    moved = run_piped(server, "/who kim\n", "--remember")
+    assert "the remembered login of kim has expired or was revoked" in moved.stderr
+    assert json.loads(tokens.read_text()) == {}
+
+
+def test_a_token_kept_before_devices_still_logs_in(server: Server) -> None:
+    """A tokens.json from chat-cli before protocol 1.2 (one token per server, issued to
+    a login without ``device``) logs in as the device ``""``, unless --device is given."""
+    tokens = server.tmp_path / "config" / "chat-cli" / "tokens.json"
+    where = f"127.0.0.1:{server.port}"
+    assert run_piped(server, f"/register lee {PASSWORD}\n").returncode == 0
+    tokens.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    old = json.dumps({where: {"name": "lee", "token": token_of(server, "lee")}})
+    tokens.write_text(old)
+    # Piped, a kept token is used only with --remember (which also keeps it again, in
+    # the format of now: the file is put back in the old one before the /logout).
+    chosen = run_piped(server, "/who lee\n", "--device", "desk", "--remember")
+    assert "logged in" not in chosen.stdout
+    legacy = run_piped(server, "/who lee\n", "--remember")
+    assert legacy.returncode == 0, legacy.stderr
+    assert legacy.stdout.startswith(
+        f"* logged in as lee (#1) with the login remembered for {where}"
+    ), legacy.stdout
+    tokens.write_text(old)
+    out = run_piped(server, "/logout\n", "--remember")  # forgets it, in the old format too
+    assert out.returncode == 0, out.stderr
+    assert json.loads(tokens.read_text()) == {}
+
+
+def test_what_was_shown_is_acknowledged_a_burst_at_a_time(server: Server) -> None:
+    """chat-cli logs in with ``acks`` and acknowledges what it printed: without waiting
+    for the end, not once per message, and all of it before it leaves."""
+    setup = run_piped(
+        server,
+        f"/register ann {PASSWORD}\n/register bob {PASSWORD}\n/login ann {PASSWORD}\n",
+    )
+    assert setup.returncode == 0, setup.stderr
+    sent = run_piped(
+        server, f"/login bob {PASSWORD}\n" + "".join(f"/msg ann n{n}\n" for n in range(20))
+    )
+    assert sent.returncode == 0, sent.stderr
+    before = server.counted("chat_requests", type="ack")
+    ann = pexpect.popen_spawn.PopenSpawn(
+        [*CLI, "--port", str(server.port)],
+        env=_env(server.tmp_path),
+        encoding="utf-8",
+        timeout=TIMEOUT,
+    )
+    ann.sendline(f"/login ann {PASSWORD}")
+    ann.expect_exact("20 messages waited for you")
+    ann.expect_exact("(offline) bob: n19")
+    # Acknowledged while the client goes on (stdin is still open), not only at the end.
+    server.wait_counted("chat_requests", before + 1, type="ack", outcome="ok")
+    ann.sendeof()
+    ann.expect(pexpect.EOF)
+    assert ann.wait() == 0
+    acks = server.counted("chat_requests", type="ack") - before
+    assert 1 <= acks < 20, acks  # a burst at a time, never one per message
+    assert server.counted("chat_requests", type="ack", outcome="ok") - before == acks
+    again = run_piped(server, f"/login ann {PASSWORD}\n")
+    assert again.returncode == 0, again.stderr
+    assert "waited" not in again.stdout, again.stdout  # all twenty were acknowledged
+
+
+def test_a_message_written_but_never_shown_comes_again(server: Server, cli: Spawn) -> None:
+    """A frozen chat-cli cannot show what the server writes to it: not acknowledged,
+    the message is kept for the device and shown at its next login (with version 1
+    delivery it would be lost with the connection)."""
+    setup = run_piped(server, f"/register ann {PASSWORD}\n/register bob {PASSWORD}\n")
+    assert setup.returncode == 0, setup.stderr
+    ann = cli()
+    login(ann, "ann")
+    written = server.counted("chat_deliveries")
+    os.kill(ann.pid, signal.SIGSTOP)
+    wait_until_stopped(ann.pid)
+    sent = run_piped(server, f"/login bob {PASSWORD}\n/msg ann while you were frozen\n")
+    assert sent.returncode == 0, sent.stderr
+    server.wait_counted("chat_deliveries", written + 1)  # in ann's socket, unread
+    ann.kill(signal.SIGKILL)
+    ann.close(force=True)
+    deadline = time.monotonic() + TIMEOUT
+    while True:  # the server may not have seen the old login end yet
+        again = run_piped(server, f"/login ann {PASSWORD}\n")
+        if "already_online" not in again.stderr and "logged in elsewhere" not in again.stderr:
+            break
+        assert time.monotonic() < deadline, again.stderr
+        time.sleep(0.2)
+    assert again.returncode == 0, again.stderr
+    assert "* 1 message waited for you while you were away:" in again.stdout, again.stdout
+    assert re.search(r"^\d\d:\d\d \(offline\) bob: while you were frozen$", again.stdout, re.M)
 
 
 def test_a_piped_run_uses_a_remembered_login_only_with_remember(server: Server, cli: Spawn) -> None:
@@ -481,6 +745,8 @@ def test_a_piped_run_uses_a_remembered_login_only_with_remember(server: Server, 
         f"the login remembered for {where} (alice) was not used: "
         "'alice' is logged in elsewhere" in busy.stderr
     ), busy.stderr
+    # The terminal has this machine's device: the piped run is told how to differ.
+    assert "start this one with --device NAME" in busy.stderr, busy.stderr
     assert tokens.read_text() == saved  # still valid: kept
     quit_cleanly(alice)
 

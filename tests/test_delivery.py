@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
@@ -17,7 +18,8 @@ import trio
 from chat.client import ChatClient
 from chat.protocol.messages import MessageEvent, UserRef
 from chat.server import Node
-from chat.store import PendingDelivery, StoreUnavailable
+from chat.store import StoreUnavailable
+from chat.store.streams import Advance, KeptMessage, StreamRange
 
 from .support import RawClient, client, login, next_is_sentinel, no_event, register, running_node
 
@@ -191,7 +193,8 @@ async def test_recipient_logging_in_and_out_gets_everything_once_in_order(node: 
             nursery.start_soon(send_all)
             with trio.fail_after(90):
                 await churn()
-        assert [int(e["text"]) for e in events] == list(range(total))
+        got = [int(e["text"]) for e in events]
+        assert got == list(range(total)), [(i, g) for i, g in enumerate(got) if g != i][:5]
         assert len({e["message_id"] for e in events}) == total
         assert (await login(bob, "bob"))["offline"] == 0
         await next_is_sentinel(bob, bob_id, sender=ann)
@@ -268,9 +271,9 @@ async def test_an_idle_recipient_gets_messages_without_a_read_of_the_store(node:
             event = await bob.next_event()
             assert (event["type"], event["message_id"]) == ("group_message", posted["message_id"])
         assert store.reads_of_kept == reads
-        # Written means forgotten: a logout waits for the deletions; nothing is kept.
+        # Written means had: a logout waits for the positions; nothing is kept.
         await bob.call("logout")
-        assert await store.pending(bob_id, 10) == []
+        assert await store.device_positions(bob_id, "") == {0: 5, group: 5}
 
 
 async def test_a_message_read_at_login_is_not_handed_to_the_session_again(node: Node) -> None:
@@ -283,16 +286,15 @@ async def test_a_message_read_at_login_is_not_handed_to_the_session_again(node: 
         bob_id = await register(bob, "bob")
         await login(ann, "ann")
         router = node.services.router
-        asked = router.mark()  # the send handler's moment before the store
         stored = await node.services.store.store_direct(ann_id, bob_id, "early", None)
         assert (await login(bob, "bob"))["offline"] == 1
         event = await bob.next_event()
         assert (event["message_id"], event["offline"]) == (stored.message_id, True)
-        await no_event(bob, 0.3)  # written, deleted, and the delivery task idle again
+        await no_event(bob, 0.3)  # written, and the delivery task idle again
         late = MessageEvent(
             stored.message_id, UserRef(ann_id, "ann"), bob_id, "early", stored.ts, False
         )
-        router.deliver([bob_id], late, asked)
+        router.deliver_direct(bob_id, late, stored.pos)
         await next_is_sentinel(bob, bob_id, sender=ann)
 
 
@@ -304,12 +306,12 @@ async def test_a_message_a_slow_read_returned_is_not_handed_to_the_session_again
     deleted before the sender's handler offers it. Played in slow motion: the read is
     held at a gate while the message is stored; the late offer must not deliver it again."""
     store = node.services.store
-    real = store.pending
+    real = store.read_streams
     gate = trio.Event()
 
-    async def slow(user_id: int, limit: int, after_seq: int = 0) -> list[PendingDelivery]:
+    async def slow(ranges: Sequence[StreamRange]) -> list[list[KeptMessage]]:
         await gate.wait()
-        return await real(user_id, limit, after_seq)
+        return await real(ranges)
 
     async with client(node) as ann, client(node) as bob:
         ann_id = await register(ann, "ann")
@@ -318,43 +320,42 @@ async def test_a_message_a_slow_read_returned_is_not_handed_to_the_session_again
         await login(bob, "bob")
         await no_event(bob, 0.3)  # bob's delivery task is idle
         router = node.services.router
-        monkeypatch.setattr(store, "pending", slow)
+        monkeypatch.setattr(store, "read_streams", slow)
         router.wake([bob_id])  # his read begins, and waits at the gate
         await trio.sleep(0.1)
-        asked = router.mark()  # the send handler's moment before the store
         stored = await store.store_direct(ann_id, bob_id, "raced", None)
         gate.set()
         event = await bob.next_event()
         assert (event["message_id"], event["offline"]) == (stored.message_id, False)
-        monkeypatch.setattr(store, "pending", real)
-        await no_event(bob, 0.3)  # written, deleted, and the delivery task idle again
+        monkeypatch.setattr(store, "read_streams", real)
+        await no_event(bob, 0.3)  # written, and the delivery task idle again
         late = MessageEvent(
             stored.message_id, UserRef(ann_id, "ann"), bob_id, "raced", stored.ts, False
         )
-        router.deliver([bob_id], late, asked)
+        router.deliver_direct(bob_id, late, stored.pos)
         await next_is_sentinel(bob, bob_id, sender=ann)
 
 
-async def test_a_failed_deletion_of_a_written_message_does_not_deliver_twice(
+async def test_a_failed_store_of_positions_does_not_deliver_twice(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = node.services.store
-    real = store.forget_delivered
+    real = store.advance
     failures = 2  # the first attempt and the first retry
 
-    async def flaky(rows: Mapping[int, Iterable[int]]) -> None:
+    async def flaky(moves: Sequence[Advance], seen: Mapping[tuple[int, str], int]) -> None:
         nonlocal failures
         if failures:
             failures -= 1
             raise StoreUnavailable("injected: the database hiccuped")
-        await real(rows)
+        await real(moves, seen)
 
     async with client(node) as ann, client(node) as bob:
         await register(ann, "ann")
         bob_id = await register(bob, "bob")
         await login(ann, "ann")
         await login(bob, "bob")
-        monkeypatch.setattr(store, "forget_delivered", flaky)
+        monkeypatch.setattr(store, "advance", flaky)
         sent = await ann.call("send", to=bob_id, text="once")
         assert (await bob.next_event())["message_id"] == sent["message_id"]
         await bob.call("logout")
@@ -416,3 +417,38 @@ async def test_a_group_message_is_encoded_once_for_all_its_members(node: Node) -
             event = await c.next_event()
             assert (event["message_id"], event["text"]) == (sent["message_id"], "to everyone")
         assert node.services.encoded.encoded - before == 1
+
+
+@pytest.mark.parametrize(("frames", "page"), [(1, 50), (2, 200), (4, 20)])
+async def test_a_small_outbox_keeps_one_senders_order(
+    tmp_path: Path, frames: int, page: int
+) -> None:
+    """A tiny outbox makes the delivery task wait for room at almost every message it
+    read, while the sender pipelines a burst: a hand-off must never go in ahead of what
+    the task read and has not queued yet (found in review: it did, and the message it
+    overtook could be lost at a logout)."""
+    total = 600
+    async with (
+        running_node(
+            f"sqlite:///{tmp_path / 'chat.db'}", outbox_frames=frames, delivery_page=page
+        ) as node,
+        client(node) as ann,
+        client(node) as bob,
+    ):
+        await register(ann, "ann")
+        bob_id = await register(bob, "bob")
+        await login(ann, "ann")
+        await login(bob, "bob")
+        lines = b"".join(
+            json.dumps({"type": "send", "to": bob_id, "text": f"t{i}"}).encode() + b"\n"
+            for i in range(total)
+        )
+        got: list[int] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(ann.send_raw, lines, replies=total))
+            with trio.fail_after(60):
+                while len(got) < total:
+                    event = await bob.next_event()
+                    if event["type"] == "message":
+                        got.append(int(event["text"][1:]))
+        assert got == list(range(total))

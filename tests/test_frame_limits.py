@@ -17,10 +17,12 @@ import pytest
 
 from chat.protocol import MAX_LINE_BYTES, encode_event, encode_reply
 from chat.protocol.bounded import generic_json_size, json_size, page_fit
-from chat.protocol.codec import dumps, unstructure
+from chat.protocol.codec import dumps, unstructure, with_seq
 from chat.protocol.login_cut import MOST_FRIENDS, MOST_GROUPS, MOST_MEMBERS, cut_login_result
 from chat.protocol.messages import (
     BlockedPage,
+    DeviceInfo,
+    DevicesResult,
     Empty,
     Error,
     Event,
@@ -31,6 +33,7 @@ from chat.protocol.messages import (
     FriendsPage,
     GroupDetail,
     GroupInfo,
+    GroupJoinedEvent,
     GroupMessageEvent,
     GroupResult,
     GroupsPage,
@@ -39,6 +42,7 @@ from chat.protocol.messages import (
     HistoryGroup,
     HistoryResult,
     JoinResult,
+    LoggedOutEvent,
     LoginResult,
     Member,
     MembersPage,
@@ -53,6 +57,7 @@ from chat.protocol.messages import (
 )
 from chat.server.handlers.contacts import shown
 from chat.server.handlers.login_view import LATER_FIELDS_BYTES
+from chat.store.streams import MAX_KNOWN_DEVICES
 
 BIG_ID = 2**63 - 1
 NAME = "\U0001f600" * 50  # a name: 50 code points, 4 bytes each
@@ -117,6 +122,10 @@ LARGEST_RESULTS: dict[type, Callable[[], Result]] = {
     HistoryResult: lambda: largest_page(
         HistoryResult, HistoryDirect(BIG_ID, USER, BIG_ID, TEXT, BIG_ID), 200
     ),
+    # Every known device (at most MAX_KNOWN_DEVICES), each name 64 code points of 4 bytes.
+    DevicesResult: lambda: DevicesResult(
+        [DeviceInfo("\U0001f600" * 64, True, BIG_ID)] * MAX_KNOWN_DEVICES
+    ),
 }
 
 
@@ -131,7 +140,15 @@ LARGEST_EVENTS: dict[type, Callable[[], Event]] = {
     FriendAddedEvent: lambda: FriendAddedEvent(PRESENCE),
     FriendRemovedEvent: lambda: FriendRemovedEvent(USER),
     PresenceEvent: lambda: PresenceEvent(USER, False),
+    LoggedOutEvent: lambda: LoggedOutEvent("everywhere"),
+    GroupJoinedEvent: lambda: GroupJoinedEvent(GROUP, "creator"),
 }
+
+
+def test_the_largest_message_event_with_a_seq_fits_a_frame() -> None:
+    """On an ``acks`` connection a ``seq`` is spliced into the encoded event."""
+    frame = with_seq(encode_event(LARGEST_EVENTS[MessageEvent]()), 2**64 - 1)
+    assert len(frame) <= MAX_LINE_BYTES
 
 
 def test_every_kind_is_covered() -> None:

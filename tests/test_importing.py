@@ -19,7 +19,7 @@ import trio
 from chat.client import ChatError
 from chat.server.importing import ImportRefused, import_users, read_plan
 from chat.server.passwords import check_hash, hash_password
-from chat.store import Accounts, ImportBlocked, NewUser, Store, dialect_for, open_store
+from chat.store import Accounts, ImportBlocked, NewGroup, NewUser, Store, dialect_for, open_store
 from chat.store.bulk import BATCH_ROWS
 
 from .support import client, login, register, running_node
@@ -343,3 +343,31 @@ def test_the_command_line(tmp_path: Path) -> None:
     missing = run(str(tmp_path / "nothing.jsonl"))
     assert missing.returncode == 1
     assert "cannot read" in missing.stderr
+
+
+async def test_an_existing_member_of_an_imported_group_gets_its_messages(
+    database_url: str,
+) -> None:
+    """An imported group naming a user who already has a device: that device follows the
+    group from the start, as after a join (found in review: it never got its messages)."""
+    async with running_node(database_url) as node:
+        async with client(node) as bob:
+            await register(bob, "bob")
+            await login(bob, "bob")  # bob's device "" is known now
+            await bob.call("logout")
+        store = node.services.store
+        secret = (await store.credentials_by_name("bob")).password_hash  # type: ignore[union-attr]
+        await store.import_accounts(
+            Accounts(
+                users=(NewUser("alice", secret),),
+                groups=(NewGroup("imported", "", "alice", ("bob",)),),
+            )
+        )
+        async with client(node) as alice:
+            await login(alice, "alice")
+            (group,) = (await alice.call("groups"))["groups"]
+            sent = await alice.call("group_send", group_id=group["id"], text="to the group")
+        async with client(node) as bob:
+            reply = await login(bob, "bob")
+            assert reply["offline"] == 1, reply
+            assert (await bob.next_event())["message_id"] == sent["message_id"]

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from chat.broker import MemoryBroker, Pause, PresenceChange, PresencePush, Resume, Resync, Wake
-from chat.broker.redis import decode_notices, encode_notices, encode_presence
+from chat.broker import MemoryBroker, Pause, PresenceChange, PresencePush, Resume
 from chat.client import ChatClient
 from chat.protocol.messages import Event, PresenceEvent, UserRef
 from chat.server import Node
@@ -201,11 +200,15 @@ async def test_a_failed_login_announces_nothing(connect: Connect) -> None:
 class Recorder:
     """Stands in for a user session: what the router hands it."""
 
-    def __init__(self) -> None:
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
         self.events: list[Event] = []
 
     def push(self, event: Event) -> None:
         self.events.append(event)
+
+    def following(self) -> list[int]:
+        return []
 
 
 async def test_the_announcer_coalesces_steps_and_keeps_the_newest(database_url: str) -> None:
@@ -222,7 +225,7 @@ async def test_the_announcer_coalesces_steps_and_keeps_the_newest(database_url: 
             await store.add_friend(ann.id, friend.id, window)
             await store.add_friend(friend.id, bob.id, window)
         router = Router(MemoryBroker("node"))
-        sessions = {user.id: Recorder() for user in [*friends, stranger, ann]}
+        sessions = {user.id: Recorder(f"node/{user.id}") for user in [*friends, stranger, ann]}
         for user_id, session in sessions.items():
             router.attach(user_id, session)  # type: ignore[arg-type]
         announcer = PresenceAnnouncer(store, router, fanout_step=2)
@@ -248,23 +251,6 @@ async def test_the_announcer_coalesces_steps_and_keeps_the_newest(database_url: 
         assert sessions[friends[0].id].events == told
     finally:
         store.close()
-
-
-# --- the wire between nodes --------------------------------------------------------------
-
-
-def test_presence_notices_survive_the_wire() -> None:
-    event = PresenceEvent(UserRef(7, "ann"), False)
-    push = PresencePush((3, 4), event, 1_764_520_000_123_456)
-    assert decode_notices(encode_presence([push])) == [push]
-    # Wake-ups never share a message with presence events (an older node would drop both).
-    assert decode_notices(encode_notices([1])) == [Wake((1,))]
-    # An event this node cannot read costs that item only.
-    unreadable = b'{"presence":[[5,"{\\"type\\":\\"presence\\",\\"user\\":1}",[3]]]}'
-    assert decode_notices(unreadable) == []
-    assert decode_notices(b'{"presence":[[0,"{}",[3]]]}') == []  # malformed: version 0
-    assert decode_notices(b'{"presence":[[5,"{}",[]]]}') == []  # nobody to tell
-    assert decode_notices(b'{"resync":true}') == [Resync()]
 
 
 # --- two nodes -------------------------------------------------------------------------

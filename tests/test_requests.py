@@ -52,6 +52,7 @@ async def test_login_by_name_and_by_id(connect: Connect) -> None:
             "groups": [],
             "offline": 0,
             "token": token,
+            "device": "",
         }
         assert error_code(await c.request("login", id=user_id, password="pw1")) == (
             "already_logged_in"

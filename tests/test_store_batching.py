@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from chat.server.deletions import Deletions
+from chat.server.positions import Positions
 from chat.store import (
     NoSuchGroup,
     NoSuchUser,
@@ -23,6 +23,7 @@ from chat.store import (
     StoredMessage,
     open_store,
 )
+from chat.store.streams import INBOX, Advance, KeptMessage, StreamRange
 
 MISSING = 10**12
 """An id no user or group has."""
@@ -54,6 +55,18 @@ async def count_messages(store: Store, body: str) -> int:
             conn.rollback()
 
     return await store.pool.run(work)
+
+
+async def kept_for(store: Store, user_id: int) -> list[KeptMessage]:
+    """What is kept for the user's device ``""`` (its first device: everything sent to
+    it, and to its groups since it joined), in the order a login delivers it."""
+    start = await store.device_login(user_id, "", [])
+    ranges = [
+        StreamRange(user_id, stream, pos, start.heads[stream], 10_000, stream != INBOX)
+        for stream, pos in start.positions.items()
+    ]
+    found = await store.read_streams(ranges)
+    return sorted((m for stream in found for m in stream), key=lambda m: m.message_id)
 
 
 async def together(calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
@@ -114,11 +127,15 @@ async def test_each_send_in_a_batch_gets_its_own_answer(store: Store) -> None:
             assert isinstance(outcome, StoredMessage) and outcome.created
             assert await count_messages(store, f"new {sender}") == 1
         elif kind == "repeat":
-            assert outcome == StoredMessage(
-                first[sender].message_id, first[sender].ts, [bob], created=False
+            assert isinstance(outcome, StoredMessage) and not outcome.created
+            assert (outcome.message_id, outcome.ts, outcome.recipient_id) == (
+                first[sender].message_id,
+                first[sender].ts,
+                bob,
             )
         elif kind == "group":
-            assert isinstance(outcome, StoredMessage) and outcome.recipients == [bob]
+            assert isinstance(outcome, StoredMessage)
+            assert (outcome.group_id, outcome.member_count) == (group.id, 2)
         else:
             error = {
                 "no_such_user": NoSuchUser,
@@ -130,12 +147,12 @@ async def test_each_send_in_a_batch_gets_its_own_answer(store: Store) -> None:
     assert await count_messages(store, "other text") == 0
 
     # Everything that got an answer is kept exactly once for its recipient.
-    kept = await store.pending(bob, 1000)
+    kept = await kept_for(store, bob)
     stored_ids = [o.message_id for o in outcomes if isinstance(o, StoredMessage) and o.created]
     for_bob = [m.message_id for m in first.values()] + [
         o.message_id
         for o, call_kind in zip(outcomes, expected, strict=True)
-        if call_kind in ("stored", "group") and bob in o.recipients
+        if call_kind in ("stored", "group") and (o.recipient_id == bob or o.group_id)
     ]
     assert sorted(row.message_id for row in kept) == sorted(for_bob)
     assert len(set(stored_ids)) == len(stored_ids)
@@ -152,7 +169,7 @@ async def test_a_failed_send_does_not_use_up_its_cid(store: Store) -> None:
     assert isinstance(outcomes[0], NoSuchUser)
     assert isinstance(outcomes[1], StoredMessage) and outcomes[1].created
     stored = await store.store_direct(ann, bob, "now it goes", "c-1")
-    assert stored.created and stored.recipients == [bob]
+    assert stored.created and stored.recipient_id == bob
 
 
 async def test_one_cid_twice_in_a_batch_is_stored_once(store: Store) -> None:
@@ -172,8 +189,8 @@ async def test_one_cid_twice_in_a_batch_is_stored_once(store: Store) -> None:
     assert outcomes[1].message_id == outcomes[2].message_id
     assert sorted([outcomes[1].created, outcomes[2].created]) == [False, True]
     assert await count_messages(store, "twice 0") + await count_messages(store, "twice 1") == 1
-    assert [row.message_id for row in await store.pending(bob, 10)] == [outcomes[1].message_id]
-    assert [row.message_id for row in await store.pending(cat, 10)] == [outcomes[3].message_id]
+    assert [row.message_id for row in await kept_for(store, bob)] == [outcomes[1].message_id]
+    assert [row.message_id for row in await kept_for(store, cat)] == [outcomes[3].message_id]
 
 
 async def test_a_cid_race_between_nodes_is_answered_with_one_message(database_url: str) -> None:
@@ -199,7 +216,7 @@ async def test_a_cid_race_between_nodes_is_answered_with_one_message(database_ur
             assert await count_messages(first, f"race {n}") == 1
             assert await count_messages(first, f"group race {n}") == 1
             assert await count_messages(first, f"bystander {n}") == 1
-        kept = [row.message_id for row in await first.pending(bob, 100)]
+        kept = [row.message_id for row in await kept_for(first, bob)]
         assert len(kept) == len(set(kept)) == 15
     finally:
         first.close()
@@ -221,7 +238,7 @@ async def test_one_senders_messages_stay_in_order_among_concurrent_sends(store: 
         nursery.start_soon(ann_sends)
         for sender in others:
             nursery.start_soon(other_sends, sender)
-    kept = await store.pending(bob, 1000)
+    kept = await kept_for(store, bob)
     assert [row.body for row in kept if row.sender_id == ann] == [f"ann {n}" for n in range(30)]
     for sender in others:
         assert [row.body for row in kept if row.sender_id == sender] == [
@@ -230,26 +247,27 @@ async def test_one_senders_messages_stay_in_order_among_concurrent_sends(store: 
     assert len(kept) == 30 + 10 * len(others)
 
 
-async def test_reads_and_deletions_made_together_share_transactions(store: Store) -> None:
-    """Forty sessions woken at once read their kept messages: a few transactions, not
-    forty. What their forty writers wrote is deleted by the node's ``Deletions``: one
+async def test_reads_and_positions_made_together_share_transactions(store: Store) -> None:
+    """Forty devices woken at once read their inboxes: a few transactions, not forty.
+    Where their forty writers got to is stored by the node's ``Positions``: one
     transaction for all of them."""
     ann, *readers = await users(store, "ann", *(f"r{i}" for i in range(40)))
     for reader in readers:
         await store.store_direct(ann, reader, f"for {reader}", None)
+        await store.device_login(reader, "", [])
     runs = store.pool.runs
-    rows = await together([partial(store.pending, reader, 10) for reader in readers])
+    ranges = [(StreamRange(reader, INBOX, 0, None, 10),) for reader in readers]
+    rows = await together([partial(store.read_streams, wanted) for wanted in ranges])
     assert store.pool.runs - runs <= 4, store.pool.runs - runs
-    assert [len(found) for found in rows] == [1] * 40
-    deletions = Deletions(store)
-    gone: list[int] = []
+    assert [len(found[0]) for found in rows] == [1] * 40
+    positions = Positions(store)
     for reader, found in zip(readers, rows, strict=True):
-        deletions.written(reader, [found[0].message_id], lambda _, ids: gone.extend(ids))
+        positions.report([Advance(reader, "", INBOX, found[0][0].pos)])
     runs = store.pool.runs
     async with trio.open_nursery() as nursery:
-        await nursery.start(deletions.run)
-        await deletions.settle(readers[-1])
+        await nursery.start(positions.run)
+        await positions.settle(readers[-1], "")
         nursery.cancel_scope.cancel()
-    assert (store.pool.runs - runs, deletions.batches) == (1, 1)
-    assert sorted(gone) == sorted(found[0].message_id for found in rows)
-    assert [await store.pending(reader, 10) for reader in readers] == [[]] * 40
+    assert (store.pool.runs - runs, positions.batches) == (1, 1)
+    assert [await store.device_positions(reader, "") for reader in readers] == [{INBOX: 1}] * 40
+    assert [await kept_for(store, reader) for reader in readers] == [[]] * 40

@@ -59,7 +59,9 @@ def connector(transport: str, node: Node) -> Connect:
     raise ValueError(f"unknown transport {transport!r}")
 
 
-def render_web_conf(http_port: int, ws_ports: tuple[int, int]) -> str:
+def render_web_conf(
+    http_port: int, ws_ports: tuple[int, int], https_port: int | None = None
+) -> str:
     """infra/nginx/nginx.conf with free ports everywhere and ``root`` at this checkout's web/.
 
     The absolute path, not a link in the prefix: nginx's workers (user nobody)
@@ -70,6 +72,7 @@ def render_web_conf(http_port: int, ws_ports: tuple[int, int]) -> str:
         (r"server 127\.0\.0\.1:6080\b", f"server 127.0.0.1:{ws_ports[0]}"),
         (r"server 127\.0\.0\.1:6082\b", f"server 127.0.0.1:{ws_ports[1]}"),
         (r"listen 8000\b", f"listen 127.0.0.1:{free_port()}"),  # the TCP side, unused here
+        (r"listen 8443 ssl\b", f"listen 127.0.0.1:{https_port or free_port()} ssl"),
         (r"(?m)^(\s*)root web;", rf"\1root {REPO / 'web'};"),
     ]:
         text, count = re.subn(pattern, replacement, text)

@@ -1,4 +1,4 @@
-// A browser client for chat protocol v1.1 over WebSocket. Plain JavaScript, no build step.
+// A browser client for chat protocol v1.2 over WebSocket. Plain JavaScript, no build step.
 //
 // Every text from the server goes into the page with textContent, never innerHTML:
 // names and messages are other people's input.
@@ -8,7 +8,16 @@
 // server and forgets it here. A conversation shows its last HISTORY_PAGE messages when
 // opened, and older pages as one scrolls up. A lost connection is retried with growing
 // pauses; once back, each conversation fetches what it missed (history `after` its
-// newest message), since messages written to a dying connection are not sent again.
+// newest message).
+//
+// Devices (protocol 1.2): the browser is one device of its user, named by a random id
+// kept in localStorage (DEVICE_KEY), so a reload is the same device and its token, which
+// belongs to that device, still works. Logins ask for `acks`: the server keeps each
+// message for this device until the page acknowledges it, and the page does so once it
+// has rendered it, one `ack` for a burst (see Connection.shown). What the user sends from
+// another device arrives as a copy and shows as the user's own; a group joined there is
+// added to the list (`group_joined`); "Log out everywhere" there ends this session too
+// (`logged_out`), and the page goes back to the sign-in form and says why.
 "use strict";
 
 (function () {
@@ -20,7 +29,8 @@
   const MEMBERS_SHOWN = 12; // a group's detail line names this many members, then counts
   const HISTORY_PAGE = 50; // messages shown on opening a conversation, and per older page
   const CATCH_UP_PAGE = 200; // the most one `history` request may ask for
-  const SESSION_KEY = "chat.session"; // localStorage: {url, name, token, current}
+  const SESSION_KEY = "chat.session"; // localStorage: {url, name, token, device, current}
+  const DEVICE_KEY = "chat.device"; // localStorage: this browser's device id, "web-" + 8 hex
   const RECONNECT_FIRST_MS = 1000;
   const RECONNECT_MAX_MS = 30000;
   const OLDER_WHEN_PX = 48; // scrolled this close to the top: load the older page
@@ -33,10 +43,51 @@
   class Connection {
     constructor(url, handlers) {
       this.url = url;
-      this.handlers = handlers; // { event(obj), orphanError(obj), closed(code, reason) }
+      this.handlers = handlers; // { event(obj, conn), orphanError(obj), closed(code, reason) }
       this.nextRid = 1;
       this.pending = new Map();
       this.ws = null;
+      this.shownSeq = 0; // the highest `seq` rendered (an acks login numbers events from 1)
+      this.ackedSeq = 0; // the highest one the server was told of
+      this.acking = null; // the ack in flight, or a timer about to send one
+    }
+
+    /** An event with `seq` was rendered: acknowledge it with whatever else comes in the
+     * same burst. One ack at a time: what is rendered while one is on its way goes in the
+     * next, so a burst of events costs one or two acks, never one each. */
+    shown(seq) {
+      if (typeof seq !== "number" || seq <= this.shownSeq) return;
+      this.shownSeq = seq;
+      if (this.acking === null) this.acking = this._ackShown(true);
+    }
+
+    /** Acknowledge everything rendered so far; resolves once the server has it. */
+    async flushAcks() {
+      while (this.acking !== null) await this.acking;
+      if (this.shownSeq > this.ackedSeq) {
+        this.acking = this._ackShown(false);
+        await this.acking;
+      }
+    }
+
+    async _ackShown(afterBurst) {
+      try {
+        // Never finish synchronously: `acking` is set to this call's promise first.
+        await (afterBurst ? new Promise((resolve) => window.setTimeout(resolve, 0)) : null);
+        while (this.shownSeq > this.ackedSeq) {
+          const seq = this.shownSeq;
+          const reply = await this.request("ack", { seq: seq });
+          if (reply.type === "error") {
+            console.error("ack refused", reply);
+            return;
+          }
+          this.ackedSeq = seq;
+        }
+      } catch (err) {
+        // closed: what was not acknowledged comes again at the next login
+      } finally {
+        this.acking = null;
+      }
     }
 
     open() {
@@ -116,7 +167,7 @@
         }
         return;
       }
-      this.handlers.event(obj);
+      this.handlers.event(obj, this);
     }
   }
 
@@ -187,6 +238,29 @@
     }
   }
 
+  /** This browser's device id: made once, kept across reloads. Without storage it lasts
+   * as long as the page (and a reload is a new device). */
+  let deviceFallback = null;
+  function deviceId() {
+    try {
+      const kept = window.localStorage.getItem(DEVICE_KEY);
+      if (kept && kept.length <= 64) return kept;
+      const made = "web-" + randomHex(4);
+      window.localStorage.setItem(DEVICE_KEY, made);
+      return made;
+    } catch (err) {
+      if (deviceFallback === null) deviceFallback = "web-" + randomHex(4);
+      return deviceFallback;
+    }
+  }
+
+  function randomHex(bytes) {
+    // crypto.randomUUID needs a secure context; getRandomValues works everywhere.
+    const values = new Uint8Array(bytes);
+    crypto.getRandomValues(values);
+    return Array.from(values, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
   function titleOf(conv) {
     if (conv.kind === "u") {
       const person = state.people.get(conv.id);
@@ -197,10 +271,7 @@
   }
 
   function newCid() {
-    // crypto.randomUUID needs a secure context; getRandomValues works everywhere.
-    const bytes = new Uint8Array(16);
-    crypto.getRandomValues(bytes);
-    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    return randomHex(16);
   }
 
   // --- small view helpers ------------------------------------------------------------
@@ -430,28 +501,56 @@
       return false; // our own ok and its event (sending to oneself), or a repeat
     }
     conv.messages.push(message);
-    if (state.current !== conv.key) {
+    if (state.current !== conv.key && message.from.id !== state.me.id) {
       conv.unread += 1;
     }
     return true;
   }
 
-  function onEvent(event) {
+  /** Someone known by id only (the recipient of a copy of one's own message): named
+   * once a message or a list shows the name. */
+  function personById(id, name) {
+    let known = state.people.get(id);
+    if (!known) {
+      known = { id: id, name: name || "User " + id, online: false, friend: false, named: !!name };
+      state.people.set(id, known);
+    } else if (name && known.named === false) {
+      known.name = name;
+      known.named = true;
+    }
+    return known;
+  }
+
+  function onEvent(event, conn) {
+    if (!state.me) return; // signed out already (logged_out, then the close)
+    onLoggedInEvent(event);
+    if (event.type === "message" || event.type === "group_message") {
+      conn.shown(event.seq); // rendered: acknowledged with the rest of its burst
+    }
+  }
+
+  function onLoggedInEvent(event) {
     if (event.type === "message") {
-      const other = event.from.id === state.me.id ? event.to : event.from.id;
-      if (!state.people.has(event.from.id)) {
+      // One's own message, sent from another device (a copy), goes to its recipient's
+      // conversation, and shows as one's own.
+      const own = event.from.id === state.me.id;
+      const other = own ? event.to : event.from.id;
+      if (own) {
+        personById(other, null); // the recipient, maybe known by id only
+      } else if (!state.people.has(event.from.id)) {
         state.people.set(event.from.id, {
           id: event.from.id, name: event.from.name, online: true, friend: false,
         });
-      } else if (!event.offline) {
-        state.people.get(event.from.id).online = true; // they just wrote
+      } else {
+        const sender = personById(event.from.id, event.from.name); // names one known by id
+        if (!event.offline) sender.online = true; // they just wrote
       }
       const conv = conversation("u", other);
       const added = addMessage(conv, {
         messageId: event.message_id, from: event.from, text: event.text,
         ts: event.ts, offline: event.offline,
       });
-      if (added && state.current !== conv.key && !event.offline) {
+      if (added && state.current !== conv.key && !event.offline && !own) {
         announce("New message from " + event.from.name);
       }
       refresh(conv);
@@ -467,7 +566,8 @@
         messageId: event.message_id, from: event.from, text: event.text,
         ts: event.ts, offline: event.offline,
       });
-      if (added && state.current !== conv.key && !event.offline) {
+      if (added && state.current !== conv.key && !event.offline &&
+          event.from.id !== state.me.id) {
         announce("New message in " + titleOf(conv) + " from " + event.from.name);
       }
       refresh(conv);
@@ -499,6 +599,33 @@
       note(friend.name + " added you as a friend.");
       announce(friend.name + " added you as a friend");
       renderSidebar();
+    } else if (event.type === "group_joined") {
+      // Joined or created on another of this user's devices: its messages come here too.
+      const known = state.groups.get(event.group.id);
+      state.groups.set(event.group.id, Object.assign({ members: [] }, known || {},
+        event.group, { role: event.role }));
+      note("You joined " + event.group.name + " on another device.");
+      renderSidebar();
+      if (state.current === "g:" + event.group.id) renderConversation();
+    } else if (event.type === "logged_out") {
+      signedOutElsewhere(event.reason);
+    }
+  }
+
+  /** Another device of this user logged out everywhere: this session is over, and its
+   * token revoked. The server closes the connection; that close is no news. */
+  function signedOutElsewhere(reason) {
+    const conn = state.conn;
+    forgetSession();
+    resetSession();
+    showLogin();
+    setStatus("Not connected");
+    $("login-error").textContent = reason === "everywhere"
+      ? "You were signed out: \u201cLog out everywhere\u201d was used on another device."
+      : "You were signed out (" + reason + ").";
+    if (conn) {
+      conn.handlers.closed = () => {};
+      conn.close();
     }
   }
 
@@ -565,8 +692,13 @@
       if (register) {
         await conn.call("register", { name: name, password: password });
       }
-      const reply = await conn.call("login", { name: name, password: password });
-      saveSession({ url: url, name: reply.user.name, token: reply.token, current: null });
+      const device = deviceId();
+      const reply = await conn.call("login", {
+        name: name, password: password, device: device, acks: true,
+      });
+      saveSession({
+        url: url, name: reply.user.name, token: reply.token, device: device, current: null,
+      });
       startSession(reply);
       $("login-password").value = "";
       if (reply.offline > 0) {
@@ -590,7 +722,8 @@
       const known = {
         bad_credentials: "Wrong name or password.",
         name_taken: "That name is taken; choose another or log in.",
-        already_online: "This account is signed in somewhere else.",
+        already_online: "This browser is signed in to that account already (in another " +
+          "tab or window?), or the account is signed in on 10 devices.",
         blocked: "Refused: one of you has blocked the other.",
         rate_limited: "Too many of these for now; try again later.",
       };
@@ -730,13 +863,7 @@
   }
 
   function learnSenders(items) {
-    for (const item of items) {
-      if (!state.people.has(item.from.id)) {
-        state.people.set(item.from.id, {
-          id: item.from.id, name: item.from.name, online: false, friend: false,
-        });
-      }
-    }
+    for (const item of items) personById(item.from.id, item.from.name);
   }
 
   /** Add messages from history, each once, in id order (unsent ones stay last). */
@@ -823,7 +950,12 @@
     try {
       conn = await connect(saved.url);
       state.conn = conn;
-      const reply = await conn.call("login", { token: saved.token });
+      // The token belongs to the device whose login got it: name that device again (a
+      // session kept before devices had none: its token is the device "").
+      const device = typeof saved.device === "string" ? saved.device : "";
+      const login = { token: saved.token, acks: true };
+      if (device) login.device = device;
+      const reply = await conn.call("login", login);
       if (resumed && state.me && reply.user.id !== state.me.id) resumed = false;
       startSession(reply, resumed);
       state.reconnectAttempts = 0;
@@ -1053,22 +1185,15 @@
       signIn(false);
     });
     $("register-button").addEventListener("click", () => signIn(true));
-    $("logout").addEventListener("click", async () => {
-      const conn = state.conn;
-      forgetSession();
-      if (!conn) {
-        resetSession(); // reconnecting: stop, and forget the token
-        showLogin();
-        setStatus("Not connected");
-        return;
-      }
-      state.loggingOut = true;
-      try {
-        await conn.call("logout", { forget: true }); // revoked on the server too
-      } catch (err) {
-        // closing anyway
-      }
-      conn.close();
+    $("logout").addEventListener("click", () => logOut(false));
+    $("logout-everywhere").addEventListener("click", () => {
+      const question = "Log out here and on all your other devices? Each of them is " +
+        "signed out at once and has to sign in again with the password.";
+      if (window.confirm(question)) logOut(true);
+    });
+    window.addEventListener("pagehide", () => {
+      // Leaving: tell the server what was rendered, so it does not come again.
+      if (state.conn && state.me) state.conn.flushAcks();
     });
     $("messages").addEventListener("scroll", () => {
       const conv = state.current ? state.conversations.get(state.current) : null;
@@ -1115,6 +1240,28 @@
       setStatus("Signing in again as " + (saved.name || "before") + "…");
       resumeAfterReload(0);
     }
+  }
+
+  /** "Log out" (and with `everywhere`, every other device too, each told at once). The
+   * token is revoked on the server and forgotten here, after what was rendered is
+   * acknowledged (else it would come again at the next sign-in). */
+  async function logOut(everywhere) {
+    const conn = state.conn;
+    forgetSession();
+    if (!conn) {
+      resetSession(); // reconnecting: stop, and forget the token
+      showLogin();
+      setStatus("Not connected");
+      return;
+    }
+    state.loggingOut = true;
+    try {
+      await conn.flushAcks();
+      await conn.call("logout", { forget: true, everywhere: everywhere });
+    } catch (err) {
+      // closing anyway
+    }
+    conn.close();
   }
 
   /** A reload: the page before it may still be logged in for a moment (its connection

@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="server or load balancer address")
     parser.add_argument(
+        "--tls", action="store_true", help="TLS to every port, verifying the server"
+    )
+    parser.add_argument("--ca-file", help="with --tls: PEM of the authority to trust")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="with --tls: do not verify the server's certificate (a warning says so)",
+    )
+    parser.add_argument(
         "--ports",
         type=_ports,
         default=(6000,),
@@ -231,12 +240,20 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         friends=args.friends,
         changers=args.changers or 0,
         rounds=args.rounds,
+        tls=args.tls or args.insecure or args.ca_file is not None,
+        ca_file=args.ca_file,
+        insecure=args.insecure,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from(args)
+    if config.insecure:
+        print(
+            "chat-bench: WARNING: --insecure: the server's certificate is NOT checked",
+            file=sys.stderr,
+        )
     limit = raise_file_limit()
     if "capacity" in args.scenario and limit < config.users + 100:
         print(

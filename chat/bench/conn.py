@@ -10,12 +10,14 @@ the generator side stays small and the generator is not what gets measured.
 from __future__ import annotations
 
 import json
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
+from chat.client import open_stream
 from chat.protocol import LineSplitter
 
 READ_CHUNK = 65_536
@@ -36,7 +38,7 @@ class ConnectionLost(Exception):
 class BenchConnection:
     """One TCP connection; replies come back in request order (the protocol says so)."""
 
-    def __init__(self, stream: trio.SocketStream, on_event: EventCallback) -> None:
+    def __init__(self, stream: trio.abc.Stream, on_event: EventCallback) -> None:
         self._stream = stream
         self._on_event = on_event
         self._replies: deque[ReplyCallback] = deque()
@@ -45,9 +47,15 @@ class BenchConnection:
 
     @classmethod
     async def open(
-        cls, host: str, port: int, nursery: trio.Nursery, on_event: EventCallback
+        cls,
+        host: str,
+        port: int,
+        nursery: trio.Nursery,
+        on_event: EventCallback,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> BenchConnection:
-        stream = await trio.open_tcp_stream(host, port)
+        """Connect (with TLS when ``ssl_context`` is given: the handshake is done here)."""
+        stream = await open_stream(host, port, ssl_context)
         conn = cls(stream, on_event)
         nursery.start_soon(conn._read)
         return conn

@@ -17,6 +17,14 @@ or an eviction, and whether the honest user is still logged in at the end.
 The default of 19,900 connections is what fits under this machine's file limit
 of 20,000 per process (it cannot be raised here); each side holds one descriptor
 per connection.
+
+It also prints the server's resident memory (``VmRSS``) before the connections
+open and while they are held, and the difference per connection. With ``--tls``
+the node gets a certificate made on the spot (openssl, self-signed for
+127.0.0.1) and every idle connection completes a TLS handshake (verifying it)
+before it is held: the memory of an idle TLS connection beside a plain one.
+``--login-timeout`` is passed to the node (its default, 60 s, closes connections
+that do not log in: give more when opening them takes longer than that).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import argparse
 import os
 import resource
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -35,7 +44,7 @@ from pathlib import Path
 
 import trio
 
-from chat.client import connect
+from chat.client import connect, tls_context
 
 from .local import free_port, fresh_database
 
@@ -43,6 +52,8 @@ TARGET_MS = 200.0
 PING_EVERY = 0.05
 CONNECT_AT_ONCE = 2_000
 """Connections being opened at once (more only fill the listen backlog)."""
+TLS_AT_ONCE = 200
+"""TLS handshakes under way at once (each is CPU on both sides, not a wait)."""
 LEASE_TROUBLE = ("pausing", "no lease renewal", "logged in elsewhere", "leases had lapsed")
 
 
@@ -61,12 +72,13 @@ class Pings:
         self.samples.setdefault(phase, []).append(ms)
 
 
-async def pinger(port: int) -> None:
+async def pinger(port: int, ca_file: str | None) -> None:
     """The honest user, in a process of its own (so the opener's busy event loop does
     not delay reading its replies): logs in, then pings every 50 ms, printing when
     each ping was sent and how long it took; on stdin's end, says whether it is still
     logged in and online."""
-    async with connect("127.0.0.1", port) as honest:
+    context = tls_context(ca_file) if ca_file else None
+    async with connect("127.0.0.1", port, ssl_context=context) as honest:
         await honest.call("register", name="honest", password="pw")
         await honest.call("login", name="honest", password="pw")
         print("ready", flush=True)
@@ -88,6 +100,30 @@ async def pinger(port: int) -> None:
         print(f"online {online}", flush=True)
 
 
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1 (the clients trust it as CA)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
+            *("-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory (VmRSS), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
 async def main(args: argparse.Namespace) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -96,13 +132,21 @@ async def main(args: argparse.Namespace) -> None:
     prefix = f"bench-conn-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as directory:
         log = Path(directory) / "server.log"
+        tls: list[str] = []
+        context = None
+        if args.tls:
+            cert, key = make_certificate(Path(directory))
+            tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
+            context = tls_context(str(cert))
+            args.ca_file = str(cert)  # for the pinger
+        timeout = ["--login-timeout", str(args.login_timeout)] if args.login_timeout else []
         with log.open("wb") as out:
             process = await trio.lowlevel.open_process(
                 [
                     *(sys.executable, "-m", "chat", "serve", "--port", str(port)),
                     *("--database", args.database, "--redis", args.redis),
                     *("--redis-prefix", prefix, "--node-id", "bench-node"),
-                    *("--log-level", "WARNING"),
+                    *("--log-level", "WARNING", *tls, *timeout),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -114,14 +158,14 @@ async def main(args: argparse.Namespace) -> None:
             with trio.fail_after(60):
                 while True:
                     try:
-                        async with connect("127.0.0.1", port) as probe:
+                        async with connect("127.0.0.1", port, ssl_context=context) as probe:
                             await probe.call("ping")
                         break
                     except OSError:
                         if process.returncode is not None:
                             raise RuntimeError(await output.read_text()) from None
                         await trio.sleep(0.2)
-            await run_phases(args, port)
+            await run_phases(args, port, process.pid, context)
             text = await output.read_text(errors="replace")
             trouble = [line for line in text.splitlines() if any(t in line for t in LEASE_TROUBLE)]
             print(f"lease trouble in the node's log: {len(trouble)} lines")
@@ -136,10 +180,13 @@ async def main(args: argparse.Namespace) -> None:
                 await process.wait()
 
 
-async def run_phases(args: argparse.Namespace, port: int) -> None:
+async def run_phases(
+    args: argparse.Namespace, port: int, server_pid: int, context: ssl.SSLContext | None
+) -> None:
     pings = Pings()
+    pinger_args = ["--ping", str(port)] + (["--tls", "--ca-file", args.ca_file] if context else [])
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "chat.bench.connections", "--ping", str(port)],
+        [sys.executable, "-m", "chat.bench.connections", *pinger_args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
@@ -162,19 +209,31 @@ async def run_phases(args: argparse.Namespace, port: int) -> None:
         with trio.fail_after(30):
             await ready.wait()
         await trio.sleep(2)
+        rss_before = rss_kib(server_pid)
         streams: list[trio.SocketStream] = []
+        secured: list[trio.SSLStream[trio.SocketStream]] = []
         failed = 0
         pings.mark("opening")
         started = time.perf_counter()
-        limiter = trio.CapacityLimiter(CONNECT_AT_ONCE)
+        limiter = trio.CapacityLimiter(CONNECT_AT_ONCE if context is None else TLS_AT_ONCE)
 
         async def open_one() -> None:
             nonlocal failed
             async with limiter:
                 try:
-                    streams.append(await trio.open_tcp_stream("127.0.0.1", port))
+                    stream = await trio.open_tcp_stream("127.0.0.1", port)
                 except OSError:
                     failed += 1
+                    return
+                streams.append(stream)
+                if context is not None:
+                    tls = trio.SSLStream(stream, context, server_hostname="127.0.0.1")
+                    try:
+                        await tls.do_handshake()
+                    except trio.BrokenResourceError:
+                        failed += 1
+                        return
+                    secured.append(tls)
 
         async with trio.open_nursery() as openers:
             for _ in range(args.connections):
@@ -186,6 +245,14 @@ async def run_phases(args: argparse.Namespace, port: int) -> None:
         )
         pings.mark("held")
         await trio.sleep(args.hold)
+        rss_held = rss_kib(server_pid)
+        held = len(secured) if context is not None else len(streams)
+        print(
+            f"server memory (VmRSS): {rss_before / 1024:,.1f} MiB before, "
+            f"{rss_held / 1024:,.1f} MiB with {held:,} idle"
+            f" {'TLS' if context is not None else 'plain'} connections: "
+            f"{(rss_held - rss_before) / max(held, 1):,.1f} KiB per connection"
+        )
         pings.mark("closing")
         started = time.perf_counter()
         for stream in streams:
@@ -230,10 +297,15 @@ def cli() -> None:
     parser.add_argument("--after", type=float, default=8.0)
     parser.add_argument("--database", default="mysql://root@127.0.0.1:3306/chat_bench_conns")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--tls", action="store_true", help="TLS on the node and every connection")
+    parser.add_argument(
+        "--login-timeout", type=float, help="the node's --login-timeout (default: its own)"
+    )
     parser.add_argument("--ping", type=int, help=argparse.SUPPRESS)  # the pinger process
+    parser.add_argument("--ca-file", help=argparse.SUPPRESS)  # the pinger's, with --tls
     args = parser.parse_args()
     if args.ping:
-        trio.run(pinger, args.ping)
+        trio.run(pinger, args.ping, args.ca_file if args.tls else None)
     else:
         trio.run(main, args)
 

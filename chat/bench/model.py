@@ -62,6 +62,11 @@ class BenchConfig:
     """presence: friends of each user who logs out and in."""
     changers: int = 0
     """presence: users who log out and in (the first ones); 0: a tenth of ``users``."""
+    tls: bool = False
+    """TLS to the ports, verifying the server against ``ca_file`` (or the system store)."""
+    ca_file: str | None = None
+    insecure: bool = False
+    """TLS without verifying the server's certificate."""
     rounds: int = 3
     """presence: how many times every changer logs out and in again."""
 

@@ -21,6 +21,8 @@ from typing import Any
 import attrs
 import trio
 
+from chat.client import tls_context
+
 from .conn import BenchConnection, Json
 from .model import PASSWORD, Job
 
@@ -59,6 +61,11 @@ class Worker:
     ) -> None:
         self.job = job
         self.config = job.config
+        self.ssl_context = (
+            tls_context(self.config.ca_file, insecure=self.config.insecure)
+            if self.config.tls
+            else None
+        )
         self.pipe = pipe
         self.counters = counters
         self.nursery = nursery
@@ -105,6 +112,7 @@ class Worker:
             config.port_for(index),
             self.nursery,
             lambda event: self._dispatch(holder[0], event),
+            self.ssl_context,
         )
         user = BenchUser(index, config.user_name(index), conn)
         holder.append(user)

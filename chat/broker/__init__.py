@@ -1,9 +1,11 @@
 """Brokers: how nodes learn who is online where, and wake each other."""
 
 from .base import (
+    MAX_DEVICES_ONLINE,
     Broker,
     BrokerUnavailable,
     Evict,
+    GroupWake,
     Notice,
     NoticeHandler,
     Pause,
@@ -17,9 +19,11 @@ from .base import (
 from .memory import MemoryBroker
 
 __all__ = [
+    "MAX_DEVICES_ONLINE",
     "Broker",
     "BrokerUnavailable",
     "Evict",
+    "GroupWake",
     "MemoryBroker",
     "Notice",
     "NoticeHandler",

@@ -41,18 +41,34 @@ from chat.protocol.messages import Event, PresenceEvent
 
 @attrs.frozen
 class Wake:
-    """Messages were stored for these users: read them from the store."""
+    """Messages were stored in these users' inboxes: their devices read them from the
+    store (from where each has got to)."""
 
     user_ids: tuple[int, ...]
 
 
 @attrs.frozen
+class GroupWake:
+    """Messages were stored in these groups' logs: every device of a member (on any
+    node) reads them from the store. Sent to every node, because the sender's node
+    does not look up who the members are or where they are (a group of 5,000 members
+    costs one notice per node, not 5,000 look-ups)."""
+
+    group_ids: tuple[int, ...]
+
+
+@attrs.frozen
 class Push:
-    """A transient event for a user (not kept if the user is gone), as a typed value:
-    the user's connection encodes it with its own codec."""
+    """A transient event for each logged-in device of a user (not kept for devices that
+    are not), as a typed value: each connection encodes it with its own codec.
+
+    ``skip``: the holder of one connection that must not get it (the sending
+    connection, for the copy of a message to the sender's other devices; the
+    connection that logged out everywhere)."""
 
     user_id: int
     event: Event
+    skip: str = ""
 
 
 @attrs.frozen
@@ -62,9 +78,9 @@ class Resync:
 
 @attrs.frozen
 class Evict:
-    """This connection lost the user's presence to another login (its lease lapsed and
-    someone else claimed the user): close it, so the user is never served twice.
-    Only ever handed to the node's own handler."""
+    """This connection lost its device's presence to another login of the same device
+    (its lease lapsed and someone else claimed it): close it, so a device is never
+    served twice. Only ever handed to the node's own handler."""
 
     user_id: int
     holder: str
@@ -85,18 +101,21 @@ class Resume:
     """Every claim this node holds is confirmed again (renewed or re-created); the ones
     lost to another login were evicted first. Only ever handed to the node's own handler.
 
-    ``recreated``: users whose claim had vanished and was made anew. Someone may have
-    logged in as them and out again meanwhile and been delivered what their session
-    here had queued: such a session must forget what it queued and re-read the store."""
+    ``recreated``: the holders (connections) whose claim had vanished and was made
+    anew. Someone may have logged in as that device and out again meanwhile and been
+    delivered what the session here had queued: such a session must forget what it
+    queued and re-read the store from the device's stored positions."""
 
-    recreated: frozenset[int] = frozenset()
+    recreated: frozenset[str] = frozenset()
 
 
 @attrs.frozen
 class PresenceChange:
-    """This user's ``online`` changed: claimed (``True``), or released, or found gone
-    with a node that died (``False``). Only ever handed to the node's own handler,
-    and for each change to one node only, so each change is announced once.
+    """This user's ``online`` changed: its first device claimed (``True``), or its last
+    device released, or found gone with a node that died (``False``); a device that
+    comes or goes while another device of the user stays online changes nothing. Only
+    ever handed to the node's own handler, and for each change to one node only, so
+    each change is announced once.
 
     ``version`` grows with every change of any user in the cluster (the broker hands
     them out atomically with the change itself): of two announcements about one
@@ -121,8 +140,12 @@ class PresencePush:
     version: int
 
 
-Notice = Wake | Push | Resync | Evict | Pause | Resume | PresenceChange | PresencePush
+Notice = Wake | GroupWake | Push | Resync | Evict | Pause | Resume | PresenceChange | PresencePush
 NoticeHandler = Callable[[Notice], None]
+
+
+MAX_DEVICES_ONLINE = 10
+"""Devices of one user logged in at once, cluster-wide (protocol 1.2)."""
 
 
 class BrokerUnavailable(Exception):
@@ -141,22 +164,35 @@ class Broker(Protocol):
         ``task_status.started()`` is called once notices can be received.
         """
 
-    async def claim(self, user_id: int, holder: str) -> bool:
-        """Mark the user online, held by ``holder``; False when someone holds it already."""
+    async def claim(self, user_id: int, device: str, holder: str) -> bool:
+        """Mark this device of the user online, held by ``holder`` (one connection);
+        False when another holder has that device already, or the user has
+        ``MAX_DEVICES_ONLINE`` devices online. Claiming again with the same holder
+        succeeds (a retried command must not refuse itself)."""
 
-    async def release(self, user_id: int, holder: str) -> None:
-        """Mark the user offline, if ``holder`` still holds it."""
+    async def release(self, user_id: int, device: str, holder: str) -> None:
+        """Mark the device offline, if ``holder`` still holds it."""
 
-    async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
-        """The node id holding each of these users that is online."""
+    async def locate(self, user_ids: Sequence[int]) -> dict[int, frozenset[str]]:
+        """For each of these users that is online (has a device online): the node ids
+        holding its devices."""
+
+    async def devices(self, user_id: int) -> dict[str, str]:
+        """The user's devices online now: device -> the node id holding it."""
 
     async def route(
-        self, wake: Sequence[int], push: Sequence[Push], presence: Sequence[PresencePush] = ()
+        self,
+        wake: Sequence[int],
+        push: Sequence[Push],
+        presence: Sequence[PresencePush] = (),
+        groups: Sequence[int] = (),
     ) -> None:
-        """Wake these users and hand these events to whichever node holds each user,
-        this one included, with one presence look-up and one message per node for the
-        whole batch. Users held by nobody are skipped: their messages wait in the store
-        (and presence events are not kept)."""
+        """Wake these users and hand these events to the *other* nodes that hold a device
+        of each user, and wake these groups on every other node, with one presence
+        look-up and one message per node for the whole batch (so one node's notices
+        arrive in the order they were routed). This node's own sessions are the
+        router's to reach, never routed back. Users held by nobody are skipped: their
+        messages wait in the store (and pushed events are not kept)."""
 
     async def aclose(self) -> None:
         """Release what the broker holds (connections, threads)."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import trio
 
-from .base import NoticeHandler, PresenceChange, PresencePush, Push, Wake
+from .base import MAX_DEVICES_ONLINE, NoticeHandler, PresenceChange, PresencePush, Push
 
 
 class MemoryBroker:
@@ -15,7 +15,8 @@ class MemoryBroker:
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        self._holders: dict[int, str] = {}
+        self._holders: dict[int, dict[str, str]] = {}
+        """User id -> device -> holder, for the devices online."""
         self._handler: NoticeHandler | None = None
         self._versions = itertools.count(1)
 
@@ -32,36 +33,40 @@ class MemoryBroker:
         finally:
             self._handler = None
 
-    async def claim(self, user_id: int, holder: str) -> bool:
-        if user_id in self._holders:
+    async def claim(self, user_id: int, device: str, holder: str) -> bool:
+        devices = self._holders.setdefault(user_id, {})
+        if device in devices:
+            return devices[device] == holder
+        if len(devices) >= MAX_DEVICES_ONLINE:
             return False
-        self._holders[user_id] = holder
-        self._changed(user_id, online=True)
+        devices[device] = holder
+        if len(devices) == 1:
+            self._changed(user_id, online=True)
         return True
 
-    async def release(self, user_id: int, holder: str) -> None:
-        if self._holders.get(user_id) == holder:
-            del self._holders[user_id]
-            self._changed(user_id, online=False)
+    async def release(self, user_id: int, device: str, holder: str) -> None:
+        devices = self._holders.get(user_id, {})
+        if devices.get(device) == holder:
+            del devices[device]
+            if not devices:
+                del self._holders[user_id]
+                self._changed(user_id, online=False)
 
-    async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
-        return {user: self.node_id for user in user_ids if user in self._holders}
+    async def locate(self, user_ids: Sequence[int]) -> dict[int, frozenset[str]]:
+        here = frozenset((self.node_id,))
+        return {user: here for user in user_ids if user in self._holders}
+
+    async def devices(self, user_id: int) -> dict[str, str]:
+        return dict.fromkeys(self._holders.get(user_id, {}), self.node_id)
 
     async def route(
-        self, wake: Sequence[int], push: Sequence[Push], presence: Sequence[PresencePush] = ()
+        self,
+        wake: Sequence[int],
+        push: Sequence[Push],
+        presence: Sequence[PresencePush] = (),
+        groups: Sequence[int] = (),
     ) -> None:
-        if self._handler is None:
-            return
-        held = [user for user in wake if user in self._holders]
-        if held:
-            self._handler(Wake(tuple(held)))
-        for event in push:
-            if event.user_id in self._holders:
-                self._handler(event)
-        for item in presence:
-            users = tuple(user for user in item.user_ids if user in self._holders)
-            if users:
-                self._handler(PresencePush(users, item.event, item.version))
+        """Nothing to do: there is no other node (the router reached this one's sessions)."""
 
     async def aclose(self) -> None:
         self._holders.clear()

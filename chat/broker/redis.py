@@ -7,14 +7,23 @@ disk) and the cluster only has to re-learn who is online where.
 Keys and channels, all under the cluster's prefix ``P`` (``--redis-prefix``,
 by default ``chat:<database index of the URL>``; Redis's pub/sub channels are
 shared by every database of one server, so the prefix is what keeps two
-clusters on one Redis apart)::
+clusters on one Redis apart). ``<device>`` is the hex of the device name's UTF-8
+bytes (empty for the device ``""``), so a name with ``:`` or ``@`` in it is safe::
 
-    P:presence:<user_id>   "<holder>@<incarnation>": the holder string
+    P:lease:<user_id>:<device>
+                           "<holder>@<incarnation>": the holder string
                            ("<node_id>/<serial>") of the one connection logged
-                           in as that user, and a token of the node process
-                           (serials restart with the process); a lease: it
-                           expires after ``lease_seconds`` unless the owning
-                           node's heartbeat renews it
+                           in as that device of the user, and a token of the
+                           node process (serials restart with the process); a
+                           lease: it expires after ``lease_seconds`` unless the
+                           owning node's heartbeat renews it
+    P:devices:<user_id>    set of <device>: the user's devices with a lease, and
+                           ones whose lease lapsed that nobody has taken off yet
+                           (their holder's release, or the survivor that reaps their
+                           dead node, does); the user is online while any of
+                           them has a lease, and "online" is announced when the
+                           set gets its first member, "offline" when it loses its
+                           last (see ``chat.broker.redis_scripts``)
     P:epoch                a random token, written by the first node that finds
                            it missing; a new token means Redis lost its data
                            (restart, flush), or is new
@@ -25,17 +34,28 @@ clusters on one Redis apart)::
     P:nodes                set of the running node processes ("<node_id>@<incarnation>")
     P:alive:<node>         liveness of one node process: renewed with its leases,
                            expires like them when the process dies
-    P:held:<node>          hash user id -> lease value: the users that node process
-                           holds, so that a survivor can announce them when it dies
-    P:presence-clock       the last presence version handed out (see ``_NEXT_VERSION``)
+    P:leases:<node>        hash "<user_id>:<device>" -> lease value: the device
+                           leases that node process holds, so that a survivor can
+                           take them off when it dies (and announce their users)
+    P:presence-clock       the last presence version handed out
 
-Presence changes: every claim, release and re-created lease gets a version from
-the same script that made it (so versions follow the order Redis applied the
-changes in), and the node hands a ``PresenceChange`` to its own handler. A node
-killed without warning cannot release anything: every node looks every
-``reap_seconds`` for node processes whose liveness key expired, and one script
-takes each of their users whose lease expired too off that node's list and
-hands out a version, so exactly one survivor announces each of them.
+Every check runs in one Lua script (``chat.broker.redis_scripts``), so it is atomic:
+a claim reads the device's lease and counts the user's live devices (at most
+``MAX_DEVICES_ONLINE``: a member of ``P:devices`` whose lease is gone does not count),
+and a user's set holds little more than the devices online, so each check is a
+handful of commands. Redis 7.0 has no expiry per hash field: that is why each device
+lease is a key of its own, with the set beside it to enumerate them.
+
+Presence changes: every claim, release and re-created lease that changes whether a
+user is online (the first device in, the last out) gets a version from the same
+script that made it (so versions follow the order Redis applied the changes in),
+and the node hands a ``PresenceChange`` to its own handler. A node killed without
+warning cannot release anything: every node looks every ``reap_seconds`` for node
+processes whose liveness key expired, and one script takes each of their devices
+whose lease expired too off that node's list and off the user's devices, and hands
+out a version when that was the user's last device, so exactly one survivor
+announces each user gone, and only once none of the user's devices is left (a
+device on a live node keeps the user online).
 
 Threads: redis-py blocks, so each command runs in ``trio.to_thread.run_sync``
 under this broker's own ``CapacityLimiter``, on pooled connections. The pub/sub
@@ -45,20 +65,34 @@ received to a trio task with one ``trio.from_thread.run`` per batch (everything
 that had arrived). When the subscription breaks, the thread ends; the trio side
 waits (backoff) and starts a new one.
 
-Routing: ``route`` takes a batch of wake-ups and pushes, and in one worker
-thread call reads every recipient's lease (``MGET``) and publishes one message
-per node that holds any of them (one pipelined round trip), so a burst of
-messages to another node costs a few Redis round trips, not two per message.
+Routing: ``route`` takes a batch of wake-ups, pushes, presence events and group
+wake-ups, and in one worker thread call reads every recipient's device leases (one
+script call, ``_LOOKUP``) and publishes one message per node that holds any device
+of any of them (one pipelined round trip), so a burst of messages to another node
+costs a few Redis round trips, not two per message. Group wake-ups go to every live
+node: the same script reads which node processes are alive (``P:nodes`` whose
+``P:alive`` key stands), and each gets its group wake-ups in the one message that
+carries its other notices of the call (``chat.broker.wire``), so one node gets the
+notices of one call in one message, in order, as this node's own handler does by
+direct call. Publishing group wake-ups on ``P:all`` instead would save that read,
+but they would then travel apart from the node's other notices (another channel,
+another message, no order between them), and ``P:all`` means "beat now" to every
+listener. A node missing from the live set at that moment (starting, or its
+liveness lapsed while Redis was out of reach) misses the group wake-up: it reads
+the store again anyway after subscribing, and after a beat that finds its liveness
+or any lease had lapsed (a ``Resync``).
 
 Leases in doubt: whenever a command fails, the subscription breaks, or no
 renewal has reached Redis for a lease minus a heartbeat, the node cannot be sure
 its leases still stand (Redis may have restarted empty, or they may lapse): it
 hands ``Pause`` to its handler, so its sessions neither deliver nor act, and
 retries its heartbeat every ``RETRY_SECONDS``. The first heartbeat that then
-succeeds renews or re-creates every lease the node holds; a lease someone else
-holds by now ends that session (``Evict``), and only that one; then ``Resume``
-and a ``Resync``. So a Redis restart shorter than a lease disconnects nobody,
-and a user is never served by two nodes at once.
+succeeds renews or re-creates every lease the node holds; a device lease someone
+else holds by now ends that session (``Evict``), and only that one (as does a
+lapsed lease that can no longer be re-created because the user has
+``MAX_DEVICES_ONLINE`` other devices online by now); then ``Resume`` and a
+``Resync``. So a Redis restart shorter than a lease disconnects nobody, and a
+device is never served by two connections at once.
 
 Failures and what covers them:
 
@@ -71,24 +105,26 @@ Failures and what covers them:
 - Redis restarted empty: every node's connections break, so each pauses at once;
   the first node back writes a new epoch and publishes a ``Resync`` on
   ``P:all`` (every node that hears it beats at once); each node's next beat
-  re-creates its users' leases and resumes. A login elsewhere in between (no
-  longer refused: there is no settling period) wins the user, and the paused
-  session is closed when its node comes back: it never served meanwhile;
+  re-creates its devices' leases and resumes. A login of the same device elsewhere
+  in between (no longer refused: there is no settling period) wins the device, and
+  the paused session is closed when its node comes back: it never served meanwhile;
 - Redis flushed without a restart (nobody's connection breaks): the node that
   finds the epoch missing broadcasts at once, and every node re-asserts within
   a round trip of hearing it, or within a heartbeat at the latest: in that short
-  window a user could be served by two connections (docs/cluster.md);
-- a node killed without warning stops renewing: its users' leases expire after
+  window a device could be served by two connections (docs/cluster.md);
+- a node killed without warning stops renewing: its devices' leases expire after
   ``lease_seconds`` and they can log in elsewhere;
-- a node stopping gracefully releases its own users' leases (compare-and-delete
+- a node stopping gracefully releases its own devices' leases (compare-and-delete
   on the holder string, so a late release never frees a newer login) and
   touches no one else's.
+
+Nodes of protocol 1.1 (one lease per user, ``P:presence:<user_id>``) and of this
+layout do not see each other's leases: a cluster moves to it all at once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -103,12 +139,12 @@ import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from chat.protocol.codec import BadServerMessage, decode_server_event, encode_event
-from chat.protocol.messages import Event, PresenceEvent
-
+from . import redis_scripts
 from .base import (
+    MAX_DEVICES_ONLINE,
     BrokerUnavailable,
     Evict,
+    GroupWake,
     Notice,
     NoticeHandler,
     Pause,
@@ -119,13 +155,14 @@ from .base import (
     Resync,
     Wake,
 )
+from .wire import RESYNC, decode_notices, encode_notices
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 LEASE_SECONDS = 10.0
-"""How long a presence lease lives without renewal: a dead node's users are free after this."""
+"""How long a presence lease lives without renewal: a dead node's devices are free after this."""
 POOL_SIZE = 8
 """Pooled connections (and worker threads) for commands; the subscription has its own."""
 SOCKET_TIMEOUT = 2.0
@@ -156,168 +193,6 @@ REAP_BATCH = 1000
 DEFAULT_PREFIX = "chat"
 """Keys and channels start with ``chat:<database index>`` unless told otherwise."""
 
-# What a node publishes on the broadcast channel when it finds the epoch missing (and
-# after an outage): every node re-reads the store and renews its leases at once.
-_RESYNC = b'{"resync":true}'
-
-# The next presence version: Redis's clock in microseconds, but never less than one
-# more than the last one handed out (a clock that steps back cannot reorder changes),
-# and kept across a Redis that lost its data, unlike a counter. Formatted by hand:
-# Lua would print a large number in exponent notation.
-_NEXT_VERSION = """
-local function next_version(clock)
-  local now = redis.call('TIME')
-  local version = tonumber(now[1]) * 1000000 + tonumber(now[2])
-  local last = tonumber(redis.call('GET', clock) or '0')
-  if version <= last then
-    version = last + 1
-  end
-  redis.call('SET', clock, string.format('%.0f', version))
-  return version
-end
-"""
-
-# Claim a user's lease, note it among this node's users, and return the presence
-# version of the change (0: someone else holds the user). A missing epoch (Redis is
-# new or lost its data) is written first and announced, so that every node re-asserts
-# its leases now. Claiming again with the same holder succeeds (a retried command must
-# not refuse itself).
-_CLAIM = (
-    _NEXT_VERSION
-    + """
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('SET', KEYS[2], ARGV[3])
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
-end
-local claimed = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-if not claimed and redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  claimed = true
-end
-if not claimed then
-  return 0
-end
-redis.call('HSET', KEYS[4], ARGV[6], ARGV[1])
-return next_version(KEYS[3])
-"""
-)
-
-# Release leases: KEYS are the presence keys, then the clock and this node's users;
-# ARGV the holders (lease values), then the user ids, then "1" to forget the users
-# here too. A key still held by its holder is deleted; so is one that lapsed while
-# this node still lists the user as its own (nobody announced that departure yet).
-# Returns the presence version of each release, 0 for a key someone else holds.
-# With "0" (a node leaving with users its sessions did not release) the users stay
-# listed: the survivors find them gone with this node and announce them.
-_RELEASE = (
-    _NEXT_VERSION
-    + """
-local n = #KEYS - 2
-local clock, held = KEYS[n + 1], KEYS[n + 2]
-local forget = ARGV[2 * n + 1] == '1'
-local versions = {}
-for i = 1, n do
-  local holder = redis.call('GET', KEYS[i])
-  local mine = holder == ARGV[i]
-  if not holder then
-    mine = redis.call('HGET', held, ARGV[n + i]) == ARGV[i]
-  end
-  if mine then
-    redis.call('DEL', KEYS[i])
-    if forget then
-      redis.call('HDEL', held, ARGV[n + i])
-    end
-    versions[i] = next_version(clock)
-  else
-    versions[i] = 0
-  end
-end
-return versions
-"""
-)
-
-# Renew each lease still ours; re-create a missing one (Redis restarted or the lease
-# lapsed) and hand out a presence version for it (the survivors may have announced
-# the user gone); report the ones someone else holds now, and stop listing them as
-# this node's. KEYS: the presence keys, then the clock and this node's users; ARGV:
-# the lease in ms, the holders, then the user ids. Returns {recreated, conflicts,
-# versions of the recreated}.
-_RENEW = (
-    _NEXT_VERSION
-    + """
-local n = #KEYS - 2
-local clock, held = KEYS[n + 1], KEYS[n + 2]
-local recreated, conflicts, versions = {}, {}, {}
-for i = 1, n do
-  local key = KEYS[i]
-  local holder = redis.call('GET', key)
-  if holder == ARGV[i + 1] then
-    redis.call('PEXPIRE', key, ARGV[1])
-  elseif not holder then
-    redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
-    redis.call('HSET', held, ARGV[n + i + 1], ARGV[i + 1])
-    table.insert(recreated, i)
-    table.insert(versions, next_version(clock))
-  else
-    redis.call('HDEL', held, ARGV[n + i + 1])
-    table.insert(conflicts, i)
-  end
-end
-return {recreated, conflicts, versions}
-"""
-)
-
-# The current epoch; a missing one means Redis is new or lost its data: write a new
-# one and announce it, so that every node re-asserts its leases now. Also: this node
-# is alive for another lease (KEYS[2]) and listed among the cluster's nodes (KEYS[3]),
-# so that the others notice when it dies.
-_EPOCH = """
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
-redis.call('SADD', KEYS[3], ARGV[5])
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return ARGV[1]
-end
-return epoch
-"""
-
-# Find the users of nodes that died without a word. KEYS: the set of nodes, the clock;
-# ARGV: the prefix, this node's own name, how many users to look at per dead node.
-# A node is dead once its liveness key has expired; each user it still lists is
-# taken off its list here, atomically, so only one survivor ever announces it:
-# gone (its lease expired: a new presence version), or logged in elsewhere meanwhile
-# (that login was announced). Users whose lease has not expired yet stay listed for a
-# later look; a dead node listing nobody is forgotten. Returns {user, version, ...}.
-_REAP = (
-    _NEXT_VERSION
-    + """
-local gone = {}
-for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if node ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. ':alive:' .. node) == 0 then
-    local held = ARGV[1] .. ':held:' .. node
-    local page = redis.call('HSCAN', held, '0', 'COUNT', ARGV[3])[2]
-    for i = 1, #page, 2 do
-      local user, value = page[i], page[i + 1]
-      local holder = redis.call('GET', ARGV[1] .. ':presence:' .. user)
-      if not holder then
-        redis.call('HDEL', held, user)
-        table.insert(gone, tonumber(user))
-        table.insert(gone, next_version(KEYS[2]))
-      elseif holder ~= value then
-        redis.call('HDEL', held, user)
-      end
-    end
-    if redis.call('HLEN', held) == 0 then
-      redis.call('SREM', KEYS[1], node)
-    end
-  end
-end
-return gone
-"""
-)
-
 
 @attrs.frozen
 class _Subscribed:
@@ -333,117 +208,16 @@ class _Received:
     broadcast: bool = False
 
 
-def encode_presence(presence: Sequence[PresencePush]) -> bytes:
-    """One message on a node's channel: ``{"presence": [[version, "event", [ids]], ...]}``.
-
-    Sent apart from wake-ups: a node of an older version drops the whole message as
-    malformed, and must not lose the wake-ups with it."""
-    body = {
-        "presence": [
-            [item.version, encode_event(item.event).decode(), list(item.user_ids)]
-            for item in presence
-        ]
-    }
-    return json.dumps(body, separators=(",", ":")).encode()
+def device_token(device: str) -> str:
+    """A device name as it appears in keys and fields: the hex of its UTF-8 bytes (any
+    name is safe there, ``:`` and ``@`` included; ``""`` stays empty)."""
+    return device.encode("utf-8", "surrogatepass").hex()
 
 
-def encode_notices(wake: Sequence[int] = (), push: Sequence[Push] = ()) -> bytes:
-    """One message on a node's channel: ``{"wake": [ids], "push": [[id, "event"], ...]}``."""
-    body: dict[str, Any] = {}
-    if wake:
-        body["wake"] = list(wake)
-    if push:
-        body["push"] = [[item.user_id, encode_event(item.event).decode()] for item in push]
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-def decode_notices(data: bytes) -> list[Notice]:
-    """Parse a message of a node's channel; nothing (and a warning) for anything
-    malformed, never an exception."""
-    try:
-        body = json.loads(data)
-    except (ValueError, UnicodeError):
-        body = None
-    notices = _notices_in(body) if isinstance(body, dict) else None
-    if not notices:
-        log.warning("ignoring a malformed notice: %r", data[:200])
-        return []
-    return notices
-
-
-def _notices_in(body: dict[str, Any]) -> list[Notice] | None:
-    """The notices of a decoded message; None if any part of it is malformed."""
-    notices: list[Notice] = []
-    for key, value in body.items():
-        if key == "wake":
-            if not (isinstance(value, list) and value and all(_is_id(u) for u in value)):
-                return None
-            notices.append(Wake(tuple(value)))
-        elif key == "push":
-            if not isinstance(value, list):
-                return None
-            for item in value:
-                if not (
-                    isinstance(item, list)
-                    and len(item) == 2
-                    and _is_id(item[0])
-                    and isinstance(item[1], str)
-                ):
-                    return None
-                event = _event_of(item[1])
-                if event is None:
-                    # One event this node cannot read (say, a newer node's) costs that
-                    # event only, never the wake-ups beside it.
-                    log.warning("ignoring an event it cannot read: %r", item[1][:200])
-                    continue
-                notices.append(Push(item[0], event))
-        elif key == "resync" and value is True:
-            notices.append(Resync())
-        elif key == "presence":
-            if not isinstance(value, list):
-                return None
-            for item in value:
-                presence = _presence_in(item)
-                if presence is None:
-                    return None
-                if isinstance(presence, PresencePush):
-                    notices.append(presence)
-        else:
-            return None
-    return notices
-
-
-def _presence_in(item: object) -> PresencePush | bool | None:
-    """One ``[version, "event", [ids]]``: None if malformed, False if its event is not
-    a presence event this node can read (it costs that item only)."""
-    if not (
-        isinstance(item, list)
-        and len(item) == 3
-        and _is_id(item[0])
-        and isinstance(item[1], str)
-        and isinstance(item[2], list)
-        and item[2]
-        and all(_is_id(u) for u in item[2])
-    ):
-        return None
-    event = _event_of(item[1])
-    if not isinstance(event, PresenceEvent):
-        log.warning("ignoring a presence event it cannot read: %r", item[1][:200])
-        return False
-    return PresencePush(tuple(item[2]), event, item[0])
-
-
-def _event_of(text: str) -> Event | None:
-    """The typed event in a pushed event's JSON; None if it is not one we know."""
-    try:
-        message = json.loads(text)
-        return decode_server_event(message) if isinstance(message, dict) else None
-    except (ValueError, BadServerMessage):
-        return None
-
-
-def _is_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def device_name(token: str | bytes) -> str:
+    """The device name of a ``device_token``."""
+    text = token.decode() if isinstance(token, bytes) else token
+    return bytes.fromhex(text).decode("utf-8", "surrogatepass")
 
 
 def node_of(value: str) -> str:
@@ -472,7 +246,7 @@ def _chunks(items: Sequence[T], size: int = BATCH) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def _text(value: bytes | str | None) -> str | None:
+def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -530,12 +304,13 @@ class RedisBroker:
         self._beat_limiter = trio.CapacityLimiter(1)
         """The heartbeat's own thread and connections: a thousand sessions releasing at
         once (or any burst of commands) must not hold a beat up until leases lapse."""
-        self._claim_script = self._redis.register_script(_CLAIM)
-        self._release_script = self._redis.register_script(_RELEASE)
+        self._claim_script = self._redis.register_script(redis_scripts.CLAIM)
+        self._release_script = self._redis.register_script(redis_scripts.RELEASE)
+        self._lookup_script = self._redis.register_script(redis_scripts.LOOKUP)
         beats = redis.Redis(connection_pool=self._renew_pool)
-        self._renew_script = beats.register_script(_RENEW)
-        self._epoch_script = beats.register_script(_EPOCH)
-        self._reap_script = self._redis.register_script(_REAP)
+        self._renew_script = beats.register_script(redis_scripts.RENEW)
+        self._epoch_script = beats.register_script(redis_scripts.EPOCH)
+        self._reap_script = self._redis.register_script(redis_scripts.REAP)
         self.reap_seconds = reap_seconds
 
         self._epoch_key = f"{self.prefix}:epoch"
@@ -545,13 +320,14 @@ class RedisBroker:
         self._incarnation = uuid.uuid4().hex[:12]
         self.process_name = f"{node_id}@{self._incarnation}"
         """This node process in ``P:nodes``: a node restarted under the same id is
-        another process, and the old one's users must still be announced gone."""
+        another process, and the old one's devices must still be found gone."""
         self._clock_key = f"{self.prefix}:presence-clock"
         self._nodes_key = f"{self.prefix}:nodes"
         self._alive_key = f"{self.prefix}:alive:{self.process_name}"
-        self._held_key = f"{self.prefix}:held:{self.process_name}"
-        self._claims: dict[int, str] = {}
-        """The leases this node holds (user id -> holder); only these are renewed."""
+        self._held_key = f"{self.prefix}:leases:{self.process_name}"
+        self._claims: dict[tuple[int, str], str] = {}
+        """The device leases this node holds ((user id, device) -> holder); only these
+        are renewed."""
         self._epoch: str | None = None
         self._handler: NoticeHandler | None = None
         self._degraded = False
@@ -561,8 +337,8 @@ class RedisBroker:
         self._doubts = 0
         """How many times the leases were put in doubt: a beat that began before the
         latest doubt cannot lift it."""
-        self._recreated: set[int] = set()
-        """Users whose lease was re-created since the last ``Resume``."""
+        self._recreated: set[str] = set()
+        """Holders whose lease was re-created since the last ``Resume``."""
         self._backoff = BACKOFF_FIRST
         self._pong_timeout = max(socket_timeout, POLL_SECONDS * 2)
         self._renewed_at = 0.0
@@ -570,17 +346,24 @@ class RedisBroker:
         self._beat_now = trio.Event()
         self._subscribed = trio.Event()
         self.notices_sent = 0
-        """Wake-ups and events for single users published for other nodes (metrics)."""
+        """Wake-ups and events for single users or groups published for other nodes
+        (metrics)."""
         self.notices_received = 0
-        """Wake-ups and events for single users received from other nodes (metrics)."""
+        """Wake-ups and events for single users or groups received from other nodes
+        (metrics)."""
 
     def __repr__(self) -> str:
         return f"RedisBroker({self.url!r}, {self.node_id!r}, prefix={self.prefix!r})"
 
     # --- names ------------------------------------------------------------------
 
-    def presence_key(self, user_id: int) -> str:
-        return f"{self.prefix}:presence:{user_id}"
+    def lease_key(self, user_id: int, device: str) -> str:
+        """The lease of one device of a user."""
+        return f"{self.prefix}:lease:{user_id}:{device_token(device)}"
+
+    def devices_key(self, user_id: int) -> str:
+        """The set of a user's devices (as ``device_token``)."""
+        return f"{self.prefix}:devices:{user_id}"
 
     def channel_of(self, node_id: str) -> str:
         return f"{self.prefix}:node:{node_id}"
@@ -626,60 +409,88 @@ class RedisBroker:
         finally:
             self._handler = None
 
-    async def claim(self, user_id: int, holder: str) -> bool:
-        version = await self._call(
+    async def claim(self, user_id: int, device: str, holder: str) -> bool:
+        claimed, version = await self._call(
             self._claim_script,
-            [self.presence_key(user_id), self._epoch_key, self._clock_key, self._held_key],
+            [self._epoch_key, self._clock_key, self._held_key],
             [
+                self.prefix,
+                user_id,
+                device_token(device),
                 self._value(holder),
                 self.lease_ms,
                 uuid.uuid4().hex,
                 self._broadcast,
-                _RESYNC,
-                user_id,
+                RESYNC,
+                MAX_DEVICES_ONLINE,
             ],
         )
         if self.paused:
             self._beat_now.set()  # Redis answers again: confirm the leases now
+        if not claimed:
+            return False
+        before = self._claims.get((user_id, device))
+        self._claims[(user_id, device)] = holder
+        if before is not None and before != holder:
+            # Another connection of this node held the device, and its lease lapsed:
+            # the device is the new login's now.
+            log.error(
+                "device %r of user %d was logged in again while its lease had lapsed: closing %s",
+                device,
+                user_id,
+                before,
+            )
+            self._deliver(Evict(user_id, before))
         if version:
-            self._claims[user_id] = holder
             self._deliver(PresenceChange(user_id, True, int(version)))
-            return True
-        return False
+        return True
 
-    async def release(self, user_id: int, holder: str) -> None:
-        if self._claims.get(user_id) != holder:
+    async def release(self, user_id: int, device: str, holder: str) -> None:
+        if self._claims.get((user_id, device)) != holder:
             # Evicted (or never held): nothing of ours to release.
             return
         # Forget the lease first: if Redis cannot be told now, it expires unrenewed.
-        del self._claims[user_id]
-        await self._release([(user_id, holder)], forget=True)
+        del self._claims[(user_id, device)]
+        self._recreated.discard(holder)
+        await self._release([((user_id, device), holder)], forget=True)
 
-    async def _release(self, claims: Sequence[tuple[int, str]], *, forget: bool) -> None:
-        """Release these leases, and announce each release that happened."""
+    async def _release(
+        self, claims: Sequence[tuple[tuple[int, str], str]], *, forget: bool
+    ) -> None:
+        """Release these device leases, and announce each user whose last device went."""
         for chunk in _chunks(claims):
             versions = await self._call(
                 self._release_script,
-                [
-                    *(self.presence_key(user_id) for user_id, _ in chunk),
-                    self._clock_key,
-                    self._held_key,
-                ],
-                [
-                    *(self._value(holder) for _, holder in chunk),
-                    *(user_id for user_id, _ in chunk),
-                    "1" if forget else "0",
-                ],
+                [self._clock_key, self._held_key],
+                [self.prefix, "1" if forget else "0", *self._triples(chunk)],
             )
-            for (user_id, _), version in zip(chunk, versions, strict=True):
+            for ((user_id, _), _), version in zip(chunk, versions, strict=True):
                 if version:
                     self._deliver(PresenceChange(user_id, False, int(version)))
 
-    async def locate(self, user_ids: Sequence[int]) -> dict[int, str]:
-        return await self._call(self._locate, list(dict.fromkeys(user_ids)))
+    def _triples(self, claims: Sequence[tuple[tuple[int, str], str]]) -> list[int | str]:
+        """(user id, device token, lease value) of each claim, flat, as the scripts take them."""
+        flat: list[int | str] = []
+        for (user_id, device), holder in claims:
+            flat += [user_id, device_token(device), self._value(holder)]
+        return flat
+
+    async def locate(self, user_ids: Sequence[int]) -> dict[int, frozenset[str]]:
+        _, found = await self._call(self._lookup, list(dict.fromkeys(user_ids)), False)
+        return {
+            user_id: frozenset(map(node_of, devices.values())) for user_id, devices in found.items()
+        }
+
+    async def devices(self, user_id: int) -> dict[str, str]:
+        _, found = await self._call(self._lookup, [user_id], False)
+        return {device: node_of(value) for device, value in found.get(user_id, {}).items()}
 
     async def route(
-        self, wake: Sequence[int], push: Sequence[Push], presence: Sequence[PresencePush] = ()
+        self,
+        wake: Sequence[int],
+        push: Sequence[Push],
+        presence: Sequence[PresencePush] = (),
+        groups: Sequence[int] = (),
     ) -> None:
         users = list(
             dict.fromkeys(
@@ -690,12 +501,11 @@ class RedisBroker:
                 ]
             )
         )
-        if not users:
+        if not users and not groups:
             return
-        mine, sent = await self._call(self._route, users, wake, push, presence)
-        self.notices_sent += sent
-        for notice in mine:
-            self._deliver(notice)
+        self.notices_sent += await self._call(
+            self._route, users, wake, push, presence, list(dict.fromkeys(groups))
+        )
 
     async def ping(self) -> None:
         """Redis answers a PING (the node's readiness check). Abandoned if the caller
@@ -709,9 +519,9 @@ class RedisBroker:
     async def aclose(self) -> None:
         """Release the leases this node still holds (and only those), then disconnect.
 
-        Users whose sessions did not end by themselves stay on this node's list, and
-        this node is no longer alive: the survivors announce them gone (nothing here
-        can: the node's routing has stopped)."""
+        Devices whose sessions did not end by themselves stay on this node's list, and
+        this node is no longer alive: the survivors take them off and announce the
+        users gone (nothing here can: the node's routing has stopped)."""
         claims, self._claims = list(self._claims.items()), {}
         self._handler = None
         try:
@@ -740,15 +550,26 @@ class RedisBroker:
             self._doubt(f"Redis does not answer ({exc})")
             raise BrokerUnavailable(f"redis: {exc}") from exc
 
-    def _locate(self, users: Sequence[int]) -> dict[int, str]:
-        found: dict[int, str] = {}
-        for chunk in _chunks(users):
-            values = self._redis.mget([self.presence_key(user_id) for user_id in chunk])
-            for user_id, value in zip(chunk, values, strict=True):
-                text = _text(value)
-                if text is not None:
-                    found[user_id] = node_of(text)
-        return found
+    def _lookup(
+        self, users: Sequence[int], alive: bool
+    ) -> tuple[set[str], dict[int, dict[str, str]]]:
+        """The devices with a lease of each of these users that has any (device -> lease
+        value), and with ``alive``, the ids of the nodes whose process is alive."""
+        nodes: set[str] = set()
+        found: dict[int, dict[str, str]] = {}
+        chunks: list[Sequence[int]] = list(_chunks(users)) or [()]
+        for index, chunk in enumerate(chunks):
+            # The live nodes once, with the first chunk (or alone, for no users).
+            want = "1" if alive and index == 0 else "0"
+            reply = self._lookup_script([], [self.prefix, want, *chunk])
+            nodes.update(_text(name).rpartition("@")[0] for name in reply[0])
+            for user_id, flat in zip(chunk, reply[1:], strict=True):
+                if flat:
+                    found[user_id] = {
+                        device_name(device): _text(value)
+                        for device, value in zip(flat[::2], flat[1::2], strict=True)
+                    }
+        return nodes, found
 
     def _route(
         self,
@@ -756,43 +577,54 @@ class RedisBroker:
         wake: Sequence[int],
         push: Sequence[Push],
         presence: Sequence[PresencePush],
-    ) -> tuple[list[Notice], int]:
-        """Look up every user's node, publish one message per other node (pipelined;
-        presence events in a message of their own), and return what is for this node,
-        and how many notices went to others."""
-        nodes = self._locate(users)
+        groups: Sequence[int],
+    ) -> int:
+        """Look up the nodes of every user's devices (and with ``groups``, every live
+        node), publish one message per other node (pipelined), and return how many
+        notices went out. Nothing comes back to this node: its own sessions are the
+        router's to reach (``Broker.route``)."""
+        alive, found = self._lookup(users, bool(groups))
+        nodes = {
+            user: {node_of(value) for value in devices.values()} for user, devices in found.items()
+        }
         wakes: dict[str, list[int]] = defaultdict(list)
         pushes: dict[str, list[Push]] = defaultdict(list)
         presences: dict[str, list[PresencePush]] = defaultdict(list)
         for user_id in dict.fromkeys(wake):
-            if user_id in nodes:
-                wakes[nodes[user_id]].append(user_id)
+            for node in nodes.get(user_id, ()):
+                wakes[node].append(user_id)
         for event in push:
-            if event.user_id in nodes:
-                pushes[nodes[event.user_id]].append(event)
+            for node in nodes.get(event.user_id, ()):
+                pushes[node].append(event)
         for item in presence:
             by_node: dict[str, list[int]] = defaultdict(list)
             for user_id in item.user_ids:
-                if user_id in nodes:
-                    by_node[nodes[user_id]].append(user_id)
+                for node in nodes.get(user_id, ()):
+                    by_node[node].append(user_id)
             for node, held in by_node.items():
                 presences[node].append(PresencePush(tuple(held), item.event, item.version))
-        others = (set(wakes) | set(pushes) | set(presences)) - {self.node_id}
+        grouped = alive | {self.node_id} if groups else set()
+        others = (set(wakes) | set(pushes) | set(presences) | grouped) - {self.node_id}
         if others:
             pipe = self._redis.pipeline(transaction=False)
             for node in sorted(others):
-                if wakes[node] or pushes[node]:
-                    pipe.publish(self.channel_of(node), encode_notices(wakes[node], pushes[node]))
-                if presences[node]:
-                    pipe.publish(self.channel_of(node), encode_presence(presences[node]))
+                pipe.publish(
+                    self.channel_of(node),
+                    encode_notices(
+                        wakes[node],
+                        pushes[node],
+                        presences[node],
+                        groups if node in grouped else (),
+                    ),
+                )
             pipe.execute()
-        mine: list[Notice] = []
-        if wakes.get(self.node_id):
-            mine.append(Wake(tuple(wakes[self.node_id])))
-        mine.extend(pushes.get(self.node_id, ()))
-        mine.extend(presences.get(self.node_id, ()))
-        sent = sum(len(wakes[node]) + len(pushes[node]) + len(presences[node]) for node in others)
-        return mine, sent
+        return sum(
+            len(wakes[node])
+            + len(pushes[node])
+            + len(presences[node])
+            + len(groups) * (node in grouped)
+            for node in others
+        )
 
     # --- subscription -----------------------------------------------------------------
 
@@ -882,9 +714,7 @@ class RedisBroker:
                 continue
             if item.broadcast:
                 self._beat_now.set()  # another node found Redis empty, or recovered
-            self.notices_received += sum(
-                len(notice.user_ids) if isinstance(notice, Wake) else 1 for notice in item.notices
-            )
+            self.notices_received += sum(map(_weight, item.notices))
             for notice in item.notices:
                 self._deliver(notice)
 
@@ -913,7 +743,8 @@ class RedisBroker:
         if self._in_doubt is None:
             return
         self._in_doubt = None
-        recreated, self._recreated = frozenset(self._recreated & set(self._claims)), set()
+        holding = set(self._claims.values())
+        recreated, self._recreated = frozenset(self._recreated & holding), set()
         if self._claims:
             log.warning(
                 "leases confirmed: %d sessions resume (%d leases had to be re-created)",
@@ -949,8 +780,9 @@ class RedisBroker:
             await trio.sleep(self.heartbeat_seconds / 2)  # still silent: look again soon
 
     async def _reap_watch(self) -> None:
-        """Announce the users of node processes that died without a word, each by one
-        survivor only (see ``_REAP``)."""
+        """Take the devices of node processes that died without a word off their users,
+        and announce each user left with none, by one survivor only (see
+        ``redis_scripts.REAP``)."""
         while True:
             await trio.sleep(self.reap_seconds)
             with contextlib.suppress(BrokerUnavailable):  # the beat deals with Redis trouble
@@ -966,86 +798,87 @@ class RedisBroker:
 
     async def _beat(self) -> None:
         """Check the epoch and renew (or re-create) this node's leases, evicting the
-        sessions whose user someone else holds now; never raises ``BrokerUnavailable``
+        sessions whose device someone else holds now; never raises ``BrokerUnavailable``
         (the next beat tries again)."""
         claims = list(self._claims.items())
         started = trio.current_time()
         doubts = self._doubts
         try:
-            epoch = _text(
-                await self._call(
-                    self._epoch_script,
-                    [self._epoch_key, self._alive_key, self._nodes_key],
-                    [
-                        uuid.uuid4().hex,
-                        self._broadcast,
-                        _RESYNC,
-                        self.lease_ms,
-                        self.process_name,
-                    ],
-                    limiter=self._beat_limiter,
-                )
+            epoch, was_alive = await self._call(
+                self._epoch_script,
+                [self._epoch_key, self._alive_key, self._nodes_key],
+                [uuid.uuid4().hex, self._broadcast, RESYNC, self.lease_ms, self.process_name],
+                limiter=self._beat_limiter,
             )
-            recreated: list[tuple[int, str]] = []
-            conflicts: list[tuple[int, str]] = []
+            recreated: list[tuple[tuple[int, str], str]] = []
+            conflicts: list[tuple[tuple[int, str], str]] = []
             for chunk in _chunks(claims):
                 new, lost, versions = await self._call(
                     self._renew_script,
-                    [
-                        *(self.presence_key(user_id) for user_id, _ in chunk),
-                        self._clock_key,
-                        self._held_key,
-                    ],
-                    [
-                        self.lease_ms,
-                        *(self._value(holder) for _, holder in chunk),
-                        *(user_id for user_id, _ in chunk),
-                    ],
+                    [self._clock_key, self._held_key],
+                    [self.prefix, self.lease_ms, MAX_DEVICES_ONLINE, *self._triples(chunk)],
                     limiter=self._beat_limiter,
                 )
                 recreated += [chunk[i - 1] for i in new]
                 conflicts += [chunk[i - 1] for i in lost]
                 # Remembered at once: if a later chunk fails, the next beat finds these
                 # leases in place and would not know they had vanished.
-                self._recreated.update(chunk[i - 1][0] for i in new)
+                self._recreated.update(chunk[i - 1][1] for i in new)
                 # The survivors may have announced these users gone (or Redis lost
-                # them): online again, in any case.
+                # them): online again, unless another device kept them online.
                 for i, version in zip(new, versions, strict=True):
-                    self._deliver(PresenceChange(chunk[i - 1][0], True, int(version)))
+                    if version:
+                        user_id = chunk[i - 1][0][0]
+                        self._deliver(PresenceChange(user_id, True, int(version)))
             # A lease released while this beat was running must not be left re-created.
-            stale = [(u, h) for u, h in recreated if self._claims.get(u) != h]
+            stale = [(key, h) for key, h in recreated if self._claims.get(key) != h]
             if stale:
                 await self._release(stale, forget=True)
         except BrokerUnavailable:
             return
         self._renewed_at = started
+        epoch = _text(epoch)
         reset = self._epoch is not None and epoch != self._epoch
+        # Not listed as alive: group wake-ups went past this node meanwhile.
+        lapsed = self._epoch is not None and not was_alive
         self._epoch = epoch
         if reset:
             log.warning("Redis lost its data: re-asserted %d leases", len(recreated))
         elif recreated:
             log.warning("%d leases had lapsed and were re-created", len(recreated))
-        for user_id, holder in conflicts:
-            if self._claims.get(user_id) == holder:
+        for (user_id, device), holder in conflicts:
+            if self._claims.get((user_id, device)) == holder:
                 log.error(
-                    "user %d was logged in elsewhere while this node could not renew its "
-                    "lease: closing %s",
+                    "device %r of user %d was logged in elsewhere (or the user has %d "
+                    "devices online) while this node could not renew its lease: closing %s",
+                    device,
                     user_id,
+                    MAX_DEVICES_ONLINE,
                     holder,
                 )
-                del self._claims[user_id]
+                del self._claims[(user_id, device)]
                 self._deliver(Evict(user_id, holder))
         if self._degraded:
             self._degraded = False
             # Still degraded if this fails: the next beat tries again.
             with contextlib.suppress(BrokerUnavailable):
-                await self._call(self._redis.publish, self._broadcast, _RESYNC)
+                await self._call(self._redis.publish, self._broadcast, RESYNC)
         if self._doubts != doubts:
             self._beat_now.set()  # put in doubt meanwhile: this beat proves too little
         elif self._subscribed.is_set():
             # Only with a live subscription: without one, a second Redis restart would go
             # unnoticed until the next beat. (Subscribing triggers a beat.)
             self._confirm()
-        if reset or recreated:
-            # Wake-ups sent while these leases were missing went nowhere.
+        if reset or recreated or lapsed:
+            # Wake-ups sent while these leases (or this node's liveness) were missing
+            # went nowhere.
             self._deliver(Resync())
+
+
+def _weight(notice: Notice) -> int:
+    """How many single users or groups a notice is for (the metrics' unit)."""
+    if isinstance(notice, Wake):
+        return len(notice.user_ids)
+    if isinstance(notice, GroupWake):
+        return len(notice.group_ids)
+    return 1

@@ -4,6 +4,7 @@ Task tree, per connection (``App._converse``)::
 
     connection nursery
     ├── event pump      (prints events the moment they arrive)
+    ├── acker           (acknowledges what the pump printed, a burst at a time)
     └── command loop    (reads a line, runs it, waits for its reply)
 
 Whoever notices first that the connection is gone (the pump, when the event
@@ -14,6 +15,18 @@ with the same name and password and resends a message whose ``ok`` never came,
 with the same ``cid``, so the server delivers it at most once. A line entered
 just as the connection dropped, before it could be sent, is kept by the console
 and runs first on the new connection.
+
+Devices and acknowledged delivery (protocol 1.2): every login names this
+client's device (``--device``, or the id kept in the config folder; a session
+token belongs to the device whose login issued it, so it is kept, and used
+again, with that device) and asks for ``acks``. The server then keeps each
+message for this device until the client says it was shown: the pump notes the
+highest ``seq`` it printed, and once the burst of events that arrived together
+is printed the acker sends one ``ack`` for all of it (the next burst waits for
+that reply, then goes in one ack too). The last of them is acknowledged before
+``/logout`` and before leaving, so a message the client did not get to print
+comes again, marked ``(offline)``, at the next login instead of being lost with
+the connection.
 
 Everything the client knows (friends, groups, names) lives in ``Known``; how it
 is shown lives in ``render``; where lines come from lives in the ``Console``.
@@ -33,15 +46,18 @@ from chat.client import ChatClient, ConnectionLost
 from chat.protocol.codec import BadServerMessage, decode_server_event, decode_server_message
 from chat.protocol.messages import (
     BlockedPage,
+    DevicesResult,
     FoundUser,
     FriendAddedEvent,
     FriendRemovedEvent,
     FriendResult,
     FriendsPage,
+    GroupJoinedEvent,
     GroupMessageEvent,
     GroupResult,
     GroupsPage,
     JoinResult,
+    LoggedOutEvent,
     LoginResult,
     MembersPage,
     MessageEvent,
@@ -87,10 +103,16 @@ class Exit(enum.IntEnum):
 class Outcome(enum.Enum):
     QUIT = "quit"
     LOST = "lost"
+    ENDED = "ended"
+    """The server logged this device out (``/logout everywhere`` on another) and closed."""
 
 
 class CommandFailed(Exception):
     """The server answered ``error``; the message is the server's own."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @enum.unique
@@ -116,6 +138,8 @@ class App:
         tokens: TokenFile | None = None,
         *,
         remember: bool = False,
+        device: str,
+        device_chosen: bool = False,
     ) -> None:
         self.target = target
         self.console = console
@@ -124,11 +148,26 @@ class App:
         terminal always, in a piped run only with ``remember`` (a script that logs in
         by itself must not find itself logged in as someone else)."""
         self.remember = remember
-        """Keep the token of each login in ``tokens``, and use a kept one in a piped run
-        too (``--remember``)."""
+        """Keep the token of each login in ``tokens`` (per server and device), and use a
+        kept one in a piped run too (``--remember``)."""
+        self.device = device
+        """The device a password login names (``--device``, or this machine's id)."""
+        self.device_chosen = device_chosen
+        """``device`` came from ``--device``: only its own remembered token is used."""
         self.known = Known()
         self._token: str | None = None
         """The session token of the last login: a reconnect logs in with it."""
+        self._token_device = ""
+        """The device that token belongs to (a token login must name it again)."""
+        self._ended = False
+        """The server said ``logged_out``: the connection's end is no loss."""
+        self._shown_seq = 0
+        """The highest ``seq`` printed since this connection's last login."""
+        self._acked_seq = 0
+        """The highest ``seq`` the server has been told of (``ack``)."""
+        self._ack_wanted = trio.Event()
+        self._ack_lock = trio.Lock()
+        """One ``ack`` at a time, and none while a login resets the count."""
         self.failures = 0
         self._client: ChatClient | None = None
         self._scope: trio.CancelScope | None = None
@@ -148,6 +187,8 @@ class App:
             outcome = await self._connection()
             if outcome is Outcome.QUIT:
                 return Exit.COMMAND_FAILED if self.failures else Exit.OK
+            if outcome is Outcome.ENDED:
+                continue  # connect again, logged out, to /login as anyone
             if not self.console.interactive:
                 if self._unsent is not None:
                     self.console.problem(render.error("your last message may not have been sent"))
@@ -170,16 +211,23 @@ class App:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 nursery.start_soon(self._pump, client)
+                nursery.start_soon(self._acker)
                 if self.console.interactive:
                     self.console.show(notice(f"connected to {self.target}; /help lists commands"))
                 await self._resume()
                 outcome = await self._command_loop()
+                if outcome is Outcome.QUIT:
+                    await self._ack()  # what was shown is not kept for the next login
                 nursery.cancel_scope.cancel()
         finally:
             self._client = None
             self._scope = None
         if outcome is Outcome.QUIT:
             return outcome
+        if self._ended:
+            self._ended = False
+            self.known.disconnected()
+            return Outcome.ENDED
         self.known.disconnected()
         self.console.problem(render.error(f"the connection to {self.target} was lost"))
         if self._unsent is not None and self.console.interactive:
@@ -196,14 +244,16 @@ class App:
 
     async def _resume(self) -> None:
         """After a reconnect: log in again, then resend what had no reply. At the first
-        connection: log in with the token remembered for this server, if any (in a piped
-        run only with ``--remember``)."""
+        connection: log in with the token remembered for this server and device, if any
+        (in a piped run only with ``--remember``)."""
         if self._token is None and self._credentials is None:
             remembered = self._remembered()
             if remembered is not None:
-                await self._login_with_token(remembered.token, remembered.name, remembered=True)
+                await self._login_with_token(
+                    remembered.token, remembered.device, remembered.name, remembered=True
+                )
         elif self._token is not None and self.known.me is None:
-            await self._login_with_token(self._token, None)
+            await self._login_with_token(self._token, self._token_device, None)
         if self._credentials is not None and self.known.me is None:
             name, password = self._credentials
             try:
@@ -222,11 +272,45 @@ class App:
         except (CommandFailed, BadServerMessage) as exc:
             self.console.problem(render.error(f"your last message was not sent: {exc}"))
 
+    def _remembered(self) -> Remembered | None:
+        """The token kept for this server and device, if this run may use it (in a
+        piped run only with ``--remember``). Without ``--device``, one kept by a
+        chat-cli from before devices (device ``""``) serves too."""
+        if self.tokens is None or not (self.console.interactive or self.remember):
+            return None
+        server = str(self.target)
+        found = self.tokens.get(server, self.device)
+        if found is None and not self.device_chosen:
+            found = self.tokens.get(server, "")
+        return found
+
     async def _pump(self, client: ChatClient) -> None:
         async for message in client.events:
             async with self._events_lock:
                 self._on_event(message)
+                seq = message.get("seq")
+                if isinstance(seq, int) and not isinstance(seq, bool):
+                    self._shown_seq = max(self._shown_seq, seq)
+            if client.events.statistics().current_buffer_used == 0:
+                self._ack_wanted.set()  # the burst is shown: acknowledge it
         self._lose()
+
+    async def _acker(self) -> None:
+        while True:
+            await self._ack_wanted.wait()
+            self._ack_wanted = trio.Event()
+            await self._ack()
+
+    async def _ack(self) -> None:
+        """Acknowledge, in one ``ack``, every event shown since the last one."""
+        async with self._ack_lock:
+            seq = self._shown_seq
+            if seq <= self._acked_seq or self.known.me is None:
+                return
+            reply = await self._request("ack", seq=seq)
+            self._acked_seq = seq
+        if reply.get("type") == "error":
+            self.console.problem(render.error(f"acknowledging messages: {reply.get('message')}"))
 
     async def _request(self, kind: str, **fields: Any) -> dict[str, Any]:
         assert self._client is not None, "requests are made inside _converse"
@@ -239,7 +323,10 @@ class App:
     async def _call(self, kind: str, **fields: Any) -> dict[str, Any]:
         reply = await self._request(kind, **fields)
         if reply.get("type") == "error":
-            raise CommandFailed(str(reply.get("message") or reply.get("code")))
+            code = reply.get("code")
+            raise CommandFailed(
+                str(reply.get("message") or code), code if isinstance(code, str) else None
+            )
         return reply
 
     # -- events -------------------------------------------------------------------
@@ -254,7 +341,32 @@ class App:
         except BadServerMessage as exc:
             self.console.problem(render.error(str(exc)))
             return
-        if isinstance(event, MessageEvent | GroupMessageEvent):
+        if isinstance(event, LoggedOutEvent):
+            # Another device logged out everywhere; the server closes this connection.
+            self._ended = True
+            self._forget_token(self._token)
+            self._credentials = None
+            self.known.logged_out()
+            why = (
+                "/logout everywhere on another of your devices"
+                if event.reason == "everywhere"
+                else f"the server says {event.reason!r}"
+            )
+            self.console.show(
+                notice(("error", "you were logged out"), f" ({why}); /login NAME to log in again")
+            )
+        elif isinstance(event, GroupJoinedEvent):
+            # Joined (or created) on another device: its messages come here too now.
+            self.known.joined(event.group, event.role)
+            verb = "created" if event.role == "creator" else "joined"
+            self.console.show(
+                notice(
+                    f"you {verb} group ",
+                    ("group", render.clean(event.group.name)),
+                    f" (#{event.group.id}) on another device",
+                )
+            )
+        elif isinstance(event, MessageEvent | GroupMessageEvent):
             self.known.learn(event.from_.id, event.from_.name)
             self.console.show(render.incoming(event, self.known))
             if event.offline and self._offline_left > 0:
@@ -328,14 +440,50 @@ class App:
                     raise UsageError(f"you are logged in as {self.known.me.name}; /logout first")
                 if password is None:
                     password = await self._ask_password(f"password for {name}: ")
-                await self._login(name, password)
-            case cmd.Logout():
+                try:
+                    await self._login(name, password)
+                except CommandFailed as exc:
+                    if exc.code != "already_online":
+                        raise
+                    raise CommandFailed(
+                        f"{exc}; if another chat-cli here uses this device,"
+                        " start this one with --device NAME",
+                        exc.code,
+                    ) from None
+            case cmd.Logout(everywhere):
+                self._need_login()
+                await self._ack()  # what was shown is not kept for the next login
                 # The token is revoked on the server too: nobody logs in with it again.
-                await self._call("logout", forget=True)
+                # Everywhere: every token of the user, and every other device is closed.
+                await self._call("logout", forget=True, everywhere=everywhere)
                 self._forget_token(self._token)
                 self.known.logged_out()
                 self._credentials = None
-                self.console.show(notice("logged out"))
+                if everywhere:
+                    self.console.show(
+                        notice("logged out here and on all your other devices (they were told)")
+                    )
+                else:
+                    self.console.show(notice("logged out"))
+            case cmd.Devices():
+                self._need_login()
+                devices = decode_server_message(DevicesResult, await self._call("devices")).devices
+                self.known.devices = tuple(d.device for d in devices)
+                for line in render.device_list(devices, self.known.device):
+                    self.console.show(line)
+            case cmd.ForgetDevice(device):
+                self._need_login()
+                await self._call("forget_device", device=device)
+                self.known.devices = tuple(d for d in self.known.devices if d != device)
+                if self.tokens is not None:
+                    self.tokens.forget(str(self.target), device)
+                self.console.show(
+                    notice(
+                        "forgot the device ",
+                        ("name", render.device_name(device)),
+                        ": nothing is kept for it any more, and its logins are revoked",
+                    )
+                )
             case cmd.Who(name):
                 found = decode_server_message(
                     FoundUser, await self._call("find_user", name=name)
@@ -490,30 +638,25 @@ class App:
         )
 
     async def _login(self, name: str, password: str) -> None:
-        await self._enter({"name": name, "password": password})
+        await self._enter(self.device, {"name": name, "password": password})
         self._credentials = (name, password)
 
-    def _remembered(self) -> Remembered | None:
-        """The login kept for this server, if this run may use it."""
-        if self.tokens is None or not (self.console.interactive or self.remember):
-            return None
-        return self.tokens.get(str(self.target))
-
     async def _login_with_token(
-        self, token: str, name: str | None, *, remembered: bool = False
+        self, token: str, device: str, name: str | None, *, remembered: bool = False
     ) -> None:
-        """Log in with a session token (``remembered``: the one kept in the token file,
-        at start); one the server refuses is forgotten."""
-        reply = await self._request("login", token=token)
+        """Log in with a session token, as the device it belongs to (``remembered``: the
+        one kept in the token file, at start); one the server refuses is forgotten."""
+        async with self._ack_lock:
+            reply = await self._request("login", token=token, **_login_fields(device))
         if reply.get("type") == "ok":
             how = f"with the login remembered for {self.target} (/logout forgets it)"
-            await self._enter(reply=reply, how=how if remembered else "")
+            await self._enter(device, reply=reply, how=how if remembered else "")
             return
         who = name or (
             self.known.conversation_of and self.known.name_of(self.known.conversation_of)
         )
         if reply.get("code") == "bad_credentials":
-            self._forget_token(token)
+            self._forget_token(token, device)
             self.console.problem(
                 render.error(
                     f"the remembered login{' of ' + who if who else ''} has expired or was"
@@ -521,37 +664,51 @@ class App:
                 )
             )
         elif remembered:
+            # At start, already_online is another chat-cli here using this device.
+            hint = (
+                "if another chat-cli here uses this device, start this one with --device NAME"
+                if reply.get("code") == "already_online"
+                else "/login NAME"
+            )
             self.console.problem(
                 render.error(
                     f"the login remembered for {self.target}{f' ({who})' if who else ''} was"
-                    f" not used: {reply.get('message')}; /login NAME"
+                    f" not used: {reply.get('message')}; {hint}"
                 )
             )
         else:
             self.console.problem(render.error(f"could not log in again: {reply.get('message')}"))
 
-    def _forget_token(self, token: str | None) -> None:
-        """This run is done with ``token``: forget it, also in the token file if it is the
-        one kept there (a login made without ``--remember`` leaves the kept one alone)."""
+    def _forget_token(self, token: str | None, device: str | None = None) -> None:
+        """This run is done with ``token`` (of ``device``, by default the device of the
+        last login): forget it, also in the token file if it is the one kept there for
+        that server and device (a login made without ``--remember`` leaves the kept one
+        alone)."""
         self._token = None
         if self.tokens is None or token is None:
             return
-        kept = self.tokens.get(str(self.target))
+        server = str(self.target)
+        device = self._token_device if device is None else device
+        kept = self.tokens.get(server, device)
         if kept is not None and kept.token == token:
-            self.tokens.forget(str(self.target))
+            self.tokens.forget(server, device)
 
     async def _enter(
         self,
+        device: str,
         fields: dict[str, Any] | None = None,
         reply: dict[str, Any] | None = None,
         how: str = "",
     ) -> None:
-        """A login: by ``fields``, or the ``reply`` of one already made (``how``: said
-        after "logged in as NAME")."""
+        """A login as ``device``: by ``fields``, or the ``reply`` of one already made
+        (``how``: said after "logged in as NAME")."""
         async with self._events_lock:
             if reply is None:
                 assert fields is not None
-                reply = await self._call("login", **fields)
+                async with self._ack_lock:
+                    reply = await self._call("login", **fields, **_login_fields(device))
+            # Its events count ``seq`` from 1 again; the pump waits for this lock.
+            self._shown_seq = self._acked_seq = 0
             result = decode_server_message(LoginResult, reply)
             self.known.logged_in(result)
             # A long list was cut to fit the reply: the rest comes a page at a time.
@@ -562,8 +719,11 @@ class App:
                 for page in await self._pages("groups", GroupsPage, **after):
                     self.known.more_groups(page.groups)
             self._token = result.token
+            self._token_device = device
             if self.remember and self.tokens is not None and result.token is not None:
-                self.tokens.put(str(self.target), Remembered(result.user.name, result.token))
+                self.tokens.put(
+                    str(self.target), Remembered(result.user.name, result.token, device)
+                )
             self._offline_left = result.offline
             self._offline_done = trio.Event()
             if result.offline == 0:
@@ -746,3 +906,9 @@ class App:
 
     def _completions(self) -> None:
         self.console.completions(self.known.completions())
+
+
+def _login_fields(device: str) -> dict[str, Any]:
+    """What every login adds (protocol 1.2): acknowledged delivery, and the device;
+    the device ``""`` is a login that names none."""
+    return {"acks": True, **({"device": device} if device else {})}

@@ -23,10 +23,23 @@ import trio
 
 from .app import App, Exit
 from .connection import Target, check_url
-from .remembered import TokenFile, default_tokens_path
+from .remembered import (
+    TokenFile,
+    check_device,
+    default_device_path,
+    default_tokens_path,
+    new_device_id,
+    stable_device,
+)
 from .terminal import PipedConsole, TerminalConsole, colour_wanted, default_history_path
 
 STOP_SIGNALS = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+
+
+INSECURE_WARNING = (
+    "chat-cli: WARNING: --insecure: the server's certificate is NOT checked; anyone "
+    "between you and the server can read and change everything, your password included"
+)
 
 
 def _port(text: str) -> int:
@@ -46,6 +59,13 @@ def _url(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _device(text: str) -> str:
+    try:
+        return check_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chat-cli",
@@ -58,7 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--url",
         type=_url,
-        help="connect over WebSocket instead, e.g. ws://127.0.0.1:6080/ (overrides --host/--port)",
+        help="connect over WebSocket instead, e.g. ws://127.0.0.1:6080/ or wss://..., or "
+        "TLS over TCP with tls://HOST:PORT (overrides --host/--port)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS to --host/--port, verifying the server's certificate (a wss:// or "
+        "tls://HOST:PORT --url implies it)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        help="PEM file of the authority to trust for the server's certificate (default: "
+        "the system's certificate store)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="TLS without checking the server's certificate: anyone in between can read "
+        "and change the conversation (a warning says so)",
     )
     parser.add_argument(
         "--colour",
@@ -77,15 +115,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--remember",
         action="store_true",
-        help=f"keep the login's session token in {default_tokens_path()} (mode 0600), so the"
-        " next start logs in by itself; /logout forgets it. In a terminal a kept token is"
+        help=f"keep the login's session token in {default_tokens_path()} (mode 0600, one per"
+        " server and device), so the next start logs in by itself; /logout forgets it. In a"
+        " terminal a kept token is"
         " always used; with commands piped in, only with --remember",
+    )
+    parser.add_argument(
+        "--device",
+        type=_device,
+        help="the name this client logs in as, among your devices (default: a random id made"
+        f" once and kept in {default_device_path()}); give a second chat-cli on this machine"
+        " another one",
     )
     return parser
 
 
+def choose_device(chosen: str | None) -> str:
+    """``--device``, or this machine's stable id; a fresh one for this run (with a
+    warning) if none can be kept."""
+    if chosen is not None:
+        return chosen
+    path = default_device_path()
+    try:
+        return stable_device(path)
+    except OSError as exc:
+        device = new_device_id()
+        print(
+            f"chat-cli: cannot keep a device id in {path} ({exc.strerror or exc});"
+            f" this run is the device {device}",
+            file=sys.stderr,
+        )
+        return device
+
+
 async def _run(
-    target: Target, console: TerminalConsole | PipedConsole, remember: bool = False
+    target: Target,
+    console: TerminalConsole | PipedConsole,
+    remember: bool,
+    device: str,
+    device_chosen: bool,
 ) -> int:
     """Run the app; SIGTERM or SIGHUP (the terminal closed) end it like /quit.
 
@@ -105,7 +173,15 @@ async def _run(
 
                 nursery.start_soon(stop_on_signal)
                 tokens = TokenFile(default_tokens_path())
-                status = await App(target, console, tokens, remember=remember).run()
+                app = App(
+                    target,
+                    console,
+                    tokens,
+                    remember=remember,
+                    device=device,
+                    device_chosen=device_chosen,
+                )
+                status = await app.run()
                 nursery.cancel_scope.cancel()
     return status
 
@@ -118,7 +194,9 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    target = Target(args.host, args.port, args.url)
+    target = Target(args.host, args.port, args.url, args.tls, args.ca_file, args.insecure)
+    if args.insecure:
+        print(INSECURE_WARNING, file=sys.stderr)
     choice = {"always": True, "never": False}.get(args.colour)
     colour = colour_wanted(sys.stdout, choice)
     console: TerminalConsole | PipedConsole
@@ -128,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         console = PipedConsole(colour=colour)
     try:
-        return trio.run(_run, target, console, args.remember)
+        device = choose_device(args.device)
+        return trio.run(_run, target, console, args.remember, device, args.device is not None)
     except BaseException as exc:  # the last line of defence: a message, never a traceback
         leaves = _leaves(exc)
         if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):

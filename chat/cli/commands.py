@@ -29,7 +29,18 @@ class Login:
 
 @attrs.frozen
 class Logout:
+    everywhere: bool = False
+    """``/logout everywhere``: every other device of the user too, and every token."""
+
+
+@attrs.frozen
+class Devices:
     pass
+
+
+@attrs.frozen
+class ForgetDevice:
+    device: str
 
 
 @attrs.frozen
@@ -129,6 +140,8 @@ Command = (
     Register
     | Login
     | Logout
+    | Devices
+    | ForgetDevice
     | Who
     | Friend
     | Friends
@@ -151,7 +164,9 @@ Command = (
 USAGE: dict[str, str] = {
     "/register": "/register NAME [PASSWORD]",
     "/login": "/login NAME [PASSWORD]",
-    "/logout": "/logout",
+    "/logout": "/logout [everywhere]",
+    "/devices": "/devices",
+    "/forget-device": "/forget-device NAME",
     "/who": "/who NAME",
     "/friend": "/friend NAME",
     "/friends": "/friends",
@@ -170,12 +185,17 @@ USAGE: dict[str, str] = {
 }
 COMMAND_NAMES = tuple(USAGE)
 GROUP_ACTIONS = ("create", "join")
+LOGOUT_OPTIONS = ("everywhere",)
 
 HELP = """\
 Commands (arguments with spaces go in quotes: /msg "Ada L" hi):
   /register NAME [PASSWORD]   create an account (the password is asked for if left out)
   /login NAME [PASSWORD]      log in; messages that waited for you are shown, marked (offline)
   /logout                     log out and stay connected
+  /logout everywhere          log out here and on all your other devices (each is told)
+  /devices                    where you are logged in: each device, online or when last seen
+  /forget-device NAME         drop a device that is not logged in: what was kept for it,
+                              and its remembered logins ("" is the device of old clients)
   /who NAME                   look a user up: id and whether they are online
   /friend NAME                add a friend (friendship is mutual)
   /friends                    your friends and who of them is online (kept up to date:
@@ -196,7 +216,8 @@ Commands (arguments with spaces go in quotes: /msg "Ada L" hi):
                               (default: where your last /msg or /g went)
   /help                       this text
   /quit                       leave (Ctrl-D works too)
-Tab completes commands, friends' names and group names."""
+Tab completes commands, friends' names, group names and device names (after /devices).
+What you send from another of your devices shows here as "you (on another device)"."""
 
 
 def split_args(rest: str, count: int) -> tuple[list[str], str]:
@@ -278,8 +299,19 @@ def _login(rest: str) -> Command:
 
 
 def _logout(rest: str) -> Command:
+    words, extra = split_args(rest, 1)
+    if extra or (words and words[0].lower() not in LOGOUT_OPTIONS):
+        raise UsageError(f"unexpected {rest.strip()!r}")
+    return Logout(everywhere=bool(words))
+
+
+def _devices(rest: str) -> Command:
     _nothing(rest)
-    return Logout()
+    return Devices()
+
+
+def _forget_device(rest: str) -> Command:
+    return ForgetDevice(*_exactly(rest, 1, "NAME"))
 
 
 def _who(rest: str) -> Command:
@@ -399,6 +431,8 @@ _PARSERS = {
     "/register": _register,
     "/login": _login,
     "/logout": _logout,
+    "/devices": _devices,
+    "/forget-device": _forget_device,
     "/who": _who,
     "/friend": _friend,
     "/friends": _friends,

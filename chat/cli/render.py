@@ -14,6 +14,7 @@ import unicodedata
 from collections.abc import Iterable
 
 from chat.protocol.messages import (
+    DeviceInfo,
     GroupMessageEvent,
     Member,
     MessageEvent,
@@ -22,6 +23,7 @@ from chat.protocol.messages import (
     UserRef,
 )
 
+from .commands import quote
 from .state import Group, Known
 
 Fragment = tuple[str, str]
@@ -92,11 +94,34 @@ def _fragments(parts: Iterable[str | Fragment]) -> list[Fragment]:
     return [("", part) if isinstance(part, str) else part for part in parts]
 
 
+ANOTHER_DEVICE = "you (on another device)"
+
+
+def own_copy(event: MessageEvent | GroupMessageEvent, known: Known) -> bool:
+    """A message this user sent from another of its devices (protocol 1.2): a group
+    message from oneself, or a direct one from oneself to someone else (one sent to
+    oneself is an ordinary message, as in version 1)."""
+    me = known.me
+    if me is None or event.from_.id != me.id:
+        return False
+    return isinstance(event, GroupMessageEvent) or event.to != me.id
+
+
 def incoming(event: MessageEvent | GroupMessageEvent, known: Known) -> Line:
-    """A message someone sent: time, ``(offline)`` if it waited, ``[group]``, sender, text."""
+    """A message someone sent: time, ``(offline)`` if it waited, ``[group]``, sender, text.
+    What the user sent from another device reads like what it sent from here, marked."""
     line: list[Fragment] = [("time", clock(event.ts) + " ")]
     if event.offline:
         line.append(("offline", "(offline) "))
+    if own_copy(event, known):
+        if isinstance(event, GroupMessageEvent):
+            line.append(("group", f"[{clean(known.group_name(event.group_id))}] "))
+            line += [("me", ANOTHER_DEVICE), ("", ": " + clean(event.text))]
+        else:
+            to = known.name_of(event.to) or f"#{event.to}"
+            line += [("me", ANOTHER_DEVICE), ("", " -> "), ("name", clean(to))]
+            line.append(("", ": " + clean(event.text)))
+        return tuple(line)
     if isinstance(event, GroupMessageEvent):
         line.append(("group", f"[{clean(known.group_name(event.group_id))}] "))
     mine = known.me is not None and event.from_.id == known.me.id
@@ -132,6 +157,35 @@ def presence_change(event: PresenceEvent) -> Line:
     """``* alice is online`` / ``* alice went offline``."""
     change = ("online", "is online") if event.online else ("away", "went offline")
     return notice(("name", clean(event.user.name)), " ", change)
+
+
+def device_name(name: str) -> str:
+    """A device as it is typed after ``/forget-device``: quoted when it must be
+    (``""`` is the device of clients that name none)."""
+    return clean(quote(name))
+
+
+def device_list(devices: Iterable[DeviceInfo], current: str | None) -> list[Line]:
+    """``/devices``: this one first, then the others online, then by when last seen."""
+    ordered = sorted(
+        devices, key=lambda d: (d.device != current, not d.online, -d.last_seen, d.device)
+    )
+    if not ordered:
+        return [notice("no devices known")]
+    online = sum(d.online for d in ordered)
+    lines = [notice(f"{count(len(ordered), 'device')}, {online} online:")]
+    width = max(len(device_name(d.device)) for d in ordered)
+    for device in ordered:
+        line: list[Fragment] = [("", "  "), ("name", device_name(device.device).ljust(width))]
+        line.append(("", "  "))
+        if device.online:
+            line.append(("online", "online"))
+        else:
+            line += [("away", "offline"), ("", ", last seen " + clock(device.last_seen))]
+        if device.device == current:
+            line.append(("me", "  (this one)"))
+        lines.append(tuple(line))
+    return lines
 
 
 def person(user: UserPresence, known: Known) -> Line:

@@ -20,6 +20,8 @@ from chat.server.importing import ImportRefused, import_plan, read_plan
 from chat.server.settings import (
     ADDRESS_LOGINS_PER_MINUTE,
     DB_TIMEOUT_SECONDS,
+    FANOUT_BURST,
+    FANOUT_RATE,
     HASH_QUEUE,
     LOGIN_TIMEOUT_SECONDS,
     MAX_CONNECTIONS,
@@ -94,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("legacy_port", None),
         help="port for clients of the original C++ chat server (its numbered JSON "
         "messages, docs/legacy.md; default: off)",
+    )
+    serve.add_argument(
+        "--tls-cert",
+        default=_env("tls_cert", None),
+        help="PEM certificate (its chain after it) for TLS on --port and --ws-port, with "
+        "--tls-key; reloaded on SIGHUP. --legacy-port stays plain text (default: no TLS)",
+    )
+    serve.add_argument(
+        "--tls-key",
+        default=_env("tls_key", None),
+        help="PEM private key of --tls-cert",
     )
     _database_flag(serve)
     serve.add_argument(
@@ -204,6 +217,20 @@ def _operations_flags(serve: argparse.ArgumentParser) -> None:
         type=_count,
         default=_env("request_burst", str(REQUEST_BURST)),
         help=f"requests one connection may send at once (default {REQUEST_BURST})",
+    )
+    serve.add_argument(
+        "--fanout-rate",
+        type=float,
+        default=_env("fanout_rate", str(FANOUT_RATE)),
+        help="deliveries per second one user's sends may cause on a node, on average (a "
+        "one-to-one message counts 1, a group message the other members; default "
+        f"{FANOUT_RATE:g}; 0: no limit)",
+    )
+    serve.add_argument(
+        "--fanout-burst",
+        type=_count,
+        default=_env("fanout_burst", str(FANOUT_BURST)),
+        help=f"deliveries one user's sends may cause at once (default {FANOUT_BURST})",
     )
     serve.add_argument(
         "--db-timeout",
@@ -327,9 +354,11 @@ async def serve(
     # A bad URL or prefix fails first, before the database is touched.
     broker = make_broker(redis_url, settings.node_id, lease_seconds, redis_prefix)
     store = await trio.to_thread.run_sync(open_store, database_url)
-    node = Node(settings, store, broker)
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            # The certificate is read here: a SIGHUP from now on is a reload (one before
+            # was ignored, see main, and these files are the renewed ones anyway).
+            node = Node(settings, store, broker)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, node, nursery.cancel_scope)
                 nursery.start_soon(watch_parent, node.stop)  # a --workers worker only
@@ -346,7 +375,10 @@ async def serve(
 async def _stop_on_signal(signals: AsyncIterator[int], node: Node, scope: trio.CancelScope) -> None:
     first = True
     async for signum in signals:
-        if first:
+        if signum == signal.SIGHUP:
+            log.info("SIGHUP: reloading the TLS certificate")
+            await node.reload_certificates()
+        elif first:
             log.info("%s: stopping gracefully (again to stop at once)", signal.Signals(signum).name)
             node.stop()
             first = False
@@ -369,8 +401,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("database %s is up to date", store.dialect.describe())
         return 0
 
+    # SIGHUP means "reload the certificate" once serve (or the --workers parent) listens
+    # for it; until then its default action would end the process (a renewal hook firing
+    # while a node starts), so it is ignored. Workers inherit the ignoring across exec,
+    # so they are covered from their first instruction.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     node_id = args.node_id or f"{socket.gethostname()}-{args.port}"
     configure_logging(args.log_level, node_id, args.log_format)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        log.error("--tls-cert and --tls-key go together: give both, or neither")
+        return 2
     if args.workers > 1:
         return _run_workers(args, node_id)
     settings = Settings(
@@ -386,10 +426,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         hash_queue=args.hash_queue,
         request_rate=args.request_rate,
         request_burst=args.request_burst,
+        fanout_rate=args.fanout_rate,
+        fanout_burst=args.fanout_burst,
         db_timeout_seconds=args.db_timeout,
         login_timeout_seconds=args.login_timeout,
         max_connections=args.max_connections,
         proxy_protocol=args.proxy_protocol,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     try:
         trio.run(serve, settings, args.database, args.redis, args.lease_seconds, args.redis_prefix)
@@ -512,10 +556,13 @@ def _run_workers(args: argparse.Namespace, node_id: str) -> int:
         argv += ["--address-logins-per-minute", str(args.address_logins_per_minute)]
         argv += ["--hash-queue", str(args.hash_queue), "--request-rate", str(args.request_rate)]
         argv += ["--request-burst", str(args.request_burst), "--db-timeout", str(args.db_timeout)]
+        argv += ["--fanout-rate", str(args.fanout_rate), "--fanout-burst", str(args.fanout_burst)]
         argv += ["--login-timeout", str(args.login_timeout)]
         argv += ["--max-connections", str(args.max_connections), "--log-format", args.log_format]
         if args.proxy_protocol:
             argv.append("--proxy-protocol")
+        if args.tls_cert is not None:
+            argv += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
         return argv
 
     log.info("starting %d workers on port %d", args.workers, port)

@@ -45,11 +45,16 @@ class Completions:
     friends: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
 
 
 @attrs.define
 class Known:
     me: UserRef | None = None
+    device: str | None = None
+    """The device of this login (protocol 1.2; ``""`` for a login that named none)."""
+    devices: tuple[str, ...] = ()
+    """The user's device names, as the last ``/devices`` listed them (for completion)."""
     friends: dict[int, UserPresence] = attrs.Factory(dict)
     groups: dict[int, Group] = attrs.Factory(dict)
     names: dict[str, int] = attrs.Factory(dict)
@@ -69,8 +74,10 @@ class Known:
     def logged_in(self, result: LoginResult) -> None:
         if self.conversation_of != result.user.id:
             self.conversation = None
+            self.devices = ()
         self.conversation_of = result.user.id
         self.me = result.user
+        self.device = result.device
         self.learn(result.user.id, result.user.name)
         self.friends = {friend.id: friend for friend in result.friends}
         self.groups = {
@@ -86,6 +93,8 @@ class Known:
     def logged_out(self) -> None:
         """Forget what belonged to the session; names and ids stay true and stay cached."""
         self.me = None
+        self.device = None
+        self.devices = ()
         self.friends = {}
         self.groups = {}
         self.conversation = None
@@ -95,6 +104,7 @@ class Known:
         """Nobody is logged in on the next connection (yet); if the same user logs in
         again there, lines without ``/`` keep going where they went."""
         self.me = None
+        self.device = None
 
     def befriended(self, friend: UserPresence) -> None:
         self.friends[friend.id] = friend
@@ -155,4 +165,5 @@ class Known:
         friends = sorted((f.name for f in self.friends.values()), key=str.casefold)
         others = sorted((n for n in self.names if n not in friends), key=str.casefold)
         groups = sorted((g.name for g in self.groups.values()), key=str.casefold)
-        return Completions(tuple(friends), tuple(others), tuple(groups))
+        devices = sorted((d for d in self.devices if d != self.device), key=str.casefold)
+        return Completions(tuple(friends), tuple(others), tuple(groups), tuple(devices))

@@ -51,7 +51,7 @@ from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input.typeahead import get_typeahead, store_typeahead
 from prompt_toolkit.key_binding import KeyPress
 
-from .commands import COMMAND_NAMES, GROUP_ACTIONS, quote, without_secret
+from .commands import COMMAND_NAMES, GROUP_ACTIONS, LOGOUT_OPTIONS, quote, without_secret
 from .render import Line, clean, to_text
 from .state import Completions
 
@@ -442,7 +442,8 @@ def _history(path: Path | None) -> History:
 
 
 class ChatCompleter(Completer):
-    """Tab: command names, then friends' names, other known names, or group names."""
+    """Tab: command names, then friends' names, other known names, group names, or the
+    names of your other devices (as ``/devices`` last listed them)."""
 
     def __init__(self) -> None:
         self.snapshot = Completions()
@@ -491,6 +492,10 @@ def _candidates(head: str, index: int, snapshot: Completions) -> list[tuple[str,
         return [(name, "group") for name in snapshot.groups]
     if head == "/group":
         return [(action, "") for action in GROUP_ACTIONS]
+    if head == "/logout":
+        return [(option, "") for option in LOGOUT_OPTIONS]
+    if head == "/forget-device":
+        return [(name, "device") for name in snapshot.devices]
     return []
 
 

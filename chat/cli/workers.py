@@ -16,6 +16,9 @@ The parent only supervises:
 - SIGINT or SIGTERM to the parent is passed to every worker (each stops
   gracefully, releasing its users); once they have all exited the parent exits
   0. A second signal kills them at once.
+- SIGHUP to the parent (reload the TLS certificate) is passed to every worker
+  that is ready; to one still starting once it is ready (before, it would die
+  of it).
 - every worker holds the read end of a *lifeline* pipe whose only write end is
   the parent's: if the parent dies (even by ``kill -9``), the workers read EOF
   and stop gracefully, so nothing is left running. (``PR_SET_PDEATHSIG`` would
@@ -105,6 +108,10 @@ class _Worker:
     process: trio.Process | None = None
     ready: trio.Event = attrs.field(factory=trio.Event)
     """Set once this worker has been ready at least once."""
+    listening: bool = False
+    """Its current process said it is ready (it handles SIGHUP from then on)."""
+    hangup_pending: bool = False
+    """A SIGHUP came while its current process was starting: passed on once it is ready."""
 
 
 class Supervisor:
@@ -127,6 +134,7 @@ class Supervisor:
                     for worker in self.workers:
                         nursery.start_soon(self._keep_running, worker, nursery.cancel_scope)
                     nursery.start_soon(self._report_ready)
+                    nursery.start_soon(self._pass_on_sighup)
                     async for signum in signals:
                         log.info(
                             "%s: stopping %d workers gracefully (again to stop at once)",
@@ -170,6 +178,22 @@ class Supervisor:
                 self._signal_all(signal.SIGKILL)
             nursery.cancel_scope.cancel()
 
+    async def _pass_on_sighup(self) -> None:
+        """SIGHUP (reload the TLS certificate) goes to every worker; to one still
+        starting only once it is ready: until it listens for SIGHUP, the signal's
+        default action would end it (a handler set in the parent does not survive
+        exec), and a worker that has not read its certificate yet reads the new one."""
+        with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+            async for _ in hangups:
+                log.info("SIGHUP: passing it on to %d workers", len(self.workers))
+                for worker in self.workers:
+                    if worker.process is None or worker.process.returncode is not None:
+                        continue
+                    if worker.listening:
+                        worker.process.send_signal(signal.SIGHUP)
+                    else:
+                        worker.hangup_pending = True
+
     def _signal_all(self, signum: int) -> None:
         for worker in self.workers:
             if worker.process is not None and worker.process.returncode is None:
@@ -183,6 +207,7 @@ class Supervisor:
     async def _keep_running(self, worker: _Worker, everything: trio.CancelScope) -> None:
         delay = RESTART_DELAY_FIRST
         while not self._stopping.is_set():
+            worker.listening = worker.hangup_pending = False
             read_end, write_end = os.pipe()
             try:
                 process = await trio.lowlevel.open_process(
@@ -206,6 +231,10 @@ class Supervisor:
             started = trio.current_time()
             if await _wait_ready(read_end, process):
                 worker.ready.set()
+                worker.listening = True
+                if worker.hangup_pending and process.returncode is None:
+                    worker.hangup_pending = False
+                    process.send_signal(signal.SIGHUP)
             status = await process.wait()
             if self._stopping.is_set():
                 return

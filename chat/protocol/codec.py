@@ -26,9 +26,12 @@ from .errors import ErrorCode, RequestError
 from .messages import (
     HISTORY_LIMIT_MAX,
     REQUEST_TYPES,
+    AckSeq,
     ClientMessageId,
     DeliveredEvent,
     Description,
+    DeviceName,
+    DeviceRef,
     Error,
     Event,
     Flag,
@@ -36,6 +39,7 @@ from .messages import (
     FriendRemovedEvent,
     GroupDetail,
     GroupId,
+    GroupJoinedEvent,
     GroupListLimit,
     GroupMessageEvent,
     History,
@@ -43,6 +47,7 @@ from .messages import (
     HistoryGroup,
     HistoryLimit,
     ListLimit,
+    LoggedOutEvent,
     LoginResult,
     LookupName,
     MessageEvent,
@@ -142,6 +147,21 @@ def _name(value: object) -> str:
     if text[0] in WHITE_SPACE or text[-1] in WHITE_SPACE:
         raise ValueError("must not begin or end with white space")
     return text
+
+
+def _device(low: int) -> Callable[[object], str]:
+    """A device name (protocol 1.2): up to 64 code points, no control characters."""
+
+    def check(value: object) -> str:
+        text = _string(value)
+        if not low <= len(text) <= 64:
+            raise ValueError(f"must be {low} to 64 characters long, not {len(text)}")
+        for char in text:
+            if unicodedata.category(char) == "Cc":
+                raise ValueError(f"must not contain control characters (found U+{ord(char):04X})")
+        return text
+
+    return check
 
 
 _password = _bounded_string(1, 1024)
@@ -252,6 +272,9 @@ def _configure_converter(converter: cattrs.Converter) -> None:
         HistoryLimit: _bounded_int(1, HISTORY_LIMIT_MAX),
         Token: _string,
         Flag: _flag,
+        DeviceName: _device(1),
+        DeviceRef: _device(0),
+        AckSeq: _bounded_int(1, RID_RANGE[1]),
     }
     for kind, check in strict.items():
         converter.register_structure_hook(kind, _hook(check))
@@ -479,6 +502,14 @@ def encode_event(event: Event) -> bytes:
     return dumps(out)
 
 
+def with_seq(payload: bytes, seq: int) -> bytes:
+    """An encoded event with ``seq`` added (an ``acks`` connection, protocol 1.2): the
+    bytes encoded once for every recipient, with the field spliced in before the
+    closing brace, instead of encoding the event again per connection."""
+    assert payload.endswith(b"}")
+    return b'%s,"seq":%d}' % (payload[:-1], seq)
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
@@ -487,6 +518,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         FriendAddedEvent,
         FriendRemovedEvent,
         PresenceEvent,
+        LoggedOutEvent,
+        GroupJoinedEvent,
     )
 }
 
@@ -582,4 +615,5 @@ __all__ = [
     "parse_object",
     "request_from_object",
     "unstructure",
+    "with_seq",
 ]

@@ -1,4 +1,4 @@
-"""Error codes of protocol v1 and 1.1, and the exception that carries one to the reply."""
+"""Error codes of protocol v1, 1.1 and 1.2, and the exception that carries one to the reply."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ class ErrorCode(StrEnum):
     NOT_BLOCKED = "not_blocked"
     BLOCKED = "blocked"
     RATE_LIMITED = "rate_limited"
+    # version 1.2: devices and acknowledged delivery
+    NO_SUCH_DEVICE = "no_such_device"
+    ACK_TIMEOUT = "ack_timeout"
     # extension: the server could not do it now (the database or broker is unreachable);
     # nothing was changed and the client may retry.
     UNAVAILABLE = "unavailable"

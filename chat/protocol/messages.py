@@ -28,6 +28,9 @@ Position = NewType("Position", int)  # a place among message ids: 0 or any posit
 HistoryLimit = NewType("HistoryLimit", int)  # 1-200
 Token = NewType("Token", str)  # any string: a login attempt is checked, not validated
 Flag = NewType("Flag", bool)  # a JSON boolean, never a number or a string
+DeviceName = NewType("DeviceName", str)  # 1-64 code points, no control characters (login)
+DeviceRef = NewType("DeviceRef", str)  # 0-64 code points, no control characters ("" too)
+AckSeq = NewType("AckSeq", int)  # a positive integer that fits in 64 bits
 
 HISTORY_LIMIT_DEFAULT = 50
 HISTORY_LIMIT_MAX = 200
@@ -53,21 +56,48 @@ class Register:
 @attrs.frozen
 class Login:
     """Log in by ``name`` or by ``id`` (exactly one of them) with ``password``, or by
-    ``token`` alone (protocol 1.1); the codec checks which combination was sent."""
+    ``token`` alone (protocol 1.1); the codec checks which combination was sent.
+    ``device`` names the client's device (protocol 1.2; None: the device ``""``), and
+    ``acks`` asks for acknowledged delivery."""
 
     TYPE: ClassVar[str] = "login"
     password: Secret | None = None
     name: LookupName | None = None
     id: UserId | None = None
     token: Token | None = None
+    device: DeviceName | None = None
+    acks: Flag = Flag(False)
 
 
 @attrs.frozen
 class Logout:
-    """``forget``: also revoke the token this connection's login used or received."""
+    """``forget``: also revoke the token this connection's login used or received;
+    ``everywhere`` (1.2): log out every other device of the user and revoke every token."""
 
     TYPE: ClassVar[str] = "logout"
     forget: Flag = Flag(False)
+    everywhere: Flag = Flag(False)
+
+
+@attrs.frozen
+class Ack:
+    """Every event of this connection with ``seq`` up to this one was received (1.2)."""
+
+    TYPE: ClassVar[str] = "ack"
+    seq: AckSeq
+
+
+@attrs.frozen
+class ListDevices:
+    """``devices``: the user's known devices (1.2)."""
+
+    TYPE: ClassVar[str] = "devices"
+
+
+@attrs.frozen
+class ForgetDevice:
+    TYPE: ClassVar[str] = "forget_device"
+    device: DeviceRef
 
 
 @attrs.frozen
@@ -207,6 +237,9 @@ Request = (
     | ListGroups
     | ListMembers
     | History
+    | Ack
+    | ListDevices
+    | ForgetDevice
 )
 
 REQUEST_TYPES: dict[str, type[Request]] = {
@@ -224,6 +257,9 @@ REQUEST_TYPES: dict[str, type[Request]] = {
         GroupSend,
         *CONTACT_REQUESTS,
         History,
+        Ack,
+        ListDevices,
+        ForgetDevice,
     )
 }
 
@@ -311,6 +347,8 @@ class LoginResult:
     token: str | None = None
     """The session token (protocol 1.1); set by the login handler after the cut, for
     which ``chat.server.handlers.login_view`` keeps room."""
+    device: str | None = None
+    """The device name (protocol 1.2; ``""`` included), set by the login handler."""
 
 
 @attrs.frozen
@@ -395,6 +433,18 @@ class HistoryResult:
     more: bool
 
 
+@attrs.frozen
+class DeviceInfo:
+    device: str
+    online: bool
+    last_seen: int
+
+
+@attrs.frozen
+class DevicesResult:
+    devices: list[DeviceInfo]
+
+
 Result = (
     Empty
     | UserResult
@@ -409,6 +459,7 @@ Result = (
     | MembersPage
     | BlockedPage
     | HistoryResult
+    | DevicesResult
 )
 
 
@@ -474,6 +525,33 @@ class PresenceEvent:
     online: bool
 
 
-Event = MessageEvent | GroupMessageEvent | FriendAddedEvent | FriendRemovedEvent | PresenceEvent
+@attrs.frozen
+class LoggedOutEvent:
+    """This device was logged out by another (``logout`` with ``everywhere``), just
+    before its connection is closed (protocol 1.2)."""
+
+    TYPE: ClassVar[str] = "logged_out"
+    reason: str
+
+
+@attrs.frozen
+class GroupJoinedEvent:
+    """The user joined or created a group on another of its devices (an extension:
+    other devices learn of it without asking; they get its messages from then on)."""
+
+    TYPE: ClassVar[str] = "group_joined"
+    group: GroupInfo
+    role: Role
+
+
+Event = (
+    MessageEvent
+    | GroupMessageEvent
+    | FriendAddedEvent
+    | FriendRemovedEvent
+    | PresenceEvent
+    | LoggedOutEvent
+    | GroupJoinedEvent
+)
 DeliveredEvent = MessageEvent | GroupMessageEvent
 """A stored message, as its recipients get it."""

@@ -3,9 +3,12 @@
 The connection knows nothing of users or the store. What it writes are
 ``Outgoing`` frames, already encoded with the connection's codec (so a
 second wire protocol plugs in as another codec); a frame that carries a
-``Receipt`` is a kept message, and the connection's ``WriteHooks`` (the user
-session) decide whether such frames may be written now and are told, after
-each write, exactly which of them left.
+``Mark`` (a position of a stream: a kept message) or a ``seq`` is delivery's,
+and the connection's ``WriteHooks`` (the user session) decide whether such
+frames may be written now and are told, after each write, exactly which of
+them left. A frame with no bytes is written as nothing at all: it counts as
+written once every frame queued before it was (delivery uses it to pass a
+position without an event).
 
 The writer is the only task that writes to the stream. It drains a bounded
 outbox and joins queued frames into one write, up to ``write_batch_bytes``. A
@@ -30,28 +33,21 @@ import trio
 from chat.protocol import Codec
 from chat.transports import MessageStream, StreamClosed
 
+from .delivery import Mark
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 @attrs.frozen
-class Receipt:
-    """Which kept message a frame is: once written, ``(user_id, message_id)`` may be
-    forgotten. ``generation`` is the user session's, when it was queued."""
-
-    user_id: int
-    message_id: int
-    generation: int = 0
-    stored_ms: int = 0
-    """The message's ``ts`` (for the stored-to-written histogram); 0: unknown."""
-
-
-@attrs.frozen
 class Outgoing:
     payload: bytes
-    receipt: Receipt | None = None
-    """Set for a kept message."""
+    mark: Mark | None = None
+    """Set for a kept message (or a passed position): once written, the device has it."""
+    seq: int = 0
+    """Its ``seq`` on an ``acks`` connection (0: none)."""
+    stored_ms: int = 0
+    """A kept message's ``ts`` (for the stored-to-written histogram); 0: unknown."""
 
 
 @attrs.frozen
@@ -121,6 +117,11 @@ class Connection:
         await trio.lowlevel.checkpoint()  # raises Cancelled: the connection is over
         return False
 
+    def has_room(self) -> bool:
+        """The outbox takes one more frame without waiting."""
+        stats = self._outbox.statistics()
+        return stats.current_buffer_used < stats.max_buffer_size
+
     def queue_nowait(self, item: Outgoing | Nudge) -> bool:
         """Queue without waiting; False if the outbox is full or closed."""
         try:
@@ -173,18 +174,19 @@ class Connection:
                     items.append(item)
                     size += len(item.payload) if isinstance(item, Outgoing) else 0
                 outgoing = self.hooks.writable([i for i in items if isinstance(i, Outgoing)])
+                payloads = [item.payload for item in outgoing if item.payload]
                 before = self.stream.frames_sent
                 try:
-                    if outgoing:
+                    if payloads:
                         self._write_started = trio.current_time()
-                        await self.stream.send([item.payload for item in outgoing])
+                        await self.stream.send(payloads)
                 except StreamClosed:
                     self.abort("connection lost while writing")
                     return
                 finally:
                     self._write_started = None
-                    # Also when cancelled or cut off halfway: what left is not kept any more.
-                    self.hooks.written(outgoing[: self.stream.frames_sent - before])
+                    # Also when cancelled or cut off halfway: exactly what left is had.
+                    self.hooks.written(_left(outgoing, self.stream.frames_sent - before))
                 for item in items:
                     if isinstance(item, Flush):
                         item.done.set()
@@ -205,3 +207,15 @@ class Connection:
                 return
             if isinstance(item, Flush):
                 item.done.set()
+
+
+def _left(outgoing: Sequence[Outgoing], sent: int) -> Sequence[Outgoing]:
+    """The frames of ``outgoing`` that left when ``sent`` of its non-empty ones did: an
+    empty frame left once every frame before it did."""
+    count = 0
+    for index, item in enumerate(outgoing):
+        if item.payload:
+            if count == sent:
+                return outgoing[:index]
+            count += 1
+    return outgoing

@@ -104,7 +104,7 @@ class Metrics:
         # Labels known in advance show as 0 from the start: a rate() needs a first sample.
         for limit in ("password", "address", "hashing", "connection", "add_friend"):
             self.rate_limited.labels(limit)
-        for reason in ("max_connections", "proxy_header"):
+        for reason in ("max_connections", "proxy_header", "tls_handshake"):
             self.connections_refused.labels(reason)
         for kind in ("direct", "group"):
             self.messages_stored.labels(kind)
@@ -136,15 +136,13 @@ class Metrics:
         return generate_latest(self.registry)
 
     def delivered(self, outgoing: Sequence[Outgoing]) -> None:
-        """Kept messages that were just written (a ``WriteHooks.written`` batch)."""
+        """Messages that were just written (a ``WriteHooks.written`` batch)."""
         now_ms = time.time() * 1000
         count = 0
         for item in outgoing:
-            receipt = item.receipt
-            if receipt is not None:
+            if item.stored_ms:
                 count += 1
-                if receipt.stored_ms:
-                    self.delivery_seconds.observe(max(0.0, now_ms - receipt.stored_ms) / 1000)
+                self.delivery_seconds.observe(max(0.0, now_ms - item.stored_ms) / 1000)
         if count:
             self.deliveries.inc(count)
 

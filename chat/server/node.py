@@ -6,7 +6,7 @@ Task tree::
     ├── broker.run            (notices from other nodes -> Router.on_notice;
     │                          presence changes -> PresenceAnnouncer.changed)
     ├── presence.run          (presence changes -> the friends' events, in batches)
-    ├── deletions.run         (written kept messages, deleted in batches)
+    ├── positions.run         (devices' positions, stored in batches)
     ├── relay.run             (wake-ups and events for other nodes, in batches)
     ├── watchdog              (ends connections whose write is overdue, or that
     │                          did not log in within the login timeout)
@@ -38,7 +38,9 @@ import logging
 from collections import Counter
 from contextlib import suppress
 from functools import partial
+from typing import Literal
 
+import attrs
 import trio
 
 from chat.broker import Broker, Notice, PresenceChange
@@ -52,19 +54,22 @@ from chat.transports import (
     StreamClosed,
     WebSocketStream,
     enable_keepalive,
-    serve_websocket,
+    serve_websocket_stream,
 )
 from chat.transports.legacy import LegacyStream
 from chat.transports.proxy import HEADER_TIMEOUT as PROXY_HEADER_TIMEOUT
 from chat.transports.proxy import ProxiedPeer, ProxyHeaderError, read_proxy_header
 from chat.transports.tcp import format_peer, peer_address, peer_name
+from chat.transports.tls import Certificates, Prefixed
+from chat.transports.tls import handshake as tls_handshake
 
-from .deletions import Deletions
+from .fanout import FanoutBudget
 from .health import Health
 from .http import HttpEndpoint
 from .listeners import bound_ports, open_listeners
 from .metrics import StateCollector
 from .passwords import PasswordHasher
+from .positions import Positions
 from .presence import PresenceAnnouncer
 from .router import Router
 from .services import Services
@@ -72,6 +77,15 @@ from .session import Session
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Listener:
+    """One kind of listening port: what the pipeline does with its connections."""
+
+    kind: Literal["tcp", "websocket", "legacy"]
+    port: int
+    tls: bool
 
 
 class Node:
@@ -84,7 +98,8 @@ class Node:
             broker=broker,
             router=self.router,
             hasher=PasswordHasher(settings.hash_concurrency, settings.hash_queue),
-            deletions=Deletions(store),
+            positions=Positions(store),
+            fanout=FanoutBudget(settings.fanout_rate, settings.fanout_burst),
         )
         store.pool.timeout = settings.db_timeout_seconds
         metrics = self.services.metrics
@@ -117,6 +132,12 @@ class Node:
         """The legacy protocol's ports actually listened on; empty when it is off."""
         self.http_ports: list[int] = []
         """The HTTP (metrics, health) ports actually listened on; empty when off."""
+        self.certificates = (
+            Certificates(settings.tls_cert, settings.tls_key)
+            if settings.tls_cert is not None and settings.tls_key is not None
+            else None
+        )
+        """The TLS certificate of the TCP and WebSocket listeners; None: plain text."""
 
     def stop(self) -> None:
         """Begin a graceful shutdown; ``run`` returns once it is done."""
@@ -128,47 +149,36 @@ class Node:
         async with trio.open_nursery() as services:
             await services.start(self.presence.run)
             await services.start(self.services.broker.run, self._on_notice)
-            await services.start(self.services.deletions.run)
+            await services.start(self.services.positions.run)
             await services.start(self.router.relay.run)
             services.start_soon(self._watch_writes)
             await services.start(self.health.run)
             await self._start_http(services)
-            listeners = await open_listeners(
-                settings.port, settings.host, reuse_port=settings.reuse_port
-            )
-            self.ports = bound_ports(listeners)
-            ws_listeners = await self._open_ws_listeners(listeners)
-            legacy_listeners = await self._open_legacy_listeners([*listeners, *ws_listeners])
+            opened = await self._open_listeners()
             async with trio.open_nursery() as connections:
-                accepting = trio.CancelScope()
-                connections.start_soon(self._accept, listeners, connections, accepting)
-                ws_accepting = trio.CancelScope()
-                if ws_listeners:
-                    connections.start_soon(
-                        self._accept_websocket, ws_listeners, connections, ws_accepting
-                    )
-                    log.info("node %s: WebSocket on port %s", settings.node_id, self.ws_ports)
-                legacy_accepting = trio.CancelScope()
-                if legacy_listeners:
-                    connections.start_soon(
-                        self._accept, legacy_listeners, connections, legacy_accepting, True
-                    )
-                    log.info(
-                        "node %s: legacy protocol on port %s", settings.node_id, self.legacy_ports
-                    )
+                accepting = [trio.CancelScope() for _ in opened]
+                for (listener, sockets), scope in zip(opened, accepting, strict=True):
+                    connections.start_soon(self._accept, listener, sockets, connections, scope)
+                    if listener.kind != "tcp":
+                        log.info(
+                            "node %s: %s on port %s",
+                            settings.node_id,
+                            "WebSocket" if listener.kind == "websocket" else "legacy protocol",
+                            bound_ports(sockets),
+                        )
                 log.info(
-                    "node %s listening on %s port %s (%s)",
+                    "node %s listening on %s port %s%s (%s)",
                     settings.node_id,
                     settings.host,
                     ",".join(map(str, self.ports)),
+                    " with TLS" if self.certificates is not None else "",
                     self.services.store.dialect.describe(),
                 )
                 task_status.started(self)
                 await self._stop.wait()
                 log.info("node %s stopping: %d connections", settings.node_id, len(self._sessions))
-                accepting.cancel()
-                ws_accepting.cancel()
-                legacy_accepting.cancel()
+                for scope in accepting:
+                    scope.cancel()
                 for session in list(self._sessions):
                     session.request_close()
                 connections.cancel_scope.deadline = (
@@ -236,70 +246,74 @@ class Node:
                 elif session.login_overdue(now):
                     session.expire_login()
 
+    def _listener_plan(self) -> list[Listener]:
+        """What to listen on, from the settings: TCP always, WebSocket and legacy if
+        asked for; TLS on all but legacy when there is a certificate."""
+        settings, tls = self.settings, self.certificates is not None
+        plan = [Listener("tcp", settings.port, tls)]
+        if settings.ws_port is not None:
+            plan.append(Listener("websocket", settings.ws_port, tls))
+        if settings.legacy_port is not None:
+            plan.append(Listener("legacy", settings.legacy_port, False))
+        return plan
+
+    async def _open_listeners(self) -> list[tuple[Listener, list[trio.SocketListener]]]:
+        """Bind every port before anything runs, so a taken port is a plain OSError
+        (and the ports bound before it are closed again)."""
+        settings = self.settings
+        opened: list[tuple[Listener, list[trio.SocketListener]]] = []
+        try:
+            for listener in self._listener_plan():
+                sockets = await open_listeners(
+                    listener.port, settings.host, reuse_port=settings.reuse_port
+                )
+                opened.append((listener, sockets))
+        except OSError:
+            for _, sockets in opened:
+                for socket_listener in sockets:
+                    await socket_listener.aclose()
+            raise
+        for listener, sockets in opened:
+            ports = bound_ports(sockets)
+            if listener.kind == "tcp":
+                self.ports = ports
+            elif listener.kind == "websocket":
+                self.ws_ports = ports
+            else:
+                self.legacy_ports = ports
+        return opened
+
     async def _accept(
         self,
-        listeners: list[trio.SocketListener],
+        listener: Listener,
+        sockets: list[trio.SocketListener],
         connections: trio.Nursery,
         scope: trio.CancelScope,
-        legacy: bool = False,
     ) -> None:
-        serve = partial(self._serve_tcp, legacy=legacy)
         with scope:
             try:
-                await trio.serve_listeners(serve, listeners, handler_nursery=connections)
+                await trio.serve_listeners(
+                    partial(self._serve_connection, listener), sockets, handler_nursery=connections
+                )
             finally:
-                for listener in listeners:
-                    await listener.aclose()
+                for socket_listener in sockets:
+                    await socket_listener.aclose()
 
-    async def _open_ws_listeners(
-        self, tcp_listeners: list[trio.SocketListener]
-    ) -> list[trio.SocketListener]:
-        """Bind the WebSocket port before anything runs, so a taken port is a plain OSError."""
-        if self.settings.ws_port is None:
-            return []
-        try:
-            listeners = await open_listeners(
-                self.settings.ws_port, self.settings.host, reuse_port=self.settings.reuse_port
-            )
-        except OSError:
-            for listener in tcp_listeners:
-                await listener.aclose()
-            raise
-        self.ws_ports = bound_ports(listeners)
-        return listeners
+    async def reload_certificates(self) -> bool:
+        """Read the TLS certificate and key again (SIGHUP): new connections get them.
+        False if there is no TLS, or the new files do not load (the old pair stays)."""
+        if self.certificates is None:
+            log.info("node %s: no TLS certificate to reload", self.settings.node_id)
+            return False
+        return await self.certificates.reload()
 
-    async def _open_legacy_listeners(
-        self, other_listeners: list[trio.SocketListener]
-    ) -> list[trio.SocketListener]:
-        """Bind the legacy port before anything runs, like the WebSocket one."""
-        if self.settings.legacy_port is None:
-            return []
-        try:
-            listeners = await open_listeners(
-                self.settings.legacy_port, self.settings.host, reuse_port=self.settings.reuse_port
-            )
-        except OSError:
-            for listener in other_listeners:
-                await listener.aclose()
-            raise
-        self.legacy_ports = bound_ports(listeners)
-        return listeners
-
-    async def _accept_websocket(
-        self,
-        listeners: list[trio.SocketListener],
-        connections: trio.Nursery,
-        scope: trio.CancelScope,
-    ) -> None:
-        with scope:
-            await serve_websocket(
-                self.serve_stream,
-                listeners,
-                handler_nursery=connections,
-                max_frame=self.settings.max_frame_bytes,
-            )
-
-    async def _serve_tcp(self, stream: trio.SocketStream, *, legacy: bool = False) -> None:
+    async def _serve_connection(self, listener: Listener, stream: trio.SocketStream) -> None:
+        """One accepted connection through the pipeline: the socket's set-up, the PROXY
+        protocol header (``--proxy-protocol``; not on WebSocket, whose proxy speaks
+        HTTP), the TLS handshake, then the listener's framing. The login timeout counts
+        from the accept: the handshakes and the login together get that long (a
+        handshake costs no more than a connection that never logs in)."""
+        accepted = trio.current_time()
         try:
             enable_keepalive(stream)
             peer = peer_name(stream)
@@ -309,8 +323,11 @@ class Node:
                 log.exception("cannot set up a connection")
             await stream.aclose()
             return
+        if listener.kind == "websocket":
+            peer = "ws " + peer
+        transport: trio.abc.Stream = stream
         rest = b""
-        if self.settings.proxy_protocol:
+        if self.settings.proxy_protocol and listener.kind != "websocket":
             proxied = await self._read_proxy_header(stream, peer)
             if proxied is None:
                 return
@@ -320,14 +337,43 @@ class Node:
                     proxied.host,
                 )
             rest = proxied.rest
-        max_frame = self.settings.max_frame_bytes
-        if legacy:
-            await self.serve_stream(
-                LegacyStream(stream, peer, max_frame, address=address, buffered=rest),
-                LegacyCodec(peer),
+        if listener.tls and self.certificates is not None:
+            if rest:
+                transport, rest = Prefixed(stream, rest), b""
+            login_timeout = self.settings.login_timeout_seconds
+            left = max(login_timeout - (trio.current_time() - accepted), 1e-3)
+            secured = await tls_handshake(
+                transport,
+                self.certificates.context,
+                left if login_timeout else 0,
+                peer,
+                socket_stream=stream,
             )
-            return
-        await self.serve_stream(LineStream(stream, peer, max_frame, address=address, buffered=rest))
+            if secured is None:
+                self.services.metrics.connections_refused.labels("tls_handshake").inc()
+                await stream.aclose()
+                return
+            transport = secured
+        max_frame = self.settings.max_frame_bytes
+        if listener.kind == "websocket":
+            await serve_websocket_stream(
+                partial(self.serve_stream, opened_at=accepted),
+                transport,
+                peer,
+                address=address,
+                max_frame=max_frame,
+            )
+        elif listener.kind == "legacy":
+            await self.serve_stream(
+                LegacyStream(transport, peer, max_frame, address=address, buffered=rest),
+                LegacyCodec(peer),
+                opened_at=accepted,
+            )
+        else:
+            await self.serve_stream(
+                LineStream(transport, peer, max_frame, address=address, buffered=rest),
+                opened_at=accepted,
+            )
 
     async def _read_proxy_header(self, stream: trio.SocketStream, peer: str) -> ProxiedPeer | None:
         """The PROXY protocol header (``--proxy-protocol``); None: there was none, and
@@ -349,16 +395,19 @@ class Node:
         )
         return None
 
-    async def serve_stream(self, stream: MessageStream, codec: Codec = V1) -> None:
+    async def serve_stream(
+        self, stream: MessageStream, codec: Codec = V1, *, opened_at: float | None = None
+    ) -> None:
         """Run a session over any message stream (the TCP, WebSocket and legacy adapters
-        call this), speaking ``codec``."""
+        call this), speaking ``codec``; ``opened_at``: when its connection was accepted
+        (the login timeout counts from then; default now)."""
         limit = self.settings.max_connections
         if limit and len(self._sessions) >= limit:
             await self._refuse(
                 stream, "max_connections", "this server is full; try again later", codec=codec
             )
             return
-        session = Session(self.services, stream, next(self._serials), codec)
+        session = Session(self.services, stream, next(self._serials), codec, opened_at=opened_at)
         transport = (
             "websocket"
             if isinstance(stream, WebSocketStream)

@@ -1,4 +1,4 @@
-"""Wake-ups and events for users on other nodes, sent in batches.
+"""Wake-ups and events for users (and groups) on other nodes, sent in batches.
 
 A message to a user held by another node must wake that node. Doing it per
 message (a presence look-up and a publish, each a round trip from a worker
@@ -38,6 +38,8 @@ class Relay:
         self._broker = broker
         self._wake: dict[int, None] = {}
         """Users to wake, in the order asked (a dict as an ordered set)."""
+        self._groups: dict[int, None] = {}
+        """Groups to wake on every other node."""
         self._push: list[Push] = []
         self._presence: list[PresencePush] = []
         self._more = trio.Event()
@@ -50,12 +52,18 @@ class Relay:
         self._wake.update(dict.fromkeys(user_ids))
         self._kick()
 
-    def push(self, user_id: int, event: Event) -> None:
-        """Hand an event to this user wherever they are held, with the next batch."""
+    def groups(self, group_ids: Iterable[int]) -> None:
+        """Wake these groups on every other node, with the next batch."""
+        self._groups.update(dict.fromkeys(group_ids))
+        self._kick()
+
+    def push(self, user_id: int, event: Event, skip: str = "") -> None:
+        """Hand an event to this user's devices wherever they are held (but the
+        connection ``skip``), with the next batch."""
         if len(self._push) >= MAX_PUSHES:
             log.warning("too many events queued for other nodes: one for user %d dropped", user_id)
             return
-        self._push.append(Push(user_id, event))
+        self._push.append(Push(user_id, event, skip))
         self._kick()
 
     def presence(self, push: PresencePush) -> None:
@@ -78,18 +86,20 @@ class Relay:
         while True:
             await self._more.wait()
             self._more = trio.Event()
-            while self._wake or self._push or self._presence:
+            while self._wake or self._push or self._presence or self._groups:
                 wake, self._wake = list(self._wake), {}
+                groups, self._groups = list(self._groups), {}
                 push, self._push = self._push, []
                 presence, self._presence = self._presence, []
                 self._busy = True
                 try:
-                    await self._broker.route(wake, push, presence)
+                    await self._broker.route(wake, push, presence, groups)
                 except BrokerUnavailable as exc:
                     log.warning(
-                        "broker unavailable: %d wake-ups, %d events and %d presence events"
-                        " not sent (%s)",
+                        "broker unavailable: %d wake-ups, %d group wake-ups, %d events and"
+                        " %d presence events not sent (%s)",
                         len(wake),
+                        len(groups),
                         len(push),
                         len(presence),
                         exc,
@@ -103,5 +113,5 @@ class Relay:
 
     async def drain(self) -> None:
         """Wait until everything queued so far has been handed to the broker."""
-        while self._wake or self._push or self._presence or self._busy:
+        while self._wake or self._groups or self._push or self._presence or self._busy:
             await self._idle.wait()

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 import trio
 
 from chat.broker import Broker
 from chat.store import Store
 
-from .deletions import Deletions
 from .encoded import EncodedEvents
 from .lockouts import Lockouts
 from .metrics import Metrics
 from .passwords import PasswordHasher
+from .positions import Positions
 from .router import Router
 from .settings import CLOSING_AT_ONCE, Settings
+
+if TYPE_CHECKING:
+    from .fanout import FanoutBudget
 
 
 @attrs.frozen
@@ -24,7 +29,8 @@ class Services:
     broker: Broker
     router: Router
     hasher: PasswordHasher
-    deletions: Deletions
+    positions: Positions
+    fanout: FanoutBudget
     encoded: EncodedEvents = attrs.field(factory=EncodedEvents)
     metrics: Metrics = attrs.field(factory=Metrics)
     lockouts: Lockouts = attrs.field(factory=Lockouts)

@@ -56,8 +56,17 @@ later at most (``retry_after_ms`` if shorter)."""
 
 class Session:
     def __init__(
-        self, services: Services, stream: MessageStream, serial: int, codec: Codec = V1
+        self,
+        services: Services,
+        stream: MessageStream,
+        serial: int,
+        codec: Codec = V1,
+        *,
+        opened_at: float | None = None,
     ) -> None:
+        """``opened_at``: when the connection was accepted (``trio.current_time()``), if
+        before now: the login timeout counts from then, the PROXY header and the TLS and
+        WebSocket handshakes included."""
         self.services = services
         self.stream = stream
         self.holder = f"{services.router.node_id}/{serial}"
@@ -71,7 +80,7 @@ class Session:
         self.budget = RequestBudget(settings.request_rate, settings.request_burst)
         self._logged_in = False
         """A login succeeded on this connection (it is exempt from the login timeout)."""
-        self.opened_at = trio.current_time()
+        self.opened_at = trio.current_time() if opened_at is None else opened_at
         self._started: trio.MemorySendChannel[_Started] | None = None
         """To the answerer: pipelined requests, in the order they came (see the module)."""
         self._unanswered = 0

@@ -34,6 +34,12 @@ REQUEST_BURST = 2_000
 """Per connection: this many requests per second on average, in bursts of this many.
 An interactive client sends a few per second; a bulk importer pipelining sends
 stays under 200/s sustained."""
+FANOUT_RATE = 20_000.0
+FANOUT_BURST = 100_000
+"""Per user and node: deliveries the user's sends may cause, this many per second on
+average, in bursts of this many (a one-to-one message costs 1, a group message the
+group's other members). A member of a 5,000-member group sends 20 messages at once,
+then 4 a second; one-to-one chat never comes near it."""
 PIPELINE_DEPTH = 16
 """Sends one connection may have started and not yet answered: a client that sends
 many at once has them stored together; beyond this, its next request is read once
@@ -56,6 +62,9 @@ class Settings:
     """Sends a connection may have under way at once (``chat.server.session``)."""
     slow_client_seconds: float = SLOW_CLIENT_SECONDS
     delivery_page: int = DELIVERY_PAGE
+    ack_wait_seconds: float = SLOW_CLIENT_SECONDS
+    """With ``acks``: how long delivery waits for an ack once more than 1,000 events are
+    unacknowledged, before the connection is ended (``ack_timeout``)."""
     write_batch_bytes: int = WRITE_BATCH_BYTES
     max_frame_bytes: int = MAX_LINE_BYTES
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS
@@ -74,12 +83,19 @@ class Settings:
     hash_queue: int = HASH_QUEUE
     request_rate: float = REQUEST_RATE
     request_burst: int = REQUEST_BURST
+    fanout_rate: float = FANOUT_RATE
+    fanout_burst: int = FANOUT_BURST
     db_timeout_seconds: float = DB_TIMEOUT_SECONDS
     login_timeout_seconds: float = LOGIN_TIMEOUT_SECONDS
     """0: no timeout."""
     max_connections: int = MAX_CONNECTIONS
     proxy_protocol: bool = False
     """TCP listeners read a PROXY protocol (v1 or v2) header first: the real client address."""
+    tls_cert: str | None = None
+    """PEM file with the certificate (and its chain) for TLS on the TCP and WebSocket
+    listeners, with ``tls_key``; ``None``: plain text. Reloaded on SIGHUP."""
+    tls_key: str | None = None
+    """PEM file with the certificate's private key."""
     reuse_port: bool = False
     """Listen with ``SO_REUSEPORT``, sharing the ports with the other workers of
     ``chat-server serve --workers N``."""

@@ -200,6 +200,18 @@ def _write_groups(
             "INSERT INTO group_members (group_id, user_id, role, joined_at) VALUES (?, ?, ?, ?)",
             batch,
         )
+    # Members who have devices already (existing users) follow the new groups on each of
+    # them from the start (a new group's log is empty: position 0), as a join does
+    # (chat.store.streams.follow_group); new users' first device starts there anyway.
+    new_groups = sorted(group_ids.values())
+    for ids_chunk in _chunks(new_groups, BATCH_ROWS):
+        marks = ", ".join("?" for _ in ids_chunk)
+        sql.execute(
+            "INSERT INTO device_groups (user_id, device, group_id, pos)"
+            " SELECT d.user_id, d.device, gm.group_id, 0 FROM group_members gm"
+            f" JOIN devices d ON d.user_id = gm.user_id WHERE gm.group_id IN ({marks})",
+            ids_chunk,
+        )
     return len(rows)
 
 

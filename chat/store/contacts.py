@@ -304,7 +304,7 @@ class LoginReads:
 
 def login_snapshot(sql: Sql, user_id: int, reads: LoginReads) -> LoginSnapshot:
     """The user's first groups, friends and members (each from the lowest id), within
-    ``reads``; and the number of kept messages."""
+    ``reads`` (what is kept for the device comes from ``streams.device_login``)."""
     group_rows = _group_rows(sql, user_id, 0, reads.groups + 1)
     groups_more = len(group_rows) > reads.groups
     group_rows = group_rows[: reads.groups]
@@ -318,13 +318,11 @@ def login_snapshot(sql: Sql, user_id: int, reads: LoginReads) -> LoginSnapshot:
         )
         for row in group_rows
     ]
-    pending = sql.one("SELECT COUNT(*) FROM deliveries WHERE user_id = ?", (user_id,))
     return LoginSnapshot(
         friends=friend_page.items,
         friends_more=friend_page.more,
         groups=memberships,
         groups_more=groups_more,
-        pending=int(pending[0]) if pending else 0,
     )
 
 

@@ -48,6 +48,8 @@ class Dialect(ABC):
     sees the latest commits anyway (MySQL's READ COMMITTED with autocommit): then a
     read is its statements alone, without the round trips of BEGIN and COMMIT."""
     for_update = ""
+    greatest = "GREATEST"
+    """The SQL function of the larger of two values (SQLite's is the two-argument MAX)."""
     """Appended to a SELECT that must lock its rows until the transaction ends. Empty on
     SQLite, whose write transactions (``BEGIN IMMEDIATE``) hold the whole database."""
 

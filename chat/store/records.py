@@ -68,41 +68,18 @@ class MembershipRecord:
 
 @attrs.frozen
 class StoredMessage:
-    """The answer to a send: what the ``ok`` carries, and who must be woken."""
+    """The answer to a send: what the ``ok`` carries, and which stream to wake."""
 
     message_id: int
     ts: int
-    recipients: list[int]
+    pos: int
+    """Its position in its stream (the recipient's inbox, or the group's log)."""
     created: bool
-    """False when the ``cid`` had been used already: nothing new is stored, and
-    ``recipients`` are those still waiting for the first attempt's message."""
-
-
-@attrs.frozen
-class PendingDelivery:
-    """One message kept for one recipient, with what its event needs."""
-
-    seq: int
-    message_id: int
-    sender_id: int
-    sender_name: str
-    recipient_id: int | None
-    group_id: int | None
-    body: str
-    ts: int
-
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> PendingDelivery:
-        return cls(
-            seq=int(row[0]),
-            message_id=int(row[1]),
-            sender_id=int(row[2]),
-            sender_name=text(row[3]),
-            recipient_id=None if row[4] is None else int(row[4]),
-            group_id=None if row[5] is None else int(row[5]),
-            body=text(row[6]),
-            ts=int(row[7]),
-        )
+    """False when the ``cid`` had been used already: nothing new is stored."""
+    recipient_id: int | None = None
+    group_id: int | None = None
+    member_count: int = 0
+    """A group message: the group's members when it was stored (its fan-out)."""
 
 
 @attrs.frozen
@@ -168,7 +145,6 @@ class LoginSnapshot:
     friends_more: bool
     groups: list[MembershipRecord]
     groups_more: bool
-    pending: int
 
 
 @attrs.frozen

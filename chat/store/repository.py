@@ -12,13 +12,12 @@ happens inside one function here, which is what makes checks such as "is the
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
-from . import bulk, contacts, history, throttle, tokens
+from . import bulk, contacts, history, streams, throttle, tokens
 from .coalesce import Coalescer, Submitted
 from .dialect import Connection, Dialect
 from .errors import (
@@ -38,7 +37,6 @@ from .records import (
     MemberRecord,
     MembershipRecord,
     Page,
-    PendingDelivery,
     PresenceAudience,
     Role,
     StoredMessage,
@@ -48,12 +46,13 @@ from .sends import DirectSend, GroupSend, SendOutcome, SendRequest, store_sends
 from .sql import Sql as _Sql
 from .sql import no_row as _no_row
 from .sql import now_ms
+from .streams import Advance, DeviceRecord, DeviceStart, KeptMessage, StreamRange
 from .throttle import Reservation, Window
 
 T = TypeVar("T")
 
-MAX_QUERY_ARGS = 2_000
-"""A batched statement is cut once it has this many parameters (SQLite allows 32,766)."""
+READ_RANGES_PER_STATEMENT = 200
+"""Stream ranges read in one statement at most (each is a derived table of its own)."""
 
 
 class Store:
@@ -62,7 +61,7 @@ class Store:
     def __init__(self, dialect: Dialect, pool_size: int | None = None) -> None:
         self.dialect = dialect
         self.pool = ConnectionPool(dialect, pool_size or dialect.pool_size)
-        self._pending_calls = Coalescer(self._pending_batch)
+        self._read_calls = Coalescer(self._read_batch)
         self._send_calls = Coalescer(self._send_batch, chain=_sender)
         self._token_calls = Coalescer(self._token_batch)
 
@@ -71,8 +70,8 @@ class Store:
 
     @property
     def reads_of_kept(self) -> int:
-        """Batches of ``pending`` run so far (each one read of the store)."""
-        return self._pending_calls.batches
+        """Batches of ``read_streams`` run so far (each one read of the store)."""
+        return self._read_calls.batches
 
     @property
     def send_batches(self) -> int:
@@ -81,9 +80,9 @@ class Store:
 
     def observe_batches(self, observer: Callable[[str, int, float], None]) -> None:
         """Tell ``observer(kind, calls, seconds)`` about every coalesced transaction
-        (kind ``send`` or ``pending``): the node's metrics."""
+        (kind ``send`` or ``read``): the node's metrics."""
         self._send_calls.observe = partial(observer, "send")
-        self._pending_calls.observe = partial(observer, "pending")
+        self._read_calls.observe = partial(observer, "read")
 
     # --- plumbing -------------------------------------------------------------
 
@@ -277,6 +276,7 @@ class Store:
                 " VALUES (?, ?, 'creator', ?)",
                 (group_id, creator_id, created),
             )
+            streams.follow_group(sql, creator_id, group_id)
             return GroupRecord(id=group_id, name=name, description=description)
 
         return await self._run(body, write=True)
@@ -310,6 +310,10 @@ class Store:
             sql.execute(
                 "UPDATE chat_groups SET member_count = member_count + 1 WHERE id = ?", (group_id,)
             )
+            # The group's row is locked now: the head read there is the one the next
+            # group message follows, so the new member's devices get exactly what
+            # comes after the join.
+            streams.follow_group(sql, user_id, group_id)
             return GroupRecord.from_row(row), "normal"
 
         return await self._run(body, write=True)
@@ -364,57 +368,79 @@ class Store:
     async def _send_batch(self, requests: Sequence[SendRequest]) -> list[SendOutcome]:
         return await self._run(partial(store_sends, requests=requests), write=True)
 
-    async def pending(self, user_id: int, limit: int, after_seq: int = 0) -> list[PendingDelivery]:
-        """The oldest messages kept for a user, oldest first.
+    async def read_streams(self, ranges: Sequence[StreamRange]) -> list[list[KeptMessage]]:
+        """Each range's messages, ascending by position (``chat.store.streams``).
 
-        Concurrent calls share one read transaction (``chat.store.coalesce``): a group
-        message wakes hundreds of sessions at once, and they read in one query."""
-        return await self._pending_calls((user_id, limit, after_seq))
+        Concurrent calls share one read (``chat.store.coalesce``): a group message wakes
+        every member's device at once, and they read in one statement; the same range
+        asked by many (devices at the same place in the same group) is read once."""
+        return await self._read_calls(tuple(ranges))
 
-    async def _pending_batch(
-        self, requests: Sequence[tuple[int, int, int]]
-    ) -> list[list[PendingDelivery]]:
-        # One query per ``after_seq`` (live reads all have 0), read up to the largest
-        # limit asked; each call then gets its own user's first ``limit`` rows.
-        by_start: dict[int, set[int]] = defaultdict(set)
-        most: dict[int, int] = defaultdict(int)
-        for user_id, limit, after_seq in requests:
-            by_start[after_seq].add(user_id)
-            most[after_seq] = max(most[after_seq], limit)
+    async def _read_batch(
+        self, requests: Sequence[tuple[StreamRange, ...]]
+    ) -> list[list[list[KeptMessage]]]:
+        # Statements of about READ_RANGES_PER_STATEMENT ranges, never splitting one
+        # call's ranges: each call's read must be one snapshot (MariaDB reads outside a
+        # transaction, each statement seeing what was committed when it began), or a
+        # sender's earlier message could be missed in one stream while a later one is
+        # seen in another. Ranges asked by several calls of one statement are read once.
+        statements: list[dict[StreamRange, None]] = [{}]
+        where: list[int] = []
+        for request in requests:
+            current = statements[-1]
+            fresh = [wanted for wanted in request if wanted not in current]
+            if current and len(current) + len(fresh) > READ_RANGES_PER_STATEMENT:
+                statements.append(dict.fromkeys(request))
+            else:
+                current.update(dict.fromkeys(fresh))
+            where.append(len(statements) - 1)
 
-        def body(sql: _Sql) -> list[list[PendingDelivery]]:
-            found: dict[tuple[int, int], list[PendingDelivery]] = {}
-            for after_seq, users in by_start.items():
-                for user in users:
-                    found[(user, after_seq)] = []
-                for row in _pending_rows(sql, sorted(users), most[after_seq], after_seq):
-                    found[(int(row[8]), after_seq)].append(PendingDelivery.from_row(row))
-            return [found[(user, after_seq)][:limit] for user, limit, after_seq in requests]
+        def body(sql: _Sql) -> list[list[list[KeptMessage]]]:
+            found = [
+                dict(zip(statement, streams.read_ranges(sql, list(statement)), strict=True))
+                for statement in statements
+            ]
+            return [
+                [found[number][wanted] for wanted in request]
+                for request, number in zip(requests, where, strict=True)
+            ]
 
         return await self._run(body, write=False)
 
-    async def forget_delivered(self, rows: Mapping[int, Iterable[int]]) -> None:
-        """Forget kept messages that were written to their recipients' connections:
-        ``rows`` maps a user id to message ids. One transaction for them all (the
-        node's ``Deletions`` hands in what every connection wrote meanwhile)."""
-        by_user = {user_id: sorted(set(ids)) for user_id, ids in rows.items() if ids}
-        if not by_user:
-            return
+    # --- devices ----------------------------------------------------------------
 
-        def body(sql: _Sql) -> None:
-            # Many users in one statement: one round trip instead of one per user.
-            clauses: list[str] = []
-            args: list[int] = []
-            for user_id, ids in sorted(by_user.items()):
-                clauses.append(f"(user_id = ? AND message_id IN ({', '.join('?' for _ in ids)}))")
-                args += (user_id, *ids)
-                if len(args) >= MAX_QUERY_ARGS:
-                    sql.execute(f"DELETE FROM deliveries WHERE {' OR '.join(clauses)}", args)
-                    clauses, args = [], []
-            if clauses:
-                sql.execute(f"DELETE FROM deliveries WHERE {' OR '.join(clauses)}", args)
+    async def device_login(self, user_id: int, device: str, online: Sequence[str]) -> DeviceStart:
+        """Make the device known (forgetting idle or surplus ones that are not in
+        ``online``) and read where it stands (``streams.device_login``)."""
+        return await self._run(
+            lambda sql: streams.device_login(sql, user_id, device, now_ms(), online), write=True
+        )
 
-        await self._run(body, write=True)
+    async def advance(self, moves: Sequence[Advance], seen: Mapping[tuple[int, str], int]) -> None:
+        """Move devices' positions forward and note when they were last seen, in one
+        transaction (the node's ``Positions`` hands in what every connection delivered
+        meanwhile)."""
+        if moves or seen:
+            await self._run(lambda sql: streams.advance(sql, moves, seen), write=True)
+
+    async def devices(self, user_id: int, online: Sequence[str]) -> list[DeviceRecord]:
+        return await self._run(
+            lambda sql: streams.known_devices(sql, user_id, now_ms(), online), write=False
+        )
+
+    async def forget_device(self, user_id: int, device: str) -> bool:
+        """Drop what is kept for the device and revoke its tokens; False if not known."""
+        return await self._run(lambda sql: streams.drop_device(sql, user_id, device), write=True)
+
+    async def device_positions(self, user_id: int, device: str) -> dict[int, int]:
+        return await self._run(
+            lambda sql: streams.device_positions(sql, user_id, device), write=False
+        )
+
+    async def group_position(self, user_id: int, device: str, group_id: int) -> int | None:
+        return await self._run(
+            lambda sql: streams.group_position(sql, user_id, device, group_id), write=False
+        )
 
     # --- history --------------------------------------------------------------
 
@@ -464,17 +490,23 @@ class Store:
 
     # --- session tokens (``chat.store.tokens``: hashes only) --------------------
 
-    async def issue_token(self, user_id: int, token_hash: bytes) -> None:
-        await self._run(partial(_issue_token, user_id, token_hash), write=True)
+    async def issue_token(self, user_id: int, device: str, token_hash: bytes) -> None:
+        await self._run(partial(_issue_token, user_id, device, token_hash), write=True)
 
-    async def user_for_token(self, token_hash: bytes) -> UserRecord | None:
+    async def revoke_tokens(self, user_id: int) -> None:
+        """Every token of the user (``logout`` everywhere)."""
+        await self._run(partial(tokens.revoke_all, user_id=user_id), write=True)
+
+    async def user_for_token(self, token_hash: bytes) -> tuple[UserRecord, str] | None:
         """The user of a live token, whose use slides its expiry; None for an unknown,
         expired or revoked one. Concurrent calls share one transaction (a node restart
         brings thousands of token logins at once)."""
         return await self._token_calls(token_hash)
 
-    async def _token_batch(self, token_hashes: Sequence[bytes]) -> list[UserRecord | None]:
-        def body(sql: _Sql) -> list[UserRecord | None]:
+    async def _token_batch(
+        self, token_hashes: Sequence[bytes]
+    ) -> list[tuple[UserRecord, str] | None]:
+        def body(sql: _Sql) -> list[tuple[UserRecord, str] | None]:
             found = tokens.use(sql, token_hashes, now_ms())
             return [found.get(token_hash) for token_hash in token_hashes]
 
@@ -484,40 +516,12 @@ class Store:
         await self._run(partial(_revoke_token, token_hash), write=True)
 
 
-def _issue_token(user_id: int, token_hash: bytes, sql: _Sql) -> None:
-    tokens.issue(sql, user_id, token_hash, now_ms())
+def _issue_token(user_id: int, device: str, token_hash: bytes, sql: _Sql) -> None:
+    tokens.issue(sql, user_id, device, token_hash, now_ms())
 
 
 def _revoke_token(token_hash: bytes, sql: _Sql) -> None:
     tokens.revoke(sql, token_hash)
-
-
-_PENDING_COLUMNS = (
-    "d.seq, m.id, m.sender_id, u.name, m.recipient_id, m.group_id, m.body, m.ts, d.user_id"
-)
-_PENDING_FROM = (
-    " FROM deliveries d JOIN messages m ON m.id = d.message_id JOIN users u ON u.id = m.sender_id"
-)
-
-
-def _pending_rows(sql: _Sql, users: Sequence[int], limit: int, after_seq: int) -> list[Any]:
-    """The first ``limit`` kept rows after ``after_seq`` of each user (user id last)."""
-    if len(users) == 1:
-        # One user (a login's backlog, paged): a plain LIMIT reads only the page.
-        return sql.all(
-            f"SELECT {_PENDING_COLUMNS}{_PENDING_FROM}"
-            " WHERE d.user_id = ? AND d.seq > ? ORDER BY d.seq LIMIT ?",
-            (users[0], after_seq, limit),
-        )
-    marks = ", ".join("?" for _ in users)
-    return sql.all(
-        "SELECT seq, id, sender_id, name, recipient_id, group_id, body, ts, user_id FROM ("
-        f" SELECT {_PENDING_COLUMNS},"
-        " ROW_NUMBER() OVER (PARTITION BY d.user_id ORDER BY d.seq) AS n"
-        f"{_PENDING_FROM} WHERE d.user_id IN ({marks}) AND d.seq > ?"
-        ") page WHERE n <= ? ORDER BY user_id, seq",
-        (*users, after_seq, limit),
-    )
 
 
 def _fetch_one(query: str, args: Sequence[Any], sql: _Sql) -> Any:

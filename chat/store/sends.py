@@ -10,8 +10,8 @@ sender may rely on is what a transaction of its own gave it:
 - **Its own checks and answer.** A batch answers every send separately: its
   ``StoredMessage``, or its error as an exception *value* that ``Store`` raises
   in the caller (``NoSuchUser``, ``Blocked``, ``NoSuchGroup``, ``NotAMember``). A send
-  whose ``cid`` was used already gets the earlier message and the recipients
-  still waiting for it, and stores nothing.
+  whose ``cid`` was used already gets the earlier message (and wakes its stream
+  again), and stores nothing.
 - **Rolled back alone.** A send that fails after it began writing is undone
   alone and the others still commit. A group send writes several statements
   under a SAVEPOINT of its own and rolls back to it. A direct send writes one
@@ -47,6 +47,7 @@ from .contacts import require_member
 from .errors import Blocked, NoSuchUser, StoreError
 from .records import StoredMessage, text
 from .sql import Sql, no_row, now_ms
+from .streams import allocate_inbox, allocate_log
 
 
 @attrs.frozen
@@ -129,44 +130,51 @@ class _Batch:
         return False
 
     def _store_checked(self) -> None:
-        """Store the checked direct sends: their messages, then their delivery rows.
+        """Store the checked direct sends: their inbox positions, then their messages.
 
-        Where the database can return the ids, all messages go in with one statement;
-        if it fails (a ``cid`` stored meanwhile by another node, or twice in this batch),
-        the database undid it whole, and each message goes in again alone. A single
-        statement is atomic, and a direct send writes nothing before its message, so a
-        send whose message is refused has written nothing: it needs no SAVEPOINT."""
+        Positions first, for all of them in one statement (the recipients' rows stay
+        locked until the commit, so each inbox's positions commit in order). Where the
+        database can return the ids, all messages go in with one statement; if it fails
+        (a ``cid`` stored meanwhile by another node, or twice in this batch), the
+        database undid it whole, and each message goes in again alone. A single
+        statement is atomic, and a direct send writes nothing else, so a send whose
+        message is refused has written nothing: it needs no SAVEPOINT."""
         numbers, self.checked = self.checked, []
         if not numbers:
             return
         sends = [send for n in numbers if isinstance(send := self.requests[n], DirectSend)]
+        counts: dict[int, int] = {}
+        for send in sends:
+            counts[send.recipient_id] = counts.get(send.recipient_id, 0) + 1
+        first = allocate_inbox(self.sql, counts)
+        positions: list[int] = []
+        for send in sends:
+            positions.append(first[send.recipient_id])
+            first[send.recipient_id] += 1
         stored: list[SendOutcome] | None = None
         if len(sends) > 1 and self.sql.dialect.insert_returning:
             try:
-                stored = self._insert_all(sends)
+                stored = self._insert_all(sends, positions)
             except Exception as exc:
                 if self._lost(exc):
                     raise
         if stored is None:
-            stored = [self._insert_one(send) for send in sends]
-        rows = [
-            (outcome.recipients[0], outcome.message_id)
-            for outcome in stored
-            if isinstance(outcome, StoredMessage) and outcome.created
-        ]
-        if rows:
-            self.sql.many("INSERT INTO deliveries (user_id, message_id) VALUES (?, ?)", rows)
+            stored = [
+                self._insert_one(send, pos) for send, pos in zip(sends, positions, strict=True)
+            ]
         for number, outcome in zip(numbers, stored, strict=True):
             self._done(number, outcome)
 
-    def _insert_all(self, sends: Sequence[DirectSend]) -> list[SendOutcome]:
+    def _insert_all(
+        self, sends: Sequence[DirectSend], positions: Sequence[int]
+    ) -> list[SendOutcome]:
         ts = now_ms()
         args: list[object] = []
-        for send in sends:
-            args += (send.sender_id, send.recipient_id, send.body, ts, send.cid)
+        for send, pos in zip(sends, positions, strict=True):
+            args += (send.sender_id, send.recipient_id, send.body, ts, send.cid, pos)
         rows = self.sql.all(
-            "INSERT INTO messages (sender_id, recipient_id, group_id, body, ts, cid) VALUES "
-            + ", ".join("(?, ?, NULL, ?, ?, ?)" for _ in sends)
+            "INSERT INTO messages (sender_id, recipient_id, group_id, body, ts, cid, pos) VALUES "
+            + ", ".join("(?, ?, NULL, ?, ?, ?, ?)" for _ in sends)
             + " RETURNING id",
             args,
         )
@@ -175,21 +183,21 @@ class _Batch:
         ids = sorted(int(row[0]) for row in rows)
         assert len(ids) == len(sends)
         return [
-            StoredMessage(message_id, ts, [send.recipient_id], created=True)
-            for message_id, send in zip(ids, sends, strict=True)
+            StoredMessage(message_id, ts, pos, True, recipient_id=send.recipient_id)
+            for message_id, send, pos in zip(ids, sends, positions, strict=True)
         ]
 
-    def _insert_one(self, send: DirectSend) -> SendOutcome:
+    def _insert_one(self, send: DirectSend, pos: int) -> SendOutcome:
         ts = now_ms()
         try:
             message_id = self.sql.insert(
-                "INSERT INTO messages (sender_id, recipient_id, group_id, body, ts, cid)"
-                " VALUES (?, ?, NULL, ?, ?, ?)",
-                (send.sender_id, send.recipient_id, send.body, ts, send.cid),
+                "INSERT INTO messages (sender_id, recipient_id, group_id, body, ts, cid, pos)"
+                " VALUES (?, ?, NULL, ?, ?, ?, ?)",
+                (send.sender_id, send.recipient_id, send.body, ts, send.cid, pos),
             )
         except Exception as exc:
             return self._failed(send, exc)
-        return StoredMessage(message_id, ts, [send.recipient_id], created=True)
+        return StoredMessage(message_id, ts, pos, True, recipient_id=send.recipient_id)
 
     def _group(self, request: GroupSend, savepoint: str) -> SendOutcome:
         earlier = self._earlier(request)
@@ -226,26 +234,18 @@ class _Batch:
 
 
 def _write_group(request: GroupSend, sql: Sql) -> StoredMessage:
+    """One row, whatever the number of members: the message at the next position of
+    the group's log (the members' devices find it there)."""
+    pos, member_count = allocate_log(sql, request.group_id)
     ts = now_ms()
     message_id = sql.insert(
-        "INSERT INTO messages (sender_id, recipient_id, group_id, body, ts, cid)"
-        " VALUES (?, NULL, ?, ?, ?, ?)",
-        (request.sender_id, request.group_id, request.body, ts, request.cid),
+        "INSERT INTO messages (sender_id, recipient_id, group_id, body, ts, cid, pos)"
+        " VALUES (?, NULL, ?, ?, ?, ?, ?)",
+        (request.sender_id, request.group_id, request.body, ts, request.cid, pos),
     )
-    recipients = [
-        int(row[0])
-        for row in sql.all(
-            "SELECT user_id FROM group_members WHERE group_id = ? AND user_id <> ?"
-            " ORDER BY user_id",
-            (request.group_id, request.sender_id),
-        )
-    ]
-    if recipients:
-        sql.many(
-            "INSERT INTO deliveries (user_id, message_id) VALUES (?, ?)",
-            [(user, message_id) for user in recipients],
-        )
-    return StoredMessage(message_id, ts, recipients, created=True)
+    return StoredMessage(
+        message_id, ts, pos, True, group_id=request.group_id, member_count=member_count
+    )
 
 
 def _recipients(sql: Sql, sends: Sequence[DirectSend]) -> tuple[set[int], set[tuple[int, int]]]:
@@ -285,13 +285,22 @@ def _used_cids(sql: Sql, requests: Sequence[SendRequest]) -> set[tuple[int, str]
 
 
 def earlier_send(sql: Sql, sender_id: int, cid: str) -> StoredMessage | None:
-    """The message this sender stored with this ``cid``, if any."""
-    row = sql.one("SELECT id, ts FROM messages WHERE sender_id = ? AND cid = ?", (sender_id, cid))
+    """The message this sender stored with this ``cid``, if any. Its stream is woken
+    again: the first attempt may have been stored without waking anyone (its reply, or
+    its wake-up, was lost); a device that has it already ignores the wake."""
+    row = sql.one(
+        "SELECT m.id, m.ts, m.pos, m.recipient_id, m.group_id, g.member_count FROM messages m"
+        " LEFT JOIN chat_groups g ON g.id = m.group_id WHERE m.sender_id = ? AND m.cid = ?",
+        (sender_id, cid),
+    )
     if row is None:
         return None
-    # Recipients still waiting for it: the first attempt may have been stored without
-    # waking them (its reply, or its wake-up, was lost), so the retry wakes them again.
-    waiting = sql.all(
-        "SELECT user_id FROM deliveries WHERE message_id = ? ORDER BY user_id", (int(row[0]),)
+    return StoredMessage(
+        int(row[0]),
+        int(row[1]),
+        int(row[2]),
+        False,
+        recipient_id=None if row[3] is None else int(row[3]),
+        group_id=None if row[4] is None else int(row[4]),
+        member_count=0 if row[5] is None else int(row[5]),
     )
-    return StoredMessage(int(row[0]), int(row[1]), [int(r[0]) for r in waiting], created=False)

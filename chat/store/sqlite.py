@@ -14,6 +14,7 @@ class SqliteDialect(Dialect):
     name = "sqlite"
     pool_size = 4
     insert_returning = sqlite3.sqlite_version_info >= (3, 35, 0)
+    greatest = "MAX"
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .records import UserRecord
+from .records import UserRecord, text
 from .sql import Sql
 
 TOKEN_TTL_MS = 30 * 24 * 3600 * 1000
@@ -20,14 +20,16 @@ TOKEN_TTL_MS = 30 * 24 * 3600 * 1000
 MAX_TOKENS_PER_USER = 20
 
 
-def issue(sql: Sql, user_id: int, token_hash: bytes, now: int) -> None:
-    """Keep a new token's hash; revoke the user's expired and least recently used ones."""
+def issue(sql: Sql, user_id: int, device: str, token_hash: bytes, now: int) -> None:
+    """Keep a new token's hash, for the device whose login it was issued to; revoke the
+    user's expired and least recently used ones."""
     # Issues for one user run one at a time (the user's row is locked on MySQL; SQLite
     # writers are serial): two concurrent ones must not each keep 20 of their own view.
     sql.one(f"SELECT id FROM users WHERE id = ?{sql.dialect.for_update}", (user_id,))
     sql.execute(
-        "INSERT INTO login_tokens (token_hash, user_id, created_at, last_used) VALUES (?, ?, ?, ?)",
-        (token_hash, user_id, now, now),
+        "INSERT INTO login_tokens (token_hash, user_id, device, created_at, last_used)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (token_hash, user_id, device, now, now),
     )
     others = [
         (bytes(row[0]), int(row[1]))
@@ -43,22 +45,23 @@ def issue(sql: Sql, user_id: int, token_hash: bytes, now: int) -> None:
     _delete(sql, [token for token, _ in others if token not in keep])
 
 
-def use(sql: Sql, token_hashes: Sequence[bytes], now: int) -> dict[bytes, UserRecord]:
-    """The users of those tokens that are live, each token's use recorded; expired ones
-    are deleted. Many logins share this one transaction (``Store.user_for_token``)."""
+def use(sql: Sql, token_hashes: Sequence[bytes], now: int) -> dict[bytes, tuple[UserRecord, str]]:
+    """The users (and devices) of those tokens that are live, each token's use recorded;
+    expired ones are deleted. Many logins share this one transaction
+    (``Store.user_for_token``)."""
     unique = sorted(set(token_hashes))
     marks = ", ".join("?" for _ in unique)
     rows = sql.all(
-        "SELECT t.token_hash, t.last_used, u.id, u.name FROM login_tokens t"
+        "SELECT t.token_hash, t.last_used, u.id, u.name, t.device FROM login_tokens t"
         f" JOIN users u ON u.id = t.user_id WHERE t.token_hash IN ({marks})",
         unique,
     )
-    found: dict[bytes, UserRecord] = {}
+    found: dict[bytes, tuple[UserRecord, str]] = {}
     expired: list[bytes] = []
     for row in rows:
         token = bytes(row[0])
         if now - int(row[1]) <= TOKEN_TTL_MS:
-            found[token] = UserRecord.from_row(row[2:])
+            found[token] = (UserRecord.from_row(row[2:4]), text(row[4]))
         else:
             expired.append(token)
     if found:
@@ -74,6 +77,10 @@ def use(sql: Sql, token_hashes: Sequence[bytes], now: int) -> dict[bytes, UserRe
 
 def revoke(sql: Sql, token_hash: bytes) -> None:
     _delete(sql, [token_hash])
+
+
+def revoke_all(sql: Sql, user_id: int) -> None:
+    sql.execute("DELETE FROM login_tokens WHERE user_id = ?", (user_id,))
 
 
 def _delete(sql: Sql, token_hashes: Sequence[bytes]) -> None:

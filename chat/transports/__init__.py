@@ -2,7 +2,7 @@
 
 from .base import FrameRejected, MessageStream, StreamClosed
 from .tcp import LineStream, enable_keepalive
-from .websocket import WebSocketStream, serve_websocket
+from .websocket import WebSocketStream, serve_websocket, serve_websocket_stream
 
 __all__ = [
     "FrameRejected",
@@ -12,4 +12,5 @@ __all__ = [
     "WebSocketStream",
     "enable_keepalive",
     "serve_websocket",
+    "serve_websocket_stream",
 ]

@@ -13,6 +13,7 @@ import trio
 from chat.protocol import MAX_LINE_BYTES, ErrorCode, FrameTooLarge, LineSplitter
 
 from .base import FrameRejected, StreamClosed
+from .tls import Wire
 
 READ_CHUNK = 16_384
 KEEPALIVE_IDLE_SECONDS = 60
@@ -93,6 +94,25 @@ async def send_counted(
         counts.frames_sent += bisect.bisect_right(ends, sent)
 
 
+async def send_each(stream: trio.abc.SendStream, frames: Sequence[bytes], counts: _Counts) -> None:
+    """Write each frame (its delimiter included) with a ``send_all`` of its own, counting
+    it in ``counts.frames_sent`` once that returned: over a stream that is not a plain
+    socket (``trio.SSLStream``), where a cancelled or failed ``send_all`` does not say
+    how much left, a frame counts as written only when all of it did (so a write cut
+    off halfway never counts the frames after the cut). A TLS stream over a ``Wire``
+    (the node's) puts them all on the socket in one go, counted as exactly
+    (``Wire.send_frames``); over any other transport it costs a socket write per frame."""
+    try:
+        if isinstance(stream, trio.SSLStream) and isinstance(stream.transport_stream, Wire):
+            await stream.transport_stream.send_frames(stream, frames, counts)
+            return
+        for frame in frames:
+            await stream.send_all(frame)
+            counts.frames_sent += 1
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise StreamClosed(str(exc)) from exc
+
+
 class LineStream:
     """A ``MessageStream`` over a byte stream: one JSON object per ``\\n``-terminated line."""
 
@@ -142,14 +162,10 @@ class LineStream:
             raise StreamClosed(str(exc)) from exc
 
     async def send(self, frames: Sequence[bytes]) -> None:
-        data = b"\n".join(frames) + b"\n"
         if not isinstance(self._stream, trio.SocketStream):
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise StreamClosed(str(exc)) from exc
-            self.frames_sent += len(frames)
+            await send_each(self._stream, [frame + b"\n" for frame in frames], self)
             return
+        data = b"\n".join(frames) + b"\n"
         ends, end = [], 0
         for frame in frames:
             end += len(frame) + 1
@@ -168,16 +184,41 @@ class LineStream:
         for a moment (a bounded amount), then close.
         """
         stream = self._stream
+        if isinstance(stream, trio.SSLStream):
+            await _close_tls(stream, linger=not self._peer_closed)
+            return
         if isinstance(stream, trio.abc.HalfCloseableStream) and not self._peer_closed:
             with trio.move_on_after(LINGER_SECONDS):
-                try:
-                    await stream.send_eof()
-                    discarded = 0
-                    while discarded < LINGER_MAX_BYTES:
-                        data = await stream.receive_some(READ_CHUNK)
-                        if not data:
-                            break
-                        discarded += len(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-                    pass
+                await _linger(stream)
         await stream.aclose()
+
+
+async def _linger(stream: trio.abc.HalfCloseableStream) -> None:
+    """Send FIN, then discard what the peer still sends until its FIN (or a bound)."""
+    try:
+        await stream.send_eof()
+        discarded = 0
+        while discarded < LINGER_MAX_BYTES:
+            data = await stream.receive_some(READ_CHUNK)
+            if not data:
+                break
+            discarded += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+        pass
+
+
+async def _close_tls(stream: trio.SSLStream[trio.abc.Stream], *, linger: bool) -> None:
+    """The same over TLS: our ``close_notify``, the peer's answer, then the TCP linger;
+    all within ``LINGER_SECONDS``. The TCP stream is closed whatever happens (a
+    write cut off: ``unwrap`` then fails at once)."""
+    transport = stream.transport_stream
+    if linger:
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                await stream.unwrap()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                pass
+            else:
+                if isinstance(transport, trio.abc.HalfCloseableStream):
+                    await _linger(transport)
+    await transport.aclose()

@@ -42,7 +42,7 @@ from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 from chat.protocol import MAX_LINE_BYTES, ErrorCode
 
 from .base import FrameRejected, MessageStream, StreamClosed
-from .tcp import enable_keepalive, peer_address, peer_name, send_counted
+from .tcp import enable_keepalive, peer_address, peer_name, send_counted, send_each
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class WebSocketStream:
         interleaves with the library's pings, pongs or closing frame."""
         lock = getattr(self._ws, "_stream_lock", None)
         stream = self._socket_stream
-        if lock is None or not isinstance(stream, trio.SocketStream):
+        if lock is None:
             await self._send_one_by_one(frames)  # not the library version we know
             return
         parts: list[bytes] = []
@@ -141,6 +141,10 @@ class WebSocketStream:
         async with lock:
             if self._ws.closed is not None:
                 raise StreamClosed(_describe(self._ws.closed))
+            if not isinstance(stream, trio.SocketStream):  # TLS: a write per frame
+                whole = [b"".join(parts[i : i + 2]) for i in range(0, len(parts), 2)]
+                await send_each(stream, whole, self)
+                return
             try:
                 await send_counted(stream.socket, b"".join(parts), ends, self)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -159,7 +163,7 @@ class WebSocketStream:
         ``close_timeout``, trio-websocket closes the TCP connection itself."""
         with trio.move_on_after(self._close_timeout):
             await self._ws.aclose(self._close_code, self._close_reason)
-        await self._socket_stream.aclose()
+        await trio.aclose_forcefully(self._socket_stream)  # TLS: no close_notify to wait on
 
     async def keep_alive(self, interval: float, pong_within: float) -> None:
         """Ping every ``interval``; cut the connection if no pong comes ``pong_within``.
@@ -179,7 +183,7 @@ class WebSocketStream:
                 log.info(
                     "%s did not answer a ping within %.0f s: disconnecting", self.peer, pong_within
                 )
-                await self._socket_stream.aclose()
+                await trio.aclose_forcefully(self._socket_stream)
                 return
 
 
@@ -243,6 +247,38 @@ async def _serve_connection(
             log.exception("cannot set up a WebSocket connection")
         await stream.aclose()
         return
+    await serve_websocket_stream(
+        handler,
+        stream,
+        peer,
+        address=address,
+        max_frame=max_frame,
+        read_limit=read_limit,
+        handshake_timeout=handshake_timeout,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        close_timeout=close_timeout,
+    )
+
+
+async def serve_websocket_stream(
+    handler: ConnectionHandler,
+    stream: trio.abc.Stream,
+    peer: str,
+    *,
+    address: str = "",
+    max_frame: int = MAX_LINE_BYTES,
+    read_limit: int | None = None,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ping_interval: float = PING_INTERVAL,
+    ping_timeout: float = PING_TIMEOUT,
+    close_timeout: float = CLOSE_TIMEOUT,
+) -> None:
+    """One connection already set up (a TCP stream, or the TLS stream over it): the
+    opening handshake, then ``handler`` with a ``WebSocketStream``; ``stream`` is
+    closed at the end whatever happens."""
+    if read_limit is None:
+        read_limit = READ_LIMIT_FACTOR * max_frame
     try:
         async with trio.open_nursery() as nursery:
             ws = None
@@ -267,11 +303,11 @@ async def _serve_connection(
         # One broken connection (or a library bug) must never end the node.
         log.exception("%s: WebSocket connection failed", peer)
     finally:
-        await stream.aclose()
+        await trio.aclose_forcefully(stream)
 
 
 async def _handshake(
-    nursery: trio.Nursery, stream: trio.SocketStream, read_limit: int
+    nursery: trio.Nursery, stream: trio.abc.Stream, read_limit: int
 ) -> WebSocketConnection | None:
     """The opening handshake; ``None`` if the peer left during it.
 

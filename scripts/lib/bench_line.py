@@ -14,6 +14,7 @@ import json
 import sys
 
 BUCKETS = [
+    ("TLS (trio's SSLStream, ssl)", ("_ssl.py", "/ssl.py")),
     ("waiting in epoll", ("EpollIOManager.get_events",)),
     ("socket send/recv", ("_nonblocking_helper", "SocketStream.send_all", "receive_some")),
     (
@@ -31,6 +32,18 @@ scenario = sys.argv[5] if len(sys.argv) > 5 else "burst"
 with open(out) as lines:
     found = [row for row in lines if row.startswith('{"chat_bench"')]
 burst = json.loads(found[-1])["results"].get(scenario, {}) if found else {}
+if scenario == "resume" and "reconnect" in burst:  # token logins: one line per phase
+    for phase in ("reconnect", "relogin"):
+        part = burst[phase]
+        lat = part["latency"]
+        print(
+            f"{label:8} {name:8} {phase:9} ok={burst.get('ok')!s:5}"
+            f" logins/s={part['per_second']:>7,.0f}  p50={lat['p50_ms']:>5.0f} ms"
+            f"  p99={lat['p99_ms']:>5.0f} ms"
+            f"  server CPU/round={part.get('server_cpu_us_per_login') or 0:>6,.0f} us",
+            flush=True,
+        )
+    sys.exit(0)
 if "latency" not in burst:  # the load failed (its output says why): no figures
     print(f"{label:8} {name:8} failed: no figures (see {out})", flush=True)
     sys.exit(0)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import attrs
 
+from chat.broker import MAX_DEVICES_ONLINE
 from chat.protocol import ErrorCode, RequestError
 from chat.protocol.messages import (
     Empty,
+    LoggedOutEvent,
     Login,
     Logout,
     Ping,
@@ -20,7 +22,7 @@ from chat.store import NameTaken, UserRecord
 from ..throttles import authenticate_password, hash_new_password
 from ..tokens import new_token, token_hash
 from .login_view import login_result
-from .registry import Caller, handler
+from .registry import Caller, handler, me
 
 
 @handler(Ping, needs_login=False, while_paused=True)
@@ -46,27 +48,32 @@ async def login(caller: Caller, request: Login) -> Result:
             ErrorCode.ALREADY_LOGGED_IN, f"this connection is logged in as {caller.user.name!r}"
         )
     services = caller.services
+    device = request.device if request.device is not None else ""
     if request.token is not None:
-        user = await _user_by_token(caller, request.token)
+        user = await _user_by_token(caller, request.token, device)
         token: str | None = request.token
     else:
         user = await _user_by_password(caller, request)
         token = None
-    if not await caller.begin_login(user):
-        raise RequestError(ErrorCode.ALREADY_ONLINE, f"{user.name!r} is logged in elsewhere")
+    if not await caller.begin_login(user, device, request.acks):
+        shown = "" if not device else f" on device {device!r}"
+        raise RequestError(
+            ErrorCode.ALREADY_ONLINE,
+            f"{user.name!r} is logged in elsewhere{shown}"
+            f" (or on {MAX_DEVICES_ONLINE} devices already)",
+        )
     try:
-        # What this node wrote to an earlier login must be deleted before counting.
-        await services.deletions.settle(user.id)
-        # Presence is claimed before the snapshot: a message stored from now on either
-        # counts in ``offline`` or wakes this session, never neither.
-        result = await login_result(services.store, services.router, user)
+        # Presence is claimed before the device's state is read: a message stored from
+        # now on either counts in ``offline`` or is read after it, never neither.
+        start = await caller.start_device()
+        result = await login_result(services.store, services.router, user, start.kept)
         if token is None:
-            token = await _issue_token(caller, user)
+            token = await _issue_token(caller, user, device)
     except Exception:
         await caller.end_login()
         raise
     caller.login_token = token_hash(token)
-    return attrs.evolve(result, token=token)
+    return attrs.evolve(result, token=token, device=device)
 
 
 async def _user_by_password(caller: Caller, request: Login) -> UserRecord:
@@ -78,19 +85,22 @@ async def _user_by_password(caller: Caller, request: Login) -> UserRecord:
 # --- session tokens (protocol 1.1): the token itself goes no further than here ------
 
 
-async def _user_by_token(caller: Caller, token: str) -> UserRecord:
-    """The user of a live token: no password hash, one coalesced store call."""
-    user = await caller.services.store.user_for_token(token_hash(token))
-    if user is None:
-        # Unknown, expired and revoked look the same, and like a wrong password.
+async def _user_by_token(caller: Caller, token: str, device: str) -> UserRecord:
+    """The user of a live token issued to this device: no password hash, one coalesced
+    store call."""
+    found = await caller.services.store.user_for_token(token_hash(token))
+    if found is None or found[1] != device:
+        # Unknown, expired, revoked and another device's look the same, and like a
+        # wrong password.
         raise RequestError(ErrorCode.BAD_CREDENTIALS, "wrong user or password")
-    return user
+    return found[0]
 
 
-async def _issue_token(caller: Caller, user: UserRecord) -> str:
-    """A new token for a password login; the store keeps its hash only."""
+async def _issue_token(caller: Caller, user: UserRecord, device: str) -> str:
+    """A new token for a password login, bound to its device; the store keeps its
+    hash only."""
     token = new_token()
-    await caller.services.store.issue_token(user.id, token_hash(token))
+    await caller.services.store.issue_token(user.id, device, token_hash(token))
     return token
 
 
@@ -103,7 +113,14 @@ async def _forget_token(caller: Caller) -> None:
 
 @handler(Logout, while_paused=True)
 async def logout(caller: Caller, request: Logout) -> Result:
-    if request.forget:
+    user = me(caller)
+    if request.everywhere:
+        # Before the reply: every token is revoked, and every other device is told and
+        # closed (wherever it is; one that is not reachable now cannot log in again
+        # with a token, and its login ends within the presence limits).
+        await caller.services.store.revoke_tokens(user.id)
+        caller.services.router.push(user.id, LoggedOutEvent("everywhere"), skip=caller.holder)
+    elif request.forget:
         await _forget_token(caller)  # before the reply; a failure leaves the login as it was
     await caller.end_login()
     caller.login_token = None

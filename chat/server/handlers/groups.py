@@ -10,6 +10,7 @@ from chat.protocol.bounded import page_fit
 from chat.protocol.messages import (
     CreateGroup,
     GroupInfo,
+    GroupJoinedEvent,
     GroupMessageEvent,
     GroupResult,
     GroupSend,
@@ -22,6 +23,7 @@ from chat.protocol.messages import (
     Member,
     MembersPage,
     Result,
+    Role,
     UserRef,
 )
 from chat.store import AlreadyMember, GroupNameTaken, NoSuchGroup, StoredMessage, UserRecord
@@ -40,7 +42,16 @@ async def create_group(caller: Caller, request: CreateGroup) -> Result:
         raise RequestError(
             ErrorCode.GROUP_NAME_TAKEN, f"name: a group is called {request.name!r} already"
         ) from None
-    return GroupResult(GroupInfo(group.id, group.name, group.description))
+    info = GroupInfo(group.id, group.name, group.description)
+    _joined(caller, user, info, "creator")
+    return GroupResult(info)
+
+
+def _joined(caller: Caller, user: UserRecord, info: GroupInfo, role: Role) -> None:
+    """This device follows the group's log now, and the user's other devices are told
+    (they follow it too: the store gave each known device a position in it)."""
+    caller.joined(info.id)
+    caller.services.router.push(user.id, GroupJoinedEvent(info, role), skip=caller.holder)
 
 
 @handler(JoinGroup)
@@ -56,26 +67,24 @@ async def join_group(caller: Caller, request: JoinGroup) -> Result:
         raise RequestError(
             ErrorCode.ALREADY_MEMBER, f"group_id: you are in group {request.group_id} already"
         ) from None
-    return JoinResult(GroupInfo(group.id, group.name, group.description), role)
+    info = GroupInfo(group.id, group.name, group.description)
+    _joined(caller, user, info, role)
+    return JoinResult(info, role)
 
 
 @handler(GroupSend, pipelined=True)
 def group_send(caller: Caller, request: GroupSend) -> Awaitable[Result]:
     """Pipelined: the send takes its place in the store's order before this returns."""
     user = me(caller)
-    stored_after = caller.services.router.mark()
+    caller.services.fanout.check(user.id)
     storing = caller.services.store.store_group(
         user.id, request.group_id, request.text, request.cid
     )
-    return _group_send_stored(caller, user, request, storing, stored_after)
+    return _group_send_stored(caller, user, request, storing)
 
 
 async def _group_send_stored(
-    caller: Caller,
-    user: UserRecord,
-    request: GroupSend,
-    storing: Awaitable[StoredMessage],
-    stored_after: int,
+    caller: Caller, user: UserRecord, request: GroupSend, storing: Awaitable[StoredMessage]
 ) -> Result:
     with group_access(request.group_id):
         stored = await storing
@@ -87,7 +96,7 @@ async def _group_send_stored(
         stored.ts,
         False,
     )
-    return sent(caller, stored, event, stored_after)
+    return sent(caller, user, stored, event)
 
 
 @handler(ListGroups)

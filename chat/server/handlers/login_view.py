@@ -18,26 +18,24 @@ from chat.store import LoginReads, Store, UserRecord
 
 from ..router import Router
 
-LATER_FIELDS_BYTES = 512
-"""Room left in the cut result for top-level fields set after it is built (such as a
-session token of up to 256 characters): the cut keeps the reply within the limit
-with them."""
+LATER_FIELDS_BYTES = 640
+"""Room left in the cut result for top-level fields set after it is built (a session
+token of up to 256 characters, a device name of up to 64): the cut keeps the reply
+within the limit with them."""
 
 
 READS = LoginReads(groups=MOST_GROUPS, friends=friends_to_read, members=members_to_read)
 """No more rows than the reply could show."""
 
 
-async def login_result(store: Store, router: Router, user: UserRecord) -> LoginResult:
-    """The logged-in user's result, never over the frame limit; ``offline`` counts the
-    messages kept for the user (presence must be claimed before this is read)."""
+async def login_result(store: Store, router: Router, user: UserRecord, offline: int) -> LoginResult:
+    """The logged-in user's result, never over the frame limit; ``offline``: the
+    messages kept for the device (``Caller.start_device``)."""
     snapshot = await store.login_snapshot(user.id, READS)
     # Cut as if every friend were offline (``false`` is the longer value), then ask the
     # cluster only about the friends shown: a few hundred ids, not thousands.
     cut = cut_login_result(
-        LoginResult(
-            user=UserRef(user.id, user.name), friends=[], groups=[], offline=snapshot.pending
-        ),
+        LoginResult(user=UserRef(user.id, user.name), friends=[], groups=[], offline=offline),
         [UserPresence(f.id, f.name, False) for f in snapshot.friends],
         [
             GroupDetail(

@@ -23,17 +23,13 @@ from .registry import Caller, handler, me
 def send(caller: Caller, request: Send) -> Awaitable[Result]:
     """Pipelined: the send takes its place in the store's order before this returns."""
     user = me(caller)
-    stored_after = caller.services.router.mark()
+    caller.services.fanout.check(user.id)
     storing = caller.services.store.store_direct(user.id, request.to, request.text, request.cid)
-    return _send_stored(caller, user, request, storing, stored_after)
+    return _send_stored(caller, user, request, storing)
 
 
 async def _send_stored(
-    caller: Caller,
-    user: UserRecord,
-    request: Send,
-    storing: Awaitable[StoredMessage],
-    stored_after: int,
+    caller: Caller, user: UserRecord, request: Send, storing: Awaitable[StoredMessage]
 ) -> Result:
     try:
         stored = await storing
@@ -47,23 +43,33 @@ async def _send_stored(
     event = MessageEvent(
         stored.message_id, UserRef(user.id, user.name), request.to, request.text, stored.ts, False
     )
-    return sent(caller, stored, event, stored_after)
+    return sent(caller, user, stored, event)
 
 
-def sent(caller: Caller, stored: StoredMessage, event: DeliveredEvent, stored_after: int) -> Result:
-    """The message is durable now: hand it to its recipients held by this node, and
-    wake the others wherever they are (``stored_after``: ``Router.mark()`` taken before
-    the store was asked). Never waits: the wake-ups of other nodes' users
-    go out with the relay's next batch, which a stopping node still sends before it
-    lets go of Redis. A retried send (its ``cid`` used already) only wakes: its
-    recipients read the first attempt's message from the store."""
+def sent(caller: Caller, user: UserRecord, stored: StoredMessage, event: DeliveredEvent) -> Result:
+    """The message is durable now: hand it to its recipients' devices held by this node,
+    wake the others wherever they are, and copy it to the sender's other devices that
+    are logged in. Never waits: what other nodes must hear goes out with the relay's
+    next batch, which a stopping node still sends before it lets go of Redis. A
+    retried send (its ``cid`` used already) only wakes its stream again: devices read
+    the first attempt's message from the store (one that has it already ignores it)."""
+    services = caller.services
+    router = services.router
+    group = isinstance(event, GroupMessageEvent)
     if stored.created:
-        caller.services.metrics.stored(
-            "group" if isinstance(event, GroupMessageEvent) else "direct"
-        )
-    if stored.recipients:
-        if stored.created:
-            caller.services.router.deliver(stored.recipients, event, stored_after)
-        else:
-            caller.services.router.wake(stored.recipients)
+        services.metrics.stored("group" if group else "direct")
+        # The deliveries it causes, once stored (the next send waits while in debt).
+        services.fanout.charge(user.id, max(1, stored.member_count - 1) if group else 1)
+        if stored.group_id is not None:
+            router.deliver_group(stored.group_id, event, stored.pos)
+        elif stored.recipient_id is not None:
+            router.deliver_direct(stored.recipient_id, event, stored.pos)
+        if stored.recipient_id != user.id:
+            # The sender's other devices see what it wrote (not kept for them); a
+            # message to oneself is in the sender's own inbox, for every device.
+            router.push(user.id, event, skip=caller.holder)
+    elif stored.group_id is not None:
+        router.wake_group(stored.group_id)
+    elif stored.recipient_id is not None:
+        router.wake([stored.recipient_id])
     return Sent(stored.message_id, stored.ts)

@@ -19,6 +19,7 @@ import attrs
 from chat.protocol import ErrorCode, RequestError
 from chat.protocol.messages import REQUEST_TYPES, Request, Result
 from chat.store import UserRecord
+from chat.store.streams import DeviceStart
 
 from ..services import Services
 from ..throttles import RequestBudget
@@ -41,15 +42,33 @@ class Caller(Protocol):
         """The client's IP address (the real one behind a proxy speaking the PROXY
         protocol), for per-address limits and logs."""
 
+    @property
+    def device(self) -> str:
+        """The device of this connection's login (``""``: logins without one)."""
+
+    @property
+    def holder(self) -> str:
+        """This connection's name in the cluster (the one connection to skip)."""
+
     login_token: bytes | None
     """The hash of the token this connection's login used or received (what
     ``logout`` with ``forget`` revokes); None while logged out."""
 
-    async def begin_login(self, user: UserRecord) -> bool:
-        """Claim the user's presence for this connection; False if online elsewhere."""
+    async def begin_login(self, user: UserRecord, device: str, acks: bool) -> bool:
+        """Claim the device's presence for this connection; False if that device is
+        logged in elsewhere, or the user has too many devices online."""
+
+    async def start_device(self) -> DeviceStart:
+        """After ``begin_login``: make the device known and read what is kept for it."""
 
     async def end_login(self) -> None:
-        """Log the user out of this connection (also to undo a login that failed)."""
+        """Log the device out of this connection (also to undo a login that failed)."""
+
+    def ack(self, seq: int) -> None:
+        """The client acknowledged events up to ``seq`` (``AckError`` if it may not)."""
+
+    def joined(self, group_id: int) -> None:
+        """The user joined (or created) a group on this connection: follow its log."""
 
 
 HandlerFn = Callable[[Caller, Any], Awaitable[Result]]
