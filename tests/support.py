@@ -306,3 +306,25 @@ async def _reap(process: trio.Process) -> None:
         process.kill()
     with trio.move_on_after(10, shield=True):
         await process.wait()
+
+
+# --- protocol 1.2: devices ----------------------------------------------------------------
+
+EVENT_DEADLINE = 10.0
+
+
+async def on(c: ChatClient, name: str, device: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Log in as ``name`` on ``device`` (None: a version 1 login, the device "")."""
+    fields: dict[str, Any] = {"name": name, "password": "secret", **extra}
+    if device is not None:
+        fields["device"] = device
+    return await c.call("login", **fields)
+
+
+async def next_of(c: ChatClient, kind: str) -> dict[str, Any]:
+    """The next event that is not a presence event; it must be of type ``kind``."""
+    while True:
+        event = await c.next_event(EVENT_DEADLINE)
+        if event["type"] != "presence":
+            assert event["type"] == kind, event
+            return event

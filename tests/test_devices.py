@@ -15,27 +15,10 @@ from chat.client import ChatClient
 from chat.server import Node
 from chat.server.connection import Outgoing
 
-from .support import client, next_is_sentinel, register, running_node
+from .support import client, next_is_sentinel, next_of, on, register, running_node
 
 Connect = Callable[[], AbstractAsyncContextManager[ChatClient]]
 DEADLINE = 10
-
-
-async def on(c: ChatClient, name: str, device: str | None = None, **extra: Any) -> dict[str, Any]:
-    """Log in as ``name`` on ``device`` (None: a version 1 login, the device "")."""
-    fields: dict[str, Any] = {"name": name, "password": "secret", **extra}
-    if device is not None:
-        fields["device"] = device
-    return await c.call("login", **fields)
-
-
-async def next_of(c: ChatClient, kind: str) -> dict[str, Any]:
-    """The next event that is not a presence event; it must be of type ``kind``."""
-    while True:
-        event = await c.next_event(DEADLINE)
-        if event["type"] != "presence":
-            assert event["type"] == kind, event
-            return event
 
 
 async def sent_id(sender: ChatClient, to: int, text: str) -> int:

@@ -8,28 +8,12 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
-from chat.client import ChatClient
-
 from .cluster_support import DEADLINE, dial, node_process, two_nodes
-from .support import client, register
-
-
-async def on(c: ChatClient, name: str, device: str, **extra: Any) -> dict[str, Any]:
-    return await c.call("login", name=name, password="secret", device=device, **extra)
-
-
-async def next_of(c: ChatClient, kind: str) -> dict[str, Any]:
-    """The next event that is not a presence event; it must be of type ``kind``."""
-    while True:
-        event = await c.next_event(DEADLINE)
-        if event["type"] != "presence":
-            assert event["type"] == kind, event
-            return event
+from .support import client, next_of, on, register
 
 
 async def test_devices_on_two_nodes_get_every_message_and_each_others_copies(
