@@ -300,7 +300,8 @@ def _one_to_one(
 
 
 def group(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
-    with Load("group", config, range(config.group_size), progress) as load:
+    online = min(config.group_size, config.online + 1) if config.online else config.group_size
+    with Load("group", config, range(online), progress) as load:
         group_ids = load.gather()
         load.go(max(group_ids))
         load.gather()
@@ -333,6 +334,7 @@ def group(config: BenchConfig, progress: TextIO | None, server_pid: int | None) 
     complete = [latency for seq, latency in last_member.items() if counts.get(seq) == members]
     figures: Figures = {
         "group_size": config.group_size,
+        "member_count": max(result["member_count"] for result in results),
         "recipients": members,
         "messages": len(acked),
         "group_rate": config.group_rate,
