@@ -212,9 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpu-pids",
         type=_pids,
         default=(),
-        help="comma-separated pids of local server processes: direct, open and burst "
-        "report their CPU time (and their children's, e.g. --workers) per delivered "
-        "message, over the loaded window only",
+        help="comma-separated pids of local server processes: direct, open, burst, group, "
+        "flood and multidevice report their CPU time (and their children's, e.g. --workers) "
+        "per delivered message (flood: per phase), over the loaded window only",
     )
     parser.add_argument(
         "--friends",

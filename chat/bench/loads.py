@@ -27,6 +27,7 @@ from .worker import BenchError, BenchUser, Worker
 PAD = "x" * 40
 """Message bodies carry some text, like a short chat line."""
 GROUP_NAME = "{prefix}-g{size}"
+JOIN_TRIES = 5
 
 
 def message_text(worker: Worker, seq: int, sent_at: float) -> str:
@@ -388,9 +389,15 @@ async def open_group(worker: Worker, members: list[int]) -> int:
     if not group_id:
         raise BenchError(f"cannot find or create group {name}")
     await worker.connect_all(members)
+    limiter = trio.CapacityLimiter(config.login_concurrency)
 
     async def join(index: int) -> None:
-        reply = await worker.users[index].conn.call("join_group", group_id=group_id)
+        for _ in range(JOIN_TRIES):
+            async with limiter:
+                reply = await worker.users[index].conn.call("join_group", group_id=group_id)
+            if reply.get("code") != "unavailable":  # a busy database: try again
+                break
+            await trio.sleep(1.0)
         if reply.get("type") == "error" and reply.get("code") != "already_member":
             raise BenchError(f"cannot join group {group_id}: {reply.get('message')}")
 

@@ -100,6 +100,11 @@ def describe(name: str, figures: Figures) -> list[str]:
         )
         lines.append(f"  to last member {_lat(figures['last_member_latency'])}")
         lines.append(f"  to any member  {_lat(figures['any_member_latency'])}")
+        if figures.get("server_cpu_us_per_delivered") is not None:
+            lines.append(
+                f"  server CPU     {figures['server_cpu_us_per_delivered']:,.0f} us per delivery"
+                f" ({figures['server_cpu_seconds']:.2f} s in all)"
+            )
     elif name == "offline":
         lines.append(
             f"  drained  {figures['drained_per_second']:>9,.1f}/s   ({figures['delivered']} of"
@@ -192,6 +197,7 @@ def _flood_lines(figures: Figures) -> list[str]:
         + (f" (retry_after_ms {retry['min']}-{retry['max']})" if retry else ""),
         f"  stored ok      {_lat(sends['ok_latency'])}",
         f"  to last reader {_lat(sends['to_last_reader'])}",
+        f"  after the ok   {_lat(sends['to_last_reader_after_ok'])}",
     ]
     for phase in ("quiet", "flood"):
         part = figures[f"pair_{phase}"]
