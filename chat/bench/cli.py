@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 
+from .devices import SCENARIOS as DEVICE_SCENARIOS
 from .model import (
     DEFAULT_PREFIX,
     ROUTE_CHOICES,
@@ -31,8 +32,11 @@ from .model import (
 )
 from .report import describe, json_line
 from .runner import LoadFailed
-from .scenarios import ALL, ONE_TO_ONE, SCENARIOS, Figures
+from .scenarios import ALL, ONE_TO_ONE, Figures
+from .scenarios import SCENARIOS as BASE_SCENARIOS
 from .worker import raise_file_limit
+
+SCENARIOS = {**BASE_SCENARIOS, **DEVICE_SCENARIOS}
 
 
 def _positive_int(text: str) -> int:
@@ -106,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         "new connection each, then as often on one connection (login, logout). "
         "presence = --changers users with --friends friends each log out and in (--rounds "
         "times), timed until every friend was told. "
+        "flood = one member keeps --inflight group sends unanswered for --duration s while "
+        "two other users exchange a message each way every 0.1 s (before and during the "
+        "flood); stall = a device with acks stops reading while --users - 1 senders send "
+        "it --messages each, is cut off and logs in again: nothing lost, nothing "
+        "acknowledged comes again; multidevice = every user logged in as --devices devices "
+        "spread over --ports, every message to each device of the recipient and a copy to "
+        "each other device of the sender. "
         "With several --ports (say one per cluster node), direct, open and burst also "
         "report each route: same (sender and recipient on one port) and cross.",
     )
@@ -131,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_scenarios,
         default=list(ALL),
         help="comma-separated: auth, direct, open, burst, group, offline, capacity, resume, "
-        "presence, or all "
+        "presence, flood, stall, multidevice, or all "
         "(= auth,direct,open,group,offline; default all)",
     )
     parser.add_argument(
@@ -156,6 +167,27 @@ def build_parser() -> argparse.ArgumentParser:
         "port (needs two ports or more)",
     )
     parser.add_argument("--group-size", type=_positive_int, default=50, help="default 50")
+    parser.add_argument(
+        "--online",
+        type=_positive_int,
+        default=None,
+        help="group, flood: members logged in to read, besides the sender (default: all of "
+        "them for group, 50 for flood); the others are members who stay offline, which only "
+        "a group made beforehand has (its name is PREFIX-gSIZE, creator PREFIX-u0, e.g. from "
+        "chat-server import-users)",
+    )
+    parser.add_argument(
+        "--inflight",
+        type=_positive_int,
+        default=50,
+        help="flood: group_send requests kept unanswered at once (default 50)",
+    )
+    parser.add_argument(
+        "--devices",
+        type=_positive_int,
+        default=3,
+        help="multidevice: devices logged in per user, dealt over --ports (default 3)",
+    )
     parser.add_argument(
         "--rate",
         type=_positive,
@@ -189,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpu-pids",
         type=_pids,
         default=(),
-        help="comma-separated pids of local server processes: direct, open and burst "
-        "report their CPU time (and their children's, e.g. --workers) per delivered "
-        "message, over the loaded window only",
+        help="comma-separated pids of local server processes: direct, open, burst, group, "
+        "flood and multidevice report their CPU time (and their children's, e.g. --workers) "
+        "per delivered message (flood: per phase), over the loaded window only",
     )
     parser.add_argument(
         "--friends",
@@ -227,6 +259,9 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         users=args.users,
         messages=args.messages,
         group_size=args.group_size,
+        online=args.online or 0,
+        inflight=args.inflight,
+        devices=args.devices,
         rate=args.rate,
         duration=args.duration,
         group_rate=args.group_rate,
@@ -264,6 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if "offline" in args.scenario and config.users < 2 * config.procs:
         print("chat-bench: offline needs at least two users per load process", file=sys.stderr)
+        return 2
+    if "stall" in args.scenario and config.users < 2:
+        print("chat-bench: stall needs --users 2 or more (a reader, senders)", file=sys.stderr)
+        return 2
+    if "flood" in args.scenario and config.group_size < 2:
+        print("chat-bench: flood needs --group-size 2 or more", file=sys.stderr)
         return 2
     try:
         if any(name in ONE_TO_ONE for name in args.scenario):

@@ -27,6 +27,9 @@ Json = dict[str, Any]
 ReplyCallback = Callable[[Json], None]
 EventCallback = Callable[[Json], None]
 
+EVENT_ERRORS = frozenset({"ack_timeout", "login_timeout"})
+"""Errors the server sends as events (no ``rid``, never a reply): ``ack_timeout``,
+``login_timeout``, just before it closes the connection."""
 LOST: Json = {"type": "error", "code": "bench_connection_lost", "message": "connection closed"}
 """What a reply callback gets when the connection closes before its reply (not a server code)."""
 
@@ -43,6 +46,8 @@ class BenchConnection:
         self._on_event = on_event
         self._replies: deque[ReplyCallback] = deque()
         self._send_lock = trio.StrictFIFOLock()
+        self._reading: trio.Event | None = None
+        """Set while reading is paused (``pause_reading``): the reader waits for it."""
         self.closed = False
 
     @classmethod
@@ -90,8 +95,21 @@ class BenchConnection:
             raise ConnectionLost(f"connection closed before the reply to {kind}")
         return box[0]
 
+    def pause_reading(self) -> None:
+        """Stop reading from the socket (a client that stalls): what the server writes
+        stays in the kernel's buffers, then in the server's. Lines already read are
+        still handed out."""
+        if self._reading is None:
+            self._reading = trio.Event()
+
+    def resume_reading(self) -> None:
+        if self._reading is not None:
+            self._reading.set()
+            self._reading = None
+
     async def aclose(self) -> None:
         self.closed = True
+        self.resume_reading()  # the reader then finds the stream closed
         with trio.move_on_after(1, shield=True):
             await self._stream.aclose()
 
@@ -99,13 +117,17 @@ class BenchConnection:
         splitter = LineSplitter(MAX_FRAME)
         try:
             while True:
+                if self._reading is not None:
+                    await self._reading.wait()
                 data = await self._stream.receive_some(READ_CHUNK)
                 if not data:
                     break
                 for line in splitter.feed(data):
                     message = json.loads(line)
                     kind = message.get("type")
-                    if (kind == "ok" or kind == "error") and self._replies:
+                    if kind == "error" and message.get("code") in EVENT_ERRORS:
+                        self._on_event(message)
+                    elif (kind == "ok" or kind == "error") and self._replies:
                         self._replies.popleft()(message)
                     else:
                         self._on_event(message)

@@ -27,6 +27,7 @@ from .worker import BenchError, BenchUser, Worker
 PAD = "x" * 40
 """Message bodies carry some text, like a short chat line."""
 GROUP_NAME = "{prefix}-g{size}"
+JOIN_TRIES = 5
 
 
 def message_text(worker: Worker, seq: int, sent_at: float) -> str:
@@ -366,13 +367,15 @@ async def burst(worker: Worker) -> dict[str, Any]:
     }
 
 
-async def group(worker: Worker) -> dict[str, Any]:
-    """User 0 sends to a group of ``group_size`` members; the others receive."""
+async def open_group(worker: Worker, members: list[int]) -> int:
+    """The group ``PREFIX-gSIZE`` of user 0, found in its login (one made beforehand,
+    say by ``chat-server import-users`` with members who stay offline) or created by
+    it; then ``members`` (of this process) log in and join it. Returns its id. User 0
+    logs in on the process that has it; every process meets the others once."""
     config = worker.config
-    users = list(worker.job.users)
     name = GROUP_NAME.format(prefix=config.prefix, size=config.group_size)
     group_id = 0
-    if 0 in users:
+    if 0 in worker.job.users:
         creator = await worker.connect(0)
         login = await worker.login(creator)
         known = [g["id"] for g in login["groups"] if g["name"] == name]
@@ -385,17 +388,39 @@ async def group(worker: Worker) -> dict[str, Any]:
     group_id = await worker.sync(group_id)
     if not group_id:
         raise BenchError(f"cannot find or create group {name}")
-    members = [index for index in users if index != 0]
     await worker.connect_all(members)
+    limiter = trio.CapacityLimiter(config.login_concurrency)
 
     async def join(index: int) -> None:
-        reply = await worker.users[index].conn.call("join_group", group_id=group_id)
+        for _ in range(JOIN_TRIES):
+            async with limiter:
+                reply = await worker.users[index].conn.call("join_group", group_id=group_id)
+            if reply.get("code") != "unavailable":  # a busy database: try again
+                break
+            await trio.sleep(1.0)
         if reply.get("type") == "error" and reply.get("code") != "already_member":
             raise BenchError(f"cannot join group {group_id}: {reply.get('message')}")
 
     async with trio.open_nursery() as nursery:
         for index in members:
             nursery.start_soon(join, index)
+    return int(group_id)
+
+
+async def member_count(user: BenchUser, group_id: int) -> int:
+    """How many members the group has, as ``groups`` tells one of them (0: not found)."""
+    reply = await user.conn.call("groups")
+    found = [g for g in reply.get("groups", ()) if g.get("id") == group_id]
+    return int(found[0].get("member_count", 0)) if found else 0
+
+
+async def group(worker: Worker) -> dict[str, Any]:
+    """User 0 sends to a group of ``group_size`` members; the others (those of them
+    given to the load processes: ``--online``) log in and receive."""
+    config = worker.config
+    users = list(worker.job.users)
+    members = [index for index in users if index != 0]
+    group_id = await open_group(worker, members)
 
     checker = DeliveryChecker()
     last_member: dict[int, float] = defaultdict(float)
@@ -439,6 +464,7 @@ async def group(worker: Worker) -> dict[str, Any]:
                 acks.append(time.monotonic() - sent_at)
                 worker.count_sent()
     sends_done = time.monotonic()
+    size = await member_count(worker.users[0], group_id) if 0 in users else 0
     all_acked: list[int] = await worker.sync(acked)
     expected = len(members) * len(all_acked)
     await wait_for(lambda: checker.delivered >= expected, config.drain_seconds)
@@ -447,6 +473,7 @@ async def group(worker: Worker) -> dict[str, Any]:
         "sends_done": sends_done,
         "last_receipt": last_receipt,
         "members": len(members),
+        "member_count": size,
         "acked": acked,
         "counts": checker.seen_counts(),
         "last_member": dict(last_member),

@@ -38,6 +38,13 @@ class BenchConfig:
     users: int = 100
     messages: int = 100
     group_size: int = 50
+    online: int = 0
+    """group, flood: members logged in besides the sender (0: every member); the others
+    are accounts only (a group made beforehand, e.g. by ``chat-server import-users``)."""
+    inflight: int = 50
+    """flood: ``group_send`` requests the flooder keeps unanswered at once."""
+    devices: int = 3
+    """multidevice: logged-in devices per user."""
     rate: float = 1000.0
     duration: float = 10.0
     group_rate: float = 0.0

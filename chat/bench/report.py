@@ -90,7 +90,8 @@ def describe(name: str, figures: Figures) -> list[str]:
             lines.extend(_route_lines(figures["routes"]))
     elif name == "group":
         lines.append(
-            f"  group of {figures['group_size']} ({figures['recipients']} recipients online),"
+            f"  group of {figures['member_count']} members ({figures['recipients']} recipients"
+            " online),"
             f" {figures['messages']} messages"
             + (f" at {figures['group_rate']:g}/s" if figures["group_rate"] else " (closed loop)")
         )
@@ -99,6 +100,11 @@ def describe(name: str, figures: Figures) -> list[str]:
         )
         lines.append(f"  to last member {_lat(figures['last_member_latency'])}")
         lines.append(f"  to any member  {_lat(figures['any_member_latency'])}")
+        if figures.get("server_cpu_us_per_delivered") is not None:
+            lines.append(
+                f"  server CPU     {figures['server_cpu_us_per_delivered']:,.0f} us per delivery"
+                f" ({figures['server_cpu_seconds']:.2f} s in all)"
+            )
     elif name == "offline":
         lines.append(
             f"  drained  {figures['drained_per_second']:>9,.1f}/s   ({figures['delivered']} of"
@@ -134,6 +140,27 @@ def describe(name: str, figures: Figures) -> list[str]:
             )
             lines.append(f"          each event after its reply {_lat(part['after_reply'])}")
             lines.append(f"          ping meanwhile {_lat(part['ping_meanwhile'])}")
+    elif name == "flood":
+        lines.extend(_flood_lines(figures))
+    elif name == "stall":
+        lines.extend(_stall_lines(figures))
+    elif name == "multidevice":
+        lines.append(
+            f"  {figures['users']} users x {figures['devices']} devices; sent"
+            f" {figures['sends_per_second']:,.1f}/s ({figures['sent']} ok)"
+        )
+        lines.append(
+            f"  delivered {figures['delivered_per_second']:>8,.1f}/s   ({figures['delivered']}"
+            f" of {figures['expected']} expected, own copies included)"
+        )
+        lines.append(f"  to recipients  {_lat(figures['to_recipients'])}")
+        lines.append(f"  own copies     {_lat(figures['own_copies'])}")
+        lines.append(f"  send->ok       {_lat(figures['ack_latency'])}")
+        if figures.get("server_cpu_us_per_delivered") is not None:
+            lines.append(
+                f"  server CPU     {figures['server_cpu_us_per_delivered']:,.0f} us per delivery"
+                f" ({figures['server_cpu_seconds']:.2f} s in all)"
+            )
     checks = figures["checks"]
     if figures["ok"]:
         checked = name not in ("auth", "capacity", "resume", "presence")
@@ -148,6 +175,57 @@ def describe(name: str, figures: Figures) -> list[str]:
         )
         lines.extend(f"    {problem}" for problem in figures["problems"])
         lines.extend(f"    e.g. {example}" for example in checks["examples"])
+    return lines
+
+
+def _cpu(part: Figures) -> str:
+    cpu = part.get("server_cpu_seconds")
+    busy = part.get("machine_cpu_busy")
+    return (f"; server CPU {cpu:.2f} s" if cpu is not None else "") + (
+        f", machine {busy:.0%} busy" if busy is not None else ""
+    )
+
+
+def _flood_lines(figures: Figures) -> list[str]:
+    sends = figures["group_sends"]
+    refused = ", ".join(f"{count} {code}" for code, count in sends["refused"].items()) or "none"
+    retry = sends["retry_after_ms"]
+    lines = [
+        f"  group of {figures['member_count']} members ({figures['readers']} reading),"
+        f" {figures['inflight']} group sends in flight for {figures['duration']:g} s",
+        f"  group sends    {sends['stored']} stored, refused: {refused}"
+        + (f" (retry_after_ms {retry['min']}-{retry['max']})" if retry else ""),
+        f"  stored ok      {_lat(sends['ok_latency'])}",
+        f"  to last reader {_lat(sends['to_last_reader'])}",
+        f"  after the ok   {_lat(sends['to_last_reader_after_ok'])}",
+    ]
+    for phase in ("quiet", "flood"):
+        part = figures[f"pair_{phase}"]
+        lines.append(
+            f"  pair, {phase:<6} send->ok {_p50_p99(part['send_ok'])}, send->receipt"
+            f" {_p50_p99(part['send_receipt'])} ({part['sent']} ok){_cpu(part)}"
+        )
+    if figures["pair_p99_ratio"] is not None:
+        lines.append(f"  pair send->ok p99 with the flood: {figures['pair_p99_ratio']:.2f} x")
+    return lines
+
+
+def _stall_lines(figures: Figures) -> list[str]:
+    acks = "acks" if figures["acks_given"] else "no seq written: version 1, no acks"
+    lines = [f"  {figures['sent']} messages ok'd from {figures['senders']} senders ({acks})"]
+    for number, login in enumerate(figures["logins"]):
+        what = "stopped reading" if number == 0 else "read and acknowledged"
+        lines.append(
+            f"  login {number + 1}  announced {login['announced']} kept; read {login['read']}"
+            f" ({login['offline']} offline), acknowledged {login['acked']}, {what};"
+            f" cut by the server: {login['cut_by_server']}"
+        )
+    lines.append(
+        f"  lost {figures['lost']} (never read) + {figures['not_again']} (read unacknowledged,"
+        f" never again); unacknowledged on login 1: {figures['unacked_first']}; came again"
+        f" after a login without their ack: {figures['came_again']}; acknowledged and came"
+        f" again: {figures['acked_again']}; repeats within a login: {figures['repeats']}"
+    )
     return lines
 
 

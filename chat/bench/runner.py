@@ -37,10 +37,12 @@ class Load:
         config: BenchConfig,
         users: Sequence[int],
         progress: TextIO | None = sys.stderr,
+        shares: Sequence[tuple[int, ...]] | None = None,
     ) -> None:
+        """``shares``: each load process's users, when the scenario deals them itself."""
         self.scenario = scenario
         self.config = config
-        shares = split_users(config, users)
+        shares = split_users(config, users) if shares is None else shares
         context = multiprocessing.get_context("spawn")
         self.counters = context.Array("q", 2 * len(shares), lock=False)
         self.pipes: list[Connection] = []

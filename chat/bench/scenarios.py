@@ -300,15 +300,18 @@ def _one_to_one(
 
 
 def group(config: BenchConfig, progress: TextIO | None, server_pid: int | None) -> Figures:
-    with Load("group", config, range(config.group_size), progress) as load:
+    online = min(config.group_size, config.online + 1) if config.online else config.group_size
+    with Load("group", config, range(online), progress) as load:
         group_ids = load.gather()
         load.go(max(group_ids))
         load.gather()
+        cpu_before, machine_before = cpu_seconds(config.cpu_pids), machine_ticks()
         start = load.go_at()
         acked_lists = load.gather()
         acked = sorted({seq for part in acked_lists for seq in part})
         load.go(acked)
         results = load.results()
+        cpu_after, machine_after = cpu_seconds(config.cpu_pids), machine_ticks()
     members = sum(result["members"] for result in results)
     counts: dict[int, int] = defaultdict(int)
     last_member: dict[int, float] = defaultdict(float)
@@ -333,6 +336,7 @@ def group(config: BenchConfig, progress: TextIO | None, server_pid: int | None) 
     complete = [latency for seq, latency in last_member.items() if counts.get(seq) == members]
     figures: Figures = {
         "group_size": config.group_size,
+        "member_count": max(result["member_count"] for result in results),
         "recipients": members,
         "messages": len(acked),
         "group_rate": config.group_rate,
@@ -343,6 +347,7 @@ def group(config: BenchConfig, progress: TextIO | None, server_pid: int | None) 
         "ack_latency": _latency(result["acks"] for result in results),
         "stale_skipped": sum(result["stale"] for result in results),
     }
+    _with_cpu(figures, (cpu_before, cpu_after), (machine_before, machine_after))
     failed = config.messages - len(acked)
     return _finish(figures, verdict, f"{failed} group sends failed" if failed else "")
 

@@ -50,6 +50,8 @@ class BenchUser:
     name: str
     conn: BenchConnection
     id: int = 0
+    device: int = 0
+    """Which of the user's connections (``multidevice``: one per device; else 0)."""
 
 
 EventHandler = Callable[[BenchUser, Json], None]
@@ -70,6 +72,8 @@ class Worker:
         self.counters = counters
         self.nursery = nursery
         self.users: dict[int, BenchUser] = {}
+        self.more: list[BenchUser] = []
+        """Further connections of those users (other devices, a second login)."""
         self.on_event: EventHandler = self._ignore
         self.stale = 0
         """Events from earlier runs (messages kept for a user since then): skipped."""
@@ -104,28 +108,48 @@ class Worker:
                 return
         self.on_event(user, event)
 
-    async def connect(self, index: int) -> BenchUser:
+    async def connect(self, index: int, device: int | None = None) -> BenchUser:
+        """A connection for user ``index``; with ``device``, one more of its connections
+        (device k on the port k places after the user's own), kept apart in ``more``."""
         config = self.config
         holder: list[BenchUser] = []
         conn = await BenchConnection.open(
             config.host,
-            config.port_for(index),
+            config.port_for(index + (device or 0)),
             self.nursery,
             lambda event: self._dispatch(holder[0], event),
             self.ssl_context,
         )
-        user = BenchUser(index, config.user_name(index), conn)
+        user = BenchUser(index, config.user_name(index), conn, device=device or 0)
         holder.append(user)
-        self.users[index] = user
+        if device is None:
+            self.users[index] = user
+        else:
+            self.more.append(user)
         return user
 
-    async def login(self, user: BenchUser, *, register_missing: bool = True) -> Json:
-        reply = await user.conn.call("login", name=user.name, password=PASSWORD)
+    async def login(
+        self,
+        user: BenchUser,
+        *,
+        register_missing: bool = True,
+        device: str | None = None,
+        acks: bool = False,
+    ) -> Json:
+        """Log in with the password (registering the account first if it is missing);
+        ``device`` and ``acks`` are protocol 1.2's (left out when not given, so an
+        older server sees a version 1 login)."""
+        extra: Json = {}
+        if device is not None:
+            extra["device"] = device
+        if acks:
+            extra["acks"] = True
+        reply = await user.conn.call("login", name=user.name, password=PASSWORD, **extra)
         if reply.get("code") == "bad_credentials" and register_missing:
             registered = await user.conn.call("register", name=user.name, password=PASSWORD)
             if registered.get("type") == "error" and registered.get("code") != "name_taken":
                 raise BenchError(f"cannot register {user.name}: {registered.get('message')}")
-            reply = await user.conn.call("login", name=user.name, password=PASSWORD)
+            reply = await user.conn.call("login", name=user.name, password=PASSWORD, **extra)
         if reply.get("type") != "ok":
             problem = f"{reply.get('code')}: {reply.get('message')}"
             raise BenchError(f"cannot log in {user.name}: {problem}")
@@ -155,9 +179,10 @@ class Worker:
         return durations
 
     async def close_all(self) -> None:
-        for user in self.users.values():
+        for user in [*self.users.values(), *self.more]:
             await user.conn.aclose()
         self.users.clear()
+        self.more.clear()
 
 
 def worker_main(job: Job, pipe: Connection, counters: Counters) -> None:
@@ -174,12 +199,13 @@ def worker_main(job: Job, pipe: Connection, counters: Counters) -> None:
 
 
 async def _run(job: Job, pipe: Connection, counters: Counters) -> Any:
+    from .devices import LOADS as DEVICE_LOADS
     from .loads import LOADS
 
     async with trio.open_nursery() as nursery:
         worker = Worker(job, pipe, counters, nursery)
         try:
-            result = await LOADS[job.scenario](worker)
+            result = await {**LOADS, **DEVICE_LOADS}[job.scenario](worker)
             if isinstance(result, dict):
                 result["stale"] = worker.stale
             return result
