@@ -51,6 +51,11 @@ from .throttle import Reservation, Window
 
 T = TypeVar("T")
 
+GROUP_SENDS_PER_SENDER_IN_BATCH = 2
+"""Group sends of one sender a send batch takes at most: a member pipelining group sends
+(each a savepoint, a check and a log position) makes the batch everyone else's sends
+wait for a few milliseconds long, not tens ("Fair batches" in ``coalesce``)."""
+
 READ_RANGES_PER_STATEMENT = 200
 """Stream ranges read in one statement at most (each is a derived table of its own)."""
 
@@ -62,7 +67,12 @@ class Store:
         self.dialect = dialect
         self.pool = ConnectionPool(dialect, pool_size or dialect.pool_size)
         self._read_calls = Coalescer(self._read_batch)
-        self._send_calls = Coalescer(self._send_batch, chain=_sender)
+        self._send_calls = Coalescer(
+            self._send_batch,
+            chain=_sender,
+            heavy=_is_group_send,
+            heavy_per_chain=GROUP_SENDS_PER_SENDER_IN_BATCH,
+        )
         self._token_calls = Coalescer(self._token_batch)
 
     def close(self) -> None:
@@ -526,6 +536,12 @@ def _revoke_token(token_hash: bytes, sql: _Sql) -> None:
 
 def _fetch_one(query: str, args: Sequence[Any], sql: _Sql) -> Any:
     return sql.one(query, args)
+
+
+def _is_group_send(request: SendRequest) -> bool:
+    """Group sends are the costly ones in a send batch (a savepoint, a membership check
+    and the group's log position each); direct sends of a batch go in together."""
+    return isinstance(request, GroupSend)
 
 
 def _sender(request: SendRequest) -> int:

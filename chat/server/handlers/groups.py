@@ -29,7 +29,7 @@ from chat.protocol.messages import (
 from chat.store import AlreadyMember, GroupNameTaken, NoSuchGroup, StoredMessage, UserRecord
 
 from .group_access import group_access
-from .messages import sent
+from .messages import sent, stored_or_refunded
 from .registry import Caller, handler, me
 
 
@@ -76,18 +76,22 @@ async def join_group(caller: Caller, request: JoinGroup) -> Result:
 def group_send(caller: Caller, request: GroupSend) -> Awaitable[Result]:
     """Pipelined: the send takes its place in the store's order before this returns."""
     user = me(caller)
-    caller.services.fanout.check(user.id)
+    reserved = caller.services.fanout.reserve(user.id, request.group_id)
     storing = caller.services.store.store_group(
         user.id, request.group_id, request.text, request.cid
     )
-    return _group_send_stored(caller, user, request, storing)
+    return _group_send_stored(caller, user, request, storing, reserved)
 
 
 async def _group_send_stored(
-    caller: Caller, user: UserRecord, request: GroupSend, storing: Awaitable[StoredMessage]
+    caller: Caller,
+    user: UserRecord,
+    request: GroupSend,
+    storing: Awaitable[StoredMessage],
+    reserved: int,
 ) -> Result:
     with group_access(request.group_id):
-        stored = await storing
+        stored = await stored_or_refunded(caller, user, storing, reserved)
     event = GroupMessageEvent(
         stored.message_id,
         request.group_id,
@@ -96,7 +100,7 @@ async def _group_send_stored(
         stored.ts,
         False,
     )
-    return sent(caller, user, stored, event)
+    return sent(caller, user, stored, event, reserved)
 
 
 @handler(ListGroups)
