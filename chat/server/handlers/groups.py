@@ -24,12 +24,13 @@ from chat.protocol.messages import (
     MembersPage,
     Result,
     Role,
+    Sent,
     UserRef,
 )
 from chat.store import AlreadyMember, GroupNameTaken, NoSuchGroup, StoredMessage, UserRecord
 
 from .group_access import group_access
-from .messages import sent, stored_or_refunded
+from .messages import hand_off, stored_or_refunded
 from .registry import Caller, handler, me
 
 
@@ -77,8 +78,20 @@ def group_send(caller: Caller, request: GroupSend) -> Awaitable[Result]:
     """Pipelined: the send takes its place in the store's order before this returns."""
     user = me(caller)
     reserved = caller.services.fanout.reserve(user.id, request.group_id)
+
+    def stored_now(stored: StoredMessage) -> None:
+        event = GroupMessageEvent(
+            stored.message_id,
+            request.group_id,
+            UserRef(user.id, user.name),
+            request.text,
+            stored.ts,
+            False,
+        )
+        hand_off(caller, user, stored, event, reserved)
+
     storing = caller.services.store.store_group(
-        user.id, request.group_id, request.text, request.cid
+        user.id, request.group_id, request.text, request.cid, stored_now
     )
     return _group_send_stored(caller, user, request, storing, reserved)
 
@@ -92,15 +105,7 @@ async def _group_send_stored(
 ) -> Result:
     with group_access(request.group_id):
         stored = await stored_or_refunded(caller, user, storing, reserved)
-    event = GroupMessageEvent(
-        stored.message_id,
-        request.group_id,
-        UserRef(user.id, user.name),
-        request.text,
-        stored.ts,
-        False,
-    )
-    return sent(caller, user, stored, event, reserved)
+    return Sent(stored.message_id, stored.ts)
 
 
 @handler(ListGroups)

@@ -7,7 +7,6 @@ from collections.abc import Awaitable
 from chat.protocol import ErrorCode, RequestError
 from chat.protocol.messages import (
     DeliveredEvent,
-    GroupMessageEvent,
     MessageEvent,
     Result,
     Send,
@@ -24,7 +23,21 @@ def send(caller: Caller, request: Send) -> Awaitable[Result]:
     """Pipelined: the send takes its place in the store's order before this returns."""
     user = me(caller)
     reserved = caller.services.fanout.reserve(user.id)
-    storing = caller.services.store.store_direct(user.id, request.to, request.text, request.cid)
+
+    def stored_now(stored: StoredMessage) -> None:
+        event = MessageEvent(
+            stored.message_id,
+            UserRef(user.id, user.name),
+            request.to,
+            request.text,
+            stored.ts,
+            False,
+        )
+        hand_off(caller, user, stored, event, reserved)
+
+    storing = caller.services.store.store_direct(
+        user.id, request.to, request.text, request.cid, stored_now
+    )
     return _send_stored(caller, user, request, storing, reserved)
 
 
@@ -44,10 +57,7 @@ async def _send_stored(
         raise RequestError(
             ErrorCode.BLOCKED, "to: refused: one of you has blocked the other"
         ) from None
-    event = MessageEvent(
-        stored.message_id, UserRef(user.id, user.name), request.to, request.text, stored.ts, False
-    )
-    return sent(caller, user, stored, event, reserved)
+    return Sent(stored.message_id, stored.ts)
 
 
 async def stored_or_refunded(
@@ -61,30 +71,31 @@ async def stored_or_refunded(
         raise
 
 
-def sent(
+def hand_off(
     caller: Caller,
     user: UserRecord,
     stored: StoredMessage,
     event: DeliveredEvent,
     reserved: int,
-) -> Result:
+) -> None:
     """The message is durable now: hand it to its recipients' devices held by this node,
     wake the others wherever they are, and copy it to the sender's other devices that
-    are logged in. Never waits: what other nodes must hear goes out with the relay's
-    next batch, which a stopping node still sends before it lets go of Redis. A
-    retried send (its ``cid`` used already) only wakes its stream again: devices read
-    the first attempt's message from the store (one that has it already ignores it)."""
+    are logged in. Called by the store right after the commit, each send of the batch
+    in its order (``Store.store_direct``); never waits: what other nodes must hear goes
+    out with the relay's next batch, which a stopping node still sends before it lets
+    go of Redis. A retried send (its ``cid`` used already) only wakes its stream again:
+    devices read the first attempt's message from the store (one that has it already
+    ignores it)."""
     services = caller.services
     router = services.router
-    group = isinstance(event, GroupMessageEvent)
     if not stored.created:
         services.fanout.refund(user.id, reserved)  # the earlier attempt was charged
         if stored.group_id is not None:
             router.wake_group(stored.group_id)
         elif stored.recipient_id is not None:
             router.wake([stored.recipient_id])
-        return Sent(stored.message_id, stored.ts)
-    services.metrics.stored("group" if group else "direct")
+        return
+    services.metrics.stored("group" if stored.group_id is not None else "direct")
     # What it causes, against what it reserved (the next send waits while in debt).
     if stored.group_id is not None:
         services.fanout.settle(
@@ -102,4 +113,3 @@ def sent(
         # The sender's other devices see what it wrote (not kept for them); a
         # message to oneself is in the sender's own inbox, for every device.
         router.push(user.id, event, skip=caller.holder)
-    return Sent(stored.message_id, stored.ts)
