@@ -155,6 +155,7 @@ from .base import (
     Resync,
     Wake,
 )
+from .endpoint import RedisEndpoint
 from .wire import RESYNC, decode_notices, encode_notices
 
 log = logging.getLogger(__name__)
@@ -227,11 +228,10 @@ def node_of(value: str) -> str:
     return node if slash else value
 
 
-def default_prefix(url: str) -> str:
+def default_prefix(endpoint: RedisEndpoint) -> str:
     """``chat:<database index>``: clusters on different databases of one Redis never
     share a channel (pub/sub ignores the database index)."""
-    db = redis.ConnectionPool.from_url(url).connection_kwargs.get("db", 0)
-    return f"{DEFAULT_PREFIX}:{int(db)}"
+    return f"{DEFAULT_PREFIX}:{endpoint.db}"
 
 
 def check_prefix(prefix: str) -> str:
@@ -260,7 +260,7 @@ class RedisBroker:
 
     def __init__(
         self,
-        url: str,
+        endpoint: RedisEndpoint | str,
         node_id: str,
         *,
         lease_seconds: float = LEASE_SECONDS,
@@ -273,7 +273,8 @@ class RedisBroker:
         if not lease_seconds > 0:
             raise ValueError(f"lease_seconds must be positive, not {lease_seconds}")
         self.node_id = node_id
-        self.url = url
+        # A str is parsed here (tests, tools); the node passes the endpoint it parsed.
+        self.endpoint = RedisEndpoint.parse(endpoint) if isinstance(endpoint, str) else endpoint
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = heartbeat_seconds or lease_seconds / 3
         if self.heartbeat_seconds >= lease_seconds:
@@ -286,18 +287,17 @@ class RedisBroker:
             # when Redis restarts, and only the first command on it finds out.
             "retry": Retry(NoBackoff(), 1),
         }
-        # from_url raises ValueError for a URL that is not redis://, rediss:// or unix://.
-        self._pool = redis.ConnectionPool.from_url(url, max_connections=pool_size, **options)
-        self._sub_pool = redis.ConnectionPool.from_url(
-            url, max_connections=2, **(options | {"retry": Retry(NoBackoff(), 0)})
+        self._pool = self.endpoint.pool(max_connections=pool_size, **options)
+        self._sub_pool = self.endpoint.pool(
+            max_connections=2, **(options | {"retry": Retry(NoBackoff(), 0)})
         )
         # Renewals never retry: a renewal that ran but whose reply was lost would, run
         # again, find its re-created leases in place and not report them re-created.
         # A failed beat is simply tried again (RETRY_SECONDS later, while in doubt).
-        self._renew_pool = redis.ConnectionPool.from_url(
-            url, max_connections=2, **(options | {"retry": Retry(NoBackoff(), 0)})
+        self._renew_pool = self.endpoint.pool(
+            max_connections=2, **(options | {"retry": Retry(NoBackoff(), 0)})
         )
-        self.prefix = check_prefix(prefix) if prefix is not None else default_prefix(url)
+        self.prefix = check_prefix(prefix) if prefix is not None else default_prefix(self.endpoint)
         self._redis = redis.Redis(connection_pool=self._pool)
         self._limiter = trio.CapacityLimiter(pool_size)
         self._listen_limiter = trio.CapacityLimiter(1)
@@ -353,7 +353,7 @@ class RedisBroker:
         (metrics)."""
 
     def __repr__(self) -> str:
-        return f"RedisBroker({self.url!r}, {self.node_id!r}, prefix={self.prefix!r})"
+        return f"RedisBroker({str(self.endpoint)!r}, {self.node_id!r}, prefix={self.prefix!r})"
 
     # --- names ------------------------------------------------------------------
 
