@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
+import pymysql
 import pytest
 from redis.sentinel import SentinelConnectionPool
 
@@ -12,6 +14,8 @@ from chat.broker.endpoint import RedisEndpoint, SentinelAddress
 from chat.broker.redis import RedisBroker
 from chat.store import HostPort, MysqlConfig, SqliteConfig, dialect_for, parse_database_url
 from chat.store.mysql import MysqlDialect
+
+from .support import MYSQL_URL, free_port
 
 # --- the database -----------------------------------------------------------------
 
@@ -148,3 +152,37 @@ def test_bad_redis_urls_name_their_bad_part(url: str, names: str) -> None:
     with pytest.raises(ValueError) as raised:
         RedisEndpoint.parse(url)
     assert names in str(raised.value)
+
+
+# --- several database hosts, against the real MariaDB ------------------------------
+
+
+def test_hosts_are_tried_in_order_and_the_store_stays_on_the_one_that_answers() -> None:
+    """The first host refuses (nothing listens there): the dialect connects to the
+    second and writes to it from then on; a lost connection moves it on (here, round
+    to the first, which still refuses, so back to the second); a connection to a host
+    it moved away from is not current any more."""
+    real = parse_database_url(f"{MYSQL_URL}/mysql")
+    assert isinstance(real, MysqlConfig)
+    closed = HostPort("127.0.0.1", free_port())
+    dialect = MysqlDialect(attrs.evolve(real, hosts=(closed, *real.hosts)))
+    conn = dialect.connect()
+    try:
+        assert (dialect.host, dialect.port) == (real.hosts[0].host, real.hosts[0].port)
+        assert dialect.is_current(conn)
+        dialect.connection_lost(conn)
+        assert (dialect.host, dialect.port) == (closed.host, closed.port)
+        assert not dialect.is_current(conn)
+        again = dialect.connect()
+        again.close()
+        assert (dialect.host, dialect.port) == (real.hosts[0].host, real.hosts[0].port)
+    finally:
+        conn.close()
+
+
+def test_no_host_answering_names_each() -> None:
+    first, second = HostPort("127.0.0.1", free_port()), HostPort("127.0.0.1", free_port())
+    dialect = MysqlDialect(MysqlConfig((first, second), "root", "", "chat"))
+    with pytest.raises(pymysql.err.OperationalError) as raised:
+        dialect.connect()
+    assert str(first) in str(raised.value) and str(second) in str(raised.value)

@@ -93,11 +93,16 @@ class MysqlDialect(Dialect):
         primary component, or not synced); True for a server without Galera."""
         try:
             with conn.cursor() as cursor:
+                # A MariaDB built with Galera but running without it says wsrep_ready OFF.
+                cursor.execute("SHOW VARIABLES LIKE 'wsrep_on'")
+                row = cursor.fetchone()
+                if row is None or str(row[1]).upper() != "ON":
+                    return True
                 cursor.execute("SHOW STATUS LIKE 'wsrep_ready'")
                 row = cursor.fetchone()
         except pymysql.err.MySQLError:
             return False
-        return row is None or str(row[1]).upper() == "ON"
+        return row is not None and str(row[1]).upper() == "ON"
 
     @staticmethod
     def _close_quietly(conn: pymysql.connections.Connection[pymysql.cursors.Cursor]) -> None:
