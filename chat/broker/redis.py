@@ -112,6 +112,10 @@ Failures and what covers them:
   finds the epoch missing broadcasts at once, and every node re-asserts within
   a round trip of hearing it, or within a heartbeat at the latest: in that short
   window a device could be served by two connections (docs/cluster.md);
+- a Sentinel failover (``redis+sentinel://``, ``chat.broker.endpoint``): to a node
+  it is a Redis restart that kept (nearly) everything: commands fail and the
+  subscription breaks, the node pauses, every new connection asks the Sentinels for
+  the master, and the next beat confirms (or re-creates the few lost) leases there;
 - a node killed without warning stops renewing: its devices' leases expire after
   ``lease_seconds`` and they can log in elsewhere;
 - a node stopping gracefully releases its own devices' leases (compare-and-delete
