@@ -31,6 +31,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -513,6 +514,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for process in reversed(started):
             process.stop()
+        if args.dir is None:
+            # The data folders are hundreds of MB (Galera's caches): keep only the logs.
+            for data in directory.glob("**/galera[0-9]"):
+                if data.is_dir():
+                    shutil.rmtree(data, ignore_errors=True)
         print(f"logs in {directory}", file=sys.stderr)
 
 
