@@ -92,6 +92,7 @@ class ConnectionPool:
                 raise
             except Exception as exc:
                 if self.dialect.is_disconnect(exc):
+                    self.dialect.connection_lost(conn)
                     self._discard(conn)
                     raise StoreUnavailable(f"{self.dialect.name}: connection lost ({exc})") from exc
                 self._rollback_quietly(conn)
@@ -118,8 +119,12 @@ class ConnectionPool:
             self._close_quietly(conn)
 
     def _checkout(self) -> Connection:
-        with self._lock:
-            entry = self._idle.pop() if self._idle else None
+        while True:
+            with self._lock:
+                entry = self._idle.pop() if self._idle else None
+            if entry is None or self.dialect.is_current(entry[0]):
+                break
+            self._close_quietly(entry[0])  # a host the store moved away from
         if entry is not None:
             conn, since = entry
             if time.monotonic() - since < IDLE_CHECK_SECONDS:
