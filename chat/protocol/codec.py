@@ -23,6 +23,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from cattrs.preconf.orjson import make_converter
 
 from .errors import ErrorCode, RequestError
+from .lookalike import lookalike_problem
 from .messages import (
     HISTORY_LIMIT_MAX,
     REQUEST_TYPES,
@@ -128,9 +129,10 @@ WHITE_SPACE = frozenset(
 
 
 def _name(value: object) -> str:
-    """A new user or group name (version 1.1 rules): stored in NFC, lengths counted
-    after that; no control (Cc) or format (Cf) characters, nothing that looks like
-    another name with invisible characters or blank ends."""
+    """A new user or group name (version 1.1 and 1.2 rules): stored in NFC, lengths
+    counted after that; no control (Cc) or format (Cf) characters, nothing that looks
+    like another name with invisible characters, blank ends, or stacked combining
+    marks (``chat.protocol.lookalike``)."""
     text = unicodedata.normalize("NFC", _string(value))
     if not 1 <= len(text) <= 50:
         raise ValueError(f"must be 1 to 50 characters long, not {len(text)}")
@@ -146,6 +148,9 @@ def _name(value: object) -> str:
         raise ValueError("must not be only white space")
     if text[0] in WHITE_SPACE or text[-1] in WHITE_SPACE:
         raise ValueError("must not begin or end with white space")
+    problem = lookalike_problem(text)  # the version 1.2 rules
+    if problem is not None:
+        raise ValueError(problem)
     return text
 
 

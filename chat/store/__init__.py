@@ -29,7 +29,7 @@ from .errors import (
 )
 from .migrations import apply_migrations
 from .mysql import MysqlDialect
-from .names import backfill_name_keys, name_key
+from .names import backfill_name_keys, look_key, name_key
 from .records import (
     Credentials,
     GroupRecord,
@@ -130,6 +130,7 @@ __all__ = [
     "apply_migrations",
     "backfill_name_keys",
     "dialect_for",
+    "look_key",
     "name_key",
     "open_store",
 ]

@@ -26,8 +26,9 @@ from .errors import (
     NameTaken,
     NoSuchGroup,
     NoSuchUser,
+    RateLimited,
 )
-from .names import name_key
+from .names import look_key, name_key
 from .pool import ConnectionPool
 from .records import (
     Credentials,
@@ -121,17 +122,22 @@ class Store:
 
     async def create_user(self, name: str, password_hash: str) -> UserRecord:
         """A new user; ``NameTaken`` also when the name equals another after case folding
-        (the unique ``name_key`` index enforces that across the cluster)."""
+        or looks like another (the unique ``name_key`` and ``look_key`` indexes enforce
+        that across the cluster: ``chat.store.names``)."""
         key = name_key(name)
+        look = look_key(name)
 
         def body(sql: _Sql) -> UserRecord:
-            if sql.one("SELECT 1 FROM users WHERE name_key = ? OR name = ?", (key, name)):
+            if sql.one(
+                "SELECT 1 FROM users WHERE name_key = ? OR look_key = ? OR name = ?",
+                (key, look, name),
+            ):
                 raise NameTaken(name)
             try:
                 user_id = sql.insert(
-                    "INSERT INTO users (name, name_key, password_hash, created_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (name, key, password_hash, now_ms()),
+                    "INSERT INTO users (name, name_key, look_key, password_hash, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (name, key, look, password_hash, now_ms()),
                 )
             except Exception as exc:
                 if self.dialect.is_integrity_error(exc):
@@ -253,19 +259,37 @@ class Store:
 
     # --- groups ---------------------------------------------------------------
 
-    async def create_group(self, name: str, description: str, creator_id: int) -> GroupRecord:
+    async def create_group(
+        self, name: str, description: str, creator_id: int, window: Window | None = None
+    ) -> GroupRecord:
+        """A new group with its creator as first member; ``RateLimited`` first when the
+        creator made ``window.limit`` groups within the window (only groups made count;
+        no ``window``: not throttled, for tools), then ``GroupNameTaken`` as
+        ``create_user`` has ``NameTaken``."""
         key = name_key(name)
+        look = look_key(name)
 
         def body(sql: _Sql) -> GroupRecord:
-            if sql.one("SELECT 1 FROM chat_groups WHERE name_key = ? OR name = ?", (key, name)):
-                raise GroupNameTaken(name)
+            # The creator's row lock serialises one user's create_group calls, so two of
+            # them cannot both be the tenth (the throttle's rows are shared by every node).
+            bucket = f"create_group:{creator_id}"
             created = now_ms()
+            if window is not None:
+                sql.one(f"SELECT id FROM users WHERE id = ?{sql.dialect.for_update}", (creator_id,))
+                wait = throttle.wait_ms(sql, bucket, window, created)
+                if wait is not None:
+                    raise RateLimited(wait)
+            if sql.one(
+                "SELECT 1 FROM chat_groups WHERE name_key = ? OR look_key = ? OR name = ?",
+                (key, look, name),
+            ):
+                raise GroupNameTaken(name)
             try:
                 group_id = sql.insert(
                     "INSERT INTO chat_groups"
-                    " (name, name_key, description, creator_id, created_at, member_count)"
-                    " VALUES (?, ?, ?, ?, ?, 1)",
-                    (name, key, description, creator_id, created),
+                    " (name, name_key, look_key, description, creator_id, created_at,"
+                    " member_count) VALUES (?, ?, ?, ?, ?, ?, 1)",
+                    (name, key, look, description, creator_id, created),
                 )
             except Exception as exc:
                 if self.dialect.is_integrity_error(exc):
@@ -277,6 +301,8 @@ class Store:
                 (group_id, creator_id, created),
             )
             streams.follow_group(sql, creator_id, group_id)
+            if window is not None:
+                throttle.record(sql, bucket, window, created)
             return GroupRecord(id=group_id, name=name, description=description)
 
         return await self._run(body, write=True)
