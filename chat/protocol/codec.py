@@ -25,6 +25,7 @@ from cattrs.preconf.orjson import make_converter
 from .errors import ErrorCode, RequestError
 from .lookalike import lookalike_problem
 from .messages import (
+    FRIEND_REQUESTS_SETTINGS,
     HISTORY_LIMIT_MAX,
     REQUEST_TYPES,
     AckSeq,
@@ -38,6 +39,8 @@ from .messages import (
     Flag,
     FriendAddedEvent,
     FriendRemovedEvent,
+    FriendRequestEvent,
+    FriendRequestsSetting,
     GroupDetail,
     GroupId,
     GroupJoinedEvent,
@@ -201,6 +204,16 @@ def _bounded_int(low: int, high: int) -> Callable[[object], int]:
     return check
 
 
+def _one_of(choices: Sequence[str]) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            shown = " or ".join(f'"{choice}"' for choice in choices)
+            raise ValueError(f"must be {shown}")
+        return value
+
+    return check
+
+
 def _positive_id(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"must be an integer, not {_json_kind(value)}")
@@ -280,10 +293,17 @@ def _configure_converter(converter: cattrs.Converter) -> None:
         DeviceName: _device(1),
         DeviceRef: _device(0),
         AckSeq: _bounded_int(1, RID_RANGE[1]),
+        FriendRequestsSetting: _one_of(FRIEND_REQUESTS_SETTINGS),
     }
     for kind, check in strict.items():
         converter.register_structure_hook(kind, _hook(check))
-    for event_cls in (MessageEvent, GroupMessageEvent, HistoryDirect, HistoryGroup):
+    for event_cls in (
+        MessageEvent,
+        GroupMessageEvent,
+        HistoryDirect,
+        HistoryGroup,
+        FriendRequestEvent,
+    ):
         converter.register_unstructure_hook(
             event_cls,
             make_dict_unstructure_fn(event_cls, converter, from_=override(rename="from")),
@@ -525,6 +545,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PresenceEvent,
         LoggedOutEvent,
         GroupJoinedEvent,
+        FriendRequestEvent,
     )
 }
 

@@ -18,6 +18,7 @@ from .errors import (
     GroupNameTaken,
     NameTaken,
     NoSuchGroup,
+    NoSuchRequest,
     NoSuchUser,
     NotAMember,
     NotBlocked,
@@ -44,6 +45,7 @@ from .records import (
     UserRecord,
 )
 from .repository import Store
+from .requests import FriendAdd
 from .sqlite import SqliteDialect
 from .throttle import Window
 
@@ -98,6 +100,7 @@ __all__ = [
     "CannotBlockSelf",
     "CannotFriendSelf",
     "Credentials",
+    "FriendAdd",
     "GroupNameTaken",
     "GroupRecord",
     "HistoryMessage",
@@ -113,6 +116,7 @@ __all__ = [
     "NewGroup",
     "NewUser",
     "NoSuchGroup",
+    "NoSuchRequest",
     "NoSuchUser",
     "NotAMember",
     "NotBlocked",

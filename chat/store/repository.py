@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
-from . import bulk, contacts, history, streams, throttle, tokens
+from . import bulk, contacts, history, requests, streams, throttle, tokens
 from .coalesce import Coalescer, Submitted
 from .dialect import Connection, Dialect
 from .errors import (
@@ -182,12 +182,57 @@ class Store:
 
     # --- friends and blocking ---------------------------------------------------
 
-    async def add_friend(self, user_id: int, friend_id: int, window: Window) -> UserRecord:
-        """Make two users friends (both directions); returns the friend. At most
+    async def add_friend(
+        self,
+        user_id: int,
+        friend_id: int,
+        window: Window,
+        max_waiting: int = requests.MAX_WAITING_REQUESTS,
+    ) -> requests.FriendAdd:
+        """Make two users friends (both directions), or leave a request when the other
+        approves requests (``chat.store.requests``); says which. At most
         ``window.limit`` per ``window.span_ms`` per user (``RateLimited``)."""
         return await self._run(
-            partial(contacts.add_friend, user_id=user_id, friend_id=friend_id, window=window),
+            partial(
+                requests.add_friend,
+                user_id=user_id,
+                friend_id=friend_id,
+                window=window,
+                max_waiting=max_waiting,
+            ),
             write=True,
+        )
+
+    async def accept_friend(self, user_id: int, requester_id: int) -> UserRecord:
+        """Accept a waiting request (``NoSuchRequest`` if none): returns the new friend."""
+        return await self._run(
+            partial(requests.accept, user_id=user_id, requester_id=requester_id), write=True
+        )
+
+    async def decline_friend(self, user_id: int, requester_id: int) -> None:
+        await self._run(
+            partial(requests.decline, user_id=user_id, requester_id=requester_id), write=True
+        )
+
+    async def friend_requests(self, user_id: int, after: int, limit: int) -> Page[UserRecord]:
+        return await self._run(
+            partial(requests.requests_page, user_id=user_id, after=after, limit=limit),
+            write=False,
+        )
+
+    async def change_settings(self, user_id: int, friend_requests: str | None) -> str:
+        """Change what was sent (None: nothing); the ``friend_requests`` setting after."""
+        return await self._run(
+            partial(requests.change_settings, user_id=user_id, friend_requests=friend_requests),
+            write=friend_requests is not None,
+        )
+
+    async def presence_hidden(self, target_ids: Sequence[int], viewer_id: int) -> set[int]:
+        """Which of ``target_ids`` show ``online: false`` to ``viewer_id`` whatever their
+        state (they approve requests and the viewer is not their friend)."""
+        return await self._run(
+            partial(requests.presence_hidden, target_ids=target_ids, viewer_id=viewer_id),
+            write=False,
         )
 
     async def remove_friend(self, user_id: int, friend_id: int) -> UserRecord:
