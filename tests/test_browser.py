@@ -711,3 +711,55 @@ def test_the_page_and_chat_cli_as_one_user(browser: Browser, ws_url: str, tmp_pa
     finally:
         cli.close(force=True)
     assert problems == []
+
+
+def test_friend_requests_are_shown_and_answered(browser: Browser, ws_url: str) -> None:
+    """Protocol 1.2 approval in the page: the setting, a request arriving live, Accept
+    (the asker is told) and Decline (the asker is not)."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    url = PAGE.as_uri() + "?ws=" + ws_url
+    problems: list[str] = []
+    alice, bob, carol = (open_page(browser, url, problems) for _ in range(3))
+    sign_in(alice, "alice", register=True)
+    sign_in(bob, "bob", register=True)
+    sign_in(carol, "carol", register=True)
+    expect(carol.locator("#me-name")).to_have_text("carol")
+
+    approve = alice.get_by_label("Ask me before anyone adds me as a friend")
+    expect(approve).not_to_be_checked()
+    approve.check()
+    expect(alice.locator("#sidebar-note")).to_have_text("Friend requests now wait for your answer.")
+
+    bob.get_by_label("Add a friend by name").fill("alice")
+    bob.get_by_role("button", name="Add", exact=True).click()
+    expect(bob.locator("#sidebar-note")).to_have_text("Asked alice; waiting for their answer.")
+    expect(bob.get_by_role("button", name="Actions for alice")).to_have_count(0)
+    expect(alice.locator("#sidebar-note")).to_have_text("bob asks to be your friend.")
+    requests = alice.get_by_role("list", name="Friend requests")
+    expect(requests).to_contain_text("bob")
+
+    carol.get_by_label("Add a friend by name").fill("alice")
+    carol.get_by_role("button", name="Add", exact=True).click()
+    expect(requests.get_by_role("listitem")).to_have_count(2)
+
+    alice.get_by_role("button", name="Accept bob").click()
+    expect(alice.locator("#sidebar-note")).to_have_text("bob is now your friend.")
+    bob_in_alice = alice.locator("#friend-list").get_by_role("button", name=re.compile("^bob"))
+    expect(bob_in_alice).to_contain_text("online")
+    alice_in_bob = bob.locator("#friend-list").get_by_role("button", name=re.compile("^alice"))
+    expect(alice_in_bob).to_contain_text("online")  # the friend_added event
+
+    alice.get_by_role("button", name="Decline carol").click()
+    expect(alice.locator("#sidebar-note")).to_have_text("You declined carol's request.")
+    expect(alice.get_by_role("heading", name="Friend requests")).to_be_hidden()
+    expect(carol.get_by_role("button", name="Actions for alice")).to_have_count(0)
+
+    # The setting and the (empty) list come back with the next sign-in.
+    alice.get_by_role("button", name="Log out", exact=True).click()
+    sign_in(alice, "alice", register=False)
+    expect(alice.locator("#me-name")).to_have_text("alice")
+    expect(approve).to_be_checked()
+    expect(alice.get_by_role("heading", name="Friend requests")).to_be_hidden()
+    assert problems == []

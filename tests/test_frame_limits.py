@@ -29,6 +29,8 @@ from chat.protocol.messages import (
     FoundUser,
     FriendAddedEvent,
     FriendRemovedEvent,
+    FriendRequestEvent,
+    FriendRequestsPage,
     FriendResult,
     FriendsPage,
     GroupDetail,
@@ -48,9 +50,12 @@ from chat.protocol.messages import (
     MembersPage,
     MessageEvent,
     Ok,
+    PendingFriend,
     PresenceEvent,
     Result,
     Sent,
+    SettingsResult,
+    SettingsValues,
     UserPresence,
     UserRef,
     UserResult,
@@ -126,6 +131,9 @@ LARGEST_RESULTS: dict[type, Callable[[], Result]] = {
     DevicesResult: lambda: DevicesResult(
         [DeviceInfo("\U0001f600" * 64, True, BIG_ID)] * MAX_KNOWN_DEVICES
     ),
+    PendingFriend: lambda: PendingFriend(PRESENCE),
+    SettingsResult: lambda: SettingsResult(SettingsValues("approve")),
+    FriendRequestsPage: lambda: largest_page(FriendRequestsPage, USER, 500),
 }
 
 
@@ -142,6 +150,7 @@ LARGEST_EVENTS: dict[type, Callable[[], Event]] = {
     PresenceEvent: lambda: PresenceEvent(USER, False),
     LoggedOutEvent: lambda: LoggedOutEvent("everywhere"),
     GroupJoinedEvent: lambda: GroupJoinedEvent(GROUP, "creator"),
+    FriendRequestEvent: lambda: FriendRequestEvent(USER),
 }
 
 

@@ -184,6 +184,7 @@
     conn: null,
     me: null, // {id, name}
     people: new Map(), // user id -> {id, name, online, friend}
+    requests: new Map(), // user id -> {id, name}: friend requests waiting for an answer
     groups: new Map(), // group id -> {id, name, description, role, members}
     conversations: new Map(), // "u:ID" | "g:ID" -> {key, kind, id, messages, unread}
     current: null,
@@ -599,6 +600,11 @@
       note(friend.name + " added you as a friend.");
       announce(friend.name + " added you as a friend");
       renderSidebar();
+    } else if (event.type === "friend_request") {
+      state.requests.set(event.from.id, event.from);
+      note(event.from.name + " asks to be your friend.");
+      announce(event.from.name + " asks to be your friend");
+      renderRequests();
     } else if (event.type === "group_joined") {
       // Joined or created on another of this user's devices: its messages come here too.
       const known = state.groups.get(event.group.id);
@@ -726,6 +732,7 @@
           "tab or window?), or the account is signed in on 10 devices.",
         blocked: "Refused: one of you has blocked the other.",
         rate_limited: "Too many of these for now; try again later.",
+        no_such_request: "That request is no longer waiting.",
       };
       return known[err.code] || err.message;
     }
@@ -744,6 +751,7 @@
     state.me = reply.user;
     state.people.clear();
     state.groups.clear();
+    state.requests.clear();
     if (!resumed) {
       state.conversations.clear();
       state.current = null;
@@ -774,6 +782,61 @@
     if (reply.friends_more || reply.groups_more) {
       pageInTheRest(reply).catch((err) => note(describeError(err), true));
     }
+    loadRequests().catch((err) => note(describeError(err), true));
+  }
+
+  /** The friend-request setting and the requests waiting (protocol 1.2); events keep
+   * the list live afterwards. */
+  async function loadRequests() {
+    const conn = state.conn;
+    const settings = (await conn.call("settings", {})).settings;
+    const waiting = await allPages(conn, "friend_requests", "requests", {});
+    if (conn !== state.conn) return; // signed out meanwhile
+    $("approve-friends").checked = settings.friend_requests === "approve";
+    for (const user of waiting) state.requests.set(user.id, user);
+    renderRequests();
+  }
+
+  function renderRequests() {
+    const list = $("request-list");
+    list.replaceChildren();
+    const waiting = Array.from(state.requests.values())
+      .sort((a, b) => a.name.localeCompare(b.name));
+    for (const user of waiting) {
+      const item = el("li", "request");
+      item.append(el("span", "name", user.name));
+      const accept = el("button", "", "Accept");
+      accept.type = "button";
+      accept.setAttribute("aria-label", "Accept " + user.name);
+      accept.addEventListener("click", guardedClick(() => answerRequest(user, true)));
+      const decline = el("button", "", "Decline");
+      decline.type = "button";
+      decline.setAttribute("aria-label", "Decline " + user.name);
+      decline.addEventListener("click", guardedClick(() => answerRequest(user, false)));
+      item.append(accept, decline);
+      list.append(item);
+    }
+    $("requests-section").hidden = waiting.length === 0;
+  }
+
+  async function answerRequest(user, accepted) {
+    try {
+      if (accepted) {
+        const friend = (await state.conn.call("accept_friend", { user_id: user.id })).friend;
+        state.people.set(friend.id, {
+          id: friend.id, name: friend.name, online: friend.online, friend: true,
+        });
+        note(friend.name + " is now your friend.");
+      } else {
+        await state.conn.call("decline_friend", { user_id: user.id });
+        note("You declined " + user.name + "'s request.");
+      }
+    } finally {
+      // Answered, or answered elsewhere already (no_such_request): no longer waiting.
+      state.requests.delete(user.id);
+      renderRequests();
+      renderSidebar();
+    }
   }
 
   function stopPresence() {
@@ -791,6 +854,7 @@
     state.current = null;
     state.people.clear();
     state.groups.clear();
+    state.requests.clear();
     state.conversations.clear();
     state.loggingOut = false;
   }
@@ -1118,6 +1182,11 @@
     const user = (await state.conn.call("find_user", { name: name })).user;
     const reply = await state.conn.call("add_friend", { user_id: user.id });
     const friend = reply.friend;
+    if (reply.pending) {
+      // They approve requests (protocol 1.2): asked, not friends until they accept.
+      note("Asked " + friend.name + "; waiting for their answer.");
+      return;
+    }
     state.people.set(friend.id, {
       id: friend.id, name: friend.name, online: friend.online, friend: true,
     });
@@ -1206,6 +1275,20 @@
       await addFriend(name);
       input.value = "";
     }));
+    $("approve-friends").addEventListener("change", async () => {
+      const box = $("approve-friends");
+      const wanted = box.checked ? "approve" : "anyone";
+      if (!state.conn) return;
+      try {
+        const reply = await state.conn.call("settings", { friend_requests: wanted });
+        box.checked = reply.settings.friend_requests === "approve";
+        note(box.checked ? "Friend requests now wait for your answer."
+          : "Anyone may add you as a friend now.");
+      } catch (err) {
+        box.checked = !box.checked;
+        note(describeError(err), true);
+      }
+    });
     $("create-group-form").addEventListener("submit", guarded(async () => {
       const name = $("group-name").value.trim();
       if (!name) return;

@@ -50,6 +50,8 @@ from chat.protocol.messages import (
     FoundUser,
     FriendAddedEvent,
     FriendRemovedEvent,
+    FriendRequestEvent,
+    FriendRequestsPage,
     FriendResult,
     FriendsPage,
     GroupJoinedEvent,
@@ -82,12 +84,13 @@ SUMMARY_FRIENDS = 20
 """The login summary names friends up to this many; beyond it, it counts them."""
 
 
-P = TypeVar("P", FriendsPage, GroupsPage, MembersPage, BlockedPage)
+P = TypeVar("P", FriendsPage, GroupsPage, MembersPage, BlockedPage, FriendRequestsPage)
 _LIST_KEYS = {
     "friends": "friends",
     "groups": "groups",
     "group_members": "members",
     "blocked": "users",
+    "friend_requests": "requests",
 }
 HISTORY_PAGE = 200
 """The most messages one ``history`` request may ask for."""
@@ -383,6 +386,16 @@ class App:
             # friend list stays live. An event that changes nothing is not shown.
             if self.known.presence_changed(event.user, event.online):
                 self.console.show(render.presence_change(event))
+        elif isinstance(event, FriendRequestEvent):
+            self.known.learn(event.from_.id, event.from_.name)
+            name = render.clean(event.from_.name)
+            self.console.show(
+                notice(
+                    ("name", name),
+                    " asks to be your friend: ",
+                    f"/accept {quote(event.from_.name)} or /decline {quote(event.from_.name)}",
+                )
+            )
         elif isinstance(event, FriendAddedEvent):
             self.known.befriended(event.friend)
             self.console.show(
@@ -493,9 +506,18 @@ class App:
             case cmd.Friend(name):
                 self._need_login()
                 user_id = await self._user_id(name)
-                friend = decode_server_message(
-                    FriendResult, await self._call("add_friend", user_id=user_id)
-                )
+                reply = await self._call("add_friend", user_id=user_id)
+                friend = decode_server_message(FriendResult, reply)
+                if reply.get("pending"):
+                    # The other user approves requests (protocol 1.2): asked, not friends.
+                    self.console.show(
+                        notice(
+                            "asked ",
+                            ("name", render.clean(friend.friend.name)),
+                            " to be your friend: waiting for their answer",
+                        )
+                    )
+                    return
                 self.known.befriended(friend.friend)
                 self.console.show(
                     notice(
@@ -542,6 +564,44 @@ class App:
                     self.known.learn(user.id, user.name)
                 for line in render.blocked_list(users):
                     self.console.show(line)
+            case cmd.Requests():
+                self._need_login()
+                waiting = [
+                    user
+                    for page in await self._pages("friend_requests", FriendRequestsPage)
+                    for user in page.requests
+                ]
+                for user in waiting:
+                    self.known.learn(user.id, user.name)
+                for line in render.request_list(waiting):
+                    self.console.show(line)
+            case cmd.Accept(name):
+                self._need_login()
+                user_id = await self._user_id(name)
+                accepted = decode_server_message(
+                    FriendResult, await self._call("accept_friend", user_id=user_id)
+                )
+                self.known.befriended(accepted.friend)
+                self.console.show(
+                    notice(
+                        ("name", render.clean(accepted.friend.name)),
+                        " is your friend now (",
+                        render.presence(accepted.friend),
+                        ")",
+                    )
+                )
+            case cmd.Decline(name):
+                self._need_login()
+                await self._call("decline_friend", user_id=await self._user_id(name))
+                self.console.show(
+                    notice("declined ", ("name", render.clean(name)), "'s friend request")
+                )
+            case cmd.ChangeSettings(friend_requests):
+                self._need_login()
+                fields = {} if friend_requests is None else {"friend_requests": friend_requests}
+                reply = await self._call("settings", **fields)
+                value = str(reply["settings"]["friend_requests"])
+                self.console.show(render.settings_line(value))
             case cmd.Members(which):
                 self._need_login()
                 group_id = self.known.resolve_group(which)

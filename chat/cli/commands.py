@@ -79,6 +79,28 @@ class BlockedList:
 
 
 @attrs.frozen
+class Requests:
+    """``/requests``: the friend requests waiting for this user's answer."""
+
+
+@attrs.frozen
+class Accept:
+    name: str
+
+
+@attrs.frozen
+class Decline:
+    name: str
+
+
+@attrs.frozen
+class ChangeSettings:
+    """``/settings [friend-requests anyone|approve]``: None shows them unchanged."""
+
+    friend_requests: str | None = None
+
+
+@attrs.frozen
 class Members:
     group: str
 
@@ -149,6 +171,10 @@ Command = (
     | Block
     | Unblock
     | BlockedList
+    | Requests
+    | Accept
+    | Decline
+    | ChangeSettings
     | Members
     | Msg
     | GroupCreate
@@ -174,6 +200,10 @@ USAGE: dict[str, str] = {
     "/block": "/block NAME",
     "/unblock": "/unblock NAME",
     "/blocked": "/blocked",
+    "/requests": "/requests",
+    "/accept": "/accept NAME",
+    "/decline": "/decline NAME",
+    "/settings": "/settings [friend-requests anyone|approve]",
     "/members": "/members GROUP",
     "/msg": "/msg NAME TEXT",
     "/group": "/group create NAME [DESCRIPTION]  or  /group join ID",
@@ -205,6 +235,11 @@ Commands (arguments with spaces go in quotes: /msg "Ada L" hi):
                               a friend, and a friendship ends (they are not told)
   /unblock NAME               undo /block
   /blocked                    the users you have blocked
+  /requests                   friend requests waiting for your answer
+  /accept NAME                accept NAME's friend request: you become friends
+  /decline NAME               drop NAME's friend request (they are not told)
+  /settings                   your settings; /settings friend-requests approve makes
+                              anyone who adds you wait for /accept (anyone: the default)
   /msg NAME TEXT              send a direct message
   /group create NAME [DESC]   create a group; you become its creator
   /group join ID              join a group by its id
@@ -344,6 +379,35 @@ def _blocked(rest: str) -> Command:
     return BlockedList()
 
 
+def _requests(rest: str) -> Command:
+    _nothing(rest)
+    return Requests()
+
+
+def _accept(rest: str) -> Command:
+    return Accept(*_exactly(rest, 1, "NAME"))
+
+
+def _decline(rest: str) -> Command:
+    return Decline(*_exactly(rest, 1, "NAME"))
+
+
+FRIEND_REQUEST_SETTINGS = ("anyone", "approve")
+
+
+def _settings(rest: str) -> Command:
+    if not rest.strip():
+        return ChangeSettings()
+    words = rest.split()
+    if (
+        len(words) == 2
+        and words[0] in ("friend-requests", "friend_requests")
+        and words[1] in FRIEND_REQUEST_SETTINGS
+    ):
+        return ChangeSettings(words[1])
+    raise UsageError("expected friend-requests anyone or friend-requests approve")
+
+
 def _members(rest: str) -> Command:
     return Members(*_exactly(rest, 1, "GROUP"))
 
@@ -440,6 +504,10 @@ _PARSERS = {
     "/block": _block,
     "/unblock": _unblock,
     "/blocked": _blocked,
+    "/requests": _requests,
+    "/accept": _accept,
+    "/decline": _decline,
+    "/settings": _settings,
     "/members": _members,
     "/msg": _msg,
     "/group": _group,

@@ -226,6 +226,28 @@ def blocked_list(users: Iterable[UserRef]) -> list[Line]:
     return lines
 
 
+def request_list(users: Iterable[UserRef]) -> list[Line]:
+    """The friend requests waiting for an answer (protocol 1.2), by name."""
+    ordered = sorted(users, key=lambda u: u.name.casefold())
+    if not ordered:
+        return [notice("no friend requests are waiting")]
+    lines = [
+        notice(f"{count(len(ordered), 'friend request')} waiting (/accept NAME or /decline NAME):")
+    ]
+    for user in ordered:
+        lines.append((("", "  "), ("name", clean(user.name)), ("dim", f" #{user.id}")))
+    return lines
+
+
+def settings_line(friend_requests: str) -> Line:
+    meaning = (
+        "anyone who adds you waits for your /accept"
+        if friend_requests == "approve"
+        else "anyone may add you as a friend"
+    )
+    return notice(f"friend requests: {friend_requests} ({meaning})")
+
+
 def member_list(group_name: str, members: Iterable[Member]) -> list[Line]:
     ordered = list(members)
     lines = [notice(("group", clean(group_name)), f": {count(len(ordered), 'member')}:")]

@@ -23,7 +23,9 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from cattrs.preconf.orjson import make_converter
 
 from .errors import ErrorCode, RequestError
+from .lookalike import lookalike_problem
 from .messages import (
+    FRIEND_REQUESTS_SETTINGS,
     HISTORY_LIMIT_MAX,
     REQUEST_TYPES,
     AckSeq,
@@ -37,6 +39,8 @@ from .messages import (
     Flag,
     FriendAddedEvent,
     FriendRemovedEvent,
+    FriendRequestEvent,
+    FriendRequestsSetting,
     GroupDetail,
     GroupId,
     GroupJoinedEvent,
@@ -128,9 +132,10 @@ WHITE_SPACE = frozenset(
 
 
 def _name(value: object) -> str:
-    """A new user or group name (version 1.1 rules): stored in NFC, lengths counted
-    after that; no control (Cc) or format (Cf) characters, nothing that looks like
-    another name with invisible characters or blank ends."""
+    """A new user or group name (version 1.1 and 1.2 rules): stored in NFC, lengths
+    counted after that; no control (Cc) or format (Cf) characters, nothing that looks
+    like another name with invisible characters, blank ends, or stacked combining
+    marks (``chat.protocol.lookalike``)."""
     text = unicodedata.normalize("NFC", _string(value))
     if not 1 <= len(text) <= 50:
         raise ValueError(f"must be 1 to 50 characters long, not {len(text)}")
@@ -146,6 +151,9 @@ def _name(value: object) -> str:
         raise ValueError("must not be only white space")
     if text[0] in WHITE_SPACE or text[-1] in WHITE_SPACE:
         raise ValueError("must not begin or end with white space")
+    problem = lookalike_problem(text)  # the version 1.2 rules
+    if problem is not None:
+        raise ValueError(problem)
     return text
 
 
@@ -191,6 +199,16 @@ def _bounded_int(low: int, high: int) -> Callable[[object], int]:
             raise ValueError(f"must be an integer, not {_json_kind(value)}")
         if not low <= value <= high:
             raise ValueError(f"must be from {low} to {high}, not {value}")
+        return value
+
+    return check
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            shown = " or ".join(f'"{choice}"' for choice in choices)
+            raise ValueError(f"must be {shown}")
         return value
 
     return check
@@ -275,10 +293,17 @@ def _configure_converter(converter: cattrs.Converter) -> None:
         DeviceName: _device(1),
         DeviceRef: _device(0),
         AckSeq: _bounded_int(1, RID_RANGE[1]),
+        FriendRequestsSetting: _one_of(FRIEND_REQUESTS_SETTINGS),
     }
     for kind, check in strict.items():
         converter.register_structure_hook(kind, _hook(check))
-    for event_cls in (MessageEvent, GroupMessageEvent, HistoryDirect, HistoryGroup):
+    for event_cls in (
+        MessageEvent,
+        GroupMessageEvent,
+        HistoryDirect,
+        HistoryGroup,
+        FriendRequestEvent,
+    ):
         converter.register_unstructure_hook(
             event_cls,
             make_dict_unstructure_fn(event_cls, converter, from_=override(rename="from")),
@@ -520,6 +545,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PresenceEvent,
         LoggedOutEvent,
         GroupJoinedEvent,
+        FriendRequestEvent,
     )
 }
 

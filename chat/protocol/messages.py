@@ -31,6 +31,11 @@ Flag = NewType("Flag", bool)  # a JSON boolean, never a number or a string
 DeviceName = NewType("DeviceName", str)  # 1-64 code points, no control characters (login)
 DeviceRef = NewType("DeviceRef", str)  # 0-64 code points, no control characters ("" too)
 AckSeq = NewType("AckSeq", int)  # a positive integer that fits in 64 bits
+FriendRequestsSetting = NewType("FriendRequestsSetting", str)  # "anyone" or "approve"
+
+FRIEND_REQUESTS_ANYONE = "anyone"
+FRIEND_REQUESTS_APPROVE = "approve"
+FRIEND_REQUESTS_SETTINGS = (FRIEND_REQUESTS_ANYONE, FRIEND_REQUESTS_APPROVE)
 
 HISTORY_LIMIT_DEFAULT = 50
 HISTORY_LIMIT_MAX = 200
@@ -193,6 +198,37 @@ class ListMembers:
     limit: ListLimit = ListLimit(500)
 
 
+@attrs.frozen
+class ChangeSettings:
+    """``settings``: read the user's settings, changing those sent (protocol 1.2)."""
+
+    TYPE: ClassVar[str] = "settings"
+    friend_requests: FriendRequestsSetting | None = None
+
+
+@attrs.frozen
+class ListFriendRequests:
+    """``friend_requests``: the users waiting for this user's answer, a page at a time."""
+
+    TYPE: ClassVar[str] = "friend_requests"
+    after: UserId | None = None
+    limit: ListLimit = ListLimit(500)
+
+
+@attrs.frozen
+class AcceptFriend:
+    TYPE: ClassVar[str] = "accept_friend"
+    user_id: UserId
+
+
+@attrs.frozen
+class DeclineFriend:
+    TYPE: ClassVar[str] = "decline_friend"
+    user_id: UserId
+
+
+FRIEND_REQUEST_REQUESTS = (ChangeSettings, ListFriendRequests, AcceptFriend, DeclineFriend)
+
 CONTACT_REQUESTS = (
     RemoveFriend,
     Block,
@@ -240,6 +276,10 @@ Request = (
     | Ack
     | ListDevices
     | ForgetDevice
+    | ChangeSettings
+    | ListFriendRequests
+    | AcceptFriend
+    | DeclineFriend
 )
 
 REQUEST_TYPES: dict[str, type[Request]] = {
@@ -260,6 +300,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
         Ack,
         ListDevices,
         ForgetDevice,
+        *FRIEND_REQUEST_REQUESTS,
     )
 }
 
@@ -362,6 +403,31 @@ class FriendResult:
 
 
 @attrs.frozen
+class PendingFriend:
+    """``add_friend`` towards a user who approves requests (protocol 1.2): asked, not
+    yet friends; ``friend.online`` is always false."""
+
+    friend: UserPresence
+    pending: bool = True
+
+
+@attrs.frozen
+class SettingsValues:
+    friend_requests: str
+
+
+@attrs.frozen
+class SettingsResult:
+    settings: SettingsValues
+
+
+@attrs.frozen
+class FriendRequestsPage:
+    requests: list[UserRef]
+    more: bool
+
+
+@attrs.frozen
 class Sent:
     message_id: int
     ts: int
@@ -460,6 +526,9 @@ Result = (
     | BlockedPage
     | HistoryResult
     | DevicesResult
+    | PendingFriend
+    | SettingsResult
+    | FriendRequestsPage
 )
 
 
@@ -544,6 +613,15 @@ class GroupJoinedEvent:
     role: Role
 
 
+@attrs.frozen
+class FriendRequestEvent:
+    """``from_`` (wire name ``from``) asks this user to be friends (protocol 1.2); never
+    kept: ``friend_requests`` lists the waiting ones."""
+
+    TYPE: ClassVar[str] = "friend_request"
+    from_: UserRef
+
+
 Event = (
     MessageEvent
     | GroupMessageEvent
@@ -552,6 +630,7 @@ Event = (
     | PresenceEvent
     | LoggedOutEvent
     | GroupJoinedEvent
+    | FriendRequestEvent
 )
 DeliveredEvent = MessageEvent | GroupMessageEvent
 """A stored message, as its recipients get it."""

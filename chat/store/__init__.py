@@ -16,6 +16,7 @@ from .errors import (
     GroupNameTaken,
     NameTaken,
     NoSuchGroup,
+    NoSuchRequest,
     NoSuchUser,
     NotAMember,
     NotBlocked,
@@ -27,7 +28,7 @@ from .errors import (
 )
 from .migrations import apply_migrations
 from .mysql import MysqlDialect
-from .names import backfill_name_keys, name_key
+from .names import backfill_name_keys, look_key, name_key
 from .records import (
     Credentials,
     GroupRecord,
@@ -42,6 +43,7 @@ from .records import (
     UserRecord,
 )
 from .repository import Store
+from .requests import FriendAdd
 from .sqlite import SqliteDialect
 from .throttle import Window
 
@@ -85,6 +87,7 @@ __all__ = [
     "CannotFriendSelf",
     "Credentials",
     "DatabaseConfig",
+    "FriendAdd",
     "GroupNameTaken",
     "GroupRecord",
     "HistoryMessage",
@@ -102,6 +105,7 @@ __all__ = [
     "NewGroup",
     "NewUser",
     "NoSuchGroup",
+    "NoSuchRequest",
     "NoSuchUser",
     "NotAMember",
     "NotBlocked",
@@ -120,6 +124,7 @@ __all__ = [
     "apply_migrations",
     "backfill_name_keys",
     "dialect_for",
+    "look_key",
     "name_key",
     "open_store",
     "parse_database_url",
