@@ -36,6 +36,8 @@ class ErrorCode(StrEnum):
     # version 1.2: devices and acknowledged delivery
     NO_SUCH_DEVICE = "no_such_device"
     ACK_TIMEOUT = "ack_timeout"
+    # version 1.2: conversations
+    NO_SUCH_MESSAGE = "no_such_message"
     # extension: the server could not do it now (the database or broker is unreachable);
     # nothing was changed and the client may retry.
     UNAVAILABLE = "unavailable"

@@ -31,9 +31,13 @@ Flag = NewType("Flag", bool)  # a JSON boolean, never a number or a string
 DeviceName = NewType("DeviceName", str)  # 1-64 code points, no control characters (login)
 DeviceRef = NewType("DeviceRef", str)  # 0-64 code points, no control characters ("" too)
 AckSeq = NewType("AckSeq", int)  # a positive integer that fits in 64 bits
+MessageId = NewType("MessageId", int)  # a positive integer
+ConversationLimit = NewType("ConversationLimit", int)  # 1-100
 
 HISTORY_LIMIT_DEFAULT = 50
 HISTORY_LIMIT_MAX = 200
+CONVERSATIONS_LIMIT_DEFAULT = 50
+CONVERSATIONS_LIMIT_MAX = 100
 
 Role = Literal["creator", "normal"]
 
@@ -218,6 +222,39 @@ class History:
     limit: HistoryLimit = HistoryLimit(HISTORY_LIMIT_DEFAULT)
 
 
+@attrs.frozen
+class ListConversations:
+    """``conversations`` (1.2): the user's conversations, newest activity first;
+    ``before`` a message id (exclusive) to page to older activity."""
+
+    TYPE: ClassVar[str] = "conversations"
+    before: Position | None = None
+    limit: ConversationLimit = ConversationLimit(CONVERSATIONS_LIMIT_DEFAULT)
+
+
+@attrs.frozen
+class MarkRead:
+    """``read`` (1.2): move the user's read marker in a conversation (``with_``, wire
+    name ``with``, a user; or ``group_id``) up to ``message_id``."""
+
+    TYPE: ClassVar[str] = "read"
+    message_id: MessageId
+    with_: UserId | None = None
+    group_id: GroupId | None = None
+
+
+@attrs.frozen
+class Typing:
+    """``typing`` (1.2): tell a friend this user is (or stopped) typing; never kept."""
+
+    TYPE: ClassVar[str] = "typing"
+    with_: UserId
+    active: Flag
+
+
+CONVERSATION_REQUESTS = (ListConversations, MarkRead, Typing)
+
+
 Request = (
     Ping
     | Register
@@ -240,6 +277,9 @@ Request = (
     | Ack
     | ListDevices
     | ForgetDevice
+    | ListConversations
+    | MarkRead
+    | Typing
 )
 
 REQUEST_TYPES: dict[str, type[Request]] = {
@@ -260,6 +300,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
         Ack,
         ListDevices,
         ForgetDevice,
+        *CONVERSATION_REQUESTS,
     )
 }
 
@@ -434,6 +475,26 @@ class HistoryResult:
 
 
 @attrs.frozen
+class ConversationItem:
+    """One conversation in a ``conversations`` page: ``with_`` (wire name ``with``)
+    the other user, or ``group``; its newest message as ``history`` shows it; the
+    user's marker ``read`` and the messages from others above it (at most 999)."""
+
+    last: HistoryItem
+    unread: int
+    read: int
+    with_: UserRef | None = None
+    group: UserRef | None = None
+    """The group's id and name."""
+
+
+@attrs.frozen
+class ConversationsPage:
+    conversations: list[ConversationItem]
+    more: bool
+
+
+@attrs.frozen
 class DeviceInfo:
     device: str
     online: bool
@@ -460,6 +521,7 @@ Result = (
     | BlockedPage
     | HistoryResult
     | DevicesResult
+    | ConversationsPage
 )
 
 
@@ -544,6 +606,29 @@ class GroupJoinedEvent:
     role: Role
 
 
+@attrs.frozen
+class ReadEvent:
+    """A read marker moved (1.2). To the user's other devices: ``with_`` (wire name
+    ``with``) or ``group_id`` says which conversation; to the other user of a
+    one-to-one conversation (a read receipt): ``by`` read it up to ``message_id``.
+    Exactly one of the three is set; the others are not sent."""
+
+    TYPE: ClassVar[str] = "read"
+    message_id: int
+    with_: int | None = None
+    group_id: int | None = None
+    by: UserRef | None = None
+
+
+@attrs.frozen
+class TypingEvent:
+    """A friend is typing to this user, or stopped (1.2); never kept."""
+
+    TYPE: ClassVar[str] = "typing"
+    from_: UserRef
+    active: bool
+
+
 Event = (
     MessageEvent
     | GroupMessageEvent
@@ -552,6 +637,8 @@ Event = (
     | PresenceEvent
     | LoggedOutEvent
     | GroupJoinedEvent
+    | ReadEvent
+    | TypingEvent
 )
 DeliveredEvent = MessageEvent | GroupMessageEvent
 """A stored message, as its recipients get it."""

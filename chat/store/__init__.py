@@ -7,6 +7,7 @@ from urllib.parse import unquote, urlsplit
 
 from .bulk import Accounts, ImportBlocked, Imported, InUse, NewGroup, NewUser
 from .contacts import LoginReads
+from .conversations import UNREAD_CAP, ConversationRecord, ReadMarked
 from .dialect import Dialect
 from .errors import (
     AlreadyBlocked,
@@ -18,6 +19,7 @@ from .errors import (
     GroupNameTaken,
     NameTaken,
     NoSuchGroup,
+    NoSuchMessage,
     NoSuchUser,
     NotAMember,
     NotBlocked,
@@ -90,6 +92,7 @@ def open_store(url: str, pool_size: int | None = None) -> Store:
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "UNREAD_CAP",
     "Accounts",
     "AlreadyBlocked",
     "AlreadyFriends",
@@ -97,6 +100,7 @@ __all__ = [
     "Blocked",
     "CannotBlockSelf",
     "CannotFriendSelf",
+    "ConversationRecord",
     "Credentials",
     "GroupNameTaken",
     "GroupRecord",
@@ -113,6 +117,7 @@ __all__ = [
     "NewGroup",
     "NewUser",
     "NoSuchGroup",
+    "NoSuchMessage",
     "NoSuchUser",
     "NotAMember",
     "NotBlocked",
@@ -120,6 +125,7 @@ __all__ = [
     "Page",
     "PresenceAudience",
     "RateLimited",
+    "ReadMarked",
     "Store",
     "StoreError",
     "StoreTimeout",

@@ -75,3 +75,7 @@ class RateLimited(StoreError):
     def __init__(self, retry_after_ms: int) -> None:
         super().__init__(f"retry after {retry_after_ms} ms")
         self.retry_after_ms = retry_after_ms
+
+
+class NoSuchMessage(StoreError):
+    """The message named is not one of the conversation's (or does not exist)."""

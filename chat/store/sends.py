@@ -44,6 +44,7 @@ from collections.abc import Sequence
 import attrs
 
 from .contacts import require_member
+from .conversations import note_direct
 from .errors import Blocked, NoSuchUser, StoreError
 from .records import StoredMessage, text
 from .sql import Sql, no_row, now_ms
@@ -162,6 +163,15 @@ class _Batch:
             stored = [
                 self._insert_one(send, pos) for send, pos in zip(sends, positions, strict=True)
             ]
+        # Each conversation's newest message, for both users' lists: one statement.
+        note_direct(
+            self.sql,
+            [
+                (send.sender_id, send.recipient_id, outcome.message_id)
+                for send, outcome in zip(sends, stored, strict=True)
+                if isinstance(outcome, StoredMessage) and outcome.created
+            ],
+        )
         for number, outcome in zip(numbers, stored, strict=True):
             self._done(number, outcome)
 
