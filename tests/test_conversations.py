@@ -66,6 +66,7 @@ async def test_conversations_lists_newest_activity_first_with_unread_counts(node
         assert items[0]["group"] == {"id": group, "name": "g"}
         assert items[1]["with"] == {"id": cy, "name": "cy"}
         assert "group" not in items[1] and "with" not in items[0]
+        assert "peer_read" not in items[0] and items[1]["peer_read"] == 0
         # `last` in the history format (no `offline`).
         assert items[0]["last"] == {
             "message_id": g2,
@@ -238,6 +239,9 @@ async def test_read_tells_other_devices_and_sends_a_receipt(node: Node) -> None:
         await phone.call("read", **{"with": bob, "message_id": first})
         await phone.call("read", **{"with": bob, "message_id": second})
         assert summary(await laptop.call("conversations")) == [("with", bob, second, 0, second)]
+        # Extension: bob's list shows ann's marker (what the receipt said).
+        bobs = (await bob_desk.call("conversations"))["conversations"]
+        assert [(i["with"]["id"], i["peer_read"], i["read"]) for i in bobs] == [(ann, second, 0)]
         await next_is_sentinel(laptop, ann, bob_desk)
         await next_of(phone, "message")
         await next_of(bob_phone, "message")
@@ -289,8 +293,13 @@ async def test_no_receipt_when_either_blocked_the_other(node: Node) -> None:
         await b.call("block", user_id=ann)
         await a.call("read", **{"with": bob, "message_id": m2})  # bob blocked ann
         await next_is_sentinel(b, bob, c)
-        # The marker moved all the same.
+        # The marker moved all the same, and bob's list does not show it.
         assert summary(await a.call("conversations")) == [("with", bob, m2, 0, m2)]
+        bobs = (await b.call("conversations"))["conversations"]
+        assert [i for i in bobs if i["with"]["id"] == ann][0].get("peer_read") is None
+        await b.call("unblock", user_id=ann)
+        bobs = (await b.call("conversations"))["conversations"]
+        assert [i for i in bobs if i["with"]["id"] == ann][0]["peer_read"] == m2
 
 
 async def test_notes_to_self_have_a_marker_and_no_receipt(node: Node) -> None:
@@ -304,6 +313,7 @@ async def test_notes_to_self_have_a_marker_and_no_receipt(node: Node) -> None:
         await phone.call("read", **{"with": ann, "message_id": note})
         assert await next_of(laptop, "read") == {"type": "read", "with": ann, "message_id": note}
         assert summary(await phone.call("conversations")) == [("with", ann, note, 0, note)]
+        assert "peer_read" not in (await phone.call("conversations"))["conversations"][0]
 
 
 async def test_typing_reaches_a_friends_devices_only(node: Node) -> None:

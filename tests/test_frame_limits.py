@@ -128,7 +128,9 @@ LARGEST_RESULTS: dict[type, Callable[[], Result]] = {
     ),
     ConversationsPage: lambda: largest_page(
         ConversationsPage,
-        ConversationItem(HistoryDirect(BIG_ID, USER, BIG_ID, TEXT, BIG_ID), 999, BIG_ID, USER),
+        ConversationItem(
+            HistoryDirect(BIG_ID, USER, BIG_ID, TEXT, BIG_ID), 999, BIG_ID, USER, None, BIG_ID
+        ),
         100,
     ),
     # Every known device (at most MAX_KNOWN_DEVICES), each name 64 code points of 4 bytes.

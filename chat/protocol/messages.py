@@ -486,6 +486,9 @@ class ConversationItem:
     with_: UserRef | None = None
     group: UserRef | None = None
     """The group's id and name."""
+    peer_read: int | None = None
+    """Extension: in a one-to-one conversation with another user, that user's read
+    marker (what its read receipts said; left out when either blocked the other)."""
 
 
 @attrs.frozen

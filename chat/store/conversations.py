@@ -47,6 +47,9 @@ class ConversationRecord:
     peer: UserRecord | None = None
     group: UserRecord | None = None
     """A group's id and name (the same shape as a user's)."""
+    peer_read: int | None = None
+    """A one-to-one conversation with another user: that user's marker (what the read
+    receipts said), unless either has blocked the other."""
 
 
 @attrs.frozen
@@ -130,6 +133,7 @@ def conversations_page(
     peers = _names(sql, "users", [e.peer_id for e in page if e.peer_id is not None])
     groups = _names(sql, "chat_groups", [e.group_id for e in page if e.group_id is not None])
     unread = _unread(sql, user_id, page)
+    peer_read = _peer_markers(sql, user_id, [e.peer_id for e in page if e.peer_id is not None])
     items = [
         ConversationRecord(
             last=lasts[entry.last_id],
@@ -137,6 +141,7 @@ def conversations_page(
             unread=count,
             peer=None if entry.peer_id is None else peers[entry.peer_id],
             group=None if entry.group_id is None else groups[entry.group_id],
+            peer_read=None if entry.peer_id is None else peer_read.get(entry.peer_id),
         )
         for entry, count in zip(page, unread, strict=True)
         if entry.last_id in lasts
@@ -160,6 +165,23 @@ def _names(sql: Sql, table: str, ids: Sequence[int]) -> dict[int, UserRecord]:
     marks = ", ".join("?" for _ in ids)
     rows = sql.all(f"SELECT id, name FROM {table} WHERE id IN ({marks})", sorted(set(ids)))
     return {int(row[0]): UserRecord(int(row[0]), text(row[1])) for row in rows}
+
+
+def _peer_markers(sql: Sql, user_id: int, peer_ids: Sequence[int]) -> dict[int, int]:
+    """Each peer's marker in its conversation with the user (by primary key), left out
+    where either has blocked the other (no receipts then, so no markers either)."""
+    others = sorted({peer for peer in peer_ids if peer != user_id})
+    if not others:
+        return {}
+    marks = ", ".join("?" for _ in others)
+    rows = sql.all(
+        "SELECT c.user_id, c.read_id FROM conversations c"
+        f" WHERE c.user_id IN ({marks}) AND c.peer_id = ? AND NOT EXISTS"
+        " (SELECT 1 FROM blocks b WHERE (b.blocker_id = c.user_id AND b.blocked_id = ?)"
+        " OR (b.blocker_id = ? AND b.blocked_id = c.user_id))",
+        (*others, user_id, user_id, user_id),
+    )
+    return {int(row[0]): int(row[1]) for row in rows}
 
 
 def _unread(sql: Sql, user_id: int, page: Sequence[_Entry]) -> list[int]:

@@ -51,6 +51,7 @@ def conversation_item(record: ConversationRecord) -> ConversationItem:
         read=record.read,
         with_=None if record.peer is None else UserRef(record.peer.id, record.peer.name),
         group=None if record.group is None else UserRef(record.group.id, record.group.name),
+        peer_read=record.peer_read,
     )
 
 
