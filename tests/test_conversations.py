@@ -296,10 +296,10 @@ async def test_no_receipt_when_either_blocked_the_other(node: Node) -> None:
         # The marker moved all the same, and bob's list does not show it.
         assert summary(await a.call("conversations")) == [("with", bob, m2, 0, m2)]
         bobs = (await b.call("conversations"))["conversations"]
-        assert [i for i in bobs if i["with"]["id"] == ann][0].get("peer_read") is None
+        assert next(i for i in bobs if i["with"]["id"] == ann).get("peer_read") is None
         await b.call("unblock", user_id=ann)
         bobs = (await b.call("conversations"))["conversations"]
-        assert [i for i in bobs if i["with"]["id"] == ann][0]["peer_read"] == m2
+        assert next(i for i in bobs if i["with"]["id"] == ann)["peer_read"] == m2
 
 
 async def test_notes_to_self_have_a_marker_and_no_receipt(node: Node) -> None:

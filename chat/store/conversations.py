@@ -8,8 +8,10 @@ does not grow with history.
   the greater id, so batches committing out of id order cannot move it back. The list
   newest first is one range of ``conversations_by_activity``.
 - **Groups.** Nothing is written per message: a group's newest message is the top of
-  ``messages_by_group_sender`` (one index dive per group of the user), and the
-  member's marker lives in ``group_members.read_id`` (one per membership).
+  its log (``messages_by_log``, one index dive per group of the user: a group's
+  positions are handed out under its row lock, so they grow with the ids), and the
+  member's marker lives in ``group_members.read_id`` (one per membership). (Asked for
+  the greatest id instead, MariaDB 10.11 read the group's whole log.)
 - **Unread.** For each conversation of the page, the messages from others above the
   marker, counted from an index alone and stopped at ``UNREAD_CAP``: at most 999
   index entries per conversation, whatever the history.
@@ -118,7 +120,7 @@ def conversations_page(
     ]
     for group_id, read_id, last_id in sql.all(
         "SELECT gm.group_id, gm.read_id, (SELECT m.id FROM messages m"
-        " WHERE m.group_id = gm.group_id ORDER BY m.id DESC LIMIT 1)"
+        " WHERE m.group_id = gm.group_id ORDER BY m.pos DESC LIMIT 1)"
         " FROM group_members gm WHERE gm.user_id = ?",
         (user_id,),
     ):
