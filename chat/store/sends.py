@@ -33,8 +33,10 @@ sender may rely on is what a transaction of its own gave it:
 
 Checks only read, so they run before anything is written: there is nothing to
 undo when they fail. Recipients of direct sends and used ``cid``s are looked up
-for the whole batch in one query each. So a batch of direct sends costs a fixed
-handful of round trips and one commit, however many sends it holds.
+for the whole batch in one query each, and the stored ones move their
+conversations' rows (``chat.store.conversations.note_direct``) in one upsert. So a
+batch of direct sends costs a fixed handful of round trips and one commit, however
+many sends it holds.
 """
 
 from __future__ import annotations
