@@ -916,8 +916,11 @@
     if (reply.friends_more || reply.groups_more) {
       pageInTheRest(reply).catch((err) => note(describeError(err), true));
     }
-    loadConversations().catch((err) => note("Could not read your conversations: " +
-      describeError(err), true));
+    if (!resumed) {
+      // (After a lost connection, each conversation counts what it fetches instead.)
+      loadConversations().catch((err) => note("Could not read your conversations: " +
+        describeError(err), true));
+    }
   }
 
   function stopPresence() {
