@@ -1064,3 +1064,59 @@ def test_piped_decline_and_settings_errors(server: Server) -> None:
         "chat-cli: line 5: error: user_id: no friend request from 2 is waiting",
         "chat-cli: line 6: error: missing NAME; usage: /decline NAME",
     ]
+
+
+def test_chats_unread_counts_receipts_and_typing(server: Server, cli: Spawn) -> None:
+    """``/chats`` lists conversations newest first with unread counts; what a
+    conversation shows counts as read, and the sender sees its receipt; a friend
+    typing shows as "bob is typing…"."""
+    setup = run_piped(
+        server,
+        f"/register alice {PASSWORD}\n/register bob {PASSWORD}\n/register cy {PASSWORD}\n"
+        f"/login bob {PASSWORD}\n/friend alice\n",
+    )
+    assert setup.returncode == 0, setup.stderr
+    alice = cli()
+    login(alice, "alice")
+    bob = cli()
+    login(bob, "bob")
+    alice.sendline("/chats")
+    alice.expect_exact("no conversations yet")
+    bob.sendline("/msg alice one")
+    bob.expect(r"you -> alice: one \u2713")  # sent
+    bob.sendline("two")
+    bob.expect(r"you -> alice: two \u2713")
+    alice.expect_exact("bob: two")
+    cy = run_piped(server, f"/login cy {PASSWORD}\n/msg alice from cy\n")
+    assert cy.returncode == 0, cy.stderr
+    alice.expect_exact("cy: from cy")
+    alice.sendline("/chats")
+    alice.expect_exact("2 conversations, 2 with unread messages:")
+    alice.expect(r"\d\d:\d\d cy \(1 unread\)  cy: from cy")
+    alice.expect(r"\d\d:\d\d bob \(2 unread\)  bob: two")
+    # Reading the conversation marks it read; bob sees the receipt.
+    alice.sendline("/history bob")
+    alice.expect_exact("the last 2 messages with bob:")
+    bob.expect_exact("\u2713\u2713 read by alice")
+    alice.sendline("/chats")
+    alice.expect_exact("2 conversations, 1 with unread messages:")
+    alice.expect(r"bob  bob: two")
+    # In the conversation now (/msg), what bob sends is read as it arrives.
+    alice.sendline("/msg bob got them")
+    bob.expect_exact("alice: got them")
+    bob.sendline("three")
+    alice.expect_exact("bob: three")
+    bob.expect_exact("\u2713\u2713 read by alice")
+    alice.sendline("/chats")
+    alice.expect_exact("2 conversations, 1 with unread messages:")
+
+    async def type_to_alice() -> None:
+        async with connect("127.0.0.1", server.port) as client:
+            await client.call("login", name="bob", password=PASSWORD, device="other")
+            alice_id = (await client.call("find_user", name="alice"))["user"]["id"]
+            await client.call("typing", **{"with": alice_id, "active": True})
+
+    trio.run(type_to_alice)
+    alice.expect_exact("bob is typing\u2026")
+    quit_cleanly(bob)
+    quit_cleanly(alice)

@@ -18,6 +18,17 @@
 // another device arrives as a copy and shows as the user's own; a group joined there is
 // added to the list (`group_joined`); "Log out everywhere" there ends this session too
 // (`logged_out`), and the page goes back to the sign-in form and says why.
+//
+// Conversations (protocol 1.2): at sign-in the page asks for `conversations` and takes
+// each one's unread count from the server (so a badge shows what arrived while every
+// device was away, and what another device already read does not count); badges then
+// count live. What the open conversation shows is marked read (`read`, the newest
+// message shown), and the page's other devices and the sender learn of it; a `read`
+// event from another of one's devices clears a badge. One's own messages in a
+// one-to-one conversation say "Sent ✓" or "Read ✓✓" (the other person's marker, from
+// `conversations` and their receipts). Typing in the box tells a friend (`typing`, at
+// most every TYPING_EVERY_MS while typing, `active: false` once one stops or sends), and
+// "bob is typing…" shows under the conversation while bob types.
 "use strict";
 
 (function () {
@@ -34,6 +45,10 @@
   const RECONNECT_FIRST_MS = 1000;
   const RECONNECT_MAX_MS = 30000;
   const OLDER_WHEN_PX = 48; // scrolled this close to the top: load the older page
+  const CONVERSATIONS_PAGE = 100; // conversations read at sign-in, newest activity first
+  const TYPING_EVERY_MS = 3000; // the protocol's pace for `typing` with `active: true`
+  const TYPING_IDLE_MS = 4000; // no key for this long: `active: false`
+  const TYPING_SHOWN_MS = 6000; // "… is typing" goes away without a newer `typing`
 
   const $ = (id) => document.getElementById(id);
 
@@ -199,9 +214,11 @@
     let conv = state.conversations.get(key);
     if (!conv) {
       // loaded: its latest page was fetched; hasOlder: the server has older messages.
+      // readSent: the newest id marked read; peerRead: the other person's marker.
       conv = {
         key: key, kind: kind, id: id, messages: [], unread: 0,
         loaded: false, loading: false, hasOlder: false, loadingOlder: false,
+        readSent: 0, peerRead: 0, typingTimer: null, typing: false,
       };
       state.conversations.set(key, conv);
     }
@@ -445,8 +462,9 @@
       list.append(el("li", "history-start help", "Loading messages…"));
     }
     for (const message of conv.messages) {
-      list.append(messageItem(message));
+      list.append(messageItem(message, conv));
     }
+    renderTyping();
     if (anchor === "older") {
       list.scrollTop = list.scrollHeight - fromBottom;
     } else if (anchor === "bottom" || wasAtBottom) {
@@ -475,7 +493,14 @@
     return parts.join(" · ");
   }
 
-  function messageItem(message) {
+  /** "bob is typing…" under the open conversation, while bob types. */
+  function renderTyping() {
+    const conv = state.current ? state.conversations.get(state.current) : null;
+    const line = $("typing");
+    line.textContent = conv && conv.typing ? titleOf(conv) + " is typing\u2026" : "";
+  }
+
+  function messageItem(message, conv) {
     const mine = message.from.id === state.me.id;
     const item = el("li", "message" + (mine ? " mine" : ""));
     if (message.messageId) item.dataset.messageId = String(message.messageId);
@@ -489,6 +514,12 @@
     if (message.offline) meta.append(" ", el("span", "tag", "received while you were away"));
     if (message.state === "sending") meta.append(" ", el("span", "tag", "sending…"));
     if (message.state === "failed") meta.append(" ", el("span", "tag error", "not sent"));
+    if (mine && message.messageId && conv && conv.kind === "u" && conv.id !== state.me.id) {
+      const read = message.messageId <= conv.peerRead;
+      const receipt = el("span", "receipt" + (read ? " read" : ""),
+        read ? "Read \u2713\u2713" : "Sent \u2713");
+      meta.append(" ", receipt);
+    }
     item.append(meta);
     item.append(el("p", "text", message.text)); // textContent: never markup
     if (message.error) item.append(el("p", "error", message.error));
@@ -547,6 +578,7 @@
         if (!event.offline) sender.online = true; // they just wrote
       }
       const conv = conversation("u", other);
+      if (!own && conv.typing) showTyping(conv, false); // they sent what they typed
       const added = addMessage(conv, {
         messageId: event.message_id, from: event.from, text: event.text,
         ts: event.ts, offline: event.offline,
@@ -615,6 +647,10 @@
       if (state.current === "g:" + event.group.id) renderConversation();
     } else if (event.type === "logged_out") {
       signedOutElsewhere(event.reason);
+    } else if (event.type === "read") {
+      onRead(event);
+    } else if (event.type === "typing") {
+      onTyping(event);
     }
   }
 
@@ -639,7 +675,113 @@
     renderSidebar();
     if (state.current === conv.key) {
       renderConversation();
+      markRead(conv);
     }
+  }
+
+  /** The open conversation is on screen: mark read up to its newest message (the
+   * server ignores a marker that would go back; a hidden page marks nothing). */
+  function markRead(conv) {
+    if (!state.conn || state.current !== conv.key || document.visibilityState === "hidden") {
+      return;
+    }
+    let newest = 0;
+    for (const m of conv.messages) {
+      if (m.messageId && m.messageId > newest) newest = m.messageId;
+    }
+    if (newest <= conv.readSent) return;
+    conv.readSent = newest;
+    state.conn.request("read", Object.assign(where(conv), { message_id: newest }))
+      .catch(() => {}); // closed: the next sign-in reads the markers again
+  }
+
+  /** Unread counts and markers from the server (`conversations`), at sign-in. */
+  async function loadConversations() {
+    const reply = await state.conn.call("conversations", { limit: CONVERSATIONS_PAGE });
+    for (const item of reply.conversations) {
+      let conv;
+      if (item.with) {
+        personById(item.with.id, item.with.name);
+        conv = conversation("u", item.with.id);
+        conv.peerRead = Math.max(conv.peerRead, item.peer_read || 0);
+      } else {
+        if (!state.groups.has(item.group.id)) {
+          state.groups.set(item.group.id, {
+            id: item.group.id, name: item.group.name, description: "", role: "normal",
+            members: [],
+          });
+        }
+        conv = conversation("g", item.group.id);
+      }
+      conv.readSent = Math.max(conv.readSent, item.read);
+      conv.unread = state.current === conv.key ? 0 : item.unread;
+    }
+    renderSidebar();
+    if (state.current) renderConversation();
+  }
+
+  /** A `read` event: another of one's devices read a conversation (its badge goes), or
+   * the other person read one's messages (a receipt). */
+  function onRead(event) {
+    if (event.by) {
+      const conv = conversation("u", event.by.id);
+      if (event.message_id > conv.peerRead) {
+        conv.peerRead = event.message_id;
+        if (state.current === conv.key) renderConversation();
+      }
+      return;
+    }
+    const conv = event.group_id !== undefined
+      ? conversation("g", event.group_id) : conversation("u", event.with);
+    conv.readSent = Math.max(conv.readSent, event.message_id);
+    conv.unread = conv.messages.filter((m) => m.messageId && m.messageId > conv.readSent &&
+      m.from.id !== state.me.id).length;
+    renderSidebar();
+  }
+
+  /** A friend is typing to us, or stopped. */
+  function onTyping(event) {
+    const conv = conversation("u", event.from.id);
+    personById(event.from.id, event.from.name);
+    showTyping(conv, event.active);
+  }
+
+  function showTyping(conv, active) {
+    if (conv.typingTimer !== null) window.clearTimeout(conv.typingTimer);
+    conv.typingTimer = null;
+    conv.typing = active;
+    if (active) {
+      conv.typingTimer = window.setTimeout(() => showTyping(conv, false), TYPING_SHOWN_MS);
+    }
+    if (state.current === conv.key) renderTyping();
+  }
+
+  // Our own typing: `active: true` at most every TYPING_EVERY_MS while keys come,
+  // `active: false` after TYPING_IDLE_MS without one, or when the message is sent.
+  const typingOut = { key: null, sentAt: 0, idleTimer: null };
+
+  function typed() {
+    const conv = state.current ? state.conversations.get(state.current) : null;
+    if (!conv || conv.kind !== "u" || conv.id === state.me.id || !state.conn) return;
+    if (typingOut.key !== null && typingOut.key !== conv.key) stoppedTyping();
+    const now = Date.now();
+    if (typingOut.key !== conv.key || now - typingOut.sentAt >= TYPING_EVERY_MS) {
+      typingOut.key = conv.key;
+      typingOut.sentAt = now;
+      state.conn.request("typing", { with: conv.id, active: true }).catch(() => {});
+    }
+    if (typingOut.idleTimer !== null) window.clearTimeout(typingOut.idleTimer);
+    typingOut.idleTimer = window.setTimeout(stoppedTyping, TYPING_IDLE_MS);
+  }
+
+  function stoppedTyping() {
+    if (typingOut.idleTimer !== null) window.clearTimeout(typingOut.idleTimer);
+    typingOut.idleTimer = null;
+    if (typingOut.key === null) return;
+    const id = Number(typingOut.key.slice(2));
+    typingOut.key = null;
+    typingOut.sentAt = 0;
+    if (state.conn) state.conn.request("typing", { with: id, active: false }).catch(() => {});
   }
 
   function onOrphanError(reply) {
@@ -782,6 +924,11 @@
     if (reply.friends_more || reply.groups_more) {
       pageInTheRest(reply).catch((err) => note(describeError(err), true));
     }
+    if (!resumed) {
+      // (After a lost connection, each conversation counts what it fetches instead.)
+      loadConversations().catch((err) => note("Could not read your conversations: " +
+        describeError(err), true));
+    }
     loadRequests().catch((err) => note(describeError(err), true));
   }
 
@@ -910,6 +1057,7 @@
     saveSession({ current: key });
     renderSidebar();
     renderConversation("bottom");
+    markRead(conv);
     if (!keepFocus) $("composer-text").focus();
     loadLatest(conv);
   }
@@ -954,7 +1102,10 @@
     } finally {
       conv.loading = false;
     }
-    if (state.current === conv.key) renderConversation("bottom");
+    if (state.current === conv.key) {
+      renderConversation("bottom");
+      markRead(conv);
+    }
   }
 
   async function loadOlder(conv) {
@@ -1090,6 +1241,7 @@
       return;
     }
     box.value = "";
+    stoppedTyping();
     const message = {
       messageId: null, from: state.me, text: text, ts: null, offline: false, state: "sending",
     };
@@ -1308,6 +1460,13 @@
     $("composer").addEventListener("submit", (e) => {
       e.preventDefault();
       sendCurrent();
+    });
+    $("composer-text").addEventListener("input", () => {
+      if ($("composer-text").value !== "") typed();
+    });
+    document.addEventListener("visibilitychange", () => {
+      const conv = state.current ? state.conversations.get(state.current) : null;
+      if (conv) markRead(conv);
     });
     $("composer-text").addEventListener("keydown", (e) => {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {

@@ -149,6 +149,11 @@ class HistoryOf:
 
 
 @attrs.frozen
+class Chats:
+    """``/chats``: the conversations, newest first, with unread counts."""
+
+
+@attrs.frozen
 class Help:
     pass
 
@@ -183,6 +188,7 @@ Command = (
     | GroupSay
     | Say
     | HistoryOf
+    | Chats
     | Help
     | Quit
 )
@@ -210,6 +216,7 @@ USAGE: dict[str, str] = {
     "/groups": "/groups",
     "/g": "/g GROUP TEXT",
     "/history": "/history [NAME|GROUP] [N]",
+    "/chats": "/chats",
     "/help": "/help",
     "/quit": "/quit",
 }
@@ -248,11 +255,16 @@ Commands (arguments with spaces go in quotes: /msg "Ada L" hi):
   /g GROUP TEXT               send to a group, named by id or by its name
   TEXT (no slash)             send to whoever your last /msg or /g went to
   /history [NAME|GROUP] [N]   the last N messages (20) with a user or in a group
-                              (default: where your last /msg or /g went)
+                              (default: where your last /msg or /g went); what it
+                              shows counts as read (the sender sees it read)
+  /chats                      your conversations, newest first, with what is unread
   /help                       this text
   /quit                       leave (Ctrl-D works too)
 Tab completes commands, friends' names, group names and device names (after /devices).
-What you send from another of your devices shows here as "you (on another device)"."""
+What you send from another of your devices shows here as "you (on another device)".
+A direct message of yours gets one tick once sent, and "read by NAME" with two ticks once
+the other person has read it (words instead of ticks where the terminal cannot show them).
+Messages that arrive in the conversation you are in count as read."""
 
 
 def split_args(rest: str, count: int) -> tuple[list[str], str]:
@@ -483,6 +495,11 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _chats(rest: str) -> Command:
+    _nothing(rest)
+    return Chats()
+
+
 def _help(rest: str) -> Command:
     return Help()
 
@@ -514,6 +531,7 @@ _PARSERS = {
     "/groups": _groups,
     "/g": _group_say,
     "/history": _history,
+    "/chats": _chats,
     "/help": _help,
     "/quit": _quit,
     "/exit": _quit,

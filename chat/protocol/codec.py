@@ -26,10 +26,13 @@ from .errors import ErrorCode, RequestError
 from .lookalike import lookalike_problem
 from .messages import (
     FRIEND_REQUESTS_SETTINGS,
+    CONVERSATIONS_LIMIT_MAX,
     HISTORY_LIMIT_MAX,
     REQUEST_TYPES,
     AckSeq,
     ClientMessageId,
+    ConversationItem,
+    ConversationLimit,
     DeliveredEvent,
     Description,
     DeviceName,
@@ -54,17 +57,22 @@ from .messages import (
     LoggedOutEvent,
     LoginResult,
     LookupName,
+    MarkRead,
     MessageEvent,
+    MessageId,
     Name,
     Ok,
     Password,
     Position,
     PresenceEvent,
+    ReadEvent,
     Request,
     Rid,
     Secret,
     Text,
     Token,
+    Typing,
+    TypingEvent,
     UserId,
 )
 
@@ -294,6 +302,8 @@ def _configure_converter(converter: cattrs.Converter) -> None:
         DeviceRef: _device(0),
         AckSeq: _bounded_int(1, RID_RANGE[1]),
         FriendRequestsSetting: _one_of(FRIEND_REQUESTS_SETTINGS),
+        MessageId: _positive_id,
+        ConversationLimit: _bounded_int(1, CONVERSATIONS_LIMIT_MAX),
     }
     for kind, check in strict.items():
         converter.register_structure_hook(kind, _hook(check))
@@ -319,11 +329,39 @@ def _configure_converter(converter: cattrs.Converter) -> None:
         )
 
     converter.register_structure_hook(
-        History, make_dict_structure_fn(History, converter, with_=override(rename="with"))
+        TypingEvent,
+        make_dict_structure_fn(TypingEvent, converter, from_=override(rename="from")),
     )
+    converter.register_unstructure_hook(
+        TypingEvent,
+        make_dict_unstructure_fn(TypingEvent, converter, from_=override(rename="from")),
+    )
+    for with_optional in (ReadEvent, ConversationItem):
+        # Which of with, group_id and by it carries: the others are not sent.
+        converter.register_unstructure_hook(
+            with_optional,
+            make_dict_unstructure_fn(
+                with_optional,
+                converter,
+                _cattrs_omit_if_default=True,
+                with_=override(rename="with"),
+            ),
+        )
+        converter.register_structure_hook(
+            with_optional,
+            make_dict_structure_fn(with_optional, converter, with_=override(rename="with")),
+        )
+    for renamed in (History, MarkRead, Typing):
+        converter.register_structure_hook(
+            renamed, make_dict_structure_fn(renamed, converter, with_=override(rename="with"))
+        )
 
 
-WIRE_NAMES: dict[type, dict[str, str]] = {History: {"with_": "with"}}
+WIRE_NAMES: dict[type, dict[str, str]] = {
+    History: {"with_": "with"},
+    MarkRead: {"with_": "with"},
+    Typing: {"with_": "with"},
+}
 """Request fields whose wire name is a Python keyword (the structure hooks above rename
 them too)."""
 
@@ -412,9 +450,17 @@ def _history_fields(fields: dict[str, Any]) -> str | None:
     return None
 
 
+def _read_fields(fields: dict[str, Any]) -> str | None:
+    """``with`` or ``group_id``, one of them."""
+    if ("with" in fields) == ("group_id" in fields):
+        return "with, group_id: give exactly one of with or group_id"
+    return None
+
+
 _COMBINATIONS: dict[str, Callable[[dict[str, Any]], str | None]] = {
     "login": _login_fields,
     "history": _history_fields,
+    "read": _read_fields,
 }
 """Rules about which fields go together, checked before each field's own check."""
 
@@ -546,6 +592,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         LoggedOutEvent,
         GroupJoinedEvent,
         FriendRequestEvent,
+        ReadEvent,
+        TypingEvent,
     )
 }
 

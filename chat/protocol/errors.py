@@ -38,6 +38,8 @@ class ErrorCode(StrEnum):
     ACK_TIMEOUT = "ack_timeout"
     # version 1.2: friend requests with approval
     NO_SUCH_REQUEST = "no_such_request"
+    # version 1.2: conversations
+    NO_SUCH_MESSAGE = "no_such_message"
     # extension: the server could not do it now (the database or broker is unreachable);
     # nothing was changed and the client may retry.
     UNAVAILABLE = "unavailable"

@@ -36,9 +36,13 @@ FriendRequestsSetting = NewType("FriendRequestsSetting", str)  # "anyone" or "ap
 FRIEND_REQUESTS_ANYONE = "anyone"
 FRIEND_REQUESTS_APPROVE = "approve"
 FRIEND_REQUESTS_SETTINGS = (FRIEND_REQUESTS_ANYONE, FRIEND_REQUESTS_APPROVE)
+MessageId = NewType("MessageId", int)  # a positive integer
+ConversationLimit = NewType("ConversationLimit", int)  # 1-100
 
 HISTORY_LIMIT_DEFAULT = 50
 HISTORY_LIMIT_MAX = 200
+CONVERSATIONS_LIMIT_DEFAULT = 50
+CONVERSATIONS_LIMIT_MAX = 100
 
 Role = Literal["creator", "normal"]
 
@@ -254,6 +258,39 @@ class History:
     limit: HistoryLimit = HistoryLimit(HISTORY_LIMIT_DEFAULT)
 
 
+@attrs.frozen
+class ListConversations:
+    """``conversations`` (1.2): the user's conversations, newest activity first;
+    ``before`` a message id (exclusive) to page to older activity."""
+
+    TYPE: ClassVar[str] = "conversations"
+    before: Position | None = None
+    limit: ConversationLimit = ConversationLimit(CONVERSATIONS_LIMIT_DEFAULT)
+
+
+@attrs.frozen
+class MarkRead:
+    """``read`` (1.2): move the user's read marker in a conversation (``with_``, wire
+    name ``with``, a user; or ``group_id``) up to ``message_id``."""
+
+    TYPE: ClassVar[str] = "read"
+    message_id: MessageId
+    with_: UserId | None = None
+    group_id: GroupId | None = None
+
+
+@attrs.frozen
+class Typing:
+    """``typing`` (1.2): tell a friend this user is (or stopped) typing; never kept."""
+
+    TYPE: ClassVar[str] = "typing"
+    with_: UserId
+    active: Flag
+
+
+CONVERSATION_REQUESTS = (ListConversations, MarkRead, Typing)
+
+
 Request = (
     Ping
     | Register
@@ -280,6 +317,9 @@ Request = (
     | ListFriendRequests
     | AcceptFriend
     | DeclineFriend
+    | ListConversations
+    | MarkRead
+    | Typing
 )
 
 REQUEST_TYPES: dict[str, type[Request]] = {
@@ -301,6 +341,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
         ListDevices,
         ForgetDevice,
         *FRIEND_REQUEST_REQUESTS,
+        *CONVERSATION_REQUESTS,
     )
 }
 
@@ -500,6 +541,29 @@ class HistoryResult:
 
 
 @attrs.frozen
+class ConversationItem:
+    """One conversation in a ``conversations`` page: ``with_`` (wire name ``with``)
+    the other user, or ``group``; its newest message as ``history`` shows it; the
+    user's marker ``read`` and the messages from others above it (at most 999)."""
+
+    last: HistoryItem
+    unread: int
+    read: int
+    with_: UserRef | None = None
+    group: UserRef | None = None
+    """The group's id and name."""
+    peer_read: int | None = None
+    """Extension: in a one-to-one conversation with another user, that user's read
+    marker (what its read receipts said; left out when either blocked the other)."""
+
+
+@attrs.frozen
+class ConversationsPage:
+    conversations: list[ConversationItem]
+    more: bool
+
+
+@attrs.frozen
 class DeviceInfo:
     device: str
     online: bool
@@ -529,6 +593,7 @@ Result = (
     | PendingFriend
     | SettingsResult
     | FriendRequestsPage
+    | ConversationsPage
 )
 
 
@@ -622,6 +687,29 @@ class FriendRequestEvent:
     from_: UserRef
 
 
+@attrs.frozen
+class ReadEvent:
+    """A read marker moved (1.2). To the user's other devices: ``with_`` (wire name
+    ``with``) or ``group_id`` says which conversation; to the other user of a
+    one-to-one conversation (a read receipt): ``by`` read it up to ``message_id``.
+    Exactly one of the three is set; the others are not sent."""
+
+    TYPE: ClassVar[str] = "read"
+    message_id: int
+    with_: int | None = None
+    group_id: int | None = None
+    by: UserRef | None = None
+
+
+@attrs.frozen
+class TypingEvent:
+    """A friend is typing to this user, or stopped (1.2); never kept."""
+
+    TYPE: ClassVar[str] = "typing"
+    from_: UserRef
+    active: bool
+
+
 Event = (
     MessageEvent
     | GroupMessageEvent
@@ -631,6 +719,8 @@ Event = (
     | LoggedOutEvent
     | GroupJoinedEvent
     | FriendRequestEvent
+    | ReadEvent
+    | TypingEvent
 )
 DeliveredEvent = MessageEvent | GroupMessageEvent
 """A stored message, as its recipients get it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .bulk import Accounts, ImportBlocked, Imported, InUse, NewGroup, NewUser
 from .config import DatabaseConfig, HostPort, MysqlConfig, SqliteConfig, parse_database_url
 from .contacts import LoginReads
+from .conversations import UNREAD_CAP, ConversationRecord, ReadMarked
 from .dialect import Dialect
 from .errors import (
     AlreadyBlocked,
@@ -17,6 +18,7 @@ from .errors import (
     NameTaken,
     NoSuchGroup,
     NoSuchRequest,
+    NoSuchMessage,
     NoSuchUser,
     NotAMember,
     NotBlocked,
@@ -78,6 +80,7 @@ def open_store(database: DatabaseConfig | str, pool_size: int | None = None) -> 
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "UNREAD_CAP",
     "Accounts",
     "AlreadyBlocked",
     "AlreadyFriends",
@@ -85,6 +88,7 @@ __all__ = [
     "Blocked",
     "CannotBlockSelf",
     "CannotFriendSelf",
+    "ConversationRecord",
     "Credentials",
     "DatabaseConfig",
     "FriendAdd",
@@ -106,6 +110,7 @@ __all__ = [
     "NewUser",
     "NoSuchGroup",
     "NoSuchRequest",
+    "NoSuchMessage",
     "NoSuchUser",
     "NotAMember",
     "NotBlocked",
@@ -114,6 +119,7 @@ __all__ = [
     "PresenceAudience",
     "RateLimited",
     "SqliteConfig",
+    "ReadMarked",
     "Store",
     "StoreError",
     "StoreTimeout",

@@ -81,6 +81,12 @@ class Dialect(ABC):
     def connection_lost(self, conn: Connection) -> None:
         """A connection broke (``is_disconnect``): with several hosts, move on."""
 
+    def keep_greatest(self, keys: str, column: str) -> str:
+        """What follows an ``INSERT ... VALUES`` so that a row whose ``keys`` exist
+        already keeps the greater of its ``column`` and the new one (MariaDB/MySQL
+        spelling; SQLite's is its own)."""
+        return f" ON DUPLICATE KEY UPDATE {column} = GREATEST({column}, VALUES({column}))"
+
     def check_alive(self, conn: Connection) -> None:
         """Called on a connection idle for a while, before it is used again."""
 

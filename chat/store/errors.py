@@ -79,3 +79,7 @@ class RateLimited(StoreError):
 
 class NoSuchRequest(StoreError):
     """No friend request from that user waits for this one's answer."""
+
+
+class NoSuchMessage(StoreError):
+    """The message named is not one of the conversation's (or does not exist)."""

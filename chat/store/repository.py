@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
-from . import bulk, contacts, history, requests, streams, throttle, tokens
+from . import bulk, contacts, conversations, history, requests, streams, throttle, tokens
 from .coalesce import Coalescer, Submitted
+from .conversations import ConversationRecord, ReadMarked
 from .dialect import Connection, Dialect
 from .errors import (
     AlreadyMember,
@@ -581,6 +582,38 @@ class Store:
             return history.read_page(sql, ranges, before=before, after=after, limit=limit)
 
         return await self._run(body, write=False)
+
+    # --- conversations and read markers (``chat.store.conversations``) -----------
+
+    async def conversations(
+        self, user_id: int, before: int | None, limit: int
+    ) -> Page[ConversationRecord]:
+        """The user's conversations, newest activity first, below ``before``."""
+        return await self._run(
+            lambda sql: conversations.conversations_page(sql, user_id, before, limit),
+            write=False,
+        )
+
+    async def mark_read_direct(self, user_id: int, peer_id: int, message_id: int) -> ReadMarked:
+        """Move the user's marker with ``peer_id`` up (``NoSuchUser``, ``NoSuchMessage``)."""
+        return await self._run(
+            lambda sql: conversations.mark_read_direct(sql, user_id, peer_id, message_id),
+            write=True,
+        )
+
+    async def mark_read_group(self, user_id: int, group_id: int, message_id: int) -> ReadMarked:
+        """Move the member's marker in a group up (``NoSuchGroup``, ``NotAMember``,
+        ``NoSuchMessage``)."""
+        return await self._run(
+            lambda sql: conversations.mark_read_group(sql, user_id, group_id, message_id),
+            write=True,
+        )
+
+    async def typing_allowed(self, user_id: int, target_id: int) -> bool:
+        """Whether the user's typing reaches ``target_id`` (``NoSuchUser``)."""
+        return await self._run(
+            lambda sql: conversations.typing_allowed(sql, user_id, target_id), write=False
+        )
 
     # --- many accounts at once (``chat.store.bulk``: chat-server import-users) ----
 
