@@ -25,8 +25,8 @@ from cattrs.preconf.orjson import make_converter
 from .errors import ErrorCode, RequestError
 from .lookalike import lookalike_problem
 from .messages import (
-    FRIEND_REQUESTS_SETTINGS,
     CONVERSATIONS_LIMIT_MAX,
+    FRIEND_REQUESTS_SETTINGS,
     HISTORY_LIMIT_MAX,
     REQUEST_TYPES,
     AckSeq,
