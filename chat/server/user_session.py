@@ -291,9 +291,12 @@ class UserSession:
                 if decision is Offer.TAKE
                 else Outgoing(b"", mark)
             )
-            if self.connection.queue_nowait(outgoing):
-                state.queued_one(stream, pos)
+            # Queued first: the connection may write it at once and report it written.
+            previous = state.queued[stream]
+            state.queued_one(stream, pos)
+            if self.connection.deliver_nowait(outgoing):
                 return
+            state.queued[stream] = previous
         state.wake([stream])  # a gap, a read under way, or a full outbox: read it
         self._wake.set()
 

@@ -1,0 +1,121 @@
+"""A delivered message written at once by the task that hands it over (``deliver_nowait``),
+when the connection's writer is idle: the frames still leave in the order handed over,
+each exactly once, and the hooks are told exactly which left, also when the socket takes
+only part of a write and the writer finishes it (over a real socket pair, with a reader
+that stalls so the kernel's buffer fills)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import trio
+
+from chat.protocol.codec import JsonCodec
+from chat.server.connection import Connection, Outgoing
+from chat.server.settings import Settings
+from chat.transports import LineStream
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def writable(self, outgoing: list[Outgoing]) -> list[Outgoing]:
+        return outgoing
+
+    def written(self, outgoing: Sequence[Outgoing]) -> None:
+        self.order.extend(item.seq for item in outgoing)
+
+
+async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """Both ends of a TCP connection over the loopback (as a node's clients have)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listeners[0].accept()
+    await listeners[0].aclose()
+    return server, client
+
+
+def frame(number: int, size: int) -> Outgoing:
+    payload = json.dumps({"n": number, "pad": "x" * size}).encode()
+    return Outgoing(payload, seq=number)
+
+
+async def test_order_and_exactly_once_with_partial_writes() -> None:
+    server, client = await tcp_pair()
+    connection = Connection(LineStream(server, "test"), JsonCodec(), Settings(), "test")
+    hooks = Hooks()
+    connection.hooks = hooks
+    total = 400
+    received: list[int] = []
+
+    async def read_all() -> None:
+        buffer = b""
+        await trio.sleep(0.2)  # stalled at first: the socket's buffer fills
+        while len(received) < total:
+            data = await client.receive_some(65_536)
+            assert data
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            received.extend(json.loads(line)["n"] for line in lines)
+
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def writer() -> None:
+            with scope:
+                await connection.run_writer(scope)
+
+        nursery.start_soon(writer)
+        nursery.start_soon(read_all)
+        await trio.sleep(0.01)  # the writer waits: idle
+        number = 0
+        while number < total:
+            # Some handed over at once (written now or given to the writer), some
+            # queued by the writer's own path, with schedule points in between.
+            for _ in range(3):
+                number += 1
+                if number <= total:
+                    assert connection.deliver_nowait(frame(number, 100_000 if number % 7 else 10))
+            number += 1
+            if number <= total:
+                assert await connection.queue(frame(number, 300))
+            await trio.sleep(0.001 if number % 5 else 0)
+        await connection.flush()
+        connection.close_outbox()
+    assert connection.remainders > 0, "no write was cut short: the test missed its case"
+    assert received == list(range(1, total + 1))
+    assert hooks.order == list(range(1, total + 1))
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_a_message_to_an_idle_writer_is_written_without_waking_it() -> None:
+    server, client = await tcp_pair()
+    connection = Connection(LineStream(server, "test"), JsonCodec(), Settings(), "test")
+    hooks = Hooks()
+    connection.hooks = hooks
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def writer() -> None:
+            with scope:
+                await connection.run_writer(scope)
+
+        nursery.start_soon(writer)
+        await trio.sleep(0.01)
+        assert connection.deliver_nowait(frame(1, 10))
+        # Written before any schedule point: the writer task did not run.
+        assert hooks.order == [1]
+        data = await client.receive_some(65_536)
+        assert json.loads(data.split(b"\n")[0])["n"] == 1
+        # The next one within the gathering time goes to the writer, not at once.
+        assert connection.deliver_nowait(frame(2, 10))
+        assert hooks.order == [1]
+        await connection.flush()
+        assert hooks.order == [1, 2]
+        connection.close_outbox()
+    await client.aclose()
+    await server.aclose()
