@@ -113,6 +113,10 @@ class Connection:
         self._last_direct = -1.0
         """``trio.current_time()`` of the last write made at once (``deliver_nowait``)."""
         self._direct = isinstance(stream, LineStream) and stream.can_send_now
+        self.replies_due = 0
+        """Requests of this connection being answered (the session counts them): their
+        replies are about to be queued, and a delivered message waits to go in the same
+        write rather than costing one of its own."""
         self.remainders = 0
         """Writes made at once that the socket took only part of (the writer finished them)."""
         self._scope: trio.CancelScope | None = None
@@ -159,16 +163,22 @@ class Connection:
 
     def deliver_nowait(self, item: Outgoing) -> bool:
         """Like ``queue_nowait``, for a delivered message: when the writer is idle (its
-        outbox empty, no write under way) and has not written at once within the last
-        ``GATHER_SECONDS``, write it now, in this task: one system call, and no task
-        switch to the writer. What the socket does not take at once goes to the writer,
+        outbox empty, no write under way, no replies due) and has not written at once
+        within the last ``GATHER_SECONDS``, write it now, in this task: one system call,
+        and no task switch to the writer. What the socket does not take at once goes to the writer,
         ahead of anything queued later. Within ``GATHER_SECONDS`` of such a write, the
         messages go to the writer instead, which joins those queued meanwhile (a
         recipient of many messages of one store batch) into one write.
 
         Hooks are called as the writer calls them: ``written`` may run before this
         returns (the caller records the frame as queued before calling)."""
-        if not (self._direct and self._idle and self._pending == 0 and not self._closed):
+        if not (
+            self._direct
+            and self._idle
+            and self._pending == 0
+            and not self._closed
+            and not self.replies_due
+        ):
             return self.queue_nowait(item)
         now = trio.current_time()
         if now - self._last_direct < GATHER_SECONDS or self._room < 1:

@@ -5,17 +5,17 @@ Tasks, all in the session's nursery:
 - the reader (the session's main task) reads frames, decodes them with the
   connection's codec and handles requests one at a time, so replies leave in the
   order the requests came;
-- the answerer, once the client pipelines sends (its next frame has arrived
-  before a send is answered): the reader only starts such a send (its place in
-  the store's order is fixed then, ``handlers.begin``) and reads on, up to
-  ``pipeline_depth`` sends ahead; the answerer finishes them one after the other
-  and replies, so a client that sends many messages at once has them stored in
-  few transactions and answered in few writes, in order. Any other request waits
-  until every send before it was answered, so what it sees and what it changes
-  comes after them, as if the sends had been handled one by one. A client that
-  waits for each answer is served by the reader alone, without the hop. A send
-  that was started is carried out even if the connection ends first (its
-  recipients get it; its sender no answer), so a cut-off pipeline leaves no gap;
+- the answerer, once the client pipelines sends (its next frame has arrived before a
+  send is answered): the reader only starts such a send (its place in the store's
+  order is fixed then, ``handlers.begin``) and reads on, up to ``pipeline_depth``
+  sends ahead (then on once half of them are answered); the answerer finishes them one
+  after the other and replies, so a client that sends many messages at once has them
+  stored in few transactions and answered in few writes, in order. Any other request
+  waits until every send before it was answered, so what it sees and what it changes
+  comes after them, as if the sends had been handled one by one. A client that waits
+  for each answer is served by the reader alone, without the hop. A send that was
+  started is carried out even if the connection ends first (its recipients get it; its
+  sender no answer), so a cut-off pipeline leaves no gap;
 - the writer (``Connection.run_writer``) is the only task that writes to the
   connection;
 - the delivery task (``UserSession``), while a user is logged in, reads what the
@@ -85,6 +85,9 @@ class Session:
         """To the answerer: pipelined requests, in the order they came (see the module)."""
         self._unanswered = 0
         """Pipelined requests started and not answered yet."""
+        self._room = trio.Event()
+        self._room_at = -1
+        """``_room`` is set when ``_unanswered`` drops to this (-1: nobody waits)."""
         self._answered = trio.Event()
         """Set when ``_unanswered`` drops to 0 (``_answer_pipelined_first`` waits on it)."""
         self._pause_seconds = 0.0
@@ -158,7 +161,10 @@ class Session:
     # --- reading --------------------------------------------------------------
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
+        depth = max(1, self.services.settings.pipeline_depth)
         while True:
+            if self._unanswered >= depth:
+                await self._wait_for_room(depth)
             try:
                 frame = await self.stream.receive()
             except StreamClosed:
@@ -270,6 +276,7 @@ class Session:
             nursery.start_soon(self._answer_in_order, started)
         item = (rid, kind, work)
         self._unanswered += 1
+        self.connection.replies_due = self._unanswered
         try:
             if self._unanswered > depth:
                 await self._started.send(item)  # full: wait (no WouldBlock twice)
@@ -356,8 +363,20 @@ class Session:
 
     def _answered_one(self) -> None:
         self._unanswered -= 1
+        self.connection.replies_due = self._unanswered
+        if self._unanswered <= self._room_at:
+            self._room_at = -1
+            self._room.set()
         if not self._unanswered:
             self._answered.set()
+
+    async def _wait_for_room(self, depth: int) -> None:
+        """``pipeline_depth`` sends are unanswered: read on once half of them are. The
+        reader wakes once per half a window, not once per answer, and the sends it
+        then reads go to the store together."""
+        self._room = trio.Event()
+        self._room_at = depth // 2
+        await self._room.wait()
 
     async def _answer_pipelined_first(self) -> None:
         """Wait until every pipelined request read so far is answered (before any other
