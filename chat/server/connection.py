@@ -162,7 +162,8 @@ class Connection:
         return True
 
     def deliver_nowait(self, item: Outgoing) -> bool:
-        """Like ``queue_nowait``, for a delivered message: when the writer is idle (its
+        """Like ``queue_nowait``, for a delivered message (or a reply of a request that
+        was not pipelined): when the writer is idle (its
         outbox empty, no write under way, no replies due) and has not written at once
         within the last ``GATHER_SECONDS``, write it now, in this task: one system call,
         and no task switch to the writer. What the socket does not take at once goes to the writer,

@@ -399,7 +399,12 @@ class Session:
             error = Error(reply.rid, ErrorCode.INTERNAL_ERROR, "internal server error")
             await self.connection.queue(Outgoing(self.connection.codec.encode_reply(error)))
             return False
-        await self.connection.queue(Outgoing(payload))
+        item = Outgoing(payload)
+        # A request answered by the reader (nothing pipelined): written at once when the
+        # writer is idle; the answerer's replies go to the writer, which joins them.
+        if not self._unanswered and self.connection.deliver_nowait(item):
+            return True
+        await self.connection.queue(item)
         return True
 
     async def _reply_error(self, rid: Rid | None, code: ErrorCode, message: str) -> None:
