@@ -1,4 +1,4 @@
-"""One client connection: its stream, its codec, its outbox, and the only task that writes.
+"""One client connection: its stream, its codec, its outbox, and the task that writes.
 
 The connection knows nothing of users or the store. What it writes are
 ``Outgoing`` frames, already encoded with the connection's codec (so a
@@ -10,7 +10,10 @@ them left. A frame with no bytes is written as nothing at all: it counts as
 written once every frame queued before it was (delivery uses it to pass a
 position without an event).
 
-The writer is the only task that writes to the stream. It drains a bounded
+The writer is the task that writes to the stream (the one exception: a delivered
+message or a reply handed over while the writer is idle, with nothing queued, is
+written at once by the task handing it over, without waiting: ``deliver_nowait``;
+what the socket does not take goes to the writer first). It drains a bounded
 outbox and joins queued frames into one write, up to ``write_batch_bytes``. A
 client that does not keep up is disconnected, never buffered without limit:
 a producer that cannot queue within ``slow_client_seconds`` ends the

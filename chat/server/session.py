@@ -16,8 +16,8 @@ Tasks, all in the session's nursery:
   for each answer is served by the reader alone, without the hop. A send that was
   started is carried out even if the connection ends first (its recipients get it; its
   sender no answer), so a cut-off pipeline leaves no gap;
-- the writer (``Connection.run_writer``) is the only task that writes to the
-  connection;
+- the writer (``Connection.run_writer``) writes to the connection (a frame handed
+  over while it is idle is written at once: ``Connection.deliver_nowait``);
 - the delivery task (``UserSession``), while a user is logged in, reads what the
   store keeps for the user and queues it.
 
