@@ -111,7 +111,8 @@ class Store:
             with self._transaction(conn, write=write) as sql:
                 return body(sql)
 
-        return await self.pool.run(work)
+        # A read changes nothing: if its connection breaks, it may simply run again.
+        return await self.pool.run(work, idempotent=not write)
 
     async def ping(self) -> None:
         """One trivial query: the database answers (within the pool's deadline)."""
@@ -286,8 +287,13 @@ class Store:
             row = (
                 None
                 if _no_row(group_id)
+                # Locked first: the member row's foreign key would take a shared lock on
+                # the group's row, and two joins each holding one and then updating the
+                # count deadlock (MariaDB 1213) on every join wave.
                 else sql.one(
-                    "SELECT id, name, description FROM chat_groups WHERE id = ?", (group_id,)
+                    "SELECT id, name, description FROM chat_groups WHERE id = ?"
+                    + sql.dialect.for_update,
+                    (group_id,),
                 )
             )
             if row is None:
@@ -310,7 +316,7 @@ class Store:
             sql.execute(
                 "UPDATE chat_groups SET member_count = member_count + 1 WHERE id = ?", (group_id,)
             )
-            # The group's row is locked now: the head read there is the one the next
+            # The group's row is locked: the head read there is the one the next
             # group message follows, so the new member's devices get exactly what
             # comes after the join.
             streams.follow_group(sql, user_id, group_id)

@@ -1,0 +1,236 @@
+"""Retryable database failures are retried inside the store (``chat.store.retry``).
+
+The policy is pure and tested on its own; the pool's retries are tested on real
+MariaDB: a deadlock provoked between the store's connection and a second real
+connection locking two rows in the opposite order, and connections killed by the
+server under an idle pool.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pymysql
+import pytest
+import trio
+
+from chat.store import Store, StoreUnavailable, open_store
+from chat.store.dialect import Connection
+from chat.store.mysql import MysqlDialect
+from chat.store.retry import Failure, RetryPolicy, classify
+
+from .support import _mysql_admin
+
+# --- the policy (pure) -----------------------------------------------------------------
+
+
+def policy(value: float = 0.999) -> RetryPolicy:
+    return RetryPolicy(attempts=5, first_delay=0.01, max_delay=0.05, uniform=lambda: value)
+
+
+def test_busy_work_waits_a_jittered_growing_while_then_gives_up() -> None:
+    waits = [
+        policy().next_delay(Failure.BUSY, n, idempotent=False, time_left=None) for n in (1, 2, 3, 4)
+    ]
+    assert waits == pytest.approx([0.00999, 0.01998, 0.03996, 0.04995])
+    assert policy().next_delay(Failure.BUSY, 5, idempotent=False, time_left=None) is None
+    # The wait is a random part of the cap: two deadlocked transactions part ways.
+    assert policy(0.0).next_delay(Failure.BUSY, 3, idempotent=False, time_left=None) == 0.0
+    assert policy(0.5).delay(3) == pytest.approx(0.02)
+
+
+def test_a_lost_connection_is_retried_for_reads_only_and_at_once() -> None:
+    assert policy().next_delay(Failure.LOST, 1, idempotent=True, time_left=None) == 0.0
+    assert policy().next_delay(Failure.LOST, 1, idempotent=False, time_left=None) is None
+    assert policy().next_delay(Failure.LOST, 5, idempotent=True, time_left=None) is None
+
+
+def test_no_retry_of_other_failures_or_after_the_deadline() -> None:
+    assert policy().next_delay(Failure.OTHER, 1, idempotent=True, time_left=None) is None
+    # The wait would end after the caller's deadline: the caller hears now.
+    assert policy().next_delay(Failure.BUSY, 1, idempotent=False, time_left=0.005) is None
+    assert policy().next_delay(Failure.BUSY, 1, idempotent=False, time_left=0.5) is not None
+    assert policy().next_delay(Failure.LOST, 1, idempotent=True, time_left=0.0) is None
+
+
+def test_mysql_errors_are_classified_by_number() -> None:
+    dialect = MysqlDialect(host="h", port=1, user="u", password="", database="d")
+    deadlock = pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
+    lock_wait = pymysql.err.OperationalError(1205, "Lock wait timeout exceeded")
+    gone = pymysql.err.OperationalError(2013, "Lost connection to server during query")
+    closed = pymysql.err.InterfaceError(0, "")
+    duplicate = pymysql.err.IntegrityError(1062, "Duplicate entry")
+    assert classify(dialect, deadlock) is Failure.BUSY
+    assert classify(dialect, lock_wait) is Failure.BUSY
+    assert classify(dialect, gone) is Failure.LOST
+    assert classify(dialect, closed) is Failure.LOST
+    assert classify(dialect, duplicate) is Failure.OTHER
+
+
+# --- the pool on real MariaDB ---------------------------------------------------------------
+
+
+@pytest.fixture
+async def store(mysql_url: str) -> AsyncIterator[Store]:
+    opened = await trio.to_thread.run_sync(open_store, mysql_url)
+    opened.pool.timeout = 10.0
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def admin() -> Iterator[Any]:
+    conn = _mysql_admin()
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _database(store: Store) -> str:
+    assert isinstance(store.dialect, MysqlDialect)
+    return store.dialect.database
+
+
+def _outsider(store: Store) -> Any:
+    """A second real connection to the test's database, outside the store's pool."""
+    dialect = store.dialect
+    assert isinstance(dialect, MysqlDialect)
+    return pymysql.connect(
+        host=dialect.host,
+        port=dialect.port,
+        user=dialect.user,
+        password=dialect.password,
+        database=dialect.database,
+        autocommit=True,
+    )
+
+
+def _wait_for_lock_wait(admin: Any, database: str, timeout: float = 10.0) -> None:
+    """Until some transaction of ``database`` waits for a row lock."""
+    deadline = time.monotonic() + timeout
+    with admin.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT COUNT(*) FROM information_schema.INNODB_TRX t"
+                " JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id"
+                " WHERE t.trx_state = 'LOCK WAIT' AND p.DB = %s",
+                (database,),
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the outsider never waited for the lock")
+
+
+async def test_a_deadlock_is_retried_and_the_call_succeeds(store: Store, admin: Any) -> None:
+    """The store's transaction locks row 1 then row 2; a second connection has locked
+    rows 2..50 and waits for row 1: a deadlock, whose victim is the lighter transaction,
+    the store's (1213). Its retry waits for the other to commit, then succeeds."""
+    await store.pool.run(
+        lambda conn: _execute(
+            conn,
+            "CREATE TABLE rows_to_lock (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB",
+            "INSERT INTO rows_to_lock SELECT seq, 0 FROM seq_1_to_50",
+        )
+    )
+    store_locked, outsider_locked = threading.Event(), threading.Event()
+    attempts: list[int] = []
+
+    def work(conn: Connection) -> int:
+        attempts.append(len(attempts) + 1)
+        cursor = conn.cursor()
+        try:
+            cursor.execute("START TRANSACTION")
+            cursor.execute("UPDATE rows_to_lock SET v = v + 1 WHERE id = 1")
+            if len(attempts) == 1:
+                store_locked.set()
+                assert outsider_locked.wait(10)
+                _wait_for_lock_wait(admin, _database(store))
+            cursor.execute("UPDATE rows_to_lock SET v = v + 10 WHERE id = 2")
+            cursor.execute("SELECT v FROM rows_to_lock WHERE id = 2")
+            value = int(cursor.fetchone()[0])
+            conn.commit()
+            return value
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            cursor.close()
+
+    def outsider() -> None:
+        conn = _outsider(store)
+        try:
+            with conn.cursor() as cursor:
+                assert store_locked.wait(10)
+                cursor.execute("START TRANSACTION")
+                cursor.execute("UPDATE rows_to_lock SET v = v + 100 WHERE id >= 2")
+                outsider_locked.set()
+                cursor.execute("UPDATE rows_to_lock SET v = v + 100 WHERE id = 1")
+                conn.commit()
+        finally:
+            conn.close()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, outsider)
+        value = await store.pool.run(work)
+    assert attempts == [1, 2]
+    assert (store.pool.retries, store.pool.gave_up) == (1, 0)
+    # The retry ran after the other transaction committed: both changes are in.
+    assert value == 110
+    rows = await store.pool.run(
+        lambda conn: _query(conn, "SELECT id, v FROM rows_to_lock WHERE id <= 3")
+    )
+    assert rows == [(1, 101), (2, 110), (3, 100)]
+
+
+async def test_a_read_whose_connection_was_killed_runs_again(store: Store, admin: Any) -> None:
+    alice = await store.create_user("alice", "not-a-hash")  # leaves connections idle in the pool
+    _kill_connections(admin, _database(store))
+    assert await store.user_by_name("alice") == alice
+    assert store.pool.retries >= 1
+
+
+async def test_a_write_whose_connection_was_killed_is_not_run_again(
+    store: Store, admin: Any
+) -> None:
+    """It may have committed before its answer was lost: ``unavailable``, not twice."""
+    await store.create_user("alice", "not-a-hash")
+    _kill_connections(admin, _database(store))
+    retries = store.pool.retries
+    with pytest.raises(StoreUnavailable, match="connection lost"):
+        await store.create_user("bob", "not-a-hash")
+    assert store.pool.retries == retries
+    await store.create_user("bob", "not-a-hash")  # on a fresh connection
+
+
+def _kill_connections(admin: Any, database: str) -> None:
+    with admin.cursor() as cursor:
+        cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s", (database,))
+        ids = [row[0] for row in cursor.fetchall()]
+        assert ids, "the pool should hold idle connections"
+        for thread_id in ids:
+            cursor.execute(f"KILL CONNECTION {int(thread_id)}")
+
+
+def _execute(conn: Connection, *statements: str) -> None:
+    cursor = conn.cursor()
+    try:
+        for statement in statements:
+            cursor.execute(statement)
+    finally:
+        cursor.close()
+
+
+def _query(conn: Connection, statement: str) -> list[tuple[int, ...]]:
+    cursor = conn.cursor()
+    try:
+        cursor.execute(statement)
+        return [tuple(row) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
