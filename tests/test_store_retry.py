@@ -24,6 +24,7 @@ from chat.store import Store, StoreUnavailable, open_store
 from chat.store.dialect import Connection
 from chat.store.mysql import MysqlDialect
 from chat.store.retry import Failure, RetryPolicy, classify
+from chat.store.throttle import Window
 
 from .support import _mysql_admin, client, running_node
 
@@ -303,3 +304,23 @@ async def test_login_logout_churn_on_mariadb_gets_no_unavailable(mysql_url: str)
     store.close()
     assert answers == ["ok"] * (users * cycles), [a for a in answers if a != "ok"][:5]
     assert store.pool.gave_up == 0
+
+
+async def test_password_throttle_reservations_do_not_deadlock(store: Store) -> None:
+    """Logins of one account at once reserve and forget events of the same buckets:
+    every delete of ``rate_events`` locks by id, in id order, so they queue instead of
+    deadlocking (a delete by bucket and time locked rows in scan order, against
+    ``forget``'s primary key order: 1213 under login churn)."""
+    window = Window(limit=1_000_000, span_ms=1)  # every earlier event is pruned each time
+
+    async def login(index: int) -> None:
+        for _ in range(5):
+            reservation = await store.throttle_reserve(
+                ["login:name:churn", f"login:address:{index % 3}"], window
+            )
+            await store.throttle_forget(reservation.ids)
+
+    async with trio.open_nursery() as nursery:
+        for index in range(30):
+            nursery.start_soon(login, index)
+    assert (store.pool.retries, store.pool.gave_up) == (0, 0)

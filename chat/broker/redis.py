@@ -316,6 +316,9 @@ class RedisBroker:
         self._release_script = self._redis.register_script(redis_scripts.RELEASE)
         self._lookup_script = self._redis.register_script(redis_scripts.LOOKUP)
         beats = redis.Redis(connection_pool=self._renew_pool)
+        self._ping_client = beats
+        """The readiness probe shares the heartbeat's pool of 2 (the beat uses one)."""
+        self._ping_limiter = trio.CapacityLimiter(1)
         self._renew_script = beats.register_script(redis_scripts.RENEW)
         self._epoch_script = beats.register_script(redis_scripts.EPOCH)
         self._reap_script = self._redis.register_script(redis_scripts.REAP)
@@ -525,7 +528,13 @@ class RedisBroker:
         gives up: the socket timeout ends the thread soon after. Raises
         ``BrokerUnavailable``; unlike other commands it puts no lease in doubt."""
         try:
-            await trio.to_thread.run_sync(self._redis.ping, abandon_on_cancel=True)
+            # Its own connection and limiter: on the default thread limiter it took a 9th
+            # connection of the commands' pool of 8 whenever they were all busy, and the
+            # command that then found none failed ("Too many connections"), losing a
+            # presence event under login churn.
+            await trio.to_thread.run_sync(
+                self._ping_client.ping, abandon_on_cancel=True, limiter=self._ping_limiter
+            )
         except (redis.RedisError, OSError) as exc:
             raise BrokerUnavailable(f"redis: {exc}") from exc
 
