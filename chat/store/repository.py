@@ -51,6 +51,12 @@ from .throttle import Reservation, Window
 
 T = TypeVar("T")
 
+_CREDENTIALS = (
+    "SELECT u.id, u.name, u.password_hash,"
+    " (SELECT MAX(d.last_seen) FROM devices d WHERE d.user_id = u.id) FROM users u"
+)
+"""A password login's look-up: the account and when it was last used (``Credentials``)."""
+
 READ_RANGES_PER_STATEMENT = 200
 """Stream ranges read in one statement at most (each is a derived table of its own)."""
 
@@ -144,9 +150,7 @@ class Store:
 
     async def credentials_by_name(self, name: str) -> Credentials | None:
         row = await self._run(
-            partial(
-                _fetch_one, "SELECT id, name, password_hash FROM users WHERE name = ?", (name,)
-            ),
+            partial(_fetch_one, _CREDENTIALS + " WHERE u.name = ?", (name,)),
             write=False,
         )
         return None if row is None else Credentials.from_row(row)
@@ -155,9 +159,7 @@ class Store:
         if _no_row(user_id):
             return None
         row = await self._run(
-            partial(
-                _fetch_one, "SELECT id, name, password_hash FROM users WHERE id = ?", (user_id,)
-            ),
+            partial(_fetch_one, _CREDENTIALS + " WHERE u.id = ?", (user_id,)),
             write=False,
         )
         return None if row is None else Credentials.from_row(row)
@@ -237,6 +239,14 @@ class Store:
     async def throttle_forget(self, ids: Sequence[int]) -> None:
         """Un-count events a reservation counted (``throttle.forget``)."""
         await self._run(lambda sql: throttle.forget(sql, ids), write=True)
+
+    async def throttle_take_counted(self, bucket: str, window: Window) -> Reservation:
+        """As ``throttle_take``, with the id of the event counted, so that it can be
+        forgotten (``throttle_forget``) if the request is refused after all for a reason
+        that is not its own (``throttle.take_counted``)."""
+        return await self._run(
+            lambda sql: throttle.take_counted(sql, bucket, window, now_ms()), write=True
+        )
 
     async def throttle_take(self, bucket: str, window: Window) -> int | None:
         """Count one event of ``bucket`` if its window allows (``throttle.take``): None

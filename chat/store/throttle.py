@@ -96,6 +96,16 @@ def take(sql: Sql, bucket: str, window: Window, now: int) -> int | None:
     return wait
 
 
+def take_counted(sql: Sql, bucket: str, window: Window, now: int) -> Reservation:
+    """``take``, saying which event it counted (to ``forget`` it later)."""
+    wait = wait_ms(sql, bucket, window, now)
+    if wait is not None:
+        return Reservation(wait)
+    prune(sql, [bucket], now - window.span_ms)
+    event = sql.insert("INSERT INTO rate_events (bucket, at) VALUES (?, ?)", (bucket, now))
+    return Reservation(None, (event,))
+
+
 @attrs.frozen
 class Reservation:
     """What ``reserve`` did: refused (``wait_ms``), or counted one event per bucket
