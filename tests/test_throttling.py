@@ -4,6 +4,7 @@ client address; the hashing queue; requests per connection."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -213,15 +214,15 @@ async def test_known_accounts_go_first_then_addresses_take_turns() -> None:
                 await release.wait()
 
     async with trio.open_nursery() as nursery:
-        for name, options in [
-            ("holder", {"address": "z"}),
-            ("a1", {"address": "a"}),
-            ("a2", {"address": "a"}),
-            ("a3", {"address": "a"}),
-            ("b1", {"address": "b"}),
-            ("known", {"preferred": True, "address": "c"}),
+        for name, address, preferred in [
+            ("holder", "z", False),
+            ("a1", "a", False),
+            ("a2", "a", False),
+            ("a3", "a", False),
+            ("b1", "b", False),
+            ("known", "c", True),
         ]:
-            nursery.start_soon(lambda n=name, o=options: check(n, **o))
+            nursery.start_soon(partial(check, name, preferred=preferred, address=address))
             await trio.testing.wait_all_tasks_blocked()
         assert (hasher.queued, hasher.others) == (6, 5)
         release.set()
