@@ -320,3 +320,35 @@ async def test_a_failed_batch_fails_the_calls_queued_behind_it_on_its_chains() -
         "b1": "b1!",
         "c1": "c1!",
     }
+
+
+async def test_a_batch_takes_a_few_heavy_calls_of_one_chain_and_everyone_elses() -> None:
+    """Fair batches: one chain (a sender pipelining group sends) gets at most
+    ``heavy_per_chain`` heavy calls into a batch; its later calls, heavy or not, wait
+    behind them for the next batch (its order holds), while other chains' calls queued
+    after them go in this batch instead of waiting a long batch more."""
+    batches = Batches()
+    coalesce = Coalescer(
+        batches,
+        chain=lambda request: request[0],
+        heavy=lambda request: request[1] == "G",
+        heavy_per_chain=2,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(coalesce, "x-")  # batch 0, holds the coalescer busy
+        await trio.testing.wait_all_tasks_blocked()
+        queued = [
+            coalesce.submit(name) for name in ("aG1", "aG2", "aG3", "b-1", "a-4", "cG1", "cG2")
+        ]
+        batches.gate(0).set()
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(1).set()
+        batches.gate(2).set()
+        answers = [await submitted.result() for submitted in queued]
+    assert batches.order == [["x-"], ["aG1", "aG2", "b-1", "cG1", "cG2"], ["aG3", "a-4"]]
+    assert answers == ["aG1!", "aG2!", "aG3!", "b-1!", "a-4!", "cG1!", "cG2!"]
+
+
+def test_heavy_calls_are_counted_per_chain() -> None:
+    with pytest.raises(ValueError, match="chain"):
+        Coalescer(Batches(), heavy=lambda request: True, heavy_per_chain=2)

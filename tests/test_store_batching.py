@@ -7,6 +7,7 @@ repeated ``cid``, group sends that fail their checks, side by side.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
@@ -271,3 +272,47 @@ async def test_reads_and_positions_made_together_share_transactions(store: Store
     assert (store.pool.runs - runs, positions.batches) == (1, 1)
     assert [await store.device_positions(reader, "") for reader in readers] == [{INBOX: 1}] * 40
     assert [await kept_for(store, reader) for reader in readers] == [[]] * 40
+
+
+async def test_a_batch_hands_off_every_message_in_order_before_any_sender_resumes(
+    store: Store,
+) -> None:
+    """``on_stored`` runs for each send of a batch right after its commit, in the order
+    of the sends, before any of their callers resumes: a recipient's device never sees
+    a sender's group message (read from the group's log meanwhile) before an earlier
+    direct message of the same batch was handed to it (found as a reordering under
+    load). A repeated ``cid`` is told the earlier message; a refused send nothing."""
+    ann, bob = await users(store, "ann", "bob")
+    group = await store.create_group("g", "", ann)
+    await store.store_direct(ann, bob, "before", "c-0")
+    told: list[tuple[str, int, bool]] = []
+    resumed: list[str] = []
+
+    def hook(name: str) -> Callable[[StoredMessage], None]:
+        def on_stored(stored: StoredMessage) -> None:
+            told.append((name, stored.message_id, stored.created))
+            assert not resumed, "a caller resumed before its batch's hand-offs"
+
+        return on_stored
+
+    sends: list[tuple[str, Awaitable[StoredMessage]]] = [
+        ("d1", store.store_direct(ann, bob, "d1", None, hook("d1"))),
+        ("g1", store.store_group(ann, group.id, "g1", None, hook("g1"))),
+        ("missing", store.store_direct(ann, MISSING, "x", None, hook("missing"))),
+        ("again", store.store_direct(ann, bob, "before", "c-0", hook("again"))),
+        ("d2", store.store_direct(ann, bob, "d2", None, hook("d2"))),
+    ]
+
+    async def wait(name: str, awaitable: Awaitable[StoredMessage]) -> None:
+        with contextlib.suppress(NoSuchUser):
+            await awaitable
+        resumed.append(name)
+
+    async with trio.open_nursery() as nursery:
+        for name, awaitable in sends:
+            nursery.start_soon(wait, name, awaitable)
+    assert [name for name, _, _ in told] == ["d1", "g1", "again", "d2"]
+    ids = [message_id for name, message_id, created in told if created]
+    assert ids == sorted(ids) and len(ids) == 3
+    assert [created for name, _, created in told if name == "again"] == [False]
+    assert sorted(resumed) == sorted(name for name, _ in sends)

@@ -35,6 +35,15 @@ waits for them one after the other. Only a call that is being waited for is
 chosen to lead: a submitted call nobody waits for yet (its connection is busy
 with an earlier one) never holds up everyone else's batch; it runs in whichever
 batch comes next.
+
+Fair batches: a batch runs one at a time, so a call waits for the batch running
+when it is made and then for its own. Calls that are costly to run (a group send:
+its membership check, its log position, a savepoint) can be ``heavy``; a batch
+takes at most ``heavy_per_chain`` of them from one chain (one sender), and that
+chain's later calls wait for the next batch, behind them, so the chain keeps its
+order. Other chains' calls queued behind them go in this batch: one sender
+pipelining costly calls fills a batch with a few of them, not with all it has in
+flight, and everyone else's calls wait for a short batch, not a long one.
 """
 
 from __future__ import annotations
@@ -94,13 +103,23 @@ class Coalescer(Generic[Req, Res]):
         run_batch: Callable[[Sequence[Req]], Awaitable[Sequence[Res]]],
         max_batch: int = MAX_BATCH,
         chain: Callable[[Req], Hashable] | None = None,
+        heavy: Callable[[Req], bool] | None = None,
+        heavy_per_chain: int = 0,
     ) -> None:
         """``chain``: which submitted calls follow one another (a sender's pipelined
         sends): when a batch fails, the submitted calls of its chains still queued fail
-        with it, never stored after an earlier one of theirs was not."""
+        with it, never stored after an earlier one of theirs was not.
+        ``heavy``, ``heavy_per_chain``: which calls are costly, and how many of one
+        chain's a batch takes at most (see "Fair batches" above; needs ``chain``)."""
+        if heavy is not None and (chain is None or heavy_per_chain < 1):
+            raise ValueError(
+                "heavy calls are counted per chain: give chain and heavy_per_chain >= 1"
+            )
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._chain = chain
+        self._heavy = heavy
+        self._heavy_per_chain = heavy_per_chain
         self._queue: list[_Call[Req, Res]] = []
         self._busy = False
         """A batch is running, or a queued call has been told to lead the next one."""
@@ -176,7 +195,7 @@ class Coalescer(Generic[Req, Res]):
 
     async def _lead(self) -> None:
         """Run the next batch (the queued calls, up to ``max_batch``), shielded."""
-        batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+        batch, self._queue = self._next_batch()
         self.batches += 1
         started = trio.current_time()
         failed: Exception | None = None
@@ -198,6 +217,36 @@ class Coalescer(Generic[Req, Res]):
             call.leads = False
             if call.wake is not None:
                 call.wake.set()
+
+    def _next_batch(self) -> tuple[list[_Call[Req, Res]], list[_Call[Req, Res]]]:
+        """The queued calls that go in the next batch, and those left queued, each in
+        queue order."""
+        if self._heavy is None:
+            return self._queue[: self._max_batch], self._queue[self._max_batch :]
+        assert self._chain is not None
+        batch: list[_Call[Req, Res]] = []
+        left: list[_Call[Req, Res]] = []
+        heavy_taken: dict[Hashable, int] = {}
+        held: set[Hashable] = set()
+        """Chains with a call left queued: their later calls stay behind it."""
+        for call in self._queue:
+            if len(batch) >= self._max_batch:
+                left.append(call)
+                continue
+            chain = self._chain(call.request)
+            if chain in held:
+                left.append(call)
+            elif self._heavy(call.request):
+                taken = heavy_taken.get(chain, 0)
+                if taken >= self._heavy_per_chain:
+                    held.add(chain)
+                    left.append(call)
+                else:
+                    heavy_taken[chain] = taken + 1
+                    batch.append(call)
+            else:
+                batch.append(call)
+        return batch, left
 
     def _followers(self, batch: list[_Call[Req, Res]], error: Exception) -> list[_Call[Req, Res]]:
         """Take the submitted calls queued behind a failed batch on its chains out of

@@ -12,6 +12,7 @@ happens inside one function here, which is what makes checks such as "is the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -42,7 +43,7 @@ from .records import (
     StoredMessage,
     UserRecord,
 )
-from .sends import DirectSend, GroupSend, SendOutcome, SendRequest, store_sends
+from .sends import DirectSend, GroupSend, OnStored, SendOutcome, SendRequest, store_sends
 from .sql import Sql as _Sql
 from .sql import no_row as _no_row
 from .sql import now_ms
@@ -57,6 +58,13 @@ _CREDENTIALS = (
 )
 """A password login's look-up: the account and when it was last used (``Credentials``)."""
 
+log = logging.getLogger(__name__)
+
+GROUP_SENDS_PER_SENDER_IN_BATCH = 2
+"""Group sends of one sender a send batch takes at most: a member pipelining group sends
+(each a savepoint, a check and a log position) makes the batch everyone else's sends
+wait for a few milliseconds long, not tens ("Fair batches" in ``coalesce``)."""
+
 READ_RANGES_PER_STATEMENT = 200
 """Stream ranges read in one statement at most (each is a derived table of its own)."""
 
@@ -68,7 +76,12 @@ class Store:
         self.dialect = dialect
         self.pool = ConnectionPool(dialect, pool_size or dialect.pool_size)
         self._read_calls = Coalescer(self._read_batch)
-        self._send_calls = Coalescer(self._send_batch, chain=_sender)
+        self._send_calls = Coalescer(
+            self._send_batch,
+            chain=_sender,
+            heavy=_is_group_send,
+            heavy_per_chain=GROUP_SENDS_PER_SENDER_IN_BATCH,
+        )
         self._token_calls = Coalescer(self._token_batch)
 
     def close(self) -> None:
@@ -355,7 +368,12 @@ class Store:
     # --- messages -------------------------------------------------------------
 
     def store_direct(
-        self, sender_id: int, recipient_id: int, body_text: str, cid: str | None
+        self,
+        sender_id: int,
+        recipient_id: int,
+        body_text: str,
+        cid: str | None,
+        on_stored: OnStored | None = None,
     ) -> Coroutine[Any, Any, StoredMessage]:
         """Store a one-to-one message and keep it for its recipient.
 
@@ -363,16 +381,31 @@ class Store:
         checks, errors and savepoint are its own, and it returns once committed.
         The send takes its place in the order of sends when this is *called*, not
         when the result is awaited: a connection that pipelines sends calls this as it
-        reads each one, so they are stored in the order sent. Always await the result."""
+        reads each one, so they are stored in the order sent. Always await the result.
+
+        ``on_stored`` is told the message (a new one, or the earlier one of a used
+        ``cid``) right after the commit, in the trio thread, before the batch's callers
+        resume: each send of a batch in its order, with no checkpoint in between. The
+        hand-off to recipients belongs there: done by each caller when it resumes,
+        a sender's message in one stream could reach a recipient before an earlier one
+        in another (a read of the one stream, started meanwhile, sees the batch's
+        commit before the other's hand-off ran)."""
         return self._send(
-            self._send_calls.submit(DirectSend(sender_id, recipient_id, body_text, cid))
+            self._send_calls.submit(DirectSend(sender_id, recipient_id, body_text, cid, on_stored))
         )
 
     def store_group(
-        self, sender_id: int, group_id: int, body_text: str, cid: str | None
+        self,
+        sender_id: int,
+        group_id: int,
+        body_text: str,
+        cid: str | None,
+        on_stored: OnStored | None = None,
     ) -> Coroutine[Any, Any, StoredMessage]:
         """Store a group message and keep it for every other member (as ``store_direct``)."""
-        return self._send(self._send_calls.submit(GroupSend(sender_id, group_id, body_text, cid)))
+        return self._send(
+            self._send_calls.submit(GroupSend(sender_id, group_id, body_text, cid, on_stored))
+        )
 
     @staticmethod
     async def _send(submitted: Submitted[SendRequest, SendOutcome]) -> StoredMessage:
@@ -382,7 +415,16 @@ class Store:
         return outcome
 
     async def _send_batch(self, requests: Sequence[SendRequest]) -> list[SendOutcome]:
-        return await self._run(partial(store_sends, requests=requests), write=True)
+        outcomes = await self._run(partial(store_sends, requests=requests), write=True)
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if request.on_stored is not None and isinstance(outcome, StoredMessage):
+                try:
+                    request.on_stored(outcome)
+                except Exception:
+                    # The message is stored: a bug in one hand-off must not fail the
+                    # batch's other sends (the recipient still reads it at a wake-up).
+                    log.exception("handing off message %d failed", outcome.message_id)
+        return outcomes
 
     async def read_streams(self, ranges: Sequence[StreamRange]) -> list[list[KeptMessage]]:
         """Each range's messages, ascending by position (``chat.store.streams``).
@@ -542,6 +584,12 @@ def _revoke_token(token_hash: bytes, sql: _Sql) -> None:
 
 def _fetch_one(query: str, args: Sequence[Any], sql: _Sql) -> Any:
     return sql.one(query, args)
+
+
+def _is_group_send(request: SendRequest) -> bool:
+    """Group sends are the costly ones in a send batch (a savepoint, a membership check
+    and the group's log position each); direct sends of a batch go in together."""
+    return isinstance(request, GroupSend)
 
 
 def _sender(request: SendRequest) -> int:

@@ -39,7 +39,7 @@ handful of round trips and one commit, however many sends it holds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -49,6 +49,9 @@ from .records import StoredMessage, text
 from .sql import Sql, no_row, now_ms
 from .streams import allocate_inbox, allocate_log
 
+OnStored = Callable[[StoredMessage], None]
+"""Told a send's message once its batch committed (see ``Store.store_direct``)."""
+
 
 @attrs.frozen
 class DirectSend:
@@ -56,6 +59,7 @@ class DirectSend:
     recipient_id: int
     body: str
     cid: str | None
+    on_stored: OnStored | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -64,6 +68,7 @@ class GroupSend:
     group_id: int
     body: str
     cid: str | None
+    on_stored: OnStored | None = attrs.field(default=None, eq=False, repr=False)
 
 
 SendRequest = DirectSend | GroupSend

@@ -24,12 +24,13 @@ from chat.protocol.messages import (
     MembersPage,
     Result,
     Role,
+    Sent,
     UserRef,
 )
 from chat.store import AlreadyMember, GroupNameTaken, NoSuchGroup, StoredMessage, UserRecord
 
 from .group_access import group_access
-from .messages import sent
+from .messages import hand_off, stored_or_refunded
 from .registry import Caller, handler, me
 
 
@@ -76,27 +77,35 @@ async def join_group(caller: Caller, request: JoinGroup) -> Result:
 def group_send(caller: Caller, request: GroupSend) -> Awaitable[Result]:
     """Pipelined: the send takes its place in the store's order before this returns."""
     user = me(caller)
-    caller.services.fanout.check(user.id)
+    reserved = caller.services.fanout.reserve(user.id, request.group_id)
+
+    def stored_now(stored: StoredMessage) -> None:
+        event = GroupMessageEvent(
+            stored.message_id,
+            request.group_id,
+            UserRef(user.id, user.name),
+            request.text,
+            stored.ts,
+            False,
+        )
+        hand_off(caller, user, stored, event, reserved)
+
     storing = caller.services.store.store_group(
-        user.id, request.group_id, request.text, request.cid
+        user.id, request.group_id, request.text, request.cid, stored_now
     )
-    return _group_send_stored(caller, user, request, storing)
+    return _group_send_stored(caller, user, request, storing, reserved)
 
 
 async def _group_send_stored(
-    caller: Caller, user: UserRecord, request: GroupSend, storing: Awaitable[StoredMessage]
+    caller: Caller,
+    user: UserRecord,
+    request: GroupSend,
+    storing: Awaitable[StoredMessage],
+    reserved: int,
 ) -> Result:
     with group_access(request.group_id):
-        stored = await storing
-    event = GroupMessageEvent(
-        stored.message_id,
-        request.group_id,
-        UserRef(user.id, user.name),
-        request.text,
-        stored.ts,
-        False,
-    )
-    return sent(caller, user, stored, event)
+        stored = await stored_or_refunded(caller, user, storing, reserved)
+    return Sent(stored.message_id, stored.ts)
 
 
 @handler(ListGroups)
