@@ -36,6 +36,7 @@ by a retry (a run already under way may still finish, as above).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -80,26 +81,48 @@ class ConnectionPool:
         self.gave_up = 0
         """Units of work still busy (deadlocked, lock wait) after every retry allowed."""
 
-    async def run(self, work: Callable[[Connection], T], *, idempotent: bool = False) -> T:
+    async def run(
+        self,
+        work: Callable[[Connection], T],
+        *,
+        idempotent: bool = False,
+        deadline: float | None = None,
+    ) -> T:
         """Run ``work(connection)`` in a worker thread and return its result; raise
-        ``StoreTimeout`` after ``timeout`` seconds (see the module). ``idempotent``: the
-        work only reads, so it may run again on a fresh connection if its own broke
+        ``StoreTimeout`` after ``timeout`` seconds, or at ``deadline``
+        (``trio.current_time()``) if that is sooner: a coalesced batch's, whose calls
+        were made before it started (see the module). ``idempotent``: the work only
+        reads, so it may run again on a fresh connection if its own broke
         (``chat.store.retry``)."""
         self.runs += 1
-        if self.timeout is None:
+        now = trio.current_time()
+        ends = math.inf if self.timeout is None else now + self.timeout
+        if deadline is not None:
+            ends = min(ends, deadline)
+        if ends == math.inf:
             return await trio.to_thread.run_sync(
                 partial(self.run_blocking, work, idempotent=idempotent), limiter=self.limiter
             )
-        deadline = time.monotonic() + self.timeout
-        with trio.move_on_after(self.timeout):
-            return await trio.to_thread.run_sync(
-                partial(self.run_blocking, work, idempotent=idempotent, deadline=deadline),
-                limiter=self.limiter,
-                abandon_on_cancel=True,
-            )
+        if ends > now:
+            with trio.move_on_at(ends):
+                return await trio.to_thread.run_sync(
+                    partial(
+                        self.run_blocking,
+                        work,
+                        idempotent=idempotent,
+                        deadline=time.monotonic() + (ends - now),
+                    ),
+                    limiter=self.limiter,
+                    abandon_on_cancel=True,
+                )
+        raise self.timed_out()
+
+    def timed_out(self) -> StoreTimeout:
+        """Count a call given up on at its deadline; its error (``unavailable``)."""
         self.timeouts += 1
         self.last_timeout = trio.current_time()
-        raise StoreTimeout(f"{self.dialect.name}: no answer within {self.timeout:g} s")
+        limit = "its deadline" if self.timeout is None else f"{self.timeout:g} s"
+        return StoreTimeout(f"{self.dialect.name}: no answer within {limit}")
 
     def run_blocking(
         self,

@@ -75,14 +75,21 @@ class Store:
     def __init__(self, dialect: Dialect, pool_size: int | None = None) -> None:
         self.dialect = dialect
         self.pool = ConnectionPool(dialect, pool_size or dialect.pool_size)
-        self._read_calls = Coalescer(self._read_batch)
+        # Each coalesced call has the pool's deadline from when it is made, however many
+        # batches are stuck ahead of it (``coalesce``, "Deadlines").
+        deadlines: dict[str, Any] = {
+            "deadline": lambda: self.pool.timeout,
+            "expired": self.pool.timed_out,
+        }
+        self._read_calls = Coalescer(self._read_batch, **deadlines)
         self._send_calls = Coalescer(
             self._send_batch,
             chain=_sender,
             heavy=_is_group_send,
             heavy_per_chain=GROUP_SENDS_PER_SENDER_IN_BATCH,
+            **deadlines,
         )
-        self._token_calls = Coalescer(self._token_batch)
+        self._token_calls = Coalescer(self._token_batch, **deadlines)
 
     def close(self) -> None:
         self.pool.close()
@@ -125,13 +132,15 @@ class Store:
         finally:
             cursor.close()
 
-    async def _run(self, body: Callable[[_Sql], T], *, write: bool) -> T:
+    async def _run(
+        self, body: Callable[[_Sql], T], *, write: bool, deadline: float | None = None
+    ) -> T:
         def work(conn: Connection) -> T:
             with self._transaction(conn, write=write) as sql:
                 return body(sql)
 
         # A read changes nothing: if its connection breaks, it may simply run again.
-        return await self.pool.run(work, idempotent=not write)
+        return await self.pool.run(work, idempotent=not write, deadline=deadline)
 
     async def ping(self) -> None:
         """One trivial query: the database answers (within the pool's deadline)."""
@@ -415,7 +424,11 @@ class Store:
         return outcome
 
     async def _send_batch(self, requests: Sequence[SendRequest]) -> list[SendOutcome]:
-        outcomes = await self._run(partial(store_sends, requests=requests), write=True)
+        outcomes = await self._run(
+            partial(store_sends, requests=requests),
+            write=True,
+            deadline=self._send_calls.batch_deadline,
+        )
         for request, outcome in zip(requests, outcomes, strict=True):
             if request.on_stored is not None and isinstance(outcome, StoredMessage):
                 try:
@@ -463,7 +476,7 @@ class Store:
                 for request, number in zip(requests, where, strict=True)
             ]
 
-        return await self._run(body, write=False)
+        return await self._run(body, write=False, deadline=self._read_calls.batch_deadline)
 
     # --- devices ----------------------------------------------------------------
 
@@ -568,7 +581,7 @@ class Store:
             found = tokens.use(sql, token_hashes, now_ms())
             return [found.get(token_hash) for token_hash in token_hashes]
 
-        return await self._run(body, write=True)
+        return await self._run(body, write=True, deadline=self._token_calls.batch_deadline)
 
     async def revoke_token(self, token_hash: bytes) -> None:
         await self._run(partial(_revoke_token, token_hash), write=True)
