@@ -122,6 +122,7 @@ async def flood(
     meanwhile."""
     answers: Counter[str] = Counter()
     honest: list[float] = []
+    refusals: Counter[str] = Counter()
     names = itertools.count()
 
     async def guesser(n: int) -> None:
@@ -141,6 +142,7 @@ async def flood(
                         break
                     if reply["code"] != "rate_limited":
                         raise RuntimeError(f"honest login failed: {reply}")
+                    refusals[reply["message"]] += 1
                     await trio.sleep(reply["retry_after_ms"] / 1000)
                 honest.append(time.perf_counter() - started)
                 await c.call("logout")
@@ -153,6 +155,8 @@ async def flood(
         nursery.start_soon(honest_user)
         await trio.sleep(seconds)
         nursery.cancel_scope.cancel()
+    if refusals:
+        print(f"  honest logins refused: {dict(refusals)}")
     return answers, honest
 
 

@@ -98,6 +98,36 @@ def _verify_or_pretend(password: str, stored: str | None) -> bool:
     return verify_password(password, stored if stored is not None else _dummy_hash())
 
 
+RECENT_ACCOUNTS = 100_000
+"""Accounts a node remembers as recently used, at most (the oldest forgotten first)."""
+
+
+class RecentAccounts:
+    """The accounts this node has seen in use lately (a login, or a look-up that found a
+    device seen within ``RECENT_LOGIN_MS``), by name and by id: while the hashing queue
+    is full, a password login for one of these still goes ahead, and one for anything
+    else is refused before any database work (a flood then costs nothing but the
+    refusal). A cache in front of the database's answer: an account it does not know is
+    looked up while there is room in the queue."""
+
+    def __init__(self, max_entries: int = RECENT_ACCOUNTS) -> None:
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._max = max_entries
+
+    def note(self, user_id: int, name: str) -> None:
+        now = trio.current_time()
+        for key in (f"id:{user_id}", f"name:{name}"):
+            self._seen[key] = now
+            self._seen.move_to_end(key)
+        while len(self._seen) > self._max:
+            self._seen.popitem(last=False)
+
+    def knows(self, *, name: str | None = None, user_id: int | None = None) -> bool:
+        key = f"name:{name}" if name is not None else f"id:{user_id}"
+        seen = self._seen.get(key)
+        return seen is not None and trio.current_time() - seen < RECENT_LOGIN_MS / 1000
+
+
 class HashingBusy(Exception):
     """The hashing queue is full: the request is refused at once (``rate_limited``)."""
 
@@ -136,6 +166,8 @@ class PasswordHasher:
         self._threads = trio.CapacityLimiter(concurrency)
         """Never waited for: a task holds a slot (above) before it takes a thread."""
         self._preferred: deque[_Waiter] = deque()
+        self.recent = RecentAccounts()
+        """Accounts whose checks go first, as far as this node knows without asking."""
         self._by_address: OrderedDict[str, deque[_Waiter]] = OrderedDict()
         """Waiting checks that are not preferred, per address; the first address is next."""
 

@@ -100,6 +100,12 @@ async def authenticate_password(services: Services, request: Login, address: str
     first to know that."""
     trusted = is_trusted(address, services.settings.trusted_addresses)
     _refuse_if_address_shut(services, address)
+    hasher = services.hasher
+    if hasher.full(
+        bounded=not trusted,
+        preferred=hasher.recent.knows(name=request.name, user_id=request.id),
+    ):
+        raise _hashing_busy()  # before any database work: a flood costs nothing more
     store = services.store
     if request.name is not None:
         _refuse_if_known_shut(services, [_name_bucket(request.name)])
@@ -114,7 +120,10 @@ async def authenticate_password(services: Services, request: Login, address: str
         buckets = [_id_bucket(request.id)]
     _refuse_if_known_shut(services, buckets)
     preferred = credentials is not None and recently_used(credentials)
-    if services.hasher.full(bounded=not trusted, preferred=preferred):
+    if preferred:
+        assert credentials is not None
+        hasher.recent.note(credentials.id, credentials.name)
+    if hasher.full(bounded=not trusted, preferred=preferred):
         raise _hashing_busy()  # nothing counted yet
     counted = await spend_address_budget(services, address)
     # Counted as a failure from now on, so that guesses sent at the same moment cannot
@@ -131,7 +140,7 @@ async def authenticate_password(services: Services, request: Login, address: str
     stored_hash = credentials.password_hash if credentials else None
     assert request.password is not None  # the codec checked: a password login has one
     try:
-        matches = await services.hasher.verify(
+        matches = await hasher.verify(
             request.password,
             stored_hash,
             bounded=not trusted,
@@ -148,6 +157,7 @@ async def authenticate_password(services: Services, request: Login, address: str
         raise
     if credentials is not None and matches:
         await _unreserve(services, reservation.ids)
+        hasher.recent.note(credentials.id, credentials.name)
         return credentials
     services.metrics.login_failures.inc()
     # The same answer whichever part was wrong: it must not reveal which names exist.
