@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import trio
 
 from chat.server.passwords import hash_password
-from chat.store import dialect_for, name_key
+from chat.store import dialect_for, look_key, name_key
 from chat.store.sql import Sql, now_ms
 
 PASSWORD = "secret"
@@ -38,8 +38,9 @@ async def bulk_users(url: str, names: Sequence[str]) -> list[int]:
     def work(sql: Sql) -> list[int]:
         created = now_ms()
         sql.many(
-            "INSERT INTO users (name, name_key, password_hash, created_at) VALUES (?, ?, ?, ?)",
-            [(name, name_key(name), _HASH, created) for name in names],
+            "INSERT INTO users (name, name_key, look_key, password_hash, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(name, name_key(name), look_key(name), _HASH, created) for name in names],
         )
         rows = sql.all("SELECT id, name FROM users")
         by_name = {(r[1].decode() if isinstance(r[1], bytes) else r[1]): int(r[0]) for r in rows}

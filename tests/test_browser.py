@@ -711,3 +711,120 @@ def test_the_page_and_chat_cli_as_one_user(browser: Browser, ws_url: str, tmp_pa
     finally:
         cli.close(force=True)
     assert problems == []
+
+
+def test_friend_requests_are_shown_and_answered(browser: Browser, ws_url: str) -> None:
+    """Protocol 1.2 approval in the page: the setting, a request arriving live, Accept
+    (the asker is told) and Decline (the asker is not)."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    url = PAGE.as_uri() + "?ws=" + ws_url
+    problems: list[str] = []
+    alice, bob, carol = (open_page(browser, url, problems) for _ in range(3))
+    sign_in(alice, "alice", register=True)
+    sign_in(bob, "bob", register=True)
+    sign_in(carol, "carol", register=True)
+    expect(carol.locator("#me-name")).to_have_text("carol")
+
+    approve = alice.get_by_label("Ask me before anyone adds me as a friend")
+    expect(approve).not_to_be_checked()
+    approve.check()
+    expect(alice.locator("#sidebar-note")).to_have_text("Friend requests now wait for your answer.")
+
+    bob.get_by_label("Add a friend by name").fill("alice")
+    bob.get_by_role("button", name="Add", exact=True).click()
+    expect(bob.locator("#sidebar-note")).to_have_text("Asked alice; waiting for their answer.")
+    expect(bob.get_by_role("button", name="Actions for alice")).to_have_count(0)
+    expect(alice.locator("#sidebar-note")).to_have_text("bob asks to be your friend.")
+    requests = alice.get_by_role("list", name="Friend requests")
+    expect(requests).to_contain_text("bob")
+
+    carol.get_by_label("Add a friend by name").fill("alice")
+    carol.get_by_role("button", name="Add", exact=True).click()
+    expect(requests.get_by_role("listitem")).to_have_count(2)
+
+    alice.get_by_role("button", name="Accept bob").click()
+    expect(alice.locator("#sidebar-note")).to_have_text("bob is now your friend.")
+    bob_in_alice = alice.locator("#friend-list").get_by_role("button", name=re.compile("^bob"))
+    expect(bob_in_alice).to_contain_text("online")
+    alice_in_bob = bob.locator("#friend-list").get_by_role("button", name=re.compile("^alice"))
+    expect(alice_in_bob).to_contain_text("online")  # the friend_added event
+
+    alice.get_by_role("button", name="Decline carol").click()
+    expect(alice.locator("#sidebar-note")).to_have_text("You declined carol's request.")
+    expect(alice.get_by_role("heading", name="Friend requests")).to_be_hidden()
+    expect(carol.get_by_role("button", name="Actions for alice")).to_have_count(0)
+
+    # The setting and the (empty) list come back with the next sign-in.
+    alice.get_by_role("button", name="Log out", exact=True).click()
+    sign_in(alice, "alice", register=False)
+    expect(alice.locator("#me-name")).to_have_text("alice")
+    expect(approve).to_be_checked()
+    expect(alice.get_by_role("heading", name="Friend requests")).to_be_hidden()
+
+
+def test_unread_badges_receipts_and_typing(browser: Browser, ws_url: str) -> None:
+    """Badges come from the server's counts at sign-in (what another device read does
+    not count) and then count live; opening a conversation marks it read, and the
+    sender's page turns "Sent ✓" into "Read ✓✓"; typing shows "… is typing"."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    problems: list[str] = []
+    url = PAGE.as_uri() + "?ws=" + ws_url
+    alice, bob = open_page(browser, url, problems), open_page(browser, url, problems)
+    sign_in(alice, "alice", register=True)
+    sign_in(bob, "bob", register=True)
+    expect(alice.locator("#me-name")).to_have_text("alice")
+    expect(bob.locator("#me-name")).to_have_text("bob")
+    alice.get_by_label("Add a friend by name").fill("bob")
+    alice.get_by_role("button", name="Add", exact=True).click()
+    bob_in_alice = alice.locator("#friend-list").get_by_role("button", name=re.compile("^bob"))
+    alice_in_bob = bob.locator("#friend-list").get_by_role("button", name=re.compile("^alice"))
+    expect(alice_in_bob).to_contain_text("online")
+
+    # alice is away; bob writes three times; alice reads the first two on her phone.
+    alice.get_by_role("button", name="Log out", exact=True).click()
+    expect(alice.get_by_role("heading", name="Sign in")).to_be_visible()
+    alice_in_bob.click()
+    for text in ("one", "two", "three"):
+        bob.get_by_label("Message", exact=True).fill(text)
+        bob.get_by_label("Message", exact=True).press("Enter")
+        expect(bob.get_by_role("log")).to_contain_text(text)
+    mine = bob.get_by_role("log").locator(".message.mine")
+    expect(mine.locator(".receipt")).to_have_text(["Sent \u2713"] * 3)
+
+    async def read_on_the_phone() -> None:
+        async with connect_websocket(ws_url) as phone:
+            await phone.call("login", name="alice", password="secret", device="phone")
+            bob_id = (await phone.call("find_user", name="bob"))["user"]["id"]
+            page = await phone.call("history", **{"with": bob_id})
+            second = page["messages"][1]["message_id"]
+            await phone.call("read", **{"with": bob_id, "message_id": second})
+
+    trio.run(read_on_the_phone)
+    # The receipt reaches bob's page at once: the first two are read.
+    expect(mine.locator(".receipt")).to_have_text(["Read \u2713\u2713"] * 2 + ["Sent \u2713"])
+    sign_in(alice, "alice", register=False)
+    expect(alice.locator("#me-name")).to_have_text("alice")
+    # Three waited for this device, but the phone read two of them: the badge says 1.
+    expect(bob_in_alice.locator(".badge")).to_have_text("1")
+    bob.get_by_label("Message", exact=True).fill("four")
+    bob.get_by_label("Message", exact=True).press("Enter")
+    expect(bob_in_alice.locator(".badge")).to_have_text("2")  # live
+
+    # Opening the conversation reads it: bob's page shows every message read.
+    bob_in_alice.click()
+    expect(alice.get_by_role("log")).to_contain_text("four")
+    expect(bob_in_alice.locator(".badge")).to_have_count(0)
+    expect(mine.locator(".receipt")).to_have_text(["Read \u2713\u2713"] * 4)
+
+    # Typing: bob's keys show on alice's page, and go when he sends.
+    bob.get_by_label("Message", exact=True).press_sequentially("typing now")
+    expect(alice.locator("#typing")).to_have_text("bob is typing\u2026")
+    bob.get_by_label("Message", exact=True).press("Enter")
+    expect(alice.get_by_role("log")).to_contain_text("typing now")
+    expect(alice.locator("#typing")).to_have_text("")
+    expect(mine.locator(".receipt").last).to_have_text("Read \u2713\u2713")  # open: read at once
+    assert problems == []

@@ -997,3 +997,126 @@ def test_a_cut_friend_list_is_paged_in(server: Server) -> None:
     assert "* 1000 friends, 0 online:" in lines
     listed = [line.split()[0] for line in lines if line.startswith("  x")]
     assert listed == names[1:]
+
+
+def test_friend_requests_are_shown_and_answered(cli: Spawn) -> None:
+    """Protocol 1.2 approval: /settings turns it on, the request shows up live, /requests
+    lists it, /accept makes the friendship (the asker is told)."""
+    alice = cli()
+    alice.sendline(f"/register alice {PASSWORD}")
+    alice.expect_exact("registered alice (#")
+    login(alice, "alice")
+    alice.sendline("/settings")
+    alice.expect_exact("friend requests: anyone (anyone may add you as a friend)")
+    alice.sendline("/settings friend-requests approve")
+    alice.expect_exact("friend requests: approve (anyone who adds you waits for your /accept)")
+    alice.sendline("/requests")
+    alice.expect_exact("no friend requests are waiting")
+
+    bob = cli()
+    bob.sendline(f"/register bob {PASSWORD}")
+    bob.expect_exact("registered bob (#")
+    login(bob, "bob")
+    bob.sendline("/friend alice")
+    bob.expect_exact("asked alice to be your friend: waiting for their answer")
+    alice.expect_exact("bob asks to be your friend: /accept bob or /decline bob")
+    bob.sendline("/who alice")
+    bob.expect_exact("alice (#1) offline")  # not shown online to someone still waiting
+
+    alice.sendline("/requests")
+    alice.expect_exact("1 friend request waiting (/accept NAME or /decline NAME):")
+    alice.expect_exact("bob #2")
+    alice.sendline("/accept bob")
+    alice.expect_exact("bob is your friend now (online)")
+    bob.expect_exact("alice added you as a friend (online)")
+    alice.sendline("/requests")
+    alice.expect_exact("no friend requests are waiting")
+    quit_cleanly(bob)
+    quit_cleanly(alice)
+
+
+def test_piped_decline_and_settings_errors(server: Server) -> None:
+    setup = run_piped(
+        server,
+        "".join(f"/register {name} {PASSWORD}\n" for name in ("ann", "bob")),
+    )
+    assert setup.returncode == 0, setup.stderr
+    asked = run_piped(
+        server,
+        f"/login ann {PASSWORD}\n/settings friend-requests approve\n/settings maybe\n",
+    )
+    assert asked.returncode == 1
+    assert asked.stderr.splitlines() == [
+        "chat-cli: line 3: error: expected friend-requests anyone or friend-requests approve;"
+        " usage: /settings [friend-requests anyone|approve]"
+    ]
+    run_piped(server, f"/login bob {PASSWORD}\n/friend ann\n")
+    result = run_piped(
+        server,
+        f"/login ann {PASSWORD}\n/requests\n/decline bob\n/requests\n/accept bob\n/decline\n",
+    )
+    assert result.returncode == 1
+    out = result.stdout
+    assert "* 1 friend request waiting (/accept NAME or /decline NAME):\n  bob #2\n" in out
+    assert "* declined bob's friend request" in out
+    assert "* no friend requests are waiting" in out
+    assert result.stderr.splitlines() == [
+        "chat-cli: line 5: error: user_id: no friend request from 2 is waiting",
+        "chat-cli: line 6: error: missing NAME; usage: /decline NAME",
+    ]
+
+
+def test_chats_unread_counts_receipts_and_typing(server: Server, cli: Spawn) -> None:
+    """``/chats`` lists conversations newest first with unread counts; what a
+    conversation shows counts as read, and the sender sees its receipt; a friend
+    typing shows as "bob is typing…"."""
+    setup = run_piped(
+        server,
+        f"/register alice {PASSWORD}\n/register bob {PASSWORD}\n/register cy {PASSWORD}\n"
+        f"/login bob {PASSWORD}\n/friend alice\n",
+    )
+    assert setup.returncode == 0, setup.stderr
+    alice = cli()
+    login(alice, "alice")
+    bob = cli()
+    login(bob, "bob")
+    alice.sendline("/chats")
+    alice.expect_exact("no conversations yet")
+    bob.sendline("/msg alice one")
+    bob.expect(r"you -> alice: one \u2713")  # sent
+    bob.sendline("two")
+    bob.expect(r"you -> alice: two \u2713")
+    alice.expect_exact("bob: two")
+    cy = run_piped(server, f"/login cy {PASSWORD}\n/msg alice from cy\n")
+    assert cy.returncode == 0, cy.stderr
+    alice.expect_exact("cy: from cy")
+    alice.sendline("/chats")
+    alice.expect_exact("2 conversations, 2 with unread messages:")
+    alice.expect(r"\d\d:\d\d cy \(1 unread\)  cy: from cy")
+    alice.expect(r"\d\d:\d\d bob \(2 unread\)  bob: two")
+    # Reading the conversation marks it read; bob sees the receipt.
+    alice.sendline("/history bob")
+    alice.expect_exact("the last 2 messages with bob:")
+    bob.expect_exact("\u2713\u2713 read by alice")
+    alice.sendline("/chats")
+    alice.expect_exact("2 conversations, 1 with unread messages:")
+    alice.expect(r"bob  bob: two")
+    # In the conversation now (/msg), what bob sends is read as it arrives.
+    alice.sendline("/msg bob got them")
+    bob.expect_exact("alice: got them")
+    bob.sendline("three")
+    alice.expect_exact("bob: three")
+    bob.expect_exact("\u2713\u2713 read by alice")
+    alice.sendline("/chats")
+    alice.expect_exact("2 conversations, 1 with unread messages:")
+
+    async def type_to_alice() -> None:
+        async with connect("127.0.0.1", server.port) as client:
+            await client.call("login", name="bob", password=PASSWORD, device="other")
+            alice_id = (await client.call("find_user", name="alice"))["user"]["id"]
+            await client.call("typing", **{"with": alice_id, "active": True})
+
+    trio.run(type_to_alice)
+    alice.expect_exact("bob is typing\u2026")
+    quit_cleanly(bob)
+    quit_cleanly(alice)

@@ -453,7 +453,7 @@ async def test_a_silently_dead_subscription_is_replaced(
     gets no pong, subscribes again and re-reads the store, so bob still gets the
     message alice sent while B was deaf."""
     # Ping after 1 s of silence instead of 5 s, only to keep the test short.
-    monkeypatch.setattr("chat.broker.redis.PING_SECONDS", 1.0)
+    monkeypatch.setattr("chat.broker.redis_subscription.PING_SECONDS", 1.0)
     async with (
         freezable_proxy(redis_server.port) as proxy,
         cluster_node(mysql_url, make_broker(redis_url, "node-a")) as a,
@@ -552,7 +552,9 @@ async def test_a_burst_to_another_node_goes_in_batches_and_arrives_whole(
     The wake-ups travel in batches (far fewer PUBLISHes than messages); B's subscription
     goes deaf in the middle of the burst, so some batches are lost; every message still
     reaches its recipient exactly once, in order, read from the store."""
-    monkeypatch.setattr("chat.broker.redis.PING_SECONDS", 1.0)  # notice the deafness sooner
+    monkeypatch.setattr(
+        "chat.broker.redis_subscription.PING_SECONDS", 1.0
+    )  # notice the deafness sooner
     senders, recipients, each = 10, 20, 5
     async with (
         freezable_proxy(redis_server.port) as proxy,

@@ -21,6 +21,8 @@ from chat.protocol.codec import dumps, unstructure, with_seq
 from chat.protocol.login_cut import MOST_FRIENDS, MOST_GROUPS, MOST_MEMBERS, cut_login_result
 from chat.protocol.messages import (
     BlockedPage,
+    ConversationItem,
+    ConversationsPage,
     DeviceInfo,
     DevicesResult,
     Empty,
@@ -29,6 +31,8 @@ from chat.protocol.messages import (
     FoundUser,
     FriendAddedEvent,
     FriendRemovedEvent,
+    FriendRequestEvent,
+    FriendRequestsPage,
     FriendResult,
     FriendsPage,
     GroupDetail,
@@ -48,9 +52,14 @@ from chat.protocol.messages import (
     MembersPage,
     MessageEvent,
     Ok,
+    PendingFriend,
     PresenceEvent,
+    ReadEvent,
     Result,
     Sent,
+    SettingsResult,
+    SettingsValues,
+    TypingEvent,
     UserPresence,
     UserRef,
     UserResult,
@@ -122,10 +131,20 @@ LARGEST_RESULTS: dict[type, Callable[[], Result]] = {
     HistoryResult: lambda: largest_page(
         HistoryResult, HistoryDirect(BIG_ID, USER, BIG_ID, TEXT, BIG_ID), 200
     ),
+    ConversationsPage: lambda: largest_page(
+        ConversationsPage,
+        ConversationItem(
+            HistoryDirect(BIG_ID, USER, BIG_ID, TEXT, BIG_ID), 999, BIG_ID, USER, None, BIG_ID
+        ),
+        100,
+    ),
     # Every known device (at most MAX_KNOWN_DEVICES), each name 64 code points of 4 bytes.
     DevicesResult: lambda: DevicesResult(
         [DeviceInfo("\U0001f600" * 64, True, BIG_ID)] * MAX_KNOWN_DEVICES
     ),
+    PendingFriend: lambda: PendingFriend(PRESENCE),
+    SettingsResult: lambda: SettingsResult(SettingsValues("approve")),
+    FriendRequestsPage: lambda: largest_page(FriendRequestsPage, USER, 500),
 }
 
 
@@ -142,7 +161,18 @@ LARGEST_EVENTS: dict[type, Callable[[], Event]] = {
     PresenceEvent: lambda: PresenceEvent(USER, False),
     LoggedOutEvent: lambda: LoggedOutEvent("everywhere"),
     GroupJoinedEvent: lambda: GroupJoinedEvent(GROUP, "creator"),
+    FriendRequestEvent: lambda: FriendRequestEvent(USER),
+    ReadEvent: lambda: ReadEvent(BIG_ID, by=USER),
+    TypingEvent: lambda: TypingEvent(USER, True),
 }
+
+
+def test_a_conversations_page_of_groups_fits_too() -> None:
+    item = ConversationItem(
+        HistoryGroup(BIG_ID, BIG_ID, USER, TEXT, BIG_ID), 999, BIG_ID, None, USER
+    )
+    page = largest_page(ConversationsPage, item, 100)
+    assert len(encode_reply(Ok(RID, page))) <= MAX_LINE_BYTES
 
 
 def test_the_largest_message_event_with_a_seq_fits_a_frame() -> None:

@@ -6,6 +6,8 @@ from chat.protocol.messages import (
     FriendAddedEvent,
     FriendRemovedEvent,
     PresenceEvent,
+    ReadEvent,
+    TypingEvent,
     UserPresence,
     UserRef,
 )
@@ -56,3 +58,21 @@ def test_what_is_put_back_goes_first_and_what_is_newer_wins() -> None:
     held.hold(presence(2, True))
     held.put_back([presence(1, True), presence(2, False), friend_added(3)])
     assert held.take() == [presence(1, True), friend_added(3), presence(2, True)]
+
+
+def test_typing_and_read_events_keep_the_newest_per_friend_and_conversation() -> None:
+    """A friend typing through a long pause, markers moving: one of each is left (a
+    marker only moves forward, so the newest is the highest)."""
+    held = HeldEvents()
+    for n in range(300):
+        held.hold(TypingEvent(UserRef(1, "u1"), n % 2 == 0))
+        held.hold(ReadEvent(n + 1, with_=2))
+        held.hold(ReadEvent(n + 1, group_id=2))
+        held.hold(ReadEvent(n + 1, by=UserRef(2, "u2")))
+    assert held.take() == [
+        TypingEvent(UserRef(1, "u1"), False),
+        ReadEvent(300, with_=2),
+        ReadEvent(300, group_id=2),
+        ReadEvent(300, by=UserRef(2, "u2")),
+    ]
+    assert held.dropped == 0

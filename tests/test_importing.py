@@ -102,6 +102,10 @@ async def test_imported_users_log_in_with_their_friends_and_groups(database_url:
         with pytest.raises(ChatError) as taken:
             await c.call("create_group", name="TEA")
         assert taken.value.code == "group_name_taken"
+        # So was the look-alike key (protocol 1.2): a Cyrillic a is no way round it.
+        with pytest.raises(ChatError) as taken:
+            await register(c, "\u0430lice")
+        assert taken.value.code == "name_taken"
 
 
 async def test_a_bad_line_anywhere_writes_nothing(database_url: str) -> None:
@@ -279,6 +283,19 @@ def test_a_name_twice_in_the_file_is_a_problem_of_the_later_line() -> None:
         "line 3: name: 'ann' is already a user on line 1 (as 'Ann')",
         "line 4: group: 'G' is already a group on line 2 (as 'g')",
     ]
+
+
+def test_lookalike_names_in_one_file_are_a_problem_too() -> None:
+    lines = jsonl(
+        {"name": "alice", "password": "x"},
+        {"name": "\u0430lice", "password": "x"},
+        {"name": "\u2800", "password": "x"},
+    )
+    with pytest.raises(ImportRefused) as caught:
+        read_plan(lines)
+    problems = [str(p) for p in caught.value.problems]
+    assert problems[0] == "line 2: name: '\u0430lice' is already a user on line 1 (as 'alice')"
+    assert problems[1].startswith("line 3: name: ") and "U+2800" in problems[1]
 
 
 def test_names_are_stored_as_register_stores_them() -> None:

@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from chat.client import ChatError
-from chat.store import Store, StoreUnavailable, open_store
+from chat.store import Store, StoreUnavailable, dialect_for, open_store
 from chat.store.dialect import Connection
 from chat.store.mysql import MysqlDialect
 from chat.store.retry import Failure, RetryPolicy, classify
@@ -61,7 +61,8 @@ def test_no_retry_of_other_failures_or_after_the_deadline() -> None:
 
 
 def test_mysql_errors_are_classified_by_number() -> None:
-    dialect = MysqlDialect(host="h", port=1, user="u", password="", database="d")
+    dialect = dialect_for("mysql://u@h:1/d")
+    assert isinstance(dialect, MysqlDialect)
     deadlock = pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
     lock_wait = pymysql.err.OperationalError(1205, "Lock wait timeout exceeded")
     gone = pymysql.err.OperationalError(2013, "Lost connection to server during query")

@@ -128,3 +128,25 @@ async def test_kept_messages_survive_the_upgrade_to_devices(database_url: str) -
             reply = await bob.call("login", name="bob", password="secret")
             assert reply["offline"] == 1
             assert (await bob.next_event())["message_id"] == sent["message_id"]
+
+
+async def test_conversations_after_the_upgrade_list_the_old_messages(database_url: str) -> None:
+    """Migration 0006 fills each user's one-to-one conversations from the messages
+    there were (markers at 0: nothing had been marked read), and groups need nothing."""
+    old = await trio.to_thread.run_sync(prepare_old_database, database_url)
+    ids, group = old["ids"], old["group"]
+    newest = max(old["written"] + old["kept"])  # the last of the old messages: to bob
+    async with running_node(database_url) as node, client(node) as bob, client(node) as ann:
+        await bob.call("login", name="bob", password="secret")
+        await ann.call("login", name="ann", password="secret")
+        page = (await bob.call("conversations"))["conversations"]
+        assert [(c.get("with", c.get("group"))["id"], c["unread"], c["read"]) for c in page] == [
+            (ids["ann"], 4, 0),  # four messages from ann, two in the group
+            (group, 2, 0),
+        ]
+        assert page[0]["last"]["message_id"] == newest
+        mine = (await ann.call("conversations"))["conversations"]
+        assert [(c["unread"], c["last"]["message_id"]) for c in mine] == [
+            (0, newest),
+            (0, page[1]["last"]["message_id"]),
+        ]

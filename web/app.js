@@ -18,6 +18,17 @@
 // another device arrives as a copy and shows as the user's own; a group joined there is
 // added to the list (`group_joined`); "Log out everywhere" there ends this session too
 // (`logged_out`), and the page goes back to the sign-in form and says why.
+//
+// Conversations (protocol 1.2): at sign-in the page asks for `conversations` and takes
+// each one's unread count from the server (so a badge shows what arrived while every
+// device was away, and what another device already read does not count); badges then
+// count live. What the open conversation shows is marked read (`read`, the newest
+// message shown), and the page's other devices and the sender learn of it; a `read`
+// event from another of one's devices clears a badge. One's own messages in a
+// one-to-one conversation say "Sent ✓" or "Read ✓✓" (the other person's marker, from
+// `conversations` and their receipts). Typing in the box tells a friend (`typing`, at
+// most every TYPING_EVERY_MS while typing, `active: false` once one stops or sends), and
+// "bob is typing…" shows under the conversation while bob types.
 "use strict";
 
 (function () {
@@ -34,6 +45,10 @@
   const RECONNECT_FIRST_MS = 1000;
   const RECONNECT_MAX_MS = 30000;
   const OLDER_WHEN_PX = 48; // scrolled this close to the top: load the older page
+  const CONVERSATIONS_PAGE = 100; // conversations read at sign-in, newest activity first
+  const TYPING_EVERY_MS = 3000; // the protocol's pace for `typing` with `active: true`
+  const TYPING_IDLE_MS = 4000; // no key for this long: `active: false`
+  const TYPING_SHOWN_MS = 6000; // "… is typing" goes away without a newer `typing`
 
   const $ = (id) => document.getElementById(id);
 
@@ -184,6 +199,7 @@
     conn: null,
     me: null, // {id, name}
     people: new Map(), // user id -> {id, name, online, friend}
+    requests: new Map(), // user id -> {id, name}: friend requests waiting for an answer
     groups: new Map(), // group id -> {id, name, description, role, members}
     conversations: new Map(), // "u:ID" | "g:ID" -> {key, kind, id, messages, unread}
     current: null,
@@ -198,9 +214,11 @@
     let conv = state.conversations.get(key);
     if (!conv) {
       // loaded: its latest page was fetched; hasOlder: the server has older messages.
+      // readSent: the newest id marked read; peerRead: the other person's marker.
       conv = {
         key: key, kind: kind, id: id, messages: [], unread: 0,
         loaded: false, loading: false, hasOlder: false, loadingOlder: false,
+        readSent: 0, peerRead: 0, typingTimer: null, typing: false,
       };
       state.conversations.set(key, conv);
     }
@@ -444,8 +462,9 @@
       list.append(el("li", "history-start help", "Loading messages…"));
     }
     for (const message of conv.messages) {
-      list.append(messageItem(message));
+      list.append(messageItem(message, conv));
     }
+    renderTyping();
     if (anchor === "older") {
       list.scrollTop = list.scrollHeight - fromBottom;
     } else if (anchor === "bottom" || wasAtBottom) {
@@ -474,7 +493,14 @@
     return parts.join(" · ");
   }
 
-  function messageItem(message) {
+  /** "bob is typing…" under the open conversation, while bob types. */
+  function renderTyping() {
+    const conv = state.current ? state.conversations.get(state.current) : null;
+    const line = $("typing");
+    line.textContent = conv && conv.typing ? titleOf(conv) + " is typing\u2026" : "";
+  }
+
+  function messageItem(message, conv) {
     const mine = message.from.id === state.me.id;
     const item = el("li", "message" + (mine ? " mine" : ""));
     if (message.messageId) item.dataset.messageId = String(message.messageId);
@@ -488,6 +514,12 @@
     if (message.offline) meta.append(" ", el("span", "tag", "received while you were away"));
     if (message.state === "sending") meta.append(" ", el("span", "tag", "sending…"));
     if (message.state === "failed") meta.append(" ", el("span", "tag error", "not sent"));
+    if (mine && message.messageId && conv && conv.kind === "u" && conv.id !== state.me.id) {
+      const read = message.messageId <= conv.peerRead;
+      const receipt = el("span", "receipt" + (read ? " read" : ""),
+        read ? "Read \u2713\u2713" : "Sent \u2713");
+      meta.append(" ", receipt);
+    }
     item.append(meta);
     item.append(el("p", "text", message.text)); // textContent: never markup
     if (message.error) item.append(el("p", "error", message.error));
@@ -546,6 +578,7 @@
         if (!event.offline) sender.online = true; // they just wrote
       }
       const conv = conversation("u", other);
+      if (!own && conv.typing) showTyping(conv, false); // they sent what they typed
       const added = addMessage(conv, {
         messageId: event.message_id, from: event.from, text: event.text,
         ts: event.ts, offline: event.offline,
@@ -599,6 +632,11 @@
       note(friend.name + " added you as a friend.");
       announce(friend.name + " added you as a friend");
       renderSidebar();
+    } else if (event.type === "friend_request") {
+      state.requests.set(event.from.id, event.from);
+      note(event.from.name + " asks to be your friend.");
+      announce(event.from.name + " asks to be your friend");
+      renderRequests();
     } else if (event.type === "group_joined") {
       // Joined or created on another of this user's devices: its messages come here too.
       const known = state.groups.get(event.group.id);
@@ -609,6 +647,10 @@
       if (state.current === "g:" + event.group.id) renderConversation();
     } else if (event.type === "logged_out") {
       signedOutElsewhere(event.reason);
+    } else if (event.type === "read") {
+      onRead(event);
+    } else if (event.type === "typing") {
+      onTyping(event);
     }
   }
 
@@ -633,7 +675,113 @@
     renderSidebar();
     if (state.current === conv.key) {
       renderConversation();
+      markRead(conv);
     }
+  }
+
+  /** The open conversation is on screen: mark read up to its newest message (the
+   * server ignores a marker that would go back; a hidden page marks nothing). */
+  function markRead(conv) {
+    if (!state.conn || state.current !== conv.key || document.visibilityState === "hidden") {
+      return;
+    }
+    let newest = 0;
+    for (const m of conv.messages) {
+      if (m.messageId && m.messageId > newest) newest = m.messageId;
+    }
+    if (newest <= conv.readSent) return;
+    conv.readSent = newest;
+    state.conn.request("read", Object.assign(where(conv), { message_id: newest }))
+      .catch(() => {}); // closed: the next sign-in reads the markers again
+  }
+
+  /** Unread counts and markers from the server (`conversations`), at sign-in. */
+  async function loadConversations() {
+    const reply = await state.conn.call("conversations", { limit: CONVERSATIONS_PAGE });
+    for (const item of reply.conversations) {
+      let conv;
+      if (item.with) {
+        personById(item.with.id, item.with.name);
+        conv = conversation("u", item.with.id);
+        conv.peerRead = Math.max(conv.peerRead, item.peer_read || 0);
+      } else {
+        if (!state.groups.has(item.group.id)) {
+          state.groups.set(item.group.id, {
+            id: item.group.id, name: item.group.name, description: "", role: "normal",
+            members: [],
+          });
+        }
+        conv = conversation("g", item.group.id);
+      }
+      conv.readSent = Math.max(conv.readSent, item.read);
+      conv.unread = state.current === conv.key ? 0 : item.unread;
+    }
+    renderSidebar();
+    if (state.current) renderConversation();
+  }
+
+  /** A `read` event: another of one's devices read a conversation (its badge goes), or
+   * the other person read one's messages (a receipt). */
+  function onRead(event) {
+    if (event.by) {
+      const conv = conversation("u", event.by.id);
+      if (event.message_id > conv.peerRead) {
+        conv.peerRead = event.message_id;
+        if (state.current === conv.key) renderConversation();
+      }
+      return;
+    }
+    const conv = event.group_id !== undefined
+      ? conversation("g", event.group_id) : conversation("u", event.with);
+    conv.readSent = Math.max(conv.readSent, event.message_id);
+    conv.unread = conv.messages.filter((m) => m.messageId && m.messageId > conv.readSent &&
+      m.from.id !== state.me.id).length;
+    renderSidebar();
+  }
+
+  /** A friend is typing to us, or stopped. */
+  function onTyping(event) {
+    const conv = conversation("u", event.from.id);
+    personById(event.from.id, event.from.name);
+    showTyping(conv, event.active);
+  }
+
+  function showTyping(conv, active) {
+    if (conv.typingTimer !== null) window.clearTimeout(conv.typingTimer);
+    conv.typingTimer = null;
+    conv.typing = active;
+    if (active) {
+      conv.typingTimer = window.setTimeout(() => showTyping(conv, false), TYPING_SHOWN_MS);
+    }
+    if (state.current === conv.key) renderTyping();
+  }
+
+  // Our own typing: `active: true` at most every TYPING_EVERY_MS while keys come,
+  // `active: false` after TYPING_IDLE_MS without one, or when the message is sent.
+  const typingOut = { key: null, sentAt: 0, idleTimer: null };
+
+  function typed() {
+    const conv = state.current ? state.conversations.get(state.current) : null;
+    if (!conv || conv.kind !== "u" || conv.id === state.me.id || !state.conn) return;
+    if (typingOut.key !== null && typingOut.key !== conv.key) stoppedTyping();
+    const now = Date.now();
+    if (typingOut.key !== conv.key || now - typingOut.sentAt >= TYPING_EVERY_MS) {
+      typingOut.key = conv.key;
+      typingOut.sentAt = now;
+      state.conn.request("typing", { with: conv.id, active: true }).catch(() => {});
+    }
+    if (typingOut.idleTimer !== null) window.clearTimeout(typingOut.idleTimer);
+    typingOut.idleTimer = window.setTimeout(stoppedTyping, TYPING_IDLE_MS);
+  }
+
+  function stoppedTyping() {
+    if (typingOut.idleTimer !== null) window.clearTimeout(typingOut.idleTimer);
+    typingOut.idleTimer = null;
+    if (typingOut.key === null) return;
+    const id = Number(typingOut.key.slice(2));
+    typingOut.key = null;
+    typingOut.sentAt = 0;
+    if (state.conn) state.conn.request("typing", { with: id, active: false }).catch(() => {});
   }
 
   function onOrphanError(reply) {
@@ -726,6 +874,7 @@
           "tab or window?), or the account is signed in on 10 devices.",
         blocked: "Refused: one of you has blocked the other.",
         rate_limited: "Too many of these for now; try again later.",
+        no_such_request: "That request is no longer waiting.",
       };
       return known[err.code] || err.message;
     }
@@ -744,6 +893,7 @@
     state.me = reply.user;
     state.people.clear();
     state.groups.clear();
+    state.requests.clear();
     if (!resumed) {
       state.conversations.clear();
       state.current = null;
@@ -774,6 +924,66 @@
     if (reply.friends_more || reply.groups_more) {
       pageInTheRest(reply).catch((err) => note(describeError(err), true));
     }
+    if (!resumed) {
+      // (After a lost connection, each conversation counts what it fetches instead.)
+      loadConversations().catch((err) => note("Could not read your conversations: " +
+        describeError(err), true));
+    }
+    loadRequests().catch((err) => note(describeError(err), true));
+  }
+
+  /** The friend-request setting and the requests waiting (protocol 1.2); events keep
+   * the list live afterwards. */
+  async function loadRequests() {
+    const conn = state.conn;
+    const settings = (await conn.call("settings", {})).settings;
+    const waiting = await allPages(conn, "friend_requests", "requests", {});
+    if (conn !== state.conn) return; // signed out meanwhile
+    $("approve-friends").checked = settings.friend_requests === "approve";
+    for (const user of waiting) state.requests.set(user.id, user);
+    renderRequests();
+  }
+
+  function renderRequests() {
+    const list = $("request-list");
+    list.replaceChildren();
+    const waiting = Array.from(state.requests.values())
+      .sort((a, b) => a.name.localeCompare(b.name));
+    for (const user of waiting) {
+      const item = el("li", "request");
+      item.append(el("span", "name", user.name));
+      const accept = el("button", "", "Accept");
+      accept.type = "button";
+      accept.setAttribute("aria-label", "Accept " + user.name);
+      accept.addEventListener("click", guardedClick(() => answerRequest(user, true)));
+      const decline = el("button", "", "Decline");
+      decline.type = "button";
+      decline.setAttribute("aria-label", "Decline " + user.name);
+      decline.addEventListener("click", guardedClick(() => answerRequest(user, false)));
+      item.append(accept, decline);
+      list.append(item);
+    }
+    $("requests-section").hidden = waiting.length === 0;
+  }
+
+  async function answerRequest(user, accepted) {
+    try {
+      if (accepted) {
+        const friend = (await state.conn.call("accept_friend", { user_id: user.id })).friend;
+        state.people.set(friend.id, {
+          id: friend.id, name: friend.name, online: friend.online, friend: true,
+        });
+        note(friend.name + " is now your friend.");
+      } else {
+        await state.conn.call("decline_friend", { user_id: user.id });
+        note("You declined " + user.name + "'s request.");
+      }
+    } finally {
+      // Answered, or answered elsewhere already (no_such_request): no longer waiting.
+      state.requests.delete(user.id);
+      renderRequests();
+      renderSidebar();
+    }
   }
 
   function stopPresence() {
@@ -791,6 +1001,7 @@
     state.current = null;
     state.people.clear();
     state.groups.clear();
+    state.requests.clear();
     state.conversations.clear();
     state.loggingOut = false;
   }
@@ -846,6 +1057,7 @@
     saveSession({ current: key });
     renderSidebar();
     renderConversation("bottom");
+    markRead(conv);
     if (!keepFocus) $("composer-text").focus();
     loadLatest(conv);
   }
@@ -890,7 +1102,10 @@
     } finally {
       conv.loading = false;
     }
-    if (state.current === conv.key) renderConversation("bottom");
+    if (state.current === conv.key) {
+      renderConversation("bottom");
+      markRead(conv);
+    }
   }
 
   async function loadOlder(conv) {
@@ -1026,6 +1241,7 @@
       return;
     }
     box.value = "";
+    stoppedTyping();
     const message = {
       messageId: null, from: state.me, text: text, ts: null, offline: false, state: "sending",
     };
@@ -1118,6 +1334,11 @@
     const user = (await state.conn.call("find_user", { name: name })).user;
     const reply = await state.conn.call("add_friend", { user_id: user.id });
     const friend = reply.friend;
+    if (reply.pending) {
+      // They approve requests (protocol 1.2): asked, not friends until they accept.
+      note("Asked " + friend.name + "; waiting for their answer.");
+      return;
+    }
     state.people.set(friend.id, {
       id: friend.id, name: friend.name, online: friend.online, friend: true,
     });
@@ -1206,6 +1427,20 @@
       await addFriend(name);
       input.value = "";
     }));
+    $("approve-friends").addEventListener("change", async () => {
+      const box = $("approve-friends");
+      const wanted = box.checked ? "approve" : "anyone";
+      if (!state.conn) return;
+      try {
+        const reply = await state.conn.call("settings", { friend_requests: wanted });
+        box.checked = reply.settings.friend_requests === "approve";
+        note(box.checked ? "Friend requests now wait for your answer."
+          : "Anyone may add you as a friend now.");
+      } catch (err) {
+        box.checked = !box.checked;
+        note(describeError(err), true);
+      }
+    });
     $("create-group-form").addEventListener("submit", guarded(async () => {
       const name = $("group-name").value.trim();
       if (!name) return;
@@ -1225,6 +1460,13 @@
     $("composer").addEventListener("submit", (e) => {
       e.preventDefault();
       sendCurrent();
+    });
+    $("composer-text").addEventListener("input", () => {
+      if ($("composer-text").value !== "") typed();
+    });
+    document.addEventListener("visibilitychange", () => {
+      const conv = state.current ? state.conversations.get(state.current) : null;
+      if (conv) markRead(conv);
     });
     $("composer-text").addEventListener("keydown", (e) => {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {

@@ -120,6 +120,10 @@ Failures and what covers them:
   finds the epoch missing broadcasts at once, and every node re-asserts within
   a round trip of hearing it, or within a heartbeat at the latest: in that short
   window a device could be served by two connections (docs/cluster.md);
+- a Sentinel failover (``redis+sentinel://``, ``chat.broker.endpoint``): to a node
+  it is a Redis restart that kept (nearly) everything: commands fail and the
+  subscription breaks, the node pauses, every new connection asks the Sentinels for
+  the master, and the next beat confirms (or re-creates the few lost) leases there;
 - a node killed without warning stops renewing: its devices' leases expire after
   ``lease_seconds`` and they can log in elsewhere;
 - a node stopping gracefully releases its own devices' leases (compare-and-delete
@@ -135,13 +139,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import attrs
 import redis
 import trio
 from redis.backoff import NoBackoff
@@ -163,7 +165,20 @@ from .base import (
     Resync,
     Wake,
 )
-from .wire import RESYNC, decode_notices, encode_notices
+from .endpoint import RedisEndpoint
+from .redis_names import (
+    check_prefix,
+    chunks,
+    default_prefix,
+    device_name,
+    device_token,
+    node_of,
+    text,
+)
+from .redis_subscription import POLL_SECONDS, Received, Subscribed, listen
+from .wire import RESYNC, encode_notices
+
+__all__ = ["LEASE_SECONDS", "RedisBroker", "check_prefix", "device_name", "device_token", "node_of"]
 
 log = logging.getLogger(__name__)
 
@@ -176,19 +191,11 @@ POOL_SIZE = 8
 SOCKET_TIMEOUT = 2.0
 """A Redis command that takes longer than this counts as Redis being unavailable."""
 CONNECT_TIMEOUT = 1.0
-POLL_SECONDS = 0.5
-"""How often the subscription thread looks up from ``get_message`` to check for cancellation."""
-PING_SECONDS = 5.0
-"""A subscription silent this long sends a PING: a half-open connection (a lost host, a
-NAT that forgot us) never errors, it only stays silent, and a deaf node is worse than
-a reconnecting one."""
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
 """Reconnection delays of the subscription: doubling from the first to the maximum."""
 NOTICE_BUFFER = 64
 """Batches of notices received but not yet handled before the subscription thread waits."""
-RECEIVE_BATCH = 256
-"""Pub/sub messages the subscription thread hands to trio at once, at most."""
 BATCH = 500
 """Keys per command or script call (presence renewal, locate), so Redis is never held long."""
 RETRY_SECONDS = 0.25
@@ -198,64 +205,6 @@ REAP_SECONDS = 1.0
 gone: a killed node's users are announced within a lease and this."""
 REAP_BATCH = 1000
 """Users of one dead node looked at per look (the script holds Redis meanwhile)."""
-DEFAULT_PREFIX = "chat"
-"""Keys and channels start with ``chat:<database index>`` unless told otherwise."""
-
-
-@attrs.frozen
-class _Subscribed:
-    """The subscription thread is listening on every channel now."""
-
-
-@attrs.frozen
-class _Received:
-    """Notices that arrived together, handed to trio at once; ``broadcast``: they came
-    on the channel of every node."""
-
-    notices: list[Notice]
-    broadcast: bool = False
-
-
-def device_token(device: str) -> str:
-    """A device name as it appears in keys and fields: the hex of its UTF-8 bytes (any
-    name is safe there, ``:`` and ``@`` included; ``""`` stays empty)."""
-    return device.encode("utf-8", "surrogatepass").hex()
-
-
-def device_name(token: str | bytes) -> str:
-    """The device name of a ``device_token``."""
-    text = token.decode() if isinstance(token, bytes) else token
-    return bytes.fromhex(text).decode("utf-8", "surrogatepass")
-
-
-def node_of(value: str) -> str:
-    """The node id inside a lease value ``<node_id>/<serial>@<incarnation>``."""
-    holder, at, _ = value.rpartition("@")
-    node, slash, _ = (holder if at else value).rpartition("/")
-    return node if slash else value
-
-
-def default_prefix(url: str) -> str:
-    """``chat:<database index>``: clusters on different databases of one Redis never
-    share a channel (pub/sub ignores the database index)."""
-    db = redis.ConnectionPool.from_url(url).connection_kwargs.get("db", 0)
-    return f"{DEFAULT_PREFIX}:{int(db)}"
-
-
-def check_prefix(prefix: str) -> str:
-    """A prefix is 1-64 printable characters without spaces: it names keys and channels."""
-    if not 1 <= len(prefix) <= 64 or not prefix.isprintable() or any(c.isspace() for c in prefix):
-        raise ValueError(f"Redis prefix {prefix!r}: use 1-64 printable characters, no spaces")
-    return prefix
-
-
-def _chunks(items: Sequence[T], size: int = BATCH) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class RedisBroker:
@@ -268,7 +217,7 @@ class RedisBroker:
 
     def __init__(
         self,
-        url: str,
+        endpoint: RedisEndpoint | str,
         node_id: str,
         *,
         lease_seconds: float = LEASE_SECONDS,
@@ -281,7 +230,8 @@ class RedisBroker:
         if not lease_seconds > 0:
             raise ValueError(f"lease_seconds must be positive, not {lease_seconds}")
         self.node_id = node_id
-        self.url = url
+        # A str is parsed here (tests, tools); the node passes the endpoint it parsed.
+        self.endpoint = RedisEndpoint.parse(endpoint) if isinstance(endpoint, str) else endpoint
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = heartbeat_seconds or lease_seconds / 3
         if self.heartbeat_seconds >= lease_seconds:
@@ -294,18 +244,17 @@ class RedisBroker:
             # when Redis restarts, and only the first command on it finds out.
             "retry": Retry(NoBackoff(), 1),
         }
-        # from_url raises ValueError for a URL that is not redis://, rediss:// or unix://.
-        self._pool = redis.ConnectionPool.from_url(url, max_connections=pool_size, **options)
-        self._sub_pool = redis.ConnectionPool.from_url(
-            url, max_connections=2, **(options | {"retry": Retry(NoBackoff(), 0)})
+        self._pool = self.endpoint.pool(max_connections=pool_size, **options)
+        self._sub_pool = self.endpoint.pool(
+            max_connections=2, **(options | {"retry": Retry(NoBackoff(), 0)})
         )
         # Renewals never retry: a renewal that ran but whose reply was lost would, run
         # again, find its re-created leases in place and not report them re-created.
         # A failed beat is simply tried again (RETRY_SECONDS later, while in doubt).
-        self._renew_pool = redis.ConnectionPool.from_url(
-            url, max_connections=2, **(options | {"retry": Retry(NoBackoff(), 0)})
+        self._renew_pool = self.endpoint.pool(
+            max_connections=2, **(options | {"retry": Retry(NoBackoff(), 0)})
         )
-        self.prefix = check_prefix(prefix) if prefix is not None else default_prefix(url)
+        self.prefix = check_prefix(prefix) if prefix is not None else default_prefix(self.endpoint)
         self._redis = redis.Redis(connection_pool=self._pool)
         self._limiter = trio.CapacityLimiter(pool_size)
         self._listen_limiter = trio.CapacityLimiter(1)
@@ -369,7 +318,7 @@ class RedisBroker:
         (metrics)."""
 
     def __repr__(self) -> str:
-        return f"RedisBroker({self.url!r}, {self.node_id!r}, prefix={self.prefix!r})"
+        return f"RedisBroker({str(self.endpoint)!r}, {self.node_id!r}, prefix={self.prefix!r})"
 
     # --- names ------------------------------------------------------------------
 
@@ -474,7 +423,7 @@ class RedisBroker:
         self, claims: Sequence[tuple[tuple[int, str], str]], *, forget: bool
     ) -> None:
         """Release these device leases, and announce each user whose last device went."""
-        for chunk in _chunks(claims):
+        for chunk in chunks(claims):
             versions = await self._call(
                 self._release_script,
                 [self._clock_key, self._held_key],
@@ -579,16 +528,16 @@ class RedisBroker:
         value), and with ``alive``, the ids of the nodes whose process is alive."""
         nodes: set[str] = set()
         found: dict[int, dict[str, str]] = {}
-        chunks: list[Sequence[int]] = list(_chunks(users)) or [()]
-        for index, chunk in enumerate(chunks):
+        parts: list[Sequence[int]] = list(chunks(users)) or [()]
+        for index, chunk in enumerate(parts):
             # The live nodes once, with the first chunk (or alone, for no users).
             want = "1" if alive and index == 0 else "0"
             reply = self._lookup_script([], [self.prefix, want, *chunk])
-            nodes.update(_text(name).rpartition("@")[0] for name in reply[0])
+            nodes.update(text(name).rpartition("@")[0] for name in reply[0])
             for user_id, flat in zip(chunk, reply[1:], strict=True):
                 if flat:
                     found[user_id] = {
-                        device_name(device): _text(value)
+                        device_name(device): text(value)
                         for device, value in zip(flat[::2], flat[1::2], strict=True)
                     }
         return nodes, found
@@ -652,12 +601,19 @@ class RedisBroker:
 
     async def _bridge(self, attempted: trio.Event) -> None:
         """Keep one subscription thread alive, reconnecting with backoff."""
-        send, receive = trio.open_memory_channel[_Received | _Subscribed](NOTICE_BUFFER)
+        send, receive = trio.open_memory_channel[Received | Subscribed](NOTICE_BUFFER)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._dispatch, receive, attempted)
             while True:
                 try:
-                    await trio.to_thread.run_sync(self._listen, send, limiter=self._listen_limiter)
+                    await trio.to_thread.run_sync(
+                        listen,
+                        redis.Redis(connection_pool=self._sub_pool),
+                        (self._channel, self._broadcast),
+                        self._pong_timeout,
+                        send,
+                        limiter=self._listen_limiter,
+                    )
                 except (redis.RedisError, OSError) as exc:
                     # Loud once per outage, quiet while retrying.
                     first = self._subscribed.is_set() or not attempted.is_set()
@@ -675,57 +631,11 @@ class RedisBroker:
                 await trio.sleep(self._backoff)
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
-    def _listen(self, send: trio.MemorySendChannel[_Received | _Subscribed]) -> None:
-        """The subscription thread: one connection's lifetime, until it breaks or the
-        trio side is cancelled."""
-        pubsub = redis.Redis(connection_pool=self._sub_pool).pubsub()
-        try:
-            pubsub.subscribe(self._channel, self._broadcast)
-            pending = 2
-            heard = time.monotonic()
-            pinged: float | None = None
-            while True:
-                trio.from_thread.check_cancelled()
-                message = pubsub.get_message(timeout=POLL_SECONDS)
-                now = time.monotonic()
-                if message is None:
-                    if pinged is not None and now - pinged > self._pong_timeout:
-                        raise redis.ConnectionError("the subscription did not answer a PING")
-                    if pinged is None and now - heard > PING_SECONDS:
-                        pubsub.ping()
-                        pinged = now
-                    continue
-                heard, pinged = now, None  # anything at all proves the connection alive
-                # Take everything that has arrived meanwhile: one hand-over per batch.
-                batch = [message]
-                while len(batch) < RECEIVE_BATCH:
-                    more = pubsub.get_message(timeout=0)
-                    if more is None:
-                        break
-                    batch.append(more)
-                direct: list[Notice] = []
-                broadcast: list[Notice] = []
-                for item in batch:
-                    if item["type"] == "subscribe":
-                        pending -= 1
-                        if pending == 0:
-                            trio.from_thread.run(send.send, _Subscribed())
-                    elif item["type"] == "message":
-                        channel = _text(item["channel"])
-                        target = broadcast if channel == self._broadcast else direct
-                        target.extend(decode_notices(item["data"]))
-                if direct:
-                    trio.from_thread.run(send.send, _Received(direct))
-                if broadcast:
-                    trio.from_thread.run(send.send, _Received(broadcast, broadcast=True))
-        finally:
-            pubsub.close()
-
     async def _dispatch(
-        self, receive: trio.MemoryReceiveChannel[_Received | _Subscribed], attempted: trio.Event
+        self, receive: trio.MemoryReceiveChannel[Received | Subscribed], attempted: trio.Event
     ) -> None:
         async for item in receive:
-            if isinstance(item, _Subscribed):
+            if isinstance(item, Subscribed):
                 log.info("subscribed to %s", self._channel)
                 self._backoff = BACKOFF_FIRST
                 self._subscribed.set()
@@ -833,7 +743,7 @@ class RedisBroker:
                 [uuid.uuid4().hex, self._broadcast, RESYNC, self.lease_ms, self.process_name],
                 limiter=self._beat_limiter,
             )
-            epoch = _text(epoch)
+            epoch = text(epoch)
             # This process's list of leases may be gone (Redis lost its data, or the
             # reaper took it while this node was presumed dead): re-create every
             # missing lease. Else only those still listed (see ``RENEW``).
@@ -842,7 +752,7 @@ class RedisBroker:
             recreated: list[tuple[tuple[int, str], str]] = []
             conflicts: list[tuple[tuple[int, str], str]] = []
             released: list[tuple[tuple[int, str], str]] = []
-            for chunk in _chunks(claims):
+            for chunk in chunks(claims):
                 new, lost, versions, gone = await self._call(
                     self._renew_script,
                     [self._clock_key, self._held_key, self._epoch_key],

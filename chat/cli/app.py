@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -46,10 +47,13 @@ from chat.client import ChatClient, ConnectionLost
 from chat.protocol.codec import BadServerMessage, decode_server_event, decode_server_message
 from chat.protocol.messages import (
     BlockedPage,
+    ConversationsPage,
     DevicesResult,
     FoundUser,
     FriendAddedEvent,
     FriendRemovedEvent,
+    FriendRequestEvent,
+    FriendRequestsPage,
     FriendResult,
     FriendsPage,
     GroupJoinedEvent,
@@ -62,7 +66,9 @@ from chat.protocol.messages import (
     MembersPage,
     MessageEvent,
     PresenceEvent,
+    ReadEvent,
     Sent,
+    TypingEvent,
     UserRef,
     UserResult,
 )
@@ -82,15 +88,19 @@ SUMMARY_FRIENDS = 20
 """The login summary names friends up to this many; beyond it, it counts them."""
 
 
-P = TypeVar("P", FriendsPage, GroupsPage, MembersPage, BlockedPage)
+P = TypeVar("P", FriendsPage, GroupsPage, MembersPage, BlockedPage, FriendRequestsPage)
 _LIST_KEYS = {
     "friends": "friends",
     "groups": "groups",
     "group_members": "members",
     "blocked": "users",
+    "friend_requests": "requests",
 }
 HISTORY_PAGE = 200
 """The most messages one ``history`` request may ask for."""
+TYPING_QUIET_SECONDS = 10.0
+""""bob is typing" is shown at most once in this long per friend (a typing client
+repeats ``active: true`` every few seconds)."""
 
 
 class Exit(enum.IntEnum):
@@ -178,6 +188,14 @@ class App:
         """Held by ``/login`` until its summary is printed, so kept messages follow it."""
         self._offline_left = 0
         self._offline_done = trio.Event()
+        self.marks = render.Marks.for_encoding(getattr(sys.stdout, "encoding", None))
+        """Ticks for receipts, or words where the terminal's encoding lacks them."""
+        self._to_mark: dict[tuple[bool, int], int] = {}
+        """(group?, id) of a conversation -> the newest message shown in it, to mark read."""
+        self._mark_wanted = trio.Event()
+        self._receipts: dict[int, int] = {}
+        """User id -> the highest message id a receipt of theirs said they read."""
+        self._typing_shown: dict[int, float] = {}
 
     # -- connections --------------------------------------------------------------
 
@@ -212,6 +230,7 @@ class App:
                 self._scope = nursery.cancel_scope
                 nursery.start_soon(self._pump, client)
                 nursery.start_soon(self._acker)
+                nursery.start_soon(self._marker)
                 if self.console.interactive:
                     self.console.show(notice(f"connected to {self.target}; /help lists commands"))
                 await self._resume()
@@ -312,6 +331,36 @@ class App:
         if reply.get("type") == "error":
             self.console.problem(render.error(f"acknowledging messages: {reply.get('message')}"))
 
+    async def _marker(self) -> None:
+        """Mark read what was shown of the conversation one is in (``read``): the
+        newest message of each conversation shown since the last time, one request each."""
+        while True:
+            await self._mark_wanted.wait()
+            self._mark_wanted = trio.Event()
+            pending, self._to_mark = self._to_mark, {}
+            for (group, where), message_id in pending.items():
+                if self.known.me is not None:
+                    await self._mark_read(group, where, message_id)
+
+    async def _mark_read(self, group: bool, where: int, message_id: int) -> None:
+        # Only a courtesy to the sender: a refusal (left the group meanwhile) is not shown.
+        field: dict[str, Any] = {"group_id": where} if group else {"with": where}
+        await self._request("read", message_id=message_id, **field)
+
+    def _shown_in_conversation(self, event: MessageEvent | GroupMessageEvent) -> None:
+        """A message from someone else shown while its conversation is the current one:
+        it counts as read."""
+        me, current = self.known.me, self.known.conversation
+        if me is None or current is None or event.from_.id == me.id:
+            return
+        if isinstance(event, GroupMessageEvent):
+            key = (True, event.group_id)
+        else:
+            key = (False, event.from_.id)
+        if key == (current.group, current.id):
+            self._to_mark[key] = max(self._to_mark.get(key, 0), event.message_id)
+            self._mark_wanted.set()
+
     async def _request(self, kind: str, **fields: Any) -> dict[str, Any]:
         assert self._client is not None, "requests are made inside _converse"
         try:
@@ -369,10 +418,25 @@ class App:
         elif isinstance(event, MessageEvent | GroupMessageEvent):
             self.known.learn(event.from_.id, event.from_.name)
             self.console.show(render.incoming(event, self.known))
+            self._typing_shown.pop(event.from_.id, None)  # they sent it: typing again is news
+            self._shown_in_conversation(event)
             if event.offline and self._offline_left > 0:
                 self._offline_left -= 1
                 if self._offline_left == 0:
                     self._offline_done.set()
+        elif isinstance(event, ReadEvent):
+            # A receipt: the other person read up to one's message. (A marker moved on
+            # another of one's own devices needs nothing here.)
+            if event.by is not None and event.message_id > self._receipts.get(event.by.id, 0):
+                self._receipts[event.by.id] = event.message_id
+                self.known.learn(event.by.id, event.by.name)
+                self.console.show(render.receipt(event.by.name, self.marks))
+        elif isinstance(event, TypingEvent):
+            now = trio.current_time()
+            last = self._typing_shown.get(event.from_.id)
+            if event.active and (last is None or now - last > TYPING_QUIET_SECONDS):
+                self._typing_shown[event.from_.id] = now
+                self.console.show(render.typing(event.from_.name, self.marks))
         elif isinstance(event, FriendRemovedEvent):
             self.known.unfriended(event.friend.id)
             self.console.show(
@@ -383,6 +447,16 @@ class App:
             # friend list stays live. An event that changes nothing is not shown.
             if self.known.presence_changed(event.user, event.online):
                 self.console.show(render.presence_change(event))
+        elif isinstance(event, FriendRequestEvent):
+            self.known.learn(event.from_.id, event.from_.name)
+            name = render.clean(event.from_.name)
+            self.console.show(
+                notice(
+                    ("name", name),
+                    " asks to be your friend: ",
+                    f"/accept {quote(event.from_.name)} or /decline {quote(event.from_.name)}",
+                )
+            )
         elif isinstance(event, FriendAddedEvent):
             self.known.befriended(event.friend)
             self.console.show(
@@ -493,9 +567,18 @@ class App:
             case cmd.Friend(name):
                 self._need_login()
                 user_id = await self._user_id(name)
-                friend = decode_server_message(
-                    FriendResult, await self._call("add_friend", user_id=user_id)
-                )
+                reply = await self._call("add_friend", user_id=user_id)
+                friend = decode_server_message(FriendResult, reply)
+                if reply.get("pending"):
+                    # The other user approves requests (protocol 1.2): asked, not friends.
+                    self.console.show(
+                        notice(
+                            "asked ",
+                            ("name", render.clean(friend.friend.name)),
+                            " to be your friend: waiting for their answer",
+                        )
+                    )
+                    return
                 self.known.befriended(friend.friend)
                 self.console.show(
                     notice(
@@ -542,6 +625,44 @@ class App:
                     self.known.learn(user.id, user.name)
                 for line in render.blocked_list(users):
                     self.console.show(line)
+            case cmd.Requests():
+                self._need_login()
+                waiting = [
+                    user
+                    for page in await self._pages("friend_requests", FriendRequestsPage)
+                    for user in page.requests
+                ]
+                for user in waiting:
+                    self.known.learn(user.id, user.name)
+                for line in render.request_list(waiting):
+                    self.console.show(line)
+            case cmd.Accept(name):
+                self._need_login()
+                user_id = await self._user_id(name)
+                accepted = decode_server_message(
+                    FriendResult, await self._call("accept_friend", user_id=user_id)
+                )
+                self.known.befriended(accepted.friend)
+                self.console.show(
+                    notice(
+                        ("name", render.clean(accepted.friend.name)),
+                        " is your friend now (",
+                        render.presence(accepted.friend),
+                        ")",
+                    )
+                )
+            case cmd.Decline(name):
+                self._need_login()
+                await self._call("decline_friend", user_id=await self._user_id(name))
+                self.console.show(
+                    notice("declined ", ("name", render.clean(name)), "'s friend request")
+                )
+            case cmd.ChangeSettings(friend_requests):
+                self._need_login()
+                fields = {} if friend_requests is None else {"friend_requests": friend_requests}
+                reply = await self._call("settings", **fields)
+                value = str(reply["settings"]["friend_requests"])
+                self.console.show(render.settings_line(value))
             case cmd.Members(which):
                 self._need_login()
                 group_id = self.known.resolve_group(which)
@@ -604,6 +725,16 @@ class App:
             case cmd.HistoryOf(where, count):
                 self._need_login()
                 await self._show_history(await self._conversation(where), count)
+            case cmd.Chats():
+                self._need_login()
+                page = decode_server_message(ConversationsPage, await self._call("conversations"))
+                for item in page.conversations:
+                    if item.with_ is not None:
+                        self.known.learn(item.with_.id, item.with_.name)
+                for line in render.chat_list(page.conversations, self.known):
+                    self.console.show(line)
+                if page.more:
+                    self.console.show(notice("older conversations: /history NAME shows any"))
             case cmd.Help():
                 for text in cmd.HELP.splitlines():
                     self.console.show(render.plain(text))
@@ -847,6 +978,8 @@ class App:
         )
         for item in items:
             self.console.show(self._history_line(where, item))
+        # Shown: read, up to the newest (the server ignores a marker that would go back).
+        await self._mark_read(where.group, where.id, int(items[-1]["message_id"]))
         if more:
             self.console.show(
                 notice(
@@ -882,8 +1015,17 @@ class App:
         await self._switch_to(Conversation(user_id, name, group=False))
         fields = {"to": user_id, "text": text, "cid": uuid.uuid4().hex}
         await self._send(
-            _Unsent(_Kind.DIRECT, fields, lambda sent: render.sent_direct(name, text, sent.ts))
+            _Unsent(
+                _Kind.DIRECT,
+                fields,
+                lambda sent: self._with_sent_mark(render.sent_direct(name, text, sent.ts)),
+            )
         )
+
+    def _with_sent_mark(self, line: Line) -> Line:
+        """In a terminal, a direct message shows its "sent" tick (a piped run's output
+        stays as scripts read it)."""
+        return render.sent_mark(line, self.marks) if self.console.interactive else line
 
     async def _to_group(self, group_id: int, text: str) -> None:
         name = self.known.group_name(group_id)

@@ -79,6 +79,28 @@ class BlockedList:
 
 
 @attrs.frozen
+class Requests:
+    """``/requests``: the friend requests waiting for this user's answer."""
+
+
+@attrs.frozen
+class Accept:
+    name: str
+
+
+@attrs.frozen
+class Decline:
+    name: str
+
+
+@attrs.frozen
+class ChangeSettings:
+    """``/settings [friend-requests anyone|approve]``: None shows them unchanged."""
+
+    friend_requests: str | None = None
+
+
+@attrs.frozen
 class Members:
     group: str
 
@@ -127,6 +149,11 @@ class HistoryOf:
 
 
 @attrs.frozen
+class Chats:
+    """``/chats``: the conversations, newest first, with unread counts."""
+
+
+@attrs.frozen
 class Help:
     pass
 
@@ -149,6 +176,10 @@ Command = (
     | Block
     | Unblock
     | BlockedList
+    | Requests
+    | Accept
+    | Decline
+    | ChangeSettings
     | Members
     | Msg
     | GroupCreate
@@ -157,6 +188,7 @@ Command = (
     | GroupSay
     | Say
     | HistoryOf
+    | Chats
     | Help
     | Quit
 )
@@ -174,12 +206,17 @@ USAGE: dict[str, str] = {
     "/block": "/block NAME",
     "/unblock": "/unblock NAME",
     "/blocked": "/blocked",
+    "/requests": "/requests",
+    "/accept": "/accept NAME",
+    "/decline": "/decline NAME",
+    "/settings": "/settings [friend-requests anyone|approve]",
     "/members": "/members GROUP",
     "/msg": "/msg NAME TEXT",
     "/group": "/group create NAME [DESCRIPTION]  or  /group join ID",
     "/groups": "/groups",
     "/g": "/g GROUP TEXT",
     "/history": "/history [NAME|GROUP] [N]",
+    "/chats": "/chats",
     "/help": "/help",
     "/quit": "/quit",
 }
@@ -205,6 +242,11 @@ Commands (arguments with spaces go in quotes: /msg "Ada L" hi):
                               a friend, and a friendship ends (they are not told)
   /unblock NAME               undo /block
   /blocked                    the users you have blocked
+  /requests                   friend requests waiting for your answer
+  /accept NAME                accept NAME's friend request: you become friends
+  /decline NAME               drop NAME's friend request (they are not told)
+  /settings                   your settings; /settings friend-requests approve makes
+                              anyone who adds you wait for /accept (anyone: the default)
   /msg NAME TEXT              send a direct message
   /group create NAME [DESC]   create a group; you become its creator
   /group join ID              join a group by its id
@@ -213,11 +255,16 @@ Commands (arguments with spaces go in quotes: /msg "Ada L" hi):
   /g GROUP TEXT               send to a group, named by id or by its name
   TEXT (no slash)             send to whoever your last /msg or /g went to
   /history [NAME|GROUP] [N]   the last N messages (20) with a user or in a group
-                              (default: where your last /msg or /g went)
+                              (default: where your last /msg or /g went); what it
+                              shows counts as read (the sender sees it read)
+  /chats                      your conversations, newest first, with what is unread
   /help                       this text
   /quit                       leave (Ctrl-D works too)
 Tab completes commands, friends' names, group names and device names (after /devices).
-What you send from another of your devices shows here as "you (on another device)"."""
+What you send from another of your devices shows here as "you (on another device)".
+A direct message of yours gets one tick once sent, and "read by NAME" with two ticks once
+the other person has read it (words instead of ticks where the terminal cannot show them).
+Messages that arrive in the conversation you are in count as read."""
 
 
 def split_args(rest: str, count: int) -> tuple[list[str], str]:
@@ -344,6 +391,35 @@ def _blocked(rest: str) -> Command:
     return BlockedList()
 
 
+def _requests(rest: str) -> Command:
+    _nothing(rest)
+    return Requests()
+
+
+def _accept(rest: str) -> Command:
+    return Accept(*_exactly(rest, 1, "NAME"))
+
+
+def _decline(rest: str) -> Command:
+    return Decline(*_exactly(rest, 1, "NAME"))
+
+
+FRIEND_REQUEST_SETTINGS = ("anyone", "approve")
+
+
+def _settings(rest: str) -> Command:
+    if not rest.strip():
+        return ChangeSettings()
+    words = rest.split()
+    if (
+        len(words) == 2
+        and words[0] in ("friend-requests", "friend_requests")
+        and words[1] in FRIEND_REQUEST_SETTINGS
+    ):
+        return ChangeSettings(words[1])
+    raise UsageError("expected friend-requests anyone or friend-requests approve")
+
+
 def _members(rest: str) -> Command:
     return Members(*_exactly(rest, 1, "GROUP"))
 
@@ -419,6 +495,11 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _chats(rest: str) -> Command:
+    _nothing(rest)
+    return Chats()
+
+
 def _help(rest: str) -> Command:
     return Help()
 
@@ -440,12 +521,17 @@ _PARSERS = {
     "/block": _block,
     "/unblock": _unblock,
     "/blocked": _blocked,
+    "/requests": _requests,
+    "/accept": _accept,
+    "/decline": _decline,
+    "/settings": _settings,
     "/members": _members,
     "/msg": _msg,
     "/group": _group,
     "/groups": _groups,
     "/g": _group_say,
     "/history": _history,
+    "/chats": _chats,
     "/help": _help,
     "/quit": _quit,
     "/exit": _quit,

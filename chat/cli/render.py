@@ -13,7 +13,10 @@ import datetime
 import unicodedata
 from collections.abc import Iterable
 
+import attrs
+
 from chat.protocol.messages import (
+    ConversationItem,
     DeviceInfo,
     GroupMessageEvent,
     Member,
@@ -226,6 +229,28 @@ def blocked_list(users: Iterable[UserRef]) -> list[Line]:
     return lines
 
 
+def request_list(users: Iterable[UserRef]) -> list[Line]:
+    """The friend requests waiting for an answer (protocol 1.2), by name."""
+    ordered = sorted(users, key=lambda u: u.name.casefold())
+    if not ordered:
+        return [notice("no friend requests are waiting")]
+    lines = [
+        notice(f"{count(len(ordered), 'friend request')} waiting (/accept NAME or /decline NAME):")
+    ]
+    for user in ordered:
+        lines.append((("", "  "), ("name", clean(user.name)), ("dim", f" #{user.id}")))
+    return lines
+
+
+def settings_line(friend_requests: str) -> Line:
+    meaning = (
+        "anyone who adds you waits for your /accept"
+        if friend_requests == "approve"
+        else "anyone may add you as a friend"
+    )
+    return notice(f"friend requests: {friend_requests} ({meaning})")
+
+
 def member_list(group_name: str, members: Iterable[Member]) -> list[Line]:
     ordered = list(members)
     lines = [notice(("group", clean(group_name)), f": {count(len(ordered), 'member')}:")]
@@ -252,6 +277,69 @@ def group_list(groups: Iterable[Group]) -> list[Line]:
             line.append(("dim", " (creator)"))
         if group.description:
             line.append(("", " - " + clean(group.description)))
+        lines.append(tuple(line))
+    return lines
+
+
+@attrs.frozen
+class Marks:
+    """How receipts look: ticks where the terminal can show them, words elsewhere."""
+
+    sent: str
+    read: str
+    typing: str
+
+    @classmethod
+    def for_encoding(cls, encoding: str | None) -> Marks:
+        try:
+            "\u2713\u2026".encode(encoding or "ascii")
+        except (UnicodeEncodeError, LookupError):
+            return cls(sent="(sent)", read="(read)", typing="is typing...")
+        return cls(sent="\u2713", read="\u2713\u2713", typing="is typing\u2026")
+
+
+def sent_mark(line: Line, marks: Marks) -> Line:
+    """A direct message just sent, with its "sent" mark."""
+    return (*line, ("dim", " " + marks.sent))
+
+
+def receipt(name: str, marks: Marks) -> Line:
+    """``✓✓ read by bob``: bob has read the conversation up to one's latest message."""
+    return (("dim", marks.read + " read by "), ("name", clean(name)))
+
+
+def typing(name: str, marks: Marks) -> Line:
+    return (("dim", "  "), ("name", clean(name)), ("dim", " " + marks.typing))
+
+
+CHAT_PREVIEW = 60
+"""Characters of a conversation's last message shown by ``/chats``."""
+
+
+def chat_list(items: Iterable[ConversationItem], known: Known) -> list[Line]:
+    """``/chats``: newest first, unread counts, the last message's start."""
+    ordered = list(items)
+    if not ordered:
+        return [notice("no conversations yet: /msg NAME TEXT starts one")]
+    unread = sum(1 for item in ordered if item.unread)
+    lines = [notice(f"{count(len(ordered), 'conversation')}, {unread} with unread messages:")]
+    for item in ordered:
+        line: list[Fragment] = [("", "  "), ("time", clock(item.last.ts) + " ")]
+        if item.group is not None:
+            line.append(("group", f"[{clean(item.group.name)}]"))
+        elif item.with_ is not None:
+            line.append(("name", clean(item.with_.name)))
+        if item.unread:
+            shown = "999+" if item.unread >= 999 else str(item.unread)
+            line.append(("offline", f" ({shown} unread)"))
+        sender = item.last.from_
+        who = "you" if known.me is not None and sender.id == known.me.id else sender.name
+        text = (
+            item.last.text
+            if len(item.last.text) <= CHAT_PREVIEW
+            else (item.last.text[:CHAT_PREVIEW] + "...")
+        )
+        line.append(("dim", f"  {clean(who)}: {clean(text, indent=' ')}"))
         lines.append(tuple(line))
     return lines
 

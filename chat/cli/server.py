@@ -15,6 +15,7 @@ from functools import partial
 import trio
 
 from chat.broker import Broker, MemoryBroker
+from chat.broker.endpoint import RedisEndpoint
 from chat.server import Node, Settings
 from chat.server.importing import ImportRefused, import_plan, read_plan
 from chat.server.settings import (
@@ -30,7 +31,14 @@ from chat.server.settings import (
     TRUSTED_ADDRESSES,
 )
 from chat.server.throttles import parse_networks
-from chat.store import DEFAULT_DATABASE_URL, StoreError, open_store
+from chat.store import (
+    DEFAULT_DATABASE_URL,
+    DatabaseConfig,
+    MysqlConfig,
+    StoreError,
+    open_store,
+    parse_database_url,
+)
 
 from .logformat import formatter
 from .workers import Supervisor, announce_ready, cpu_count, reserve_port, watch_parent
@@ -112,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--redis",
         default=_env("redis_url", None),
-        help="redis://host:port/db to join a cluster (default: alone, in-process broker)",
+        help="redis://host:port/db, or redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB] "
+        "for a master found through Sentinels, to join a cluster (default: alone, "
+        "in-process broker)",
     )
     serve.add_argument(
         "--redis-prefix",
@@ -301,7 +311,8 @@ def _database_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database",
         default=_env("database_url", DEFAULT_DATABASE_URL),
-        help="sqlite:///chat.db (default) or mysql://user[:password]@host[:port]/name",
+        help="sqlite:///chat.db (default) or mysql://user[:password]@host[:port]/name; "
+        "several hosts (host:port,host:port,...: a Galera cluster) are tried in order",
     )
 
 
@@ -332,28 +343,28 @@ def configure_logging(level: str, node_id: str, log_format: str = "text") -> Non
 
 
 def make_broker(
-    redis_url: str | None,
+    redis: RedisEndpoint | str | None,
     node_id: str,
     lease_seconds: float = LEASE_SECONDS,
     redis_prefix: str | None = None,
 ) -> Broker:
-    if redis_url is None:
+    if redis is None:
         return MemoryBroker(node_id)
     from chat.broker.redis import RedisBroker
 
-    return RedisBroker(redis_url, node_id, lease_seconds=lease_seconds, prefix=redis_prefix)
+    return RedisBroker(redis, node_id, lease_seconds=lease_seconds, prefix=redis_prefix)
 
 
 async def serve(
     settings: Settings,
-    database_url: str,
-    redis_url: str | None,
+    database: DatabaseConfig | str,
+    redis: RedisEndpoint | str | None,
     lease_seconds: float = LEASE_SECONDS,
     redis_prefix: str | None = None,
 ) -> None:
     # A bad URL or prefix fails first, before the database is touched.
-    broker = make_broker(redis_url, settings.node_id, lease_seconds, redis_prefix)
-    store = await trio.to_thread.run_sync(open_store, database_url)
+    broker = make_broker(redis, settings.node_id, lease_seconds, redis_prefix)
+    store = await trio.to_thread.run_sync(open_store, database)
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             # The certificate is read here: a SIGHUP from now on is a reload (one before
@@ -411,8 +422,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         log.error("--tls-cert and --tls-key go together: give both, or neither")
         return 2
+    try:
+        # Parsed once, here: a bad --database or --redis names its bad part at once.
+        database = parse_database_url(args.database)
+        redis = RedisEndpoint.parse(args.redis) if args.redis is not None else None
+    except ValueError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     if args.workers > 1:
-        return _run_workers(args, node_id)
+        return _run_workers(args, node_id, database)
     settings = Settings(
         host=args.host,
         port=args.port,
@@ -436,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls_key=args.tls_key,
     )
     try:
-        trio.run(serve, settings, args.database, args.redis, args.lease_seconds, args.redis_prefix)
+        trio.run(serve, settings, database, redis, args.lease_seconds, args.redis_prefix)
     except BaseException as raised:
         # Nurseries wrap errors in groups; a lone expected error is a message, not a trace.
         error = _only_error(raised)
@@ -508,7 +526,7 @@ def _refused(file: str, refused: ImportRefused) -> int:
     return 1
 
 
-def _run_workers(args: argparse.Namespace, node_id: str) -> int:
+def _run_workers(args: argparse.Namespace, node_id: str, database: DatabaseConfig) -> int:
     """The ``--workers`` parent: refuse what cannot work, then supervise."""
     if args.redis is None:
         log.error(
@@ -517,7 +535,7 @@ def _run_workers(args: argparse.Namespace, node_id: str) -> int:
             args.workers,
         )
         return 2
-    if not args.database.startswith("mysql://"):
+    if not isinstance(database, MysqlConfig):
         log.error(
             "--workers %d needs a MariaDB/MySQL database (--database mysql://...) that "
             "every worker shares; SQLite lets only one process write at a time",

@@ -23,11 +23,16 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from cattrs.preconf.orjson import make_converter
 
 from .errors import ErrorCode, RequestError
+from .lookalike import lookalike_problem
 from .messages import (
+    CONVERSATIONS_LIMIT_MAX,
+    FRIEND_REQUESTS_SETTINGS,
     HISTORY_LIMIT_MAX,
     REQUEST_TYPES,
     AckSeq,
     ClientMessageId,
+    ConversationItem,
+    ConversationLimit,
     DeliveredEvent,
     Description,
     DeviceName,
@@ -37,6 +42,8 @@ from .messages import (
     Flag,
     FriendAddedEvent,
     FriendRemovedEvent,
+    FriendRequestEvent,
+    FriendRequestsSetting,
     GroupDetail,
     GroupId,
     GroupJoinedEvent,
@@ -50,17 +57,22 @@ from .messages import (
     LoggedOutEvent,
     LoginResult,
     LookupName,
+    MarkRead,
     MessageEvent,
+    MessageId,
     Name,
     Ok,
     Password,
     Position,
     PresenceEvent,
+    ReadEvent,
     Request,
     Rid,
     Secret,
     Text,
     Token,
+    Typing,
+    TypingEvent,
     UserId,
 )
 
@@ -128,9 +140,10 @@ WHITE_SPACE = frozenset(
 
 
 def _name(value: object) -> str:
-    """A new user or group name (version 1.1 rules): stored in NFC, lengths counted
-    after that; no control (Cc) or format (Cf) characters, nothing that looks like
-    another name with invisible characters or blank ends."""
+    """A new user or group name (version 1.1 and 1.2 rules): stored in NFC, lengths
+    counted after that; no control (Cc) or format (Cf) characters, nothing that looks
+    like another name with invisible characters, blank ends, or stacked combining
+    marks (``chat.protocol.lookalike``)."""
     text = unicodedata.normalize("NFC", _string(value))
     if not 1 <= len(text) <= 50:
         raise ValueError(f"must be 1 to 50 characters long, not {len(text)}")
@@ -146,6 +159,9 @@ def _name(value: object) -> str:
         raise ValueError("must not be only white space")
     if text[0] in WHITE_SPACE or text[-1] in WHITE_SPACE:
         raise ValueError("must not begin or end with white space")
+    problem = lookalike_problem(text)  # the version 1.2 rules
+    if problem is not None:
+        raise ValueError(problem)
     return text
 
 
@@ -191,6 +207,16 @@ def _bounded_int(low: int, high: int) -> Callable[[object], int]:
             raise ValueError(f"must be an integer, not {_json_kind(value)}")
         if not low <= value <= high:
             raise ValueError(f"must be from {low} to {high}, not {value}")
+        return value
+
+    return check
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            shown = " or ".join(f'"{choice}"' for choice in choices)
+            raise ValueError(f"must be {shown}")
         return value
 
     return check
@@ -275,10 +301,19 @@ def _configure_converter(converter: cattrs.Converter) -> None:
         DeviceName: _device(1),
         DeviceRef: _device(0),
         AckSeq: _bounded_int(1, RID_RANGE[1]),
+        FriendRequestsSetting: _one_of(FRIEND_REQUESTS_SETTINGS),
+        MessageId: _positive_id,
+        ConversationLimit: _bounded_int(1, CONVERSATIONS_LIMIT_MAX),
     }
     for kind, check in strict.items():
         converter.register_structure_hook(kind, _hook(check))
-    for event_cls in (MessageEvent, GroupMessageEvent, HistoryDirect, HistoryGroup):
+    for event_cls in (
+        MessageEvent,
+        GroupMessageEvent,
+        HistoryDirect,
+        HistoryGroup,
+        FriendRequestEvent,
+    ):
         converter.register_unstructure_hook(
             event_cls,
             make_dict_unstructure_fn(event_cls, converter, from_=override(rename="from")),
@@ -294,11 +329,39 @@ def _configure_converter(converter: cattrs.Converter) -> None:
         )
 
     converter.register_structure_hook(
-        History, make_dict_structure_fn(History, converter, with_=override(rename="with"))
+        TypingEvent,
+        make_dict_structure_fn(TypingEvent, converter, from_=override(rename="from")),
     )
+    converter.register_unstructure_hook(
+        TypingEvent,
+        make_dict_unstructure_fn(TypingEvent, converter, from_=override(rename="from")),
+    )
+    for with_optional in (ReadEvent, ConversationItem):
+        # Which of with, group_id and by it carries: the others are not sent.
+        converter.register_unstructure_hook(
+            with_optional,
+            make_dict_unstructure_fn(
+                with_optional,
+                converter,
+                _cattrs_omit_if_default=True,
+                with_=override(rename="with"),
+            ),
+        )
+        converter.register_structure_hook(
+            with_optional,
+            make_dict_structure_fn(with_optional, converter, with_=override(rename="with")),
+        )
+    for renamed in (History, MarkRead, Typing):
+        converter.register_structure_hook(
+            renamed, make_dict_structure_fn(renamed, converter, with_=override(rename="with"))
+        )
 
 
-WIRE_NAMES: dict[type, dict[str, str]] = {History: {"with_": "with"}}
+WIRE_NAMES: dict[type, dict[str, str]] = {
+    History: {"with_": "with"},
+    MarkRead: {"with_": "with"},
+    Typing: {"with_": "with"},
+}
 """Request fields whose wire name is a Python keyword (the structure hooks above rename
 them too)."""
 
@@ -387,9 +450,17 @@ def _history_fields(fields: dict[str, Any]) -> str | None:
     return None
 
 
+def _read_fields(fields: dict[str, Any]) -> str | None:
+    """``with`` or ``group_id``, one of them."""
+    if ("with" in fields) == ("group_id" in fields):
+        return "with, group_id: give exactly one of with or group_id"
+    return None
+
+
 _COMBINATIONS: dict[str, Callable[[dict[str, Any]], str | None]] = {
     "login": _login_fields,
     "history": _history_fields,
+    "read": _read_fields,
 }
 """Rules about which fields go together, checked before each field's own check."""
 
@@ -520,6 +591,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PresenceEvent,
         LoggedOutEvent,
         GroupJoinedEvent,
+        FriendRequestEvent,
+        ReadEvent,
+        TypingEvent,
     )
 }
 

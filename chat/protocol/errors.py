@@ -36,6 +36,10 @@ class ErrorCode(StrEnum):
     # version 1.2: devices and acknowledged delivery
     NO_SUCH_DEVICE = "no_such_device"
     ACK_TIMEOUT = "ack_timeout"
+    # version 1.2: friend requests with approval
+    NO_SUCH_REQUEST = "no_such_request"
+    # version 1.2: conversations
+    NO_SUCH_MESSAGE = "no_such_message"
     # extension: the server could not do it now (the database or broker is unreachable);
     # nothing was changed and the client may retry.
     UNAVAILABLE = "unavailable"

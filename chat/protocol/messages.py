@@ -31,9 +31,18 @@ Flag = NewType("Flag", bool)  # a JSON boolean, never a number or a string
 DeviceName = NewType("DeviceName", str)  # 1-64 code points, no control characters (login)
 DeviceRef = NewType("DeviceRef", str)  # 0-64 code points, no control characters ("" too)
 AckSeq = NewType("AckSeq", int)  # a positive integer that fits in 64 bits
+FriendRequestsSetting = NewType("FriendRequestsSetting", str)  # "anyone" or "approve"
+
+FRIEND_REQUESTS_ANYONE = "anyone"
+FRIEND_REQUESTS_APPROVE = "approve"
+FRIEND_REQUESTS_SETTINGS = (FRIEND_REQUESTS_ANYONE, FRIEND_REQUESTS_APPROVE)
+MessageId = NewType("MessageId", int)  # a positive integer
+ConversationLimit = NewType("ConversationLimit", int)  # 1-100
 
 HISTORY_LIMIT_DEFAULT = 50
 HISTORY_LIMIT_MAX = 200
+CONVERSATIONS_LIMIT_DEFAULT = 50
+CONVERSATIONS_LIMIT_MAX = 100
 
 Role = Literal["creator", "normal"]
 
@@ -193,6 +202,37 @@ class ListMembers:
     limit: ListLimit = ListLimit(500)
 
 
+@attrs.frozen
+class ChangeSettings:
+    """``settings``: read the user's settings, changing those sent (protocol 1.2)."""
+
+    TYPE: ClassVar[str] = "settings"
+    friend_requests: FriendRequestsSetting | None = None
+
+
+@attrs.frozen
+class ListFriendRequests:
+    """``friend_requests``: the users waiting for this user's answer, a page at a time."""
+
+    TYPE: ClassVar[str] = "friend_requests"
+    after: UserId | None = None
+    limit: ListLimit = ListLimit(500)
+
+
+@attrs.frozen
+class AcceptFriend:
+    TYPE: ClassVar[str] = "accept_friend"
+    user_id: UserId
+
+
+@attrs.frozen
+class DeclineFriend:
+    TYPE: ClassVar[str] = "decline_friend"
+    user_id: UserId
+
+
+FRIEND_REQUEST_REQUESTS = (ChangeSettings, ListFriendRequests, AcceptFriend, DeclineFriend)
+
 CONTACT_REQUESTS = (
     RemoveFriend,
     Block,
@@ -218,6 +258,39 @@ class History:
     limit: HistoryLimit = HistoryLimit(HISTORY_LIMIT_DEFAULT)
 
 
+@attrs.frozen
+class ListConversations:
+    """``conversations`` (1.2): the user's conversations, newest activity first;
+    ``before`` a message id (exclusive) to page to older activity."""
+
+    TYPE: ClassVar[str] = "conversations"
+    before: Position | None = None
+    limit: ConversationLimit = ConversationLimit(CONVERSATIONS_LIMIT_DEFAULT)
+
+
+@attrs.frozen
+class MarkRead:
+    """``read`` (1.2): move the user's read marker in a conversation (``with_``, wire
+    name ``with``, a user; or ``group_id``) up to ``message_id``."""
+
+    TYPE: ClassVar[str] = "read"
+    message_id: MessageId
+    with_: UserId | None = None
+    group_id: GroupId | None = None
+
+
+@attrs.frozen
+class Typing:
+    """``typing`` (1.2): tell a friend this user is (or stopped) typing; never kept."""
+
+    TYPE: ClassVar[str] = "typing"
+    with_: UserId
+    active: Flag
+
+
+CONVERSATION_REQUESTS = (ListConversations, MarkRead, Typing)
+
+
 Request = (
     Ping
     | Register
@@ -240,6 +313,13 @@ Request = (
     | Ack
     | ListDevices
     | ForgetDevice
+    | ChangeSettings
+    | ListFriendRequests
+    | AcceptFriend
+    | DeclineFriend
+    | ListConversations
+    | MarkRead
+    | Typing
 )
 
 REQUEST_TYPES: dict[str, type[Request]] = {
@@ -260,6 +340,8 @@ REQUEST_TYPES: dict[str, type[Request]] = {
         Ack,
         ListDevices,
         ForgetDevice,
+        *FRIEND_REQUEST_REQUESTS,
+        *CONVERSATION_REQUESTS,
     )
 }
 
@@ -362,6 +444,31 @@ class FriendResult:
 
 
 @attrs.frozen
+class PendingFriend:
+    """``add_friend`` towards a user who approves requests (protocol 1.2): asked, not
+    yet friends; ``friend.online`` is always false."""
+
+    friend: UserPresence
+    pending: bool = True
+
+
+@attrs.frozen
+class SettingsValues:
+    friend_requests: str
+
+
+@attrs.frozen
+class SettingsResult:
+    settings: SettingsValues
+
+
+@attrs.frozen
+class FriendRequestsPage:
+    requests: list[UserRef]
+    more: bool
+
+
+@attrs.frozen
 class Sent:
     message_id: int
     ts: int
@@ -434,6 +541,29 @@ class HistoryResult:
 
 
 @attrs.frozen
+class ConversationItem:
+    """One conversation in a ``conversations`` page: ``with_`` (wire name ``with``)
+    the other user, or ``group``; its newest message as ``history`` shows it; the
+    user's marker ``read`` and the messages from others above it (at most 999)."""
+
+    last: HistoryItem
+    unread: int
+    read: int
+    with_: UserRef | None = None
+    group: UserRef | None = None
+    """The group's id and name."""
+    peer_read: int | None = None
+    """Extension: in a one-to-one conversation with another user, that user's read
+    marker (what its read receipts said; left out when either blocked the other)."""
+
+
+@attrs.frozen
+class ConversationsPage:
+    conversations: list[ConversationItem]
+    more: bool
+
+
+@attrs.frozen
 class DeviceInfo:
     device: str
     online: bool
@@ -460,6 +590,10 @@ Result = (
     | BlockedPage
     | HistoryResult
     | DevicesResult
+    | PendingFriend
+    | SettingsResult
+    | FriendRequestsPage
+    | ConversationsPage
 )
 
 
@@ -544,6 +678,38 @@ class GroupJoinedEvent:
     role: Role
 
 
+@attrs.frozen
+class FriendRequestEvent:
+    """``from_`` (wire name ``from``) asks this user to be friends (protocol 1.2); never
+    kept: ``friend_requests`` lists the waiting ones."""
+
+    TYPE: ClassVar[str] = "friend_request"
+    from_: UserRef
+
+
+@attrs.frozen
+class ReadEvent:
+    """A read marker moved (1.2). To the user's other devices: ``with_`` (wire name
+    ``with``) or ``group_id`` says which conversation; to the other user of a
+    one-to-one conversation (a read receipt): ``by`` read it up to ``message_id``.
+    Exactly one of the three is set; the others are not sent."""
+
+    TYPE: ClassVar[str] = "read"
+    message_id: int
+    with_: int | None = None
+    group_id: int | None = None
+    by: UserRef | None = None
+
+
+@attrs.frozen
+class TypingEvent:
+    """A friend is typing to this user, or stopped (1.2); never kept."""
+
+    TYPE: ClassVar[str] = "typing"
+    from_: UserRef
+    active: bool
+
+
 Event = (
     MessageEvent
     | GroupMessageEvent
@@ -552,6 +718,9 @@ Event = (
     | PresenceEvent
     | LoggedOutEvent
     | GroupJoinedEvent
+    | FriendRequestEvent
+    | ReadEvent
+    | TypingEvent
 )
 DeliveredEvent = MessageEvent | GroupMessageEvent
 """A stored message, as its recipients get it."""

@@ -5,7 +5,9 @@ come first), while the node is paused (its presence lease is in doubt), and whil
 it is writing what it held (so nothing newer overtakes it). An event says a
 friend's current state, so only the newest one about each friend and kind is worth
 keeping: a presence event replaces the held presence event about the same user,
-a ``friend_added`` or ``friend_removed`` the held one about the same friend. So
+a ``friend_added`` or ``friend_removed`` the held one about the same friend, a
+``typing`` the held one from the same friend, a ``read`` the held one about the same
+conversation (or, a receipt, by the same user). So
 holding costs about one event per friend however long the wait, and the newest
 state is never the one let go. (The router hands presence events out in version
 order, so the last one held is the newest.) Each replacement goes last, after
@@ -18,7 +20,14 @@ from __future__ import annotations
 import itertools
 from collections import deque
 
-from chat.protocol.messages import Event, FriendAddedEvent, FriendRemovedEvent, PresenceEvent
+from chat.protocol.messages import (
+    Event,
+    FriendAddedEvent,
+    FriendRemovedEvent,
+    PresenceEvent,
+    ReadEvent,
+    TypingEvent,
+)
 
 MAX_HELD_OTHERS = 100
 """Events of other kinds held at once, per session."""
@@ -38,6 +47,10 @@ class HeldEvents:
             key = ("presence", event.user.id)
         elif isinstance(event, FriendAddedEvent | FriendRemovedEvent):
             key = ("friend", event.friend.id)  # added then removed: removed is the state
+        elif isinstance(event, TypingEvent):
+            key = ("typing", event.from_.id)
+        elif isinstance(event, ReadEvent):
+            key = _read_key(event)  # markers only move forward: the newest is the highest
         else:
             key = ("other", next(self._serial))
             self._others.append(key)
@@ -68,3 +81,11 @@ class HeldEvents:
 
     def __len__(self) -> int:
         return len(self._events)
+
+
+def _read_key(event: ReadEvent) -> tuple[str, int]:
+    if event.by is not None:
+        return ("read_by", event.by.id)
+    if event.group_id is not None:
+        return ("read_group", event.group_id)
+    return ("read_with", event.with_ or 0)

@@ -52,6 +52,7 @@ from chat.store import (
     NewGroup,
     NewUser,
     Store,
+    look_key,
     name_key,
 )
 
@@ -303,18 +304,21 @@ def _names(
 def _no_twins(
     problems: list[Problem], named: Sequence[tuple[int, str]], field: str, what: str
 ) -> None:
-    """A name twice in the file (also differing only in case) is a problem of the later line."""
-    first: dict[str, tuple[int, str]] = {}
+    """A name twice in the file (also differing only in case, or looking alike) is a
+    problem of the later line."""
+    first: dict[object, tuple[int, str]] = {}
     for line, name in named:
-        key = name_key(name)
-        if key in first:
-            earlier_line, earlier = first[key]
+        keys = (name_key(name), look_key(name))
+        earlier_one = next((first[key] for key in keys if key in first), None)
+        if earlier_one is not None:
+            earlier_line, earlier = earlier_one
             spelt = "" if earlier == name else f" (as {earlier!r})"
             problems.append(
                 Problem(line, f"{field}: {name!r} is already {what} on line {earlier_line}{spelt}")
             )
         else:
-            first[key] = (line, name)
+            for key in keys:
+                first[key] = (line, name)
 
 
 # --- against the database, then the work -----------------------------------------

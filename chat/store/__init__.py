@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from urllib.parse import unquote, urlsplit
-
 from .bulk import Accounts, ImportBlocked, Imported, InUse, NewGroup, NewUser
+from .config import DatabaseConfig, HostPort, MysqlConfig, SqliteConfig, parse_database_url
 from .contacts import LoginReads
+from .conversations import UNREAD_CAP, ConversationRecord, ReadMarked
 from .dialect import Dialect
 from .errors import (
     AlreadyBlocked,
@@ -18,6 +17,8 @@ from .errors import (
     GroupNameTaken,
     NameTaken,
     NoSuchGroup,
+    NoSuchMessage,
+    NoSuchRequest,
     NoSuchUser,
     NotAMember,
     NotBlocked,
@@ -29,7 +30,7 @@ from .errors import (
 )
 from .migrations import apply_migrations
 from .mysql import MysqlDialect
-from .names import backfill_name_keys, name_key
+from .names import backfill_name_keys, look_key, name_key
 from .records import (
     Credentials,
     GroupRecord,
@@ -44,37 +45,26 @@ from .records import (
     UserRecord,
 )
 from .repository import Store
+from .requests import FriendAdd
 from .sqlite import SqliteDialect
 from .throttle import Window
 
 DEFAULT_DATABASE_URL = "sqlite:///chat.db"
 
 
-def dialect_for(url: str) -> Dialect:
-    """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``mysql://user[:pw]@host[:port]/db``."""
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        path = url[len("sqlite://") :]
-        if not path.startswith("/") or path == "/":
-            raise ValueError(f"{url!r}: write sqlite:///relative/path.db or sqlite:////abs/path.db")
-        return SqliteDialect(Path(path[1:]))
-    if parts.scheme in ("mysql", "mariadb", "mysql+pymysql"):
-        database = parts.path.lstrip("/")
-        if not database:
-            raise ValueError(f"{url!r}: the URL must name a database, as in mysql://root@host/chat")
-        return MysqlDialect(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 3306,
-            user=unquote(parts.username or "root"),
-            password=unquote(parts.password or ""),
-            database=database,
-        )
-    raise ValueError(f"{url!r}: the database URL must start with sqlite:// or mysql://")
+def dialect_for(database: DatabaseConfig | str) -> Dialect:
+    """The dialect of a parsed configuration, or of a URL (``parse_database_url``):
+    ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
+    ``mysql://user[:pw]@host[:port][,host[:port]...]/db``."""
+    config = parse_database_url(database) if isinstance(database, str) else database
+    if isinstance(config, SqliteConfig):
+        return SqliteDialect(config.path)
+    return MysqlDialect(config)
 
 
-def open_store(url: str, pool_size: int | None = None) -> Store:
+def open_store(database: DatabaseConfig | str, pool_size: int | None = None) -> Store:
     """Create the database if needed, apply pending migrations and return a store (blocking)."""
-    dialect = dialect_for(url)
+    dialect = dialect_for(database)
     try:
         dialect.prepare_database()
     except Exception as exc:
@@ -90,6 +80,7 @@ def open_store(url: str, pool_size: int | None = None) -> Store:
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "UNREAD_CAP",
     "Accounts",
     "AlreadyBlocked",
     "AlreadyFriends",
@@ -97,11 +88,15 @@ __all__ = [
     "Blocked",
     "CannotBlockSelf",
     "CannotFriendSelf",
+    "ConversationRecord",
     "Credentials",
+    "DatabaseConfig",
+    "FriendAdd",
     "GroupNameTaken",
     "GroupRecord",
     "HistoryMessage",
     "HistoryPage",
+    "HostPort",
     "ImportBlocked",
     "Imported",
     "InUse",
@@ -109,10 +104,13 @@ __all__ = [
     "LoginSnapshot",
     "MemberRecord",
     "MembershipRecord",
+    "MysqlConfig",
     "NameTaken",
     "NewGroup",
     "NewUser",
     "NoSuchGroup",
+    "NoSuchMessage",
+    "NoSuchRequest",
     "NoSuchUser",
     "NotAMember",
     "NotBlocked",
@@ -120,6 +118,8 @@ __all__ = [
     "Page",
     "PresenceAudience",
     "RateLimited",
+    "ReadMarked",
+    "SqliteConfig",
     "Store",
     "StoreError",
     "StoreTimeout",
@@ -130,6 +130,8 @@ __all__ = [
     "apply_migrations",
     "backfill_name_keys",
     "dialect_for",
+    "look_key",
     "name_key",
     "open_store",
+    "parse_database_url",
 ]

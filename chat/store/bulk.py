@@ -3,7 +3,7 @@ their members (``chat-server import-users``, through ``chat.server.importing``).
 
 Names arrive checked (the protocol's rules for a new name) and hashes made; this
 module only reads what is in the way and writes, as the repository's single
-requests would have: each name with its case-folded ``name_key``, each friendship
+requests would have: each name with its case-folded ``name_key`` and ``look_key``, each friendship
 as its two rows, each group with its creator (role ``creator``) and
 ``member_count``. It runs inside one transaction the caller owns
 (``Store.import_accounts``), with rows sent in statements of ``BATCH_ROWS``.
@@ -21,7 +21,7 @@ from typing import TypeVar
 import attrs
 
 from .errors import StoreError
-from .names import name_key
+from .names import look_key, name_key
 from .records import text
 from .sql import Sql, now_ms
 
@@ -144,8 +144,12 @@ def _write_users(sql: Sql, users: Sequence[NewUser], created: int) -> dict[str, 
     ids: dict[str, int] = {}
     for chunk in _chunks(users, BATCH_ROWS):
         sql.many(
-            "INSERT INTO users (name, name_key, password_hash, created_at) VALUES (?, ?, ?, ?)",
-            [(user.name, name_key(user.name), user.password_hash, created) for user in chunk],
+            "INSERT INTO users (name, name_key, look_key, password_hash, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [
+                (user.name, name_key(user.name), look_key(user.name), user.password_hash, created)
+                for user in chunk
+            ],
         )
         ids.update(_ids_by_key(sql, "users", [user.name for user in chunk]))
     return ids
@@ -175,12 +179,13 @@ def _write_groups(
     for chunk in _chunks(groups, BATCH_ROWS):
         sql.many(
             "INSERT INTO chat_groups"
-            " (name, name_key, description, creator_id, created_at, member_count)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            " (name, name_key, look_key, description, creator_id, created_at, member_count)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     g.name,
                     name_key(g.name),
+                    look_key(g.name),
                     g.description,
                     ids[g.creator],
                     created,
@@ -222,8 +227,8 @@ def _pair(a: int, b: int) -> tuple[int, int]:
 
 
 def _taken(sql: Sql, table: str, names: Iterable[str]) -> set[str]:
-    """Which of ``names`` ``table`` holds already, by exact name or by ``name_key`` (as
-    ``create_user`` and ``create_group`` refuse them)."""
+    """Which of ``names`` ``table`` holds already, by exact name, ``name_key`` or
+    ``look_key`` (as ``create_user`` and ``create_group`` refuse them)."""
     wanted = sorted(set(names))
     if not wanted:
         return set()
@@ -235,6 +240,13 @@ def _taken(sql: Sql, table: str, names: Iterable[str]) -> set[str]:
         marks = ", ".join("?" for _ in chunk)
         for row in sql.all(f"SELECT name_key FROM {table} WHERE name_key IN ({marks})", chunk):
             taken.update(by_key.get(text(row[0]), ()))
+    by_look: dict[bytes, list[str]] = {}
+    for name in wanted:
+        by_look.setdefault(look_key(name), []).append(name)
+    for look_chunk in _chunks(sorted(by_look), BATCH_ROWS):
+        marks = ", ".join("?" for _ in look_chunk)
+        for row in sql.all(f"SELECT look_key FROM {table} WHERE look_key IN ({marks})", look_chunk):
+            taken.update(by_look.get(bytes(row[0]), ()))
     for chunk in _chunks(wanted, BATCH_ROWS):
         marks = ", ".join("?" for _ in chunk)
         taken.update(

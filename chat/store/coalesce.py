@@ -302,10 +302,14 @@ class Coalescer(Generic[Req, Res]):
             if len(batch) >= self._max_batch:
                 left.append(call)
                 continue
+            heavy = self._heavy(call.request)
+            if not heavy and not held:
+                batch.append(call)  # the common case: no chain to look at
+                continue
             chain = self._chain(call.request)
             if chain in held:
                 left.append(call)
-            elif self._heavy(call.request):
+            elif heavy:
                 taken = heavy_taken.get(chain, 0)
                 if taken >= self._heavy_per_chain:
                     held.add(chain)

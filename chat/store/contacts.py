@@ -19,19 +19,14 @@ import attrs
 
 from chat.protocol.bounded import water_fill
 
-from . import throttle
 from .errors import (
     AlreadyBlocked,
-    AlreadyFriends,
-    Blocked,
     CannotBlockSelf,
-    CannotFriendSelf,
     NoSuchGroup,
     NoSuchUser,
     NotAMember,
     NotBlocked,
     NotFriends,
-    RateLimited,
 )
 from .records import (
     GroupRecord,
@@ -44,6 +39,7 @@ from .records import (
     UserRecord,
     text,
 )
+from .requests import drop_between
 from .sql import MAX_ROW_ID, Sql, no_row, now_ms
 
 MEMBER_QUERY_GROUPS = 50
@@ -82,43 +78,6 @@ def _end_friendship(sql: Sql, one: int, other: int) -> None:
 
 
 # --- friends ------------------------------------------------------------------------
-
-
-def add_friend(
-    sql: Sql,
-    user_id: int,
-    friend_id: int,
-    window: throttle.Window,
-) -> UserRecord:
-    """Make two users friends (both directions) and count it against the user's throttle.
-
-    The throttle is checked first (``rate_limited`` comes before the request's own
-    errors) and counts only friendships made: a refused request is not recorded."""
-    # Serialise one user's add_friend calls, so two of them cannot both count 99.
-    sql.one(f"SELECT id FROM users WHERE id = ?{sql.dialect.for_update}", (user_id,))
-    bucket = f"add_friend:{user_id}"
-    now = now_ms()
-    wait = throttle.wait_ms(sql, bucket, window, now)
-    if wait is not None:
-        raise RateLimited(wait)
-    if user_id == friend_id:
-        raise CannotFriendSelf()
-    friend = _user(sql, friend_id)
-    if _blocked_either_way(sql, user_id, friend_id):
-        raise Blocked()
-    if sql.one("SELECT 1 FROM friends WHERE user_id = ? AND friend_id = ?", (user_id, friend_id)):
-        raise AlreadyFriends()
-    try:
-        sql.many(
-            "INSERT INTO friends (user_id, friend_id, created_at) VALUES (?, ?, ?)",
-            [(user_id, friend_id, now), (friend_id, user_id, now)],
-        )
-    except Exception as exc:
-        if sql.dialect.is_integrity_error(exc):
-            raise AlreadyFriends() from exc
-        raise
-    throttle.record(sql, bucket, window, now)
-    return friend
 
 
 def remove_friend(sql: Sql, user_id: int, friend_id: int) -> UserRecord:
@@ -164,6 +123,7 @@ def block(sql: Sql, user_id: int, target_id: int) -> UserRecord:
             raise AlreadyBlocked() from exc
         raise
     _end_friendship(sql, user_id, target_id)
+    drop_between(sql, user_id, target_id)  # a block ends waiting friend requests too
     return target
 
 

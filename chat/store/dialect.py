@@ -73,6 +73,20 @@ class Dialect(ABC):
     def is_disconnect(self, exc: BaseException) -> bool:
         """The connection is unusable: drop it and report the store unavailable."""
 
+    def is_current(self, conn: Connection) -> bool:
+        """False for a connection to a server the store has moved away from (one of
+        several hosts): the pool closes it instead of using it."""
+        return True
+
+    def connection_lost(self, conn: Connection) -> None:
+        """A connection broke (``is_disconnect``): with several hosts, move on."""
+
+    def keep_greatest(self, keys: str, column: str) -> str:
+        """What follows an ``INSERT ... VALUES`` so that a row whose ``keys`` exist
+        already keeps the greater of its ``column`` and the new one (MariaDB/MySQL
+        spelling; SQLite's is its own)."""
+        return f" ON DUPLICATE KEY UPDATE {column} = GREATEST({column}, VALUES({column}))"
+
     def check_alive(self, conn: Connection) -> None:
         """Called on a connection idle for a while, before it is used again."""
 

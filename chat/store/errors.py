@@ -75,3 +75,11 @@ class RateLimited(StoreError):
     def __init__(self, retry_after_ms: int) -> None:
         super().__init__(f"retry after {retry_after_ms} ms")
         self.retry_after_ms = retry_after_ms
+
+
+class NoSuchRequest(StoreError):
+    """No friend request from that user waits for this one's answer."""
+
+
+class NoSuchMessage(StoreError):
+    """The message named is not one of the conversation's (or does not exist)."""

@@ -1,13 +1,29 @@
-"""MySQL/MariaDB through PyMySQL: the database of a cluster."""
+"""MySQL/MariaDB through PyMySQL: the database of a cluster.
+
+Several hosts (a Galera cluster) are tried in order, as libpq and the MySQL
+connectors do, and the node writes to one of them at a time: the first that
+answers and is ready (a Galera member outside the primary component says
+``wsrep_ready`` OFF and refuses statements). When a connection to it is lost, the
+node moves on to the next host and stays there: a host that comes back is used
+again at the next failover or restart, never failed back to (a fail-back would be a
+second interruption). Writing to one member at a time keeps Galera's certification
+conflicts (which arrive as deadlocks, errno 1213, and are retried as such) to the
+rare moments of a switch, and ``message_id`` order as one server gives it.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 
 import pymysql
 import pymysql.err
 
+from .config import HostPort, MysqlConfig, check_database_name
 from .dialect import Connection, Dialect
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 5
 READ_TIMEOUT_SECONDS = 30
@@ -19,7 +35,6 @@ _RETRYABLE = frozenset({_DEADLOCK, _LOCK_WAIT_TIMEOUT, _RECORD_CHANGED})
 """Errors after which the whole transaction may run again (``chat.store.retry``): a
 deadlock, also a Galera certification conflict (reported as 1213); a lock wait timeout;
 MariaDB's "record has changed since last read" (1020, with snapshot isolation)."""
-_DB_NAME = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
 _MARIADB_VERSION = re.compile(r"(\d+)\.(\d+)\.\d+-MariaDB")
 
 
@@ -28,19 +43,111 @@ class MysqlDialect(Dialect):
     pool_size = 8
     for_update = " FOR UPDATE"
 
-    def __init__(self, *, host: str, port: int, user: str, password: str, database: str) -> None:
-        if not _DB_NAME.match(database):
-            raise ValueError(f"database name {database!r}: use letters, digits, _ and $ only")
-        self.host, self.port, self.user, self.password = host, port, user, password
-        self.database = database
+    def __init__(self, config: MysqlConfig) -> None:
+        self.config = config
+        self.user, self.password = config.user, config.password
+        self.database = check_database_name(config.database)
+        self.hosts = config.hosts
+        self._current = 0
+        """Index in ``hosts`` of the one written to now."""
+        self._lock = threading.Lock()
         self.lock_wait_seconds = LOCK_WAIT_SECONDS
+
+    @property
+    def host(self) -> str:
+        return self.hosts[self._current].host
+
+    @property
+    def port(self) -> int:
+        return self.hosts[self._current].port
 
     def _connect(
         self, database: str | None
     ) -> pymysql.connections.Connection[pymysql.cursors.Cursor]:
+        """A connection to the current host, or else to the next one that answers and
+        is ready, which becomes the current one."""
+        start = self._current
+        errors: list[str] = []
+        for offset in range(len(self.hosts)):
+            index = (start + offset) % len(self.hosts)
+            address = self.hosts[index]
+            try:
+                conn = self._connect_to(address, database)
+            except pymysql.err.MySQLError as exc:
+                if len(self.hosts) == 1:
+                    raise
+                errors.append(f"{address}: {exc}")
+                continue
+            if len(self.hosts) > 1 and not self._ready(conn):
+                self._close_quietly(conn)
+                errors.append(f"{address}: not ready (wsrep_ready is OFF)")
+                continue
+            with self._lock:
+                if index != self._current:
+                    log.warning(
+                        "database host %s: now writing to %s (%s)",
+                        self.hosts[self._current],
+                        address,
+                        "; ".join(errors) or "the previous host failed",
+                    )
+                    self._current = index
+            return conn
+        raise pymysql.err.OperationalError(2003, "no database host answers: " + "; ".join(errors))
+
+    @staticmethod
+    def _ready(conn: pymysql.connections.Connection[pymysql.cursors.Cursor]) -> bool:
+        """False for a Galera member that may not take statements now (not in the
+        primary component, or not synced); True for a server without Galera."""
+        try:
+            with conn.cursor() as cursor:
+                # A MariaDB built with Galera but running without it says wsrep_ready OFF.
+                cursor.execute("SHOW VARIABLES LIKE 'wsrep_on'")
+                row = cursor.fetchone()
+                if row is None or str(row[1]).upper() != "ON":
+                    return True
+                cursor.execute("SHOW STATUS LIKE 'wsrep_ready'")
+                row = cursor.fetchone()
+        except pymysql.err.MySQLError:
+            return False
+        return row is not None and str(row[1]).upper() == "ON"
+
+    @staticmethod
+    def _close_quietly(conn: pymysql.connections.Connection[pymysql.cursors.Cursor]) -> None:
+        try:
+            conn.close()
+        except Exception:
+            log.debug("closing a connection failed", exc_info=True)
+
+    def is_current(self, conn: Connection) -> bool:
+        """A connection to a host the node has moved away from is not used again."""
+        if len(self.hosts) == 1:
+            return True
+        return (getattr(conn, "host", None), getattr(conn, "port", None)) == (
+            self.host,
+            self.port,
+        )
+
+    def connection_lost(self, conn: Connection) -> None:
+        """Move on from the current host when a connection to it broke: the next
+        connection tries the hosts after it first."""
+        if len(self.hosts) == 1:
+            return
+        lost = HostPort(str(getattr(conn, "host", "")), int(getattr(conn, "port", 0)))
+        with self._lock:
+            if lost == self.hosts[self._current]:
+                self._current = (self._current + 1) % len(self.hosts)
+                log.warning(
+                    "lost a connection to database host %s: trying %s next",
+                    lost,
+                    self.hosts[self._current],
+                )
+
+    def _connect_to(
+        self, address: HostPort, database: str | None
+    ) -> pymysql.connections.Connection[pymysql.cursors.Cursor]:
         return pymysql.connect(
-            host=self.host,
-            port=self.port,
+            host=address.host,
+            port=address.port,
             user=self.user,
             password=self.password,
             database=database,
@@ -150,4 +257,6 @@ class MysqlDialect(Dialect):
         return True
 
     def describe(self) -> str:
-        return f"mysql {self.user}@{self.host}:{self.port}/{self.database}"
+        if len(self.hosts) == 1:
+            return f"mysql {self.user}@{self.hosts[0]}/{self.database}"
+        return f"{self.config.describe()} (writing to {self.hosts[self._current]})"

@@ -147,6 +147,7 @@ class ConnectionPool:
             except Exception as exc:
                 failure = classify(self.dialect, exc)
                 if failure is Failure.LOST:
+                    self.dialect.connection_lost(conn)
                     self._discard(conn)
                 else:
                     self._rollback_quietly(conn)
@@ -191,8 +192,12 @@ class ConnectionPool:
             self._close_quietly(conn)
 
     def _checkout(self, *, fresh: bool = False) -> Connection:
-        with self._lock:
-            entry = self._idle.pop() if self._idle and not fresh else None
+        while True:
+            with self._lock:
+                entry = self._idle.pop() if self._idle and not fresh else None
+            if entry is None or self.dialect.is_current(entry[0]):
+                break
+            self._close_quietly(entry[0])  # a host the store moved away from
         if entry is not None:
             conn, since = entry
             if time.monotonic() - since < IDLE_CHECK_SECONDS:

@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
-from . import bulk, contacts, history, streams, throttle, tokens
+from . import bulk, contacts, conversations, history, requests, streams, throttle, tokens
 from .coalesce import Coalescer, Submitted
+from .conversations import ConversationRecord, ReadMarked
 from .dialect import Connection, Dialect
 from .errors import (
     AlreadyMember,
@@ -27,8 +28,9 @@ from .errors import (
     NameTaken,
     NoSuchGroup,
     NoSuchUser,
+    RateLimited,
 )
-from .names import name_key
+from .names import look_key, name_key
 from .pool import ConnectionPool
 from .records import (
     Credentials,
@@ -150,17 +152,22 @@ class Store:
 
     async def create_user(self, name: str, password_hash: str) -> UserRecord:
         """A new user; ``NameTaken`` also when the name equals another after case folding
-        (the unique ``name_key`` index enforces that across the cluster)."""
+        or looks like another (the unique ``name_key`` and ``look_key`` indexes enforce
+        that across the cluster: ``chat.store.names``)."""
         key = name_key(name)
+        look = look_key(name)
 
         def body(sql: _Sql) -> UserRecord:
-            if sql.one("SELECT 1 FROM users WHERE name_key = ? OR name = ?", (key, name)):
+            if sql.one(
+                "SELECT 1 FROM users WHERE name_key = ? OR look_key = ? OR name = ?",
+                (key, look, name),
+            ):
                 raise NameTaken(name)
             try:
                 user_id = sql.insert(
-                    "INSERT INTO users (name, name_key, password_hash, created_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (name, key, password_hash, now_ms()),
+                    "INSERT INTO users (name, name_key, look_key, password_hash, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (name, key, look, password_hash, now_ms()),
                 )
             except Exception as exc:
                 if self.dialect.is_integrity_error(exc):
@@ -201,12 +208,57 @@ class Store:
 
     # --- friends and blocking ---------------------------------------------------
 
-    async def add_friend(self, user_id: int, friend_id: int, window: Window) -> UserRecord:
-        """Make two users friends (both directions); returns the friend. At most
+    async def add_friend(
+        self,
+        user_id: int,
+        friend_id: int,
+        window: Window,
+        max_waiting: int = requests.MAX_WAITING_REQUESTS,
+    ) -> requests.FriendAdd:
+        """Make two users friends (both directions), or leave a request when the other
+        approves requests (``chat.store.requests``); says which. At most
         ``window.limit`` per ``window.span_ms`` per user (``RateLimited``)."""
         return await self._run(
-            partial(contacts.add_friend, user_id=user_id, friend_id=friend_id, window=window),
+            partial(
+                requests.add_friend,
+                user_id=user_id,
+                friend_id=friend_id,
+                window=window,
+                max_waiting=max_waiting,
+            ),
             write=True,
+        )
+
+    async def accept_friend(self, user_id: int, requester_id: int) -> UserRecord:
+        """Accept a waiting request (``NoSuchRequest`` if none): returns the new friend."""
+        return await self._run(
+            partial(requests.accept, user_id=user_id, requester_id=requester_id), write=True
+        )
+
+    async def decline_friend(self, user_id: int, requester_id: int) -> None:
+        await self._run(
+            partial(requests.decline, user_id=user_id, requester_id=requester_id), write=True
+        )
+
+    async def friend_requests(self, user_id: int, after: int, limit: int) -> Page[UserRecord]:
+        return await self._run(
+            partial(requests.requests_page, user_id=user_id, after=after, limit=limit),
+            write=False,
+        )
+
+    async def change_settings(self, user_id: int, friend_requests: str | None) -> str:
+        """Change what was sent (None: nothing); the ``friend_requests`` setting after."""
+        return await self._run(
+            partial(requests.change_settings, user_id=user_id, friend_requests=friend_requests),
+            write=friend_requests is not None,
+        )
+
+    async def presence_hidden(self, target_ids: Sequence[int], viewer_id: int) -> set[int]:
+        """Which of ``target_ids`` show ``online: false`` to ``viewer_id`` whatever their
+        state (they approve requests and the viewer is not their friend)."""
+        return await self._run(
+            partial(requests.presence_hidden, target_ids=target_ids, viewer_id=viewer_id),
+            write=False,
         )
 
     async def remove_friend(self, user_id: int, friend_id: int) -> UserRecord:
@@ -286,19 +338,37 @@ class Store:
 
     # --- groups ---------------------------------------------------------------
 
-    async def create_group(self, name: str, description: str, creator_id: int) -> GroupRecord:
+    async def create_group(
+        self, name: str, description: str, creator_id: int, window: Window | None = None
+    ) -> GroupRecord:
+        """A new group with its creator as first member; ``RateLimited`` first when the
+        creator made ``window.limit`` groups within the window (only groups made count;
+        no ``window``: not throttled, for tools), then ``GroupNameTaken`` as
+        ``create_user`` has ``NameTaken``."""
         key = name_key(name)
+        look = look_key(name)
 
         def body(sql: _Sql) -> GroupRecord:
-            if sql.one("SELECT 1 FROM chat_groups WHERE name_key = ? OR name = ?", (key, name)):
-                raise GroupNameTaken(name)
+            # The creator's row lock serialises one user's create_group calls, so two of
+            # them cannot both be the tenth (the throttle's rows are shared by every node).
+            bucket = f"create_group:{creator_id}"
             created = now_ms()
+            if window is not None:
+                sql.one(f"SELECT id FROM users WHERE id = ?{sql.dialect.for_update}", (creator_id,))
+                wait = throttle.wait_ms(sql, bucket, window, created)
+                if wait is not None:
+                    raise RateLimited(wait)
+            if sql.one(
+                "SELECT 1 FROM chat_groups WHERE name_key = ? OR look_key = ? OR name = ?",
+                (key, look, name),
+            ):
+                raise GroupNameTaken(name)
             try:
                 group_id = sql.insert(
                     "INSERT INTO chat_groups"
-                    " (name, name_key, description, creator_id, created_at, member_count)"
-                    " VALUES (?, ?, ?, ?, ?, 1)",
-                    (name, key, description, creator_id, created),
+                    " (name, name_key, look_key, description, creator_id, created_at,"
+                    " member_count) VALUES (?, ?, ?, ?, ?, ?, 1)",
+                    (name, key, look, description, creator_id, created),
                 )
             except Exception as exc:
                 if self.dialect.is_integrity_error(exc):
@@ -310,6 +380,8 @@ class Store:
                 (group_id, creator_id, created),
             )
             streams.follow_group(sql, creator_id, group_id)
+            if window is not None:
+                throttle.record(sql, bucket, window, created)
             return GroupRecord(id=group_id, name=name, description=description)
 
         return await self._run(body, write=True)
@@ -539,6 +611,38 @@ class Store:
             return history.read_page(sql, ranges, before=before, after=after, limit=limit)
 
         return await self._run(body, write=False)
+
+    # --- conversations and read markers (``chat.store.conversations``) -----------
+
+    async def conversations(
+        self, user_id: int, before: int | None, limit: int
+    ) -> Page[ConversationRecord]:
+        """The user's conversations, newest activity first, below ``before``."""
+        return await self._run(
+            lambda sql: conversations.conversations_page(sql, user_id, before, limit),
+            write=False,
+        )
+
+    async def mark_read_direct(self, user_id: int, peer_id: int, message_id: int) -> ReadMarked:
+        """Move the user's marker with ``peer_id`` up (``NoSuchUser``, ``NoSuchMessage``)."""
+        return await self._run(
+            lambda sql: conversations.mark_read_direct(sql, user_id, peer_id, message_id),
+            write=True,
+        )
+
+    async def mark_read_group(self, user_id: int, group_id: int, message_id: int) -> ReadMarked:
+        """Move the member's marker in a group up (``NoSuchGroup``, ``NotAMember``,
+        ``NoSuchMessage``)."""
+        return await self._run(
+            lambda sql: conversations.mark_read_group(sql, user_id, group_id, message_id),
+            write=True,
+        )
+
+    async def typing_allowed(self, user_id: int, target_id: int) -> bool:
+        """Whether the user's typing reaches ``target_id`` (``NoSuchUser``)."""
+        return await self._run(
+            lambda sql: conversations.typing_allowed(sql, user_id, target_id), write=False
+        )
 
     # --- many accounts at once (``chat.store.bulk``: chat-server import-users) ----
 

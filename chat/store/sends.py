@@ -33,8 +33,10 @@ sender may rely on is what a transaction of its own gave it:
 
 Checks only read, so they run before anything is written: there is nothing to
 undo when they fail. Recipients of direct sends and used ``cid``s are looked up
-for the whole batch in one query each. So a batch of direct sends costs a fixed
-handful of round trips and one commit, however many sends it holds.
+for the whole batch in one query each, and the stored ones move their
+conversations' rows (``chat.store.conversations.note_direct``) in one upsert. So a
+batch of direct sends costs a fixed handful of round trips and one commit, however
+many sends it holds.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from collections.abc import Callable, Sequence
 import attrs
 
 from .contacts import require_member
+from .conversations import note_direct
 from .errors import Blocked, NoSuchUser, StoreError
 from .records import StoredMessage, text
 from .sql import Sql, no_row, now_ms
@@ -167,6 +170,15 @@ class _Batch:
             stored = [
                 self._insert_one(send, pos) for send, pos in zip(sends, positions, strict=True)
             ]
+        # Each conversation's newest message, for both users' lists: one statement.
+        note_direct(
+            self.sql,
+            [
+                (send.sender_id, send.recipient_id, outcome.message_id)
+                for send, outcome in zip(sends, stored, strict=True)
+                if isinstance(outcome, StoredMessage) and outcome.created
+            ],
+        )
         for number, outcome in zip(numbers, stored, strict=True):
             self._done(number, outcome)
 

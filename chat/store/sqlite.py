@@ -34,6 +34,9 @@ class SqliteDialect(Dialect):
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
+    def keep_greatest(self, keys: str, column: str) -> str:
+        return f" ON CONFLICT ({keys}) DO UPDATE SET {column} = MAX({column}, excluded.{column})"
+
     def begin(self, conn: Connection, *, write: bool) -> None:
         # IMMEDIATE takes the write lock at once, so two writers never deadlock upgrading.
         conn.cursor().execute("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -6,7 +6,16 @@ user, never an id the client sent. A new request type: its message class in
 ``chat.protocol.messages``, and a ``@handler`` coroutine in the module of its area.
 """
 
-from . import accounts, contacts, devices, groups, history, messages
+from . import (
+    accounts,
+    contacts,
+    conversations,
+    devices,
+    friend_requests,
+    groups,
+    history,
+    messages,
+)
 from .registry import Caller, begin, check_complete, dispatch, pipelined
 
 check_complete()
@@ -16,8 +25,10 @@ __all__ = [
     "accounts",
     "begin",
     "contacts",
+    "conversations",
     "devices",
     "dispatch",
+    "friend_requests",
     "groups",
     "history",
     "messages",

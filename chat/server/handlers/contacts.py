@@ -14,10 +14,12 @@ from chat.protocol.messages import (
     FoundUser,
     FriendAddedEvent,
     FriendRemovedEvent,
+    FriendRequestEvent,
     FriendResult,
     FriendsPage,
     ListBlocked,
     ListFriends,
+    PendingFriend,
     RemoveFriend,
     Result,
     Unblock,
@@ -76,8 +78,19 @@ async def find_user(caller: Caller, request: FindUser) -> Result:
     user = await services.store.user_by_name(request.name)
     if user is None:
         raise RequestError(ErrorCode.NO_SUCH_USER, f"name: no user is called {shown(request.name)}")
-    online = await services.router.online([user.id])
-    return FoundUser(UserPresence(user.id, user.name, user.id in online))
+    return FoundUser(UserPresence(user.id, user.name, await shown_online(caller, user.id)))
+
+
+async def shown_online(caller: Caller, user_id: int) -> bool:
+    """``online`` of a user as this caller may see it: false for a user who approves
+    friend requests and is not the caller's friend (protocol 1.2), whatever it is."""
+    services = caller.services
+    if user_id not in await services.router.online([user_id]):
+        return False
+    viewer = caller.user
+    if viewer is None or viewer.id == user_id:
+        return True
+    return user_id not in await services.store.presence_hidden([user_id], viewer.id)
 
 
 @handler(AddFriend)
@@ -85,7 +98,7 @@ async def add_friend(caller: Caller, request: AddFriend) -> Result:
     user = me(caller)
     services = caller.services
     try:
-        friend = await services.store.add_friend(user.id, request.user_id, ADD_FRIEND_WINDOW)
+        added = await services.store.add_friend(user.id, request.user_id, ADD_FRIEND_WINDOW)
     except RateLimited as exc:
         raise rate_limited(exc, "add_friend") from None
     except CannotFriendSelf:
@@ -98,6 +111,13 @@ async def add_friend(caller: Caller, request: AddFriend) -> Result:
         raise RequestError(
             ErrorCode.ALREADY_FRIENDS, f"user_id: {request.user_id} is your friend already"
         ) from None
+    friend = added.friend
+    if added.outcome != "friends":
+        # Asked, not friends: the target is told once (not again for a repeat), and
+        # shows offline to the requester until the friendship exists.
+        if added.outcome == "pending":
+            services.router.push(friend.id, FriendRequestEvent(UserRef(user.id, user.name)))
+        return PendingFriend(UserPresence(friend.id, friend.name, False))
     event = FriendAddedEvent(UserPresence(user.id, user.name, True))
     services.router.push(friend.id, event)
     online = await services.router.online([friend.id])

@@ -27,18 +27,35 @@ from chat.protocol.messages import (
     Sent,
     UserRef,
 )
-from chat.store import AlreadyMember, GroupNameTaken, NoSuchGroup, StoredMessage, UserRecord
+from chat.store import (
+    AlreadyMember,
+    GroupNameTaken,
+    NoSuchGroup,
+    RateLimited,
+    StoredMessage,
+    UserRecord,
+    Window,
+)
 
+from .contacts import rate_limited
 from .group_access import group_access
 from .messages import hand_off, stored_or_refunded
 from .registry import Caller, handler, me
+
+CREATE_GROUP_WINDOW = Window(limit=10, span_ms=3_600_000)
+"""At most 10 groups made per user per hour (protocol 1.2: group names are global, so
+one user must not be able to take thousands of them; refused requests do not count)."""
 
 
 @handler(CreateGroup)
 async def create_group(caller: Caller, request: CreateGroup) -> Result:
     user = me(caller)
     try:
-        group = await caller.services.store.create_group(request.name, request.description, user.id)
+        group = await caller.services.store.create_group(
+            request.name, request.description, user.id, CREATE_GROUP_WINDOW
+        )
+    except RateLimited as exc:
+        raise rate_limited(exc, "create_group") from None
     except GroupNameTaken:
         raise RequestError(
             ErrorCode.GROUP_NAME_TAKEN, f"name: a group is called {request.name!r} already"
