@@ -352,3 +352,125 @@ async def test_a_batch_takes_a_few_heavy_calls_of_one_chain_and_everyone_elses()
 def test_heavy_calls_are_counted_per_chain() -> None:
     with pytest.raises(ValueError, match="chain"):
         Coalescer(Batches(), heavy=lambda request: True, heavy_per_chain=2)
+
+
+# --- deadlines (issue 24): each call's own, however many batches are ahead ---------------
+
+
+class Late(Exception):
+    """What a call past its deadline gets (the store's is ``StoreTimeout``)."""
+
+
+def with_deadlines(batches: Batches, **options: object) -> Coalescer[str, str]:
+    return Coalescer(batches, deadline=lambda: 5.0, expired=lambda: Late(), **options)  # type: ignore[arg-type]
+
+
+async def test_a_call_behind_a_stuck_batch_answers_at_its_own_deadline(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The batch ahead is stuck and does not give up (a thread that cannot be stopped):
+    a call waiting behind it still answers ``expired()`` 5 s after it was made, and,
+    not having started, never runs."""
+    batches = Batches()
+    coalesce = with_deadlines(batches)
+    answered: dict[str, tuple[float, object]] = {}
+
+    async def call(name: str) -> None:
+        try:
+            result = await coalesce(name)
+            answered[name] = (trio.current_time(), result)
+        except Late as exc:
+            answered[name] = (trio.current_time(), exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, "a")
+        await trio.sleep(1)
+        nursery.start_soon(call, "b")
+        await trio.sleep(2)
+        nursery.start_soon(call, "c")
+        await trio.sleep(20)
+        batches.gate(0).set()
+    assert answered["a"] == (23.0, "a!")  # the stuck batch's own call waits for it
+    assert answered["b"][0] == pytest.approx(6.0)
+    assert isinstance(answered["b"][1], Late)
+    assert answered["c"][0] == pytest.approx(8.0)
+    assert isinstance(answered["c"][1], Late)
+    assert batches.seen == [["a"]]
+
+
+class HonouringBatches(Batches):
+    """Batches that give up at the coalescer's ``batch_deadline``, as the store's do."""
+
+    coalescer: Coalescer[str, str]
+
+    async def __call__(self, requests: Sequence[str]) -> list[str]:
+        deadline = self.coalescer.batch_deadline
+        assert deadline is not None
+        n = len(self.seen)
+        self.seen.append(sorted(requests))
+        with trio.move_on_at(deadline):  # the pool abandons its thread at the deadline
+            await self.gate(n).wait()
+            return [f"{request}!" for request in requests]
+        raise Late()
+
+
+async def test_every_call_answers_within_its_deadline_however_many_batches_are_stuck(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A frozen database: every batch gets stuck. Calls made one a second each answer
+    within 5 s of being made (a batch runs with its earliest call's deadline), where
+    before the second waited for the first batch's deadline and then its own."""
+    batches = HonouringBatches()
+    coalesce = with_deadlines(batches)
+    batches.coalescer = coalesce
+    made: dict[str, float] = {}
+    answered: dict[str, float] = {}
+
+    async def call(name: str) -> None:
+        made[name] = trio.current_time()
+        with pytest.raises(Late):
+            await coalesce(name)
+        answered[name] = trio.current_time()
+
+    async with trio.open_nursery() as nursery:
+        for name in "abcdefgh":
+            nursery.start_soon(call, name)
+            await trio.sleep(1)
+    assert set(answered) == set("abcdefgh")
+    for name in answered:
+        assert 0 < answered[name] - made[name] <= 5.0, (name, made[name], answered[name])
+
+
+async def test_a_late_submitted_call_fails_its_chain_without_running(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A pipelined send whose deadline passed before its batch started is answered
+    ``expired()`` without running, and so are its sender's later ones: never stored
+    after an earlier one of theirs was not."""
+    batches = Batches()
+    coalesce = with_deadlines(batches, chain=lambda request: request[0])
+    outcomes: dict[str, object] = {}
+
+    async def wait(name: str, submitted: Submitted[str, str]) -> None:
+        try:
+            outcomes[name] = await submitted.result()
+        except Late as exc:
+            outcomes[name] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait, "a1", coalesce.submit("a1"))  # leads batch 0, stuck
+        await trio.testing.wait_all_tasks_blocked()
+        x1, x2 = coalesce.submit("x1"), coalesce.submit("x2")
+        nursery.start_soon(wait, "y1", coalesce.submit("y1"))
+        await trio.sleep(10)  # batch 0 outlasts everyone's deadline
+        batches.gate(0).set()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(wait, "x1", x1)
+        nursery.start_soon(wait, "x2", x2)
+        nursery.start_soon(wait, "z1", coalesce.submit("z1"))
+        await trio.testing.wait_all_tasks_blocked()
+        batches.gate(1).set()
+    assert outcomes["a1"] == "a1!"
+    assert all(isinstance(outcomes[name], Late) for name in ("x1", "x2", "y1"))
+    assert outcomes["z1"] == "z1!"
+    assert batches.seen == [["a1"], ["z1"]]

@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import redis
 import trio
+import trio.testing
 
 from chat.broker import (
     MAX_DEVICES_ONLINE,
@@ -618,3 +619,45 @@ async def test_resume_names_the_holders_whose_leases_were_recreated(
         assert after.index(resume) > next(i for i, n in enumerate(after) if isinstance(n, Pause))
         assert await a.broker.devices(1) == {"phone": "node-a", "laptop": "node-a"}
         assert await a.broker.devices(2) == {"": "node-a"}
+
+
+async def test_a_release_while_a_beat_runs_recreates_nothing(redis_url: str) -> None:
+    """The cause of "leases had lapsed and were re-created" under login/logout churn: a
+    beat reads the node's leases, a session ends and releases its lease before the
+    beat's renewal reaches Redis, and the renewal found the lease missing and made it
+    again (announcing the user online again, then offline). Here the beat is held at
+    its limiter after reading the leases, while the release runs."""
+    async with node(redis_url, "node-a") as a:
+        assert await a.broker.claim(1, "phone", "node-a/1")
+        assert await a.broker.claim(2, "phone", "node-a/2")
+        async with trio.open_nursery() as nursery, a.broker._beat_limiter:
+            nursery.start_soon(a.broker._beat)
+            await trio.testing.wait_all_tasks_blocked()
+            await a.broker.release(1, "phone", "node-a/1")
+        assert [change.online for change in a.heard.changes(1)] == [True, False]
+        assert a.broker.leases_recreated == 0
+        assert await a.broker.devices(1) == {}
+        # The other lease was renewed as usual.
+        assert await a.broker.devices(2) == {"phone": "node-a"}
+        client = direct(redis_url)
+        try:
+            ttl = await command(client, "PTTL", a.broker.lease_key(2, "phone"))
+        finally:
+            client.close()
+        assert ttl > LEASE * 1000 * 0.5
+
+
+async def test_a_lapsed_lease_still_listed_is_recreated(redis_url: str) -> None:
+    """A lease that lapsed (its beat came late) while the node still lists it is made
+    again by the next beat: only released ones are left alone."""
+    async with node(redis_url, "node-a") as a:
+        assert await a.broker.claim(1, "phone", "node-a/1")
+        client = direct(redis_url)
+        try:
+            await command(client, "DEL", a.broker.lease_key(1, "phone"))
+        finally:
+            client.close()
+        await a.broker._beat()
+        assert a.broker.leases_recreated == 1
+        assert await a.broker.devices(1) == {"phone": "node-a"}
+        assert a.heard.of(Evict) == []

@@ -4,13 +4,15 @@ client address; the hashing queue; requests per connection."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from chat.client import ChatClient
-from chat.server.passwords import HashingBusy, PasswordHasher
+from chat.server.passwords import HashingBusy, PasswordHasher, hash_password
 from chat.server.throttles import PASSWORD_WINDOW_MS, is_trusted, parse_networks
 
 from .cluster_support import cluster_node, make_broker
@@ -192,3 +194,130 @@ async def test_a_right_password_does_not_count(database_url: str) -> None:
             "bad_credentials"
         )
         assert_rate_limited(await c.request("login", name="ann", password="secret"))
+
+
+# --- a flood of guesses from many addresses (issue 24) -----------------------------------
+
+
+async def test_known_accounts_go_first_then_addresses_take_turns() -> None:
+    """One hashing slot, held; then checks queue: three from address a, one from b, and
+    one for a recently used account. The known account's goes first; the rest take
+    turns by address, so b does not wait behind all of a's."""
+    hasher = PasswordHasher(concurrency=1)
+    order: list[str] = []
+    release = trio.Event()
+
+    async def check(name: str, *, preferred: bool = False, address: str = "") -> None:
+        async with hasher.turn(bounded=True, preferred=preferred, address=address):
+            order.append(name)
+            if name == "holder":
+                await release.wait()
+
+    async with trio.open_nursery() as nursery:
+        for name, address, preferred in [
+            ("holder", "z", False),
+            ("a1", "a", False),
+            ("a2", "a", False),
+            ("a3", "a", False),
+            ("b1", "b", False),
+            ("known", "c", True),
+        ]:
+            nursery.start_soon(partial(check, name, preferred=preferred, address=address))
+            await trio.testing.wait_all_tasks_blocked()
+        assert (hasher.queued, hasher.others) == (6, 5)
+        release.set()
+    assert order == ["holder", "known", "a1", "b1", "a2", "a3"]
+    assert (hasher.queued, hasher.others) == (0, 0)
+
+
+async def test_a_cancelled_wait_gives_its_turn_on() -> None:
+    hasher = PasswordHasher(concurrency=1)
+    order: list[str] = []
+    release = trio.Event()
+
+    async def check(name: str) -> None:
+        async with hasher.turn(bounded=True, preferred=False, address=name):
+            order.append(name)
+            if name == "holder":
+                await release.wait()
+
+    gone = trio.CancelScope()
+
+    async def cancellable() -> None:
+        with gone:
+            await check("gone")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(check, "holder")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(cancellable)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(check, "next")
+        await trio.testing.wait_all_tasks_blocked()
+        gone.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert (hasher.queued, hasher.others) == (2, 2)
+        release.set()
+    assert order == ["holder", "next"]
+    assert (hasher.queued, hasher.others) == (0, 0)
+
+
+async def test_a_known_account_is_never_refused_for_a_full_queue() -> None:
+    hasher = PasswordHasher(concurrency=1, max_queued=1)
+    async with hasher.turn(bounded=True, preferred=False, address="flood"):
+        assert hasher.full()
+        with pytest.raises(HashingBusy):
+            await hasher.verify("x", None, address="honest")
+        assert not hasher.full(preferred=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: hasher.verify("x", None, preferred=True))
+            await trio.testing.wait_all_tasks_blocked()
+            assert (hasher.queued, hasher.others) == (2, 1)
+            nursery.cancel_scope.cancel()
+
+
+async def test_refusals_for_others_load_cost_the_address_and_account_nothing(
+    database_url: str,
+) -> None:
+    """The hashing queue is full of others' guesses: the honest address's logins are
+    refused (``rate_limited``, the queue), and none of those refusals counts against
+    its budget of 3 a minute or against the account. Once the queue has room, all 3
+    are there; the 4th is refused for the address's own use."""
+    async with (
+        running_node(
+            database_url, trusted_addresses=(), address_logins_per_minute=3, hash_queue=1
+        ) as node,
+        client(node) as c,
+    ):
+        await node.services.store.create_user("ann", hash_password("secret"))
+        hasher = node.services.hasher
+        async with hasher.turn(bounded=True, preferred=False, address="203.0.113.9"):
+            for _ in range(6):
+                refused = await c.request("login", name="ann", password="secret")
+                assert refused["code"] == "rate_limited", refused
+                assert "checking too many passwords" in refused["message"], refused
+        for _ in range(3):
+            await c.call("login", name="ann", password="secret")
+            await c.call("logout")
+        own = await c.request("login", name="ann", password="secret")
+        assert own["code"] == "rate_limited", own
+        assert "from here" in own["message"], own
+
+
+async def test_a_recently_used_account_logs_in_past_a_full_queue(database_url: str) -> None:
+    """Checks of accounts with a device seen lately go first, and are not refused for a
+    full queue: a flood of guesses for names nobody uses cannot keep them out. An
+    account never used waits with the rest (here: refused, the queue being full)."""
+    async with running_node(database_url, trusted_addresses=(), hash_queue=1) as node:
+        store = node.services.store
+        await store.create_user("ann", hash_password("secret"))
+        await store.create_user("bob", hash_password("secret"))
+        async with client(node) as c:
+            await c.call("login", name="ann", password="secret")  # ann's device is seen
+        async with (
+            node.services.hasher.turn(bounded=True, preferred=False, address="203.0.113.9"),
+            client(node) as c,
+        ):
+            refused = await c.request("login", name="bob", password="secret")
+            assert refused["code"] == "rate_limited", refused
+            await c.call("login", name="ann", password="secret")

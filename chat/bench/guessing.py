@@ -23,9 +23,12 @@ an honest user logs in and out with the right password every 0.25 s:
    the honest login, which may itself be told ``rate_limited`` (it then waits
    ``retry_after_ms`` and tries again; the time counted is until it is logged in).
 
-Each honest login is timed from the request to the reply (including retries).
-Prints, per flood: guesses answered per second by code, and the honest logins'
-p50, p90 and max, and whether every one was under 1 s.
+The honest user has logged in once before the flood (an account in use: its
+password checks go before those of names nobody uses, issue 24). Each honest login
+is timed from the request to the reply (including retries). Prints, per flood:
+guesses answered per second by code, and the honest logins' p50, p90, p99 and max,
+and whether the p99 is under 1 s (issue 24's target, over a minute of flood:
+``--seconds 60``).
 """
 
 from __future__ import annotations
@@ -119,6 +122,7 @@ async def flood(
     meanwhile."""
     answers: Counter[str] = Counter()
     honest: list[float] = []
+    refusals: Counter[str] = Counter()
     names = itertools.count()
 
     async def guesser(n: int) -> None:
@@ -138,6 +142,7 @@ async def flood(
                         break
                     if reply["code"] != "rate_limited":
                         raise RuntimeError(f"honest login failed: {reply}")
+                    refusals[reply["message"]] += 1
                     await trio.sleep(reply["retry_after_ms"] / 1000)
                 honest.append(time.perf_counter() - started)
                 await c.call("logout")
@@ -150,6 +155,8 @@ async def flood(
         nursery.start_soon(honest_user)
         await trio.sleep(seconds)
         nursery.cancel_scope.cancel()
+    if refusals:
+        print(f"  honest logins refused: {dict(refusals)}")
     return answers, honest
 
 
@@ -162,17 +169,20 @@ def report(title: str, answers: Counter[str], honest: list[float], seconds: floa
         return
     ordered = sorted(honest)
     p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
-    within = all(value < TARGET_SECONDS for value in honest)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    within = p99 < TARGET_SECONDS
     print(
         f"  honest password login ({len(honest)}): p50 {statistics.median(honest) * 1000:.0f} ms,"
-        f" p90 {p90 * 1000:.0f} ms, max {max(honest) * 1000:.0f} ms"
-        f" -> {'met' if within else 'NOT met'} (every one under {TARGET_SECONDS:g} s)"
+        f" p90 {p90 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {max(honest) * 1000:.0f} ms"
+        f" -> {'met' if within else 'NOT met'} (p99 under {TARGET_SECONDS:g} s)"
     )
 
 
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as directory:
-        for scenario in SCENARIOS:
+        for number, scenario in enumerate(SCENARIOS, 1):
+            if args.only and number not in args.only:
+                continue
             fresh_database(args.database)
             port = free_port()
             process = await start_server(
@@ -183,6 +193,8 @@ async def main(args: argparse.Namespace) -> None:
                     for name in ("victim", "honest"):
                         with contextlib.suppress(ChatError):
                             await c.call("register", name=name, password=PASSWORD)
+                    # The honest user has used the account before (its checks go first).
+                    await c.call("login", name="honest", password=PASSWORD)
                 answers, honest = await flood(port, args.connections, args.seconds, scenario)
                 report(scenario.title, answers, honest, args.seconds)
             finally:
@@ -199,6 +211,9 @@ def cli() -> None:
     parser.add_argument("--database", default="mysql://root@127.0.0.1:3306/chat_bench_guessing")
     parser.add_argument("--connections", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--only", type=int, action="append", help="run this flood only (1, 2, 3); repeatable"
+    )
     trio.run(main, parser.parse_args())
 
 

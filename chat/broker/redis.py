@@ -94,6 +94,14 @@ lapsed lease that can no longer be re-created because the user has
 ``Resync``. So a Redis restart shorter than a lease disconnects nobody, and a
 device is never served by two connections at once.
 
+A beat renews the leases it read at its start; a session may end, and release its
+lease, before the renewal reaches Redis. So a missing lease is re-created only if
+``P:leases:<node>`` still lists it (a release takes it off in the same step), or
+when that list itself may be gone (the epoch changed: Redis lost its data; or this
+node was not alive: the reaper took its list). Before, such leases were re-created
+under ordinary login/logout churn ("leases had lapsed and were re-created") and
+their users announced online, then offline again.
+
 Failures and what covers them:
 
 - a notice published while its node was not subscribed is lost: after every
@@ -257,6 +265,9 @@ class RedisBroker:
         self._release_script = self._redis.register_script(redis_scripts.RELEASE)
         self._lookup_script = self._redis.register_script(redis_scripts.LOOKUP)
         beats = redis.Redis(connection_pool=self._renew_pool)
+        self._ping_client = beats
+        """The readiness probe shares the heartbeat's pool of 2 (the beat uses one)."""
+        self._ping_limiter = trio.CapacityLimiter(1)
         self._renew_script = beats.register_script(redis_scripts.RENEW)
         self._epoch_script = beats.register_script(redis_scripts.EPOCH)
         self._reap_script = self._redis.register_script(redis_scripts.REAP)
@@ -288,6 +299,11 @@ class RedisBroker:
         latest doubt cannot lift it."""
         self._recreated: set[str] = set()
         """Holders whose lease was re-created since the last ``Resume``."""
+        self._recreate_all = False
+        """The next beat re-creates every missing lease of ours, listed or not."""
+        self.leases_recreated = 0
+        """Leases found missing by a beat and re-created (metrics): only after Redis
+        lost data or a beat came later than a lease, never for a released one."""
         self._backoff = BACKOFF_FIRST
         self._pong_timeout = max(socket_timeout, POLL_SECONDS * 2)
         self._renewed_at = 0.0
@@ -461,7 +477,13 @@ class RedisBroker:
         gives up: the socket timeout ends the thread soon after. Raises
         ``BrokerUnavailable``; unlike other commands it puts no lease in doubt."""
         try:
-            await trio.to_thread.run_sync(self._redis.ping, abandon_on_cancel=True)
+            # Its own connection and limiter: on the default thread limiter it took a 9th
+            # connection of the commands' pool of 8 whenever they were all busy, and the
+            # command that then found none failed ("Too many connections"), losing a
+            # presence event under login churn.
+            await trio.to_thread.run_sync(
+                self._ping_client.ping, abandon_on_cancel=True, limiter=self._ping_limiter
+            )
         except (redis.RedisError, OSError) as exc:
             raise BrokerUnavailable(f"redis: {exc}") from exc
 
@@ -713,6 +735,7 @@ class RedisBroker:
         claims = list(self._claims.items())
         started = trio.current_time()
         doubts = self._doubts
+        recreate_all = self._recreate_all
         try:
             epoch, was_alive = await self._call(
                 self._epoch_script,
@@ -720,17 +743,31 @@ class RedisBroker:
                 [uuid.uuid4().hex, self._broadcast, RESYNC, self.lease_ms, self.process_name],
                 limiter=self._beat_limiter,
             )
+            epoch = text(epoch)
+            # This process's list of leases may be gone (Redis lost its data, or the
+            # reaper took it while this node was presumed dead): re-create every
+            # missing lease. Else only those still listed (see ``RENEW``).
+            recreate_all = recreate_all or epoch != self._epoch or not was_alive
+            self._recreate_all = False
             recreated: list[tuple[tuple[int, str], str]] = []
             conflicts: list[tuple[tuple[int, str], str]] = []
+            released: list[tuple[tuple[int, str], str]] = []
             for chunk in chunks(claims):
-                new, lost, versions = await self._call(
+                new, lost, versions, gone = await self._call(
                     self._renew_script,
-                    [self._clock_key, self._held_key],
-                    [self.prefix, self.lease_ms, MAX_DEVICES_ONLINE, *self._triples(chunk)],
+                    [self._clock_key, self._held_key, self._epoch_key],
+                    [
+                        self.prefix,
+                        self.lease_ms,
+                        MAX_DEVICES_ONLINE,
+                        "" if recreate_all else epoch,
+                        *self._triples(chunk),
+                    ],
                     limiter=self._beat_limiter,
                 )
                 recreated += [chunk[i - 1] for i in new]
                 conflicts += [chunk[i - 1] for i in lost]
+                released += [chunk[i - 1] for i in gone]
                 # Remembered at once: if a later chunk fails, the next beat finds these
                 # leases in place and would not know they had vanished.
                 self._recreated.update(chunk[i - 1][1] for i in new)
@@ -745,9 +782,17 @@ class RedisBroker:
             if stale:
                 await self._release(stale, forget=True)
         except BrokerUnavailable:
+            self._recreate_all = recreate_all  # the next beat does what this one could not
             return
         self._renewed_at = started
-        epoch = text(epoch)
+        self.leases_recreated += len(recreated)
+        unlisted = [(key, h) for key, h in released if self._claims.get(key) == h]
+        if unlisted:
+            # Not released by this node, yet not on its list: the list itself went
+            # (nothing else takes entries off it); the next beat re-creates them.
+            log.warning("%d leases are missing from this node's list: re-creating", len(unlisted))
+            self._recreate_all = True
+            self._beat_now.set()
         reset = self._epoch is not None and epoch != self._epoch
         # Not listed as alive: group wake-ups went past this node meanwhile.
         lapsed = self._epoch is not None and not was_alive

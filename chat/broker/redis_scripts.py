@@ -152,25 +152,37 @@ return versions
 # Renew each device lease still ours; re-create a missing one (Redis lost it or it
 # lapsed) unless the user has the most devices online by now; report the ones someone
 # else holds now (or that no longer fit) and stop listing them as this process's.
-# KEYS: the clock, this process's leases. ARGV: the prefix, the lease in ms, the most
-# devices of a user, then (user id, device hex, lease value) for each device.
-# Returns {recreated, conflicts, versions}: indexes (from 1) of the devices
-# re-created and of the ones lost, and for each re-created one the presence version
-# of its user coming online again (0: the user was online all along).
+# A missing lease that this process no longer lists was *released* meanwhile (its
+# session ended after the beat read its list of leases, and the release ran first):
+# it is left alone, unless this process's list itself may be gone (``recreate all``:
+# Redis lost its data, or the reaper took the list of a node presumed dead).
+# Re-creating it was what logged "leases had lapsed" under login/logout churn, and
+# announced the user online again, then offline, to their friends.
+# KEYS: the clock, this process's leases, the epoch. ARGV: the prefix, the lease in
+# ms, the most devices of a user, the epoch this process knows ("" to recreate all;
+# recreate all too when the epoch is not that one any more), then (user id, device
+# hex, lease value) for each device.
+# Returns {recreated, conflicts, versions, released}: indexes (from 1) of the devices
+# re-created, of the ones lost, for each re-created one the presence version of its
+# user coming online again (0: the user was online all along), and indexes of the
+# ones released meanwhile.
 RENEW = (
     _PRELUDE
     + """
 local clock, held = KEYS[1], KEYS[2]
 local most = tonumber(ARGV[3])
-local recreated, conflicts, versions = {}, {}, {}
-for i = 4, #ARGV, 3 do
+local recreate_all = ARGV[4] == '' or redis.call('GET', KEYS[3]) ~= ARGV[4]
+local recreated, conflicts, versions, released = {}, {}, {}, {}
+for i = 5, #ARGV, 3 do
   local user, device, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local index = (i - 1) / 3
+  local index = (i - 2) / 3
   local field = user .. ':' .. device
   local lease = lease_key(user, device)
   local holder = redis.call('GET', lease)
   if holder == value then
     redis.call('PEXPIRE', lease, ARGV[2])
+  elseif not holder and not recreate_all and redis.call('HGET', held, field) ~= value then
+    table.insert(released, index)
   elseif not holder and live_devices(user, device) < most then
     redis.call('SET', lease, value, 'PX', ARGV[2])
     redis.call('HSET', held, field, value)
@@ -183,7 +195,7 @@ for i = 4, #ARGV, 3 do
     table.insert(conflicts, index)
   end
 end
-return {recreated, conflicts, versions}
+return {recreated, conflicts, versions, released}
 """
 )
 

@@ -165,6 +165,8 @@ class StateCollector(Collector):
         redis_up: Callable[[], bool | None],
         notices: Callable[[], tuple[int, int]],
         store_timeouts: Callable[[], int],
+        store_retries: Callable[[], tuple[int, int]] = lambda: (0, 0),
+        leases_recreated: Callable[[], int | None] = lambda: None,
     ) -> None:
         self._connections = connections
         self._users_online = users_online
@@ -172,6 +174,8 @@ class StateCollector(Collector):
         self._redis_up = redis_up
         self._notices = notices
         self._store_timeouts = store_timeouts
+        self._store_retries = store_retries
+        self._leases_recreated = leases_recreated
 
     def collect(self) -> Iterable[Metric]:
         connections = GaugeMetricFamily(
@@ -211,3 +215,22 @@ class StateCollector(Collector):
             "Store calls not finished within --db-timeout (answered unavailable).",
             value=self._store_timeouts(),
         )
+        retried, gave_up = self._store_retries()
+        yield CounterMetricFamily(
+            "chat_store_retries",
+            "Store transactions run again after a deadlock, lock wait or lost connection.",
+            value=retried,
+        )
+        yield CounterMetricFamily(
+            "chat_store_busy",
+            "Store calls still deadlocked or waiting for a lock after every retry"
+            " (answered unavailable).",
+            value=gave_up,
+        )
+        recreated = self._leases_recreated()
+        if recreated is not None:  # only the Redis broker has leases
+            yield CounterMetricFamily(
+                "chat_leases_recreated",
+                "Presence leases of this node found missing at a heartbeat and re-created.",
+                value=recreated,
+            )

@@ -116,6 +116,8 @@ class Node:
                     getattr(broker, "notices_received", 0),
                 ),
                 store_timeouts=lambda: store.pool.timeouts,
+                store_retries=lambda: (store.pool.retries, store.pool.gave_up),
+                leases_recreated=lambda: getattr(broker, "leases_recreated", None),
             )
         )
         self._open: Counter[str] = Counter({"tcp": 0, "websocket": 0, "legacy": 0})

@@ -45,8 +45,9 @@ import trio
 from chat.protocol import ErrorCode, RequestError
 from chat.protocol.messages import Login
 from chat.store import Credentials, StoreError, Window
+from chat.store.sql import now_ms
 
-from .passwords import HashingBusy
+from .passwords import RECENT_LOGIN_MS, HashingBusy
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -86,14 +87,24 @@ def _id_bucket(user_id: int) -> str:
 
 
 async def authenticate_password(services: Services, request: Login, address: str) -> Credentials:
-    """The checks of a password login, in the protocol's order, all before the password
-    is compared: the address budget, the account's guessing throttle, the hashing
-    queue; then the password itself. Returns the user's credentials, or raises
-    ``rate_limited`` or ``bad_credentials`` (the same whatever was wrong). A wrong
-    password counts against the name (or id) sent and the account it names."""
-    await spend_address_budget(services, address)
+    """The checks of a password login, all before the password is compared: the address
+    budget, the account's guessing throttle, the hashing queue; then the password
+    itself. Returns the user's credentials, or raises ``rate_limited`` or
+    ``bad_credentials`` (the same whatever was wrong). A wrong password counts against
+    the name (or id) sent and the account it names.
+
+    A refusal caused by others' load (the hashing queue is full) counts against
+    neither the address nor the account: the queue is asked before either is counted,
+    and if it fills up meanwhile, both are forgotten again. Checks of accounts used
+    recently go before the others (``PasswordHasher``): the account is looked up
+    first to know that."""
     trusted = is_trusted(address, services.settings.trusted_addresses)
-    if services.hasher.full(bounded=not trusted):
+    _refuse_if_address_shut(services, address)
+    hasher = services.hasher
+    if hasher.full(
+        bounded=not trusted,
+        preferred=hasher.recent.knows(name=request.name, user_id=request.id),
+    ):
         raise _hashing_busy()  # before any database work: a flood costs nothing more
     store = services.store
     if request.name is not None:
@@ -108,9 +119,20 @@ async def authenticate_password(services: Services, request: Login, address: str
         credentials = await store.credentials_by_id(request.id)
         buckets = [_id_bucket(request.id)]
     _refuse_if_known_shut(services, buckets)
+    preferred = credentials is not None and recently_used(credentials)
+    if preferred:
+        assert credentials is not None
+        hasher.recent.note(credentials.id, credentials.name)
+    if hasher.full(bounded=not trusted, preferred=preferred):
+        raise _hashing_busy()  # nothing counted yet
+    counted = await spend_address_budget(services, address)
     # Counted as a failure from now on, so that guesses sent at the same moment cannot
     # all get through while the first ones are being hashed; forgotten if it was right.
-    reservation = await store.throttle_reserve(buckets, PASSWORD_WINDOW)
+    try:
+        reservation = await store.throttle_reserve(buckets, PASSWORD_WINDOW)
+    except BaseException:
+        await _unreserve(services, counted)
+        raise
     if reservation.wait_ms is not None:
         for bucket in buckets:
             services.lockouts.shut(bucket, reservation.wait_ms)
@@ -118,19 +140,35 @@ async def authenticate_password(services: Services, request: Login, address: str
     stored_hash = credentials.password_hash if credentials else None
     assert request.password is not None  # the codec checked: a password login has one
     try:
-        matches = await services.hasher.verify(request.password, stored_hash, bounded=not trusted)
+        matches = await hasher.verify(
+            request.password,
+            stored_hash,
+            bounded=not trusted,
+            preferred=preferred,
+            address=address,
+        )
     except BaseException as exc:
-        # Not checked after all (a full queue, a cancelled request): it does not count.
-        await _unreserve(services, reservation.ids)
-        if isinstance(exc, HashingBusy):
+        # Not checked after all (a full queue, a cancelled request): it does not count
+        # against the account; nor against the address if others' load refused it.
+        busy = isinstance(exc, HashingBusy)
+        await _unreserve(services, (*reservation.ids, *(counted if busy else ())))
+        if busy:
             raise _hashing_busy() from None
         raise
     if credentials is not None and matches:
         await _unreserve(services, reservation.ids)
+        hasher.recent.note(credentials.id, credentials.name)
         return credentials
     services.metrics.login_failures.inc()
     # The same answer whichever part was wrong: it must not reveal which names exist.
     raise RequestError(ErrorCode.BAD_CREDENTIALS, "wrong user or password")
+
+
+def recently_used(credentials: Credentials) -> bool:
+    """A device of the account was seen within ``RECENT_LOGIN_MS``: its password checks
+    go first."""
+    last = credentials.last_login_ms
+    return last is not None and now_ms() - last < RECENT_LOGIN_MS
 
 
 def _refuse_if_known_shut(services: Services, buckets: Sequence[str]) -> None:
@@ -156,13 +194,15 @@ async def _unreserve(services: Services, ids: Sequence[int]) -> None:
 
 async def hash_new_password(services: Services, password: str, address: str) -> str:
     """``register``'s hash, after the address budget and within the hashing queue."""
-    await spend_address_budget(services, address)
     trusted = is_trusted(address, services.settings.trusted_addresses)
+    _refuse_if_address_shut(services, address)
     if services.hasher.full(bounded=not trusted):
-        raise _hashing_busy()
+        raise _hashing_busy()  # nothing counted yet
+    counted = await spend_address_budget(services, address)
     try:
-        return await services.hasher.hash(password, bounded=not trusted)
+        return await services.hasher.hash(password, bounded=not trusted, address=address)
     except HashingBusy:
+        await _unreserve(services, counted)  # others' load refused it: it does not count
         raise _hashing_busy() from None
 
 
@@ -175,21 +215,37 @@ def _hashing_busy() -> RateLimitedError:
 # --- client addresses ------------------------------------------------------------------
 
 
-async def spend_address_budget(services: Services, address: str) -> None:
-    """Count one password request against ``address``'s budget, or refuse it."""
+def _address_bucket(address: str) -> str:
+    return f"address:{address}"
+
+
+def _refuse_if_address_shut(services: Services, address: str) -> None:
+    """Refuse from memory an address the database said is over its budget."""
+    wait = services.lockouts.wait_ms(_address_bucket(address))
+    if wait is not None:
+        raise _address_over(wait)
+
+
+async def spend_address_budget(services: Services, address: str) -> tuple[int, ...]:
+    """Count one password request against ``address``'s budget, or refuse it. Returns
+    the event counted (none for a trusted address), to forget it if the request is then
+    refused for others' load."""
     settings = services.settings
     per_minute = settings.address_logins_per_minute
     if per_minute <= 0 or is_trusted(address, settings.trusted_addresses):
-        return
-    bucket = f"address:{address}"
-    wait = services.lockouts.wait_ms(bucket)
-    if wait is None:
-        window = Window(limit=per_minute, span_ms=ADDRESS_WINDOW_MS)
-        wait = await services.store.throttle_take(bucket, window)
-        if wait is not None:
-            services.lockouts.shut(bucket, wait)
-    if wait is not None:
-        raise RateLimitedError("address", wait, "too many logins and registrations from here")
+        return ()
+    bucket = _address_bucket(address)
+    _refuse_if_address_shut(services, address)
+    window = Window(limit=per_minute, span_ms=ADDRESS_WINDOW_MS)
+    counted = await services.store.throttle_take_counted(bucket, window)
+    if counted.wait_ms is not None:
+        services.lockouts.shut(bucket, counted.wait_ms)
+        raise _address_over(counted.wait_ms)
+    return counted.ids
+
+
+def _address_over(wait_ms: int) -> RateLimitedError:
+    return RateLimitedError("address", wait_ms, "too many logins and registrations from here")
 
 
 def is_trusted(address: str, trusted: Sequence[str]) -> bool:

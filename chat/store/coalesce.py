@@ -44,11 +44,24 @@ chain's later calls wait for the next batch, behind them, so the chain keeps its
 order. Other chains' calls queued behind them go in this batch: one sender
 pipelining costly calls fills a batch with a few of them, not with all it has in
 flight, and everyone else's calls wait for a short batch, not a long one.
+
+Deadlines (``deadline``: the store's ``--db-timeout``): each call has its own, from
+the moment it is made, however many batches are ahead of it. A caller still waiting
+at its deadline gets ``expired()`` (``StoreTimeout``: ``unavailable``): a plain call
+that has not started leaves the queue (it never happens); a submitted one stays and
+runs in its turn (it may have happened, as any timed-out call; its chain's later
+calls follow it, never before it); one whose batch is running is left to finish
+without it. A batch runs with the earliest deadline of its calls
+(``batch_deadline``, which the store's transaction honours), and calls whose
+deadline passed before their batch started are answered ``expired()`` without
+running (with the submitted calls of their chain). So with a frozen database every
+call answers within its deadline, not one deadline per batch stuck ahead of it.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
@@ -75,6 +88,8 @@ class _Call(Generic[Req, Res]):
     """Its ``result()`` is being awaited (only such a call can be chosen to lead)."""
     submitted: bool = False
     """Queued by ``submit``: it runs even if the wait for it is cancelled."""
+    deadline: float | None = None
+    """``trio.current_time()`` by which its caller gets an answer (None: no deadline)."""
     wake: trio.Event | None = None
     """Set once: when its batch finished, or when it must lead. Made only when the call
     has to wait (most answers of a pipelining connection are in before it asks)."""
@@ -105,12 +120,16 @@ class Coalescer(Generic[Req, Res]):
         chain: Callable[[Req], Hashable] | None = None,
         heavy: Callable[[Req], bool] | None = None,
         heavy_per_chain: int = 0,
+        deadline: Callable[[], float | None] | None = None,
+        expired: Callable[[], Exception] | None = None,
     ) -> None:
         """``chain``: which submitted calls follow one another (a sender's pipelined
         sends): when a batch fails, the submitted calls of its chains still queued fail
         with it, never stored after an earlier one of theirs was not.
         ``heavy``, ``heavy_per_chain``: which calls are costly, and how many of one
-        chain's a batch takes at most (see "Fair batches" above; needs ``chain``)."""
+        chain's a batch takes at most (see "Fair batches" above; needs ``chain``).
+        ``deadline``: seconds a call may take from when it is made (None: no limit);
+        ``expired``: the error of a call past it (see "Deadlines" above)."""
         if heavy is not None and (chain is None or heavy_per_chain < 1):
             raise ValueError(
                 "heavy calls are counted per chain: give chain and heavy_per_chain >= 1"
@@ -125,6 +144,11 @@ class Coalescer(Generic[Req, Res]):
         """A batch is running, or a queued call has been told to lead the next one."""
         self.batches = 0
         """Batches run so far (each is one transaction of the store)."""
+        self._timeout = deadline
+        self._expired = expired or (lambda: TimeoutError("no answer in time"))
+        self.batch_deadline: float | None = None
+        """While a batch runs: the earliest deadline of its calls (``trio.current_time()``),
+        by which ``run_batch`` should give up; None: none."""
         self.observe: Callable[[int, float], None] | None = None
         """Told each batch's size and seconds once it is over (the node's metrics)."""
 
@@ -143,6 +167,9 @@ class Coalescer(Generic[Req, Res]):
 
     def _submit(self, request: Req) -> _Call[Req, Res]:
         call: _Call[Req, Res] = _Call(request)
+        timeout = self._timeout() if self._timeout is not None else None
+        if timeout is not None:
+            call.deadline = trio.current_time() + timeout
         self._queue.append(call)
         return call
 
@@ -154,7 +181,11 @@ class Coalescer(Generic[Req, Res]):
                 call.leads = True
             else:
                 try:
-                    await call.wake_event().wait()
+                    deadline = math.inf if call.deadline is None else call.deadline
+                    with trio.move_on_at(deadline) as waited:
+                        await call.wake_event().wait()
+                    if waited.cancelled_caught and not call.finished:
+                        self._give_up(call)
                 except trio.Cancelled:
                     if call in self._queue and not call.submitted:
                         # Its batch has not started: it never happened.
@@ -175,6 +206,19 @@ class Coalescer(Generic[Req, Res]):
         # A call that ran in an earlier batch returns without a checkpoint: a pipelining
         # connection collects several answers in a row, then lets its writer run once.
         return self._answer(call)
+
+    def _give_up(self, call: _Call[Req, Res]) -> None:
+        """The caller's deadline passed before its call finished: raise ``expired()``
+        (see "Deadlines")."""
+        call.waiting = False
+        # A submitted one stays queued and runs in its turn, nobody waiting for it.
+        if call in self._queue and not call.submitted:
+            self._queue.remove(call)  # it never happens
+        if call.leads:
+            # Chosen to lead as its deadline passed: the next waiting call leads instead.
+            call.leads = False
+            self._next_leader()
+        raise self._expired()
 
     async def _lead_until(self, call: _Call[Req, Res]) -> None:
         """If ``call`` leads: run batches until its own has run (calls submitted before
@@ -198,25 +242,50 @@ class Coalescer(Generic[Req, Res]):
         batch, self._queue = self._next_batch()
         self.batches += 1
         started = trio.current_time()
+        late = self._late(batch, started)
+        run = [call for call in batch if call not in late] if late else batch
         failed: Exception | None = None
         with trio.CancelScope(shield=True):
             try:
-                results = await self._run_batch([call.request for call in batch])
-                for call, result in zip(batch, results, strict=True):
-                    call.result = result
+                if run:
+                    deadlines = [call.deadline for call in run if call.deadline is not None]
+                    self.batch_deadline = min(deadlines, default=None)
+                    results = await self._run_batch([call.request for call in run])
+                    for call, result in zip(run, results, strict=True):
+                        call.result = result
             except Exception as exc:
                 failed = exc
-                for call in batch:
+                for call in run:
                     call.error = exc
+            finally:
+                self.batch_deadline = None
         if self.observe is not None:
             self.observe(len(batch), trio.current_time() - started)
+        if late:
+            error = self._expired()
+            for call in late:
+                call.error = error
+            if self._chain is not None:
+                batch += self._followers(list(late), error)
         if failed is not None and self._chain is not None:
-            batch += self._followers(batch, failed)
+            batch += self._followers(run, failed)
         for call in batch:
             call.finished = True
             call.leads = False
             if call.wake is not None:
                 call.wake.set()
+
+    def _late(self, batch: list[_Call[Req, Res]], now: float) -> set[_Call[Req, Res]]:
+        """The calls of a batch about to start whose deadline has passed, with the calls
+        of their chains after them (a chain's calls never run after an earlier one of
+        theirs did not): answered ``expired()`` without running."""
+        late = {call for call in batch if call.deadline is not None and call.deadline <= now}
+        if late and self._chain is not None:
+            chains = {self._chain(call.request) for call in late if call.submitted}
+            late |= {
+                call for call in batch if call.submitted and self._chain(call.request) in chains
+            }
+        return late
 
     def _next_batch(self) -> tuple[list[_Call[Req, Res]], list[_Call[Req, Res]]]:
         """The queued calls that go in the next batch, and those left queued, each in

@@ -28,7 +28,13 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_SECONDS = 5
 READ_TIMEOUT_SECONDS = 30
 MIGRATION_LOCK_SECONDS = 120
-_DEADLOCK, _LOCK_WAIT_TIMEOUT = 1213, 1205
+LOCK_WAIT_SECONDS = 2
+"""How long a statement waits for a row lock before failing with 1205 (and being retried)."""
+_DEADLOCK, _LOCK_WAIT_TIMEOUT, _RECORD_CHANGED = 1213, 1205, 1020
+_RETRYABLE = frozenset({_DEADLOCK, _LOCK_WAIT_TIMEOUT, _RECORD_CHANGED})
+"""Errors after which the whole transaction may run again (``chat.store.retry``): a
+deadlock, also a Galera certification conflict (reported as 1213); a lock wait timeout;
+MariaDB's "record has changed since last read" (1020, with snapshot isolation)."""
 _MARIADB_VERSION = re.compile(r"(\d+)\.(\d+)\.\d+-MariaDB")
 
 
@@ -45,6 +51,7 @@ class MysqlDialect(Dialect):
         self._current = 0
         """Index in ``hosts`` of the one written to now."""
         self._lock = threading.Lock()
+        self.lock_wait_seconds = LOCK_WAIT_SECONDS
 
     @property
     def host(self) -> str:
@@ -152,7 +159,13 @@ class MysqlDialect(Dialect):
             read_timeout=READ_TIMEOUT_SECONDS,
             write_timeout=READ_TIMEOUT_SECONDS,
             # READ COMMITTED: no gap locks, so concurrent sends to one user do not deadlock.
-            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            # A short lock wait: our transactions hold locks for milliseconds, so a wait
+            # of seconds is a stuck holder; 1205 then comes back while there is still
+            # time to retry (``chat.store.retry``) instead of outlasting --db-timeout.
+            init_command=(
+                "SET SESSION tx_isolation = 'READ-COMMITTED',"
+                f" SESSION innodb_lock_wait_timeout = {self.lock_wait_seconds}"
+            ),
         )
 
     def connect(self) -> Connection:
@@ -188,9 +201,10 @@ class MysqlDialect(Dialect):
         return isinstance(exc, pymysql.err.IntegrityError)
 
     def is_retryable(self, exc: BaseException) -> bool:
-        return isinstance(exc, pymysql.err.OperationalError) and exc.args[:1] in (
-            (_DEADLOCK,),
-            (_LOCK_WAIT_TIMEOUT,),
+        return (
+            isinstance(exc, pymysql.err.OperationalError | pymysql.err.InternalError)
+            and bool(exc.args)
+            and exc.args[0] in _RETRYABLE
         )
 
     def is_disconnect(self, exc: BaseException) -> bool:

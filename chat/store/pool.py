@@ -24,20 +24,30 @@ caller gives up), so the pool never runs more connections than its size and
 its capacity comes back by itself; while every token is held by such threads,
 further calls time out waiting for one, which is the quick ``unavailable`` we
 want. The deadline covers the wait for a token too.
+
+Retries (``chat.store.retry``): a run that deadlocked or waited too long for a
+lock runs again on the worker thread, a few times, after a short random wait, and
+a read whose connection broke runs again on a fresh one; the caller hears only of
+the last failure. No run starts after the caller's deadline (the thread is told
+it), so a request the caller was told is ``unavailable`` is not carried out later
+by a retry (a run already under way may still finish, as above).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 import trio
 
 from .dialect import Connection, Dialect
 from .errors import StoreError, StoreTimeout, StoreUnavailable
+from .retry import Failure, RetryPolicy, classify
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +55,6 @@ T = TypeVar("T")
 
 IDLE_CHECK_SECONDS = 30.0
 """A connection idle this long is checked before use (the server may have closed it)."""
-RETRIES = 5
-"""How often a transaction that hit a deadlock or lock timeout runs again."""
 
 
 class ConnectionPool:
@@ -66,50 +74,115 @@ class ConnectionPool:
         """Units of work given up on so far."""
         self.last_timeout: float | None = None
         """``trio.current_time()`` of the latest one (for the node's readiness)."""
+        self.retry = RetryPolicy()
+        """Which failed runs run again (deadlocks, lock waits; lost connections of reads)."""
+        self.retries = 0
+        """Runs started again after a retryable failure (counted from worker threads)."""
+        self.gave_up = 0
+        """Units of work still busy (deadlocked, lock wait) after every retry allowed."""
 
-    async def run(self, work: Callable[[Connection], T]) -> T:
+    async def run(
+        self,
+        work: Callable[[Connection], T],
+        *,
+        idempotent: bool = False,
+        deadline: float | None = None,
+    ) -> T:
         """Run ``work(connection)`` in a worker thread and return its result; raise
-        ``StoreTimeout`` after ``timeout`` seconds (see the module)."""
+        ``StoreTimeout`` after ``timeout`` seconds, or at ``deadline``
+        (``trio.current_time()``) if that is sooner: a coalesced batch's, whose calls
+        were made before it started (see the module). ``idempotent``: the work only
+        reads, so it may run again on a fresh connection if its own broke
+        (``chat.store.retry``)."""
         self.runs += 1
-        if self.timeout is None:
-            return await trio.to_thread.run_sync(self.run_blocking, work, limiter=self.limiter)
-        with trio.move_on_after(self.timeout):
+        now = trio.current_time()
+        ends = math.inf if self.timeout is None else now + self.timeout
+        if deadline is not None:
+            ends = min(ends, deadline)
+        if ends == math.inf:
             return await trio.to_thread.run_sync(
-                self.run_blocking, work, limiter=self.limiter, abandon_on_cancel=True
+                partial(self.run_blocking, work, idempotent=idempotent), limiter=self.limiter
             )
+        if ends > now:
+            with trio.move_on_at(ends):
+                return await trio.to_thread.run_sync(
+                    partial(
+                        self.run_blocking,
+                        work,
+                        idempotent=idempotent,
+                        deadline=time.monotonic() + (ends - now),
+                    ),
+                    limiter=self.limiter,
+                    abandon_on_cancel=True,
+                )
+        raise self.timed_out()
+
+    def timed_out(self) -> StoreTimeout:
+        """Count a call given up on at its deadline; its error (``unavailable``)."""
         self.timeouts += 1
         self.last_timeout = trio.current_time()
-        raise StoreTimeout(f"{self.dialect.name}: no answer within {self.timeout:g} s")
+        limit = "its deadline" if self.timeout is None else f"{self.timeout:g} s"
+        return StoreTimeout(f"{self.dialect.name}: no answer within {limit}")
 
-    def run_blocking(self, work: Callable[[Connection], T]) -> T:
-        """The same, on the calling thread (start-up, migrations, tools)."""
-        for attempt in range(RETRIES + 1):
-            conn = self._checkout()
+    def run_blocking(
+        self,
+        work: Callable[[Connection], T],
+        *,
+        idempotent: bool = False,
+        deadline: float | None = None,
+    ) -> T:
+        """The same, on the calling thread (start-up, migrations, tools). A run that
+        failed for a retryable reason runs again (``chat.store.retry``), never after
+        ``deadline`` (``time.monotonic()``; None: no deadline)."""
+        attempt = 0
+        fresh = False
+        while True:
+            attempt += 1
+            conn = self._checkout(fresh=fresh)
             try:
                 result = work(conn)
             except StoreError:
                 self._checkin(conn)
                 raise
             except Exception as exc:
-                if self.dialect.is_disconnect(exc):
+                failure = classify(self.dialect, exc)
+                if failure is Failure.LOST:
                     self.dialect.connection_lost(conn)
                     self._discard(conn)
-                    raise StoreUnavailable(f"{self.dialect.name}: connection lost ({exc})") from exc
-                self._rollback_quietly(conn)
-                if self.dialect.is_retryable(exc) and attempt < RETRIES:
+                else:
+                    self._rollback_quietly(conn)
                     self._checkin(conn)
-                    time.sleep(0.005 * (2**attempt))
-                    continue
-                self._checkin(conn)
-                if self.dialect.is_retryable(exc):
-                    raise StoreUnavailable(f"{self.dialect.name}: busy ({exc})") from exc
-                raise
+                time_left = None if deadline is None else deadline - time.monotonic()
+                wait = self.retry.next_delay(
+                    failure, attempt, idempotent=idempotent, time_left=time_left
+                )
+                if wait is None:
+                    if failure is Failure.LOST:
+                        raise StoreUnavailable(
+                            f"{self.dialect.name}: connection lost ({exc})"
+                        ) from exc
+                    if failure is Failure.BUSY:
+                        with self._lock:
+                            self.gave_up += 1
+                        raise StoreUnavailable(
+                            f"{self.dialect.name}: busy after {attempt} attempts ({exc})"
+                        ) from exc
+                    raise
+                # The server may have dropped every idle connection at once (a restart):
+                # after a lost one, the next run gets a new connection.
+                fresh = failure is Failure.LOST
+                with self._lock:
+                    self.retries += 1
+                log.debug(
+                    "%s: run %d failed (%s), again in %.3f s", failure.value, attempt, exc, wait
+                )
+                time.sleep(wait)
+                continue
             except BaseException:
                 self._discard(conn)
                 raise
             self._checkin(conn)
             return result
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         with self._lock:
@@ -118,10 +191,10 @@ class ConnectionPool:
         for conn, _ in idle:
             self._close_quietly(conn)
 
-    def _checkout(self) -> Connection:
+    def _checkout(self, *, fresh: bool = False) -> Connection:
         while True:
             with self._lock:
-                entry = self._idle.pop() if self._idle else None
+                entry = self._idle.pop() if self._idle and not fresh else None
             if entry is None or self.dialect.is_current(entry[0]):
                 break
             self._close_quietly(entry[0])  # a host the store moved away from

@@ -31,10 +31,20 @@ class Credentials:
     id: int
     name: str
     password_hash: str
+    last_login_ms: int | None = None
+    """When a device of the account was last seen (a login, or one being used), in ms
+    since the epoch; None: never. Password checks of recently used accounts go first
+    (``chat.server.passwords``)."""
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Credentials:
-        return cls(id=int(row[0]), name=text(row[1]), password_hash=text(row[2]))
+        last = row[3] if len(row) > 3 else None
+        return cls(
+            id=int(row[0]),
+            name=text(row[1]),
+            password_hash=text(row[2]),
+            last_login_ms=None if last is None else int(last),
+        )
 
 
 @attrs.frozen

@@ -54,6 +54,12 @@ from .throttle import Reservation, Window
 
 T = TypeVar("T")
 
+_CREDENTIALS = (
+    "SELECT u.id, u.name, u.password_hash,"
+    " (SELECT MAX(d.last_seen) FROM devices d WHERE d.user_id = u.id) FROM users u"
+)
+"""A password login's look-up: the account and when it was last used (``Credentials``)."""
+
 log = logging.getLogger(__name__)
 
 GROUP_SENDS_PER_SENDER_IN_BATCH = 2
@@ -71,14 +77,21 @@ class Store:
     def __init__(self, dialect: Dialect, pool_size: int | None = None) -> None:
         self.dialect = dialect
         self.pool = ConnectionPool(dialect, pool_size or dialect.pool_size)
-        self._read_calls = Coalescer(self._read_batch)
+        # Each coalesced call has the pool's deadline from when it is made, however many
+        # batches are stuck ahead of it (``coalesce``, "Deadlines").
+        deadlines: dict[str, Any] = {
+            "deadline": lambda: self.pool.timeout,
+            "expired": self.pool.timed_out,
+        }
+        self._read_calls = Coalescer(self._read_batch, **deadlines)
         self._send_calls = Coalescer(
             self._send_batch,
             chain=_sender,
             heavy=_is_group_send,
             heavy_per_chain=GROUP_SENDS_PER_SENDER_IN_BATCH,
+            **deadlines,
         )
-        self._token_calls = Coalescer(self._token_batch)
+        self._token_calls = Coalescer(self._token_batch, **deadlines)
 
     def close(self) -> None:
         self.pool.close()
@@ -121,12 +134,15 @@ class Store:
         finally:
             cursor.close()
 
-    async def _run(self, body: Callable[[_Sql], T], *, write: bool) -> T:
+    async def _run(
+        self, body: Callable[[_Sql], T], *, write: bool, deadline: float | None = None
+    ) -> T:
         def work(conn: Connection) -> T:
             with self._transaction(conn, write=write) as sql:
                 return body(sql)
 
-        return await self.pool.run(work)
+        # A read changes nothing: if its connection breaks, it may simply run again.
+        return await self.pool.run(work, idempotent=not write, deadline=deadline)
 
     async def ping(self) -> None:
         """One trivial query: the database answers (within the pool's deadline)."""
@@ -163,9 +179,7 @@ class Store:
 
     async def credentials_by_name(self, name: str) -> Credentials | None:
         row = await self._run(
-            partial(
-                _fetch_one, "SELECT id, name, password_hash FROM users WHERE name = ?", (name,)
-            ),
+            partial(_fetch_one, _CREDENTIALS + " WHERE u.name = ?", (name,)),
             write=False,
         )
         return None if row is None else Credentials.from_row(row)
@@ -174,9 +188,7 @@ class Store:
         if _no_row(user_id):
             return None
         row = await self._run(
-            partial(
-                _fetch_one, "SELECT id, name, password_hash FROM users WHERE id = ?", (user_id,)
-            ),
+            partial(_fetch_one, _CREDENTIALS + " WHERE u.id = ?", (user_id,)),
             write=False,
         )
         return None if row is None else Credentials.from_row(row)
@@ -302,6 +314,14 @@ class Store:
         """Un-count events a reservation counted (``throttle.forget``)."""
         await self._run(lambda sql: throttle.forget(sql, ids), write=True)
 
+    async def throttle_take_counted(self, bucket: str, window: Window) -> Reservation:
+        """As ``throttle_take``, with the id of the event counted, so that it can be
+        forgotten (``throttle_forget``) if the request is refused after all for a reason
+        that is not its own (``throttle.take_counted``)."""
+        return await self._run(
+            lambda sql: throttle.take_counted(sql, bucket, window, now_ms()), write=True
+        )
+
     async def throttle_take(self, bucket: str, window: Window) -> int | None:
         """Count one event of ``bucket`` if its window allows (``throttle.take``): None
         if counted, else milliseconds to wait. Check and count are one transaction;
@@ -371,8 +391,13 @@ class Store:
             row = (
                 None
                 if _no_row(group_id)
+                # Locked first: the member row's foreign key would take a shared lock on
+                # the group's row, and two joins each holding one and then updating the
+                # count deadlock (MariaDB 1213) on every join wave.
                 else sql.one(
-                    "SELECT id, name, description FROM chat_groups WHERE id = ?", (group_id,)
+                    "SELECT id, name, description FROM chat_groups WHERE id = ?"
+                    + sql.dialect.for_update,
+                    (group_id,),
                 )
             )
             if row is None:
@@ -395,7 +420,7 @@ class Store:
             sql.execute(
                 "UPDATE chat_groups SET member_count = member_count + 1 WHERE id = ?", (group_id,)
             )
-            # The group's row is locked now: the head read there is the one the next
+            # The group's row is locked: the head read there is the one the next
             # group message follows, so the new member's devices get exactly what
             # comes after the join.
             streams.follow_group(sql, user_id, group_id)
@@ -471,7 +496,11 @@ class Store:
         return outcome
 
     async def _send_batch(self, requests: Sequence[SendRequest]) -> list[SendOutcome]:
-        outcomes = await self._run(partial(store_sends, requests=requests), write=True)
+        outcomes = await self._run(
+            partial(store_sends, requests=requests),
+            write=True,
+            deadline=self._send_calls.batch_deadline,
+        )
         for request, outcome in zip(requests, outcomes, strict=True):
             if request.on_stored is not None and isinstance(outcome, StoredMessage):
                 try:
@@ -519,7 +548,7 @@ class Store:
                 for request, number in zip(requests, where, strict=True)
             ]
 
-        return await self._run(body, write=False)
+        return await self._run(body, write=False, deadline=self._read_calls.batch_deadline)
 
     # --- devices ----------------------------------------------------------------
 
@@ -656,7 +685,7 @@ class Store:
             found = tokens.use(sql, token_hashes, now_ms())
             return [found.get(token_hash) for token_hash in token_hashes]
 
-        return await self._run(body, write=True)
+        return await self._run(body, write=True, deadline=self._token_calls.batch_deadline)
 
     async def revoke_token(self, token_hash: bytes) -> None:
         await self._run(partial(_revoke_token, token_hash), write=True)

@@ -44,10 +44,30 @@ def wait_ms(sql: Sql, bucket: str, window: Window, now: int) -> int | None:
 
 def record(sql: Sql, bucket: str, window: Window, now: int) -> None:
     """Count one event of ``bucket`` at ``now`` and forget those the window has passed."""
-    sql.execute(
-        "DELETE FROM rate_events WHERE bucket = ? AND at <= ?", (bucket, now - window.span_ms)
-    )
+    prune(sql, [bucket], now - window.span_ms)
     sql.execute("INSERT INTO rate_events (bucket, at) VALUES (?, ?)", (bucket, now))
+
+
+def prune(sql: Sql, buckets: Sequence[str], before: int) -> None:
+    """Delete the buckets' events at or before ``before``: found by a plain read, deleted
+    by id, in id order, in one statement. Every delete of this table then locks its rows
+    in one order (the primary key's, as ``forget`` does), so two never wait for each
+    other in a cycle: a ``DELETE ... WHERE bucket = ? AND at <= ?`` per bucket locked
+    rows in scan order and deadlocked (MariaDB 1213) with ``forget`` and with each
+    other under login churn."""
+    if not buckets:
+        return
+    marks = ", ".join("?" * len(buckets))
+    rows = sql.all(
+        f"SELECT id FROM rate_events WHERE bucket IN ({marks}) AND at <= ?", (*buckets, before)
+    )
+    _delete_ids(sql, sorted(int(row[0]) for row in rows))
+
+
+def _delete_ids(sql: Sql, ids: Sequence[int]) -> None:
+    if ids:
+        marks = ", ".join("?" * len(ids))
+        sql.execute(f"DELETE FROM rate_events WHERE id IN ({marks})", tuple(ids))
 
 
 def lockout_ms(sql: Sql, buckets: Sequence[str], window: Window, now: int) -> int | None:
@@ -76,6 +96,16 @@ def take(sql: Sql, bucket: str, window: Window, now: int) -> int | None:
     return wait
 
 
+def take_counted(sql: Sql, bucket: str, window: Window, now: int) -> Reservation:
+    """``take``, saying which event it counted (to ``forget`` it later)."""
+    wait = wait_ms(sql, bucket, window, now)
+    if wait is not None:
+        return Reservation(wait)
+    prune(sql, [bucket], now - window.span_ms)
+    event = sql.insert("INSERT INTO rate_events (bucket, at) VALUES (?, ?)", (bucket, now))
+    return Reservation(None, (event,))
+
+
 @attrs.frozen
 class Reservation:
     """What ``reserve`` did: refused (``wait_ms``), or counted one event per bucket
@@ -98,16 +128,12 @@ def reserve(sql: Sql, buckets: Sequence[str], window: Window, now: int) -> Reser
     if wait is not None:
         return Reservation(wait)
     ids = []
+    prune(sql, buckets, now - window.span_ms)
     for bucket in buckets:
-        sql.execute(
-            "DELETE FROM rate_events WHERE bucket = ? AND at <= ?", (bucket, now - window.span_ms)
-        )
         ids.append(sql.insert("INSERT INTO rate_events (bucket, at) VALUES (?, ?)", (bucket, now)))
     return Reservation(None, tuple(ids))
 
 
 def forget(sql: Sql, ids: Sequence[int]) -> None:
     """Un-count events ``reserve`` counted (the attempt did not fail after all)."""
-    if ids:
-        marks = ", ".join("?" * len(ids))
-        sql.execute(f"DELETE FROM rate_events WHERE id IN ({marks})", tuple(ids))
+    _delete_ids(sql, sorted(ids))
