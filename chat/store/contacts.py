@@ -23,11 +23,11 @@ from .errors import (
     AlreadyBlocked,
     CannotBlockSelf,
     NoSuchGroup,
-    NoSuchUser,
     NotAMember,
     NotBlocked,
     NotFriends,
 )
+from .lookups import user_by_id
 from .records import (
     GroupRecord,
     LoginSnapshot,
@@ -50,25 +50,6 @@ def role_of(value: Any) -> Role:
     return "creator" if text(value) == "creator" else "normal"
 
 
-def _user(sql: Sql, user_id: int) -> UserRecord:
-    row = (
-        None if no_row(user_id) else sql.one("SELECT id, name FROM users WHERE id = ?", (user_id,))
-    )
-    if row is None:
-        raise NoSuchUser(user_id)
-    return UserRecord.from_row(row)
-
-
-def _blocked_either_way(sql: Sql, one: int, other: int) -> bool:
-    return bool(
-        sql.one(
-            "SELECT 1 FROM blocks WHERE (blocker_id = ? AND blocked_id = ?)"
-            " OR (blocker_id = ? AND blocked_id = ?)",
-            (one, other, other, one),
-        )
-    )
-
-
 def _end_friendship(sql: Sql, one: int, other: int) -> None:
     sql.execute(
         "DELETE FROM friends"
@@ -82,7 +63,7 @@ def _end_friendship(sql: Sql, one: int, other: int) -> None:
 
 def remove_friend(sql: Sql, user_id: int, friend_id: int) -> UserRecord:
     """End a friendship, both directions; returns the former friend."""
-    friend = _user(sql, friend_id)
+    friend = user_by_id(sql, friend_id)
     if not sql.one(
         "SELECT 1 FROM friends WHERE user_id = ? AND friend_id = ?", (user_id, friend_id)
     ):
@@ -108,7 +89,7 @@ def block(sql: Sql, user_id: int, target_id: int) -> UserRecord:
     """``user_id`` blocks ``target_id``: any friendship between them ends."""
     if user_id == target_id:
         raise CannotBlockSelf()
-    target = _user(sql, target_id)
+    target = user_by_id(sql, target_id)
     if sql.one(
         "SELECT 1 FROM blocks WHERE blocker_id = ? AND blocked_id = ?", (user_id, target_id)
     ):
@@ -128,7 +109,7 @@ def block(sql: Sql, user_id: int, target_id: int) -> UserRecord:
 
 
 def unblock(sql: Sql, user_id: int, target_id: int) -> UserRecord:
-    target = _user(sql, target_id)
+    target = user_by_id(sql, target_id)
     if not sql.one(
         "SELECT 1 FROM blocks WHERE blocker_id = ? AND blocked_id = ?", (user_id, target_id)
     ):

@@ -29,6 +29,7 @@ from .errors import (
     NoSuchUser,
     RateLimited,
 )
+from .lookups import blocked_either_way, user_by_id
 from .records import Page, UserRecord, text
 from .sql import MAX_ROW_ID, Sql, no_row, now_ms
 
@@ -89,8 +90,8 @@ def add_friend(
         raise RateLimited(wait)
     if user_id == friend_id:
         raise CannotFriendSelf()
-    friend = _user(sql, friend_id)
-    if _blocked_either_way(sql, user_id, friend_id):
+    friend = user_by_id(sql, friend_id)
+    if blocked_either_way(sql, user_id, friend_id):
         raise Blocked()
     if _are_friends(sql, user_id, friend_id):
         raise AlreadyFriends()
@@ -115,7 +116,7 @@ def accept(sql: Sql, user_id: int, requester_id: int) -> UserRecord:
     lock_pair(sql, user_id, requester_id)
     if no_row(requester_id) or not _waiting(sql, target=user_id, requester=requester_id):
         raise NoSuchRequest()
-    requester = _user(sql, requester_id)
+    requester = user_by_id(sql, requester_id)
     if not _are_friends(sql, user_id, requester_id):
         _befriend(sql, user_id, requester_id, now_ms())
     else:
@@ -204,22 +205,3 @@ def _waiting(sql: Sql, *, target: int, requester: int) -> bool:
 
 def _are_friends(sql: Sql, one: int, other: int) -> bool:
     return bool(sql.one("SELECT 1 FROM friends WHERE user_id = ? AND friend_id = ?", (one, other)))
-
-
-def _user(sql: Sql, user_id: int) -> UserRecord:
-    row = (
-        None if no_row(user_id) else sql.one("SELECT id, name FROM users WHERE id = ?", (user_id,))
-    )
-    if row is None:
-        raise NoSuchUser(user_id)
-    return UserRecord.from_row(row)
-
-
-def _blocked_either_way(sql: Sql, one: int, other: int) -> bool:
-    return bool(
-        sql.one(
-            "SELECT 1 FROM blocks WHERE (blocker_id = ? AND blocked_id = ?)"
-            " OR (blocker_id = ? AND blocked_id = ?)",
-            (one, other, other, one),
-        )
-    )
