@@ -40,6 +40,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from chat.bench.local import fresh_database
 from chat.client import connect
 from chat.store import Store, open_store
 from chat.store.sql import now_ms
@@ -390,22 +391,7 @@ async def main() -> None:
     finally:
         store.close()
         if not args.keep:
-            drop(database)
-
-
-def drop(url: str) -> None:
-    import pymysql
-
-    from chat.store import dialect_for
-
-    dialect: Any = dialect_for(url)
-    conn = pymysql.connect(
-        host=dialect.host, port=dialect.port, user=dialect.user, password=dialect.password
-    )
-    try:
-        conn.cursor().execute(f"DROP DATABASE IF EXISTS `{dialect.database}`")
-    finally:
-        conn.close()
+            fresh_database(database)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from chat.bench.local import fresh_database
 from chat.store import Store, open_store
 from chat.store.sql import now_ms
 
@@ -205,25 +206,7 @@ async def main() -> None:
     finally:
         store.close()
         if not args.keep:
-            drop(args.database)
-
-
-def drop(url: str) -> None:
-    if url.startswith("sqlite:"):
-        Path(url[len("sqlite:///") :]).unlink(missing_ok=True)
-        return
-    import pymysql
-
-    from chat.store import dialect_for
-
-    dialect: Any = dialect_for(url)
-    conn = pymysql.connect(
-        host=dialect.host, port=dialect.port, user=dialect.user, password=dialect.password
-    )
-    try:
-        conn.cursor().execute(f"DROP DATABASE IF EXISTS `{dialect.database}`")
-    finally:
-        conn.close()
+            fresh_database(args.database)
 
 
 if __name__ == "__main__":
