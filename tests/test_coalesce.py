@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import pytest
 import trio
@@ -474,3 +474,54 @@ async def test_a_late_submitted_call_fails_its_chain_without_running(
     assert all(isinstance(outcomes[name], Late) for name in ("x1", "x2", "y1"))
     assert outcomes["z1"] == "z1!"
     assert batches.seen == [["a1"], ["z1"]]
+
+
+class StartsNow:
+    """A batch function like the store's: what it starts is under way when it returns (a
+    worker thread), and what it returns is awaited for the results."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.started: list[list[str]] = []
+        self.gates: dict[int, trio.Event] = {}
+
+    def gate(self, n: int) -> trio.Event:
+        return self.gates.setdefault(n, trio.Event())
+
+    def __call__(self, requests: Sequence[str]) -> Awaitable[list[str]]:
+        n = len(self.started)
+        self.started.append(list(requests))
+        self.log.append(f"start {n}")
+        return self._results(n, requests)
+
+    async def _results(self, n: int, requests: Sequence[str]) -> list[str]:
+        await self.gate(n).wait()
+        return [f"{request}!" for request in requests]
+
+
+async def test_the_next_batch_starts_before_any_call_of_the_last_one_resumes() -> None:
+    """A batch that is over starts the next one (the store: its worker thread) before
+    its own calls resume: after a busy batch a thousand callers are woken, and the
+    database would be idle until they all had run."""
+    batches = StartsNow()
+    coalesce = Coalescer(batches)
+
+    async def call(request: str) -> None:
+        assert await coalesce(request) == f"{request}!"
+        batches.log.append(f"resumed {request}")
+
+    async with trio.open_nursery() as nursery:
+        try:
+            nursery.start_soon(call, "a")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(call, "b")
+            nursery.start_soon(call, "c")
+            await trio.testing.wait_all_tasks_blocked()
+            assert batches.log == ["start 0"]
+            batches.gate(0).set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert batches.log == ["start 0", "start 1", "resumed a"]
+        finally:
+            batches.gate(1).set()  # a batch cannot be cancelled: let it end either way
+    assert sorted(batches.log[3:]) == ["resumed b", "resumed c"]
+    assert [sorted(requests) for requests in batches.started] == [["a"], ["b", "c"]]

@@ -28,6 +28,13 @@ Waking: each waiting call sleeps on an event of its own, set when its batch has
 finished or when it is its turn to lead, so a batch wakes its own calls and the
 next leader, nobody else.
 
+No gap between batches: when a batch is over and calls wait behind it, the next
+batch starts at once, before any call of the one just over resumes: ``run_batch``
+is called then, and what it starts before returning its awaitable (the store: a
+worker thread) is under way while the woken callers run; the next leader finishes
+it. (Woken first, the leader would run after all of them: a thousand after a busy
+batch, tens of milliseconds of an idle database.)
+
 Two steps: ``submit`` queues a call at once, without waiting, and its ``result()``
 waits for it. A connection that pipelines sends submits each one as it reads it
 (so they are stored in the order they were sent, several in one batch) and
@@ -61,6 +68,7 @@ call answers within its deadline, not one deadline per batch stuck ahead of it.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
@@ -98,6 +106,20 @@ class _Call(Generic[Req, Res]):
         if self.wake is None:
             self.wake = trio.Event()
         return self.wake
+
+
+@attrs.define(eq=False)
+class _Running(Generic[Req, Res]):
+    """A started batch: its calls (``run``: those that run; ``late``: those past their
+    deadline), and what ``run_batch`` returned, to be awaited by its leader."""
+
+    batch: list[_Call[Req, Res]]
+    run: list[_Call[Req, Res]]
+    late: set[_Call[Req, Res]]
+    started: float
+    results: Awaitable[Sequence[Res]] | None = None
+    failed: Exception | None = None
+    """``run_batch`` itself raised."""
 
 
 class Submitted(Generic[Req, Res]):
@@ -140,6 +162,9 @@ class Coalescer(Generic[Req, Res]):
         self._heavy = heavy
         self._heavy_per_chain = heavy_per_chain
         self._queue: list[_Call[Req, Res]] = []
+        self._running: _Running[Req, Res] | None = None
+        """A batch started when the one before it was over, waiting for its leader to
+        finish it (``_lead``)."""
         self._busy = False
         """A batch is running, or a queued call has been told to lead the next one."""
         self.batches = 0
@@ -237,30 +262,47 @@ class Coalescer(Generic[Req, Res]):
             raise _fresh(call.error)
         return call.result  # type: ignore[return-value]
 
-    async def _lead(self) -> None:
-        """Run the next batch (the queued calls, up to ``max_batch``), shielded."""
+    def _start(self) -> _Running[Req, Res]:
+        """Start the next batch (the queued calls, up to ``max_batch``): ``run_batch`` is
+        called now, and what it starts before returning its awaitable (the store: a
+        worker thread) runs from now on."""
         batch, self._queue = self._next_batch()
         self.batches += 1
         started = trio.current_time()
         late = self._late(batch, started)
         run = [call for call in batch if call not in late] if late else batch
-        failed: Exception | None = None
+        running = _Running(batch, run, late, started)
+        if run:
+            deadlines = [call.deadline for call in run if call.deadline is not None]
+            self.batch_deadline = min(deadlines, default=None)
+            try:
+                running.results = self._run_batch([call.request for call in run])
+            except Exception as exc:
+                running.failed = exc
+        return running
+
+    async def _lead(self) -> None:
+        """Finish the running batch (starting it first if none is), shielded; then start
+        the next one, before any call of this one resumes."""
+        running = self._running if self._running is not None else self._start()
+        self._running = None
+        batch, run, late = running.batch, running.run, running.late
+        failed = running.failed
         with trio.CancelScope(shield=True):
             try:
-                if run:
-                    deadlines = [call.deadline for call in run if call.deadline is not None]
-                    self.batch_deadline = min(deadlines, default=None)
-                    results = await self._run_batch([call.request for call in run])
+                if running.results is not None:
+                    results = await running.results
                     for call, result in zip(run, results, strict=True):
                         call.result = result
             except Exception as exc:
                 failed = exc
-                for call in run:
-                    call.error = exc
             finally:
                 self.batch_deadline = None
+        if failed is not None:
+            for call in run:
+                call.error = failed
         if self.observe is not None:
-            self.observe(len(batch), trio.current_time() - started)
+            self.observe(len(batch), trio.current_time() - running.started)
         if late:
             error = self._expired()
             for call in late:
@@ -269,6 +311,12 @@ class Coalescer(Generic[Req, Res]):
                 batch += self._followers(list(late), error)
         if failed is not None and self._chain is not None:
             batch += self._followers(run, failed)
+        if any(call.waiting for call in self._queue):
+            # The next batch starts at once: its worker thread is under way before the
+            # calls woken below run (a thousand of them after a busy batch; waking its
+            # leader first would leave the database idle until they all had). As ever,
+            # only for a call that is waited for (see ``submit``).
+            self._running = self._start()
         for call in batch:
             call.finished = True
             call.leads = False
@@ -337,9 +385,11 @@ class Coalescer(Generic[Req, Res]):
         return followers
 
     def _next_leader(self) -> None:
-        """Hand the next batch to the first queued call that is waited for, or become
-        idle (then the next call waited for leads, taking all that is queued)."""
-        for call in self._queue:
+        """Hand the next batch to the first call waited for, of the batch started
+        already or else of the queue, or become idle (then the next call waited for
+        leads: it finishes the started batch, if any, then takes all that is queued)."""
+        started = self._running.run if self._running is not None else []
+        for call in itertools.chain(started, self._queue):
             if call.waiting:
                 call.leads = True
                 call.wake_event().set()

@@ -35,13 +35,14 @@ by a retry (a run already under way may still finish, as above).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TypeVar
+from typing import Generic, NoReturn, Protocol, TypeVar
 
 import trio
 
@@ -52,6 +53,7 @@ from .retry import Failure, RetryPolicy, classify
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 IDLE_CHECK_SECONDS = 30.0
 """A connection idle this long is checked before use (the server may have closed it)."""
@@ -96,9 +98,7 @@ class ConnectionPool:
         (``chat.store.retry``)."""
         self.runs += 1
         now = trio.current_time()
-        ends = math.inf if self.timeout is None else now + self.timeout
-        if deadline is not None:
-            ends = min(ends, deadline)
+        ends = self._ends(now, deadline)
         if ends == math.inf:
             return await trio.to_thread.run_sync(
                 partial(self.run_blocking, work, idempotent=idempotent), limiter=self.limiter
@@ -116,6 +116,48 @@ class ConnectionPool:
                     abandon_on_cancel=True,
                 )
         raise self.timed_out()
+
+    def start(
+        self,
+        work: Callable[[Connection], T],
+        *,
+        idempotent: bool = False,
+        deadline: float | None = None,
+    ) -> Awaitable[T]:
+        """``run``, with its worker thread started now, before the caller's next
+        checkpoint, when a connection is free; await the result once.
+
+        ``trio.to_thread.run_sync`` starts its thread only after a checkpoint, that is
+        behind every task ready to run: when a store batch has just woken a thousand
+        sessions, the next batch would start tens of milliseconds later, with the
+        database idle meanwhile (``chat.store.coalesce`` starts the next batch right
+        after one is over). When no connection is free, the result waits for one as
+        ``run`` does. Cancellation and the deadline are ``run``'s: a run with a deadline
+        is abandoned by a cancelled or late caller (the thread finishes on its own and
+        gives its connection back then); one without is waited for."""
+        now = trio.current_time()
+        ends = self._ends(now, deadline)
+        borrower = _Borrower()
+        try:
+            if ends > now:
+                self.limiter.acquire_on_behalf_of_nowait(borrower)
+        except trio.WouldBlock:
+            return self.run(work, idempotent=idempotent, deadline=deadline)
+        self.runs += 1
+        if ends <= now:
+            return _raise(self.timed_out())
+        thread_deadline = None if ends == math.inf else time.monotonic() + (ends - now)
+        started = _Started(
+            partial(self.run_blocking, work, idempotent=idempotent, deadline=thread_deadline),
+            self.limiter,
+            borrower,
+        )
+        return started.result(ends, self.timed_out)
+
+    def _ends(self, now: float, deadline: float | None) -> float:
+        """When a caller from ``now`` stops waiting (``trio.current_time()``; inf: never)."""
+        ends = math.inf if self.timeout is None else now + self.timeout
+        return ends if deadline is None else min(ends, deadline)
 
     def timed_out(self) -> StoreTimeout:
         """Count a call given up on at its deadline; its error (``unavailable``)."""
@@ -234,3 +276,61 @@ class ConnectionPool:
             conn.close()
         except Exception:
             log.debug("closing a connection failed", exc_info=True)
+
+
+class _Borrower:
+    """Holds a limiter token for a thread started by ``ConnectionPool.start``."""
+
+
+class _Outcome(Protocol[T_co]):
+    """What ``trio.lowlevel.start_thread_soon`` hands over: a value or an error."""
+
+    def unwrap(self) -> T_co: ...
+
+
+class _Started(Generic[T]):
+    """A worker thread started at once (``ConnectionPool.start``), as
+    ``trio.to_thread.run_sync`` would start it: it holds a limiter token until it ends,
+    and its result is handed to the trio thread (``run_sync_soon``)."""
+
+    def __init__(
+        self, work: Callable[[], T], limiter: trio.CapacityLimiter, borrower: _Borrower
+    ) -> None:
+        self._limiter = limiter
+        self._borrower = borrower
+        self._outcome: _Outcome[T] | None = None
+        self._done = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(outcome: _Outcome[T]) -> None:  # in the worker thread
+            # A run that is over has nobody waiting for this any more.
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._finished, outcome)
+
+        try:
+            trio.lowlevel.start_thread_soon(work, deliver, name="chat store")
+        except BaseException:
+            limiter.release_on_behalf_of(borrower)
+            raise
+
+    def _finished(self, outcome: _Outcome[T]) -> None:  # in the trio thread
+        self._limiter.release_on_behalf_of(self._borrower)
+        self._outcome = outcome
+        self._done.set()
+
+    async def result(self, ends: float, timed_out: Callable[[], Exception]) -> T:
+        if ends == math.inf:
+            # No deadline: wait for the thread, as a cancelled caller of ``run`` does (the
+            # cancellation arrives at the caller's next checkpoint).
+            with trio.CancelScope(shield=True):
+                await self._done.wait()
+        else:
+            with trio.move_on_at(ends):
+                await self._done.wait()
+        if self._outcome is None:
+            raise timed_out()
+        return self._outcome.unwrap()
+
+
+async def _raise(error: Exception) -> NoReturn:
+    raise error

@@ -13,8 +13,8 @@ happens inside one function here, which is what makes checks such as "is the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from typing import Any, TypeVar
 
@@ -67,6 +67,11 @@ GROUP_SENDS_PER_SENDER_IN_BATCH = 2
 (each a savepoint, a check and a log position) makes the batch everyone else's sends
 wait for a few milliseconds long, not tens ("Fair batches" in ``coalesce``)."""
 
+SEND_BATCH = 1024
+"""Sends stored in one transaction at most. A batch's fixed costs (its thread, a handful
+of round trips, the commit) are shared by more sends the more a burst queues; a batch
+of 1,024 direct sends takes about 30 ms here (docs/performance.md, "Hot path, round 3")."""
+
 READ_RANGES_PER_STATEMENT = 200
 """Stream ranges read in one statement at most (each is a derived table of its own)."""
 
@@ -86,12 +91,17 @@ class Store:
         self._read_calls = Coalescer(self._read_batch, **deadlines)
         self._send_calls = Coalescer(
             self._send_batch,
+            max_batch=SEND_BATCH,
             chain=_sender,
             heavy=_is_group_send,
             heavy_per_chain=GROUP_SENDS_PER_SENDER_IN_BATCH,
             **deadlines,
         )
         self._token_calls = Coalescer(self._token_batch, **deadlines)
+        self.gather_hand_offs: Callable[[], AbstractContextManager[object]] = nullcontext
+        """Wraps each send batch's hand-offs (``store_direct``'s ``on_stored``): the node
+        gathers the writes they cause there, one per connection
+        (``chat.server.connection.gathered_writes``)."""
 
     def close(self) -> None:
         self.pool.close()
@@ -137,12 +147,20 @@ class Store:
     async def _run(
         self, body: Callable[[_Sql], T], *, write: bool, deadline: float | None = None
     ) -> T:
+        return await self._start(body, write=write, deadline=deadline)
+
+    def _start(
+        self, body: Callable[[_Sql], T], *, write: bool, deadline: float | None = None
+    ) -> Awaitable[T]:
+        """Start ``body`` in a transaction on a worker thread now (``ConnectionPool.start``):
+        a coalesced batch starts the moment the previous one is over."""
+
         def work(conn: Connection) -> T:
             with self._transaction(conn, write=write) as sql:
                 return body(sql)
 
         # A read changes nothing: if its connection breaks, it may simply run again.
-        return await self.pool.run(work, idempotent=not write, deadline=deadline)
+        return self.pool.start(work, idempotent=not write, deadline=deadline)
 
     async def ping(self) -> None:
         """One trivial query: the database answers (within the pool's deadline)."""
@@ -495,12 +513,26 @@ class Store:
             raise outcome
         return outcome
 
-    async def _send_batch(self, requests: Sequence[SendRequest]) -> list[SendOutcome]:
-        outcomes = await self._run(
+    def _send_batch(self, requests: Sequence[SendRequest]) -> Awaitable[list[SendOutcome]]:
+        stored = self._start(
             partial(store_sends, requests=requests),
             write=True,
             deadline=self._send_calls.batch_deadline,
         )
+        return self._hand_off(requests, stored)
+
+    async def _hand_off(
+        self, requests: Sequence[SendRequest], stored: Awaitable[list[SendOutcome]]
+    ) -> list[SendOutcome]:
+        """Tell each stored send's ``on_stored``, in batch order, without a checkpoint,
+        inside ``gather_hand_offs``."""
+        outcomes = await stored
+        with self.gather_hand_offs():
+            self._tell_stored(requests, outcomes)
+        return outcomes
+
+    @staticmethod
+    def _tell_stored(requests: Sequence[SendRequest], outcomes: Sequence[SendOutcome]) -> None:
         for request, outcome in zip(requests, outcomes, strict=True):
             if request.on_stored is not None and isinstance(outcome, StoredMessage):
                 try:
@@ -509,7 +541,6 @@ class Store:
                     # The message is stored: a bug in one hand-off must not fail the
                     # batch's other sends (the recipient still reads it at a wake-up).
                     log.exception("handing off message %d failed", outcome.message_id)
-        return outcomes
 
     async def read_streams(self, ranges: Sequence[StreamRange]) -> list[list[KeptMessage]]:
         """Each range's messages, ascending by position (``chat.store.streams``).
@@ -519,9 +550,9 @@ class Store:
         asked by many (devices at the same place in the same group) is read once."""
         return await self._read_calls(tuple(ranges))
 
-    async def _read_batch(
+    def _read_batch(
         self, requests: Sequence[tuple[StreamRange, ...]]
-    ) -> list[list[list[KeptMessage]]]:
+    ) -> Awaitable[list[list[list[KeptMessage]]]]:
         # Statements of about READ_RANGES_PER_STATEMENT ranges, never splitting one
         # call's ranges: each call's read must be one snapshot (MariaDB reads outside a
         # transaction, each statement seeing what was committed when it began), or a
@@ -548,7 +579,7 @@ class Store:
                 for request, number in zip(requests, where, strict=True)
             ]
 
-        return await self._run(body, write=False, deadline=self._read_calls.batch_deadline)
+        return self._start(body, write=False, deadline=self._read_calls.batch_deadline)
 
     # --- devices ----------------------------------------------------------------
 
@@ -678,14 +709,14 @@ class Store:
         brings thousands of token logins at once)."""
         return await self._token_calls(token_hash)
 
-    async def _token_batch(
+    def _token_batch(
         self, token_hashes: Sequence[bytes]
-    ) -> list[tuple[UserRecord, str] | None]:
+    ) -> Awaitable[list[tuple[UserRecord, str] | None]]:
         def body(sql: _Sql) -> list[tuple[UserRecord, str] | None]:
             found = tokens.use(sql, token_hashes, now_ms())
             return [found.get(token_hash) for token_hash in token_hashes]
 
-        return await self._run(body, write=True, deadline=self._token_calls.batch_deadline)
+        return self._start(body, write=True, deadline=self._token_calls.batch_deadline)
 
     async def revoke_token(self, token_hash: bytes) -> None:
         await self._run(partial(_revoke_token, token_hash), write=True)
