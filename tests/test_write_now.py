@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import trio
 
 from chat.protocol.codec import JsonCodec
-from chat.server.connection import Connection, Outgoing
+from chat.server.connection import Connection, Outgoing, gathered_writes
 from chat.server.settings import Settings
 from chat.transports import LineStream
 
@@ -118,6 +118,49 @@ async def test_a_message_to_an_idle_writer_is_written_without_waking_it() -> Non
         assert hooks.order == [1]
         await connection.flush()
         assert hooks.order == [1, 2]
+        connection.close_outbox()
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_messages_handed_over_in_a_gathered_stretch_leave_in_one_write_at_its_end() -> None:
+    """A store batch hands a recipient several messages in one stretch (no checkpoint):
+    inside ``gathered_writes`` they are held and written together as it ends, in
+    order, without waking the writer; a frame queued meanwhile by the writer's path
+    (a reply) goes after them."""
+    server, client = await tcp_pair()
+    connection = Connection(LineStream(server, "test"), JsonCodec(), Settings(), "test")
+    hooks = Hooks()
+    connection.hooks = hooks
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def writer() -> None:
+            with scope:
+                await connection.run_writer(scope)
+
+        nursery.start_soon(writer)
+        await trio.sleep(0.01)
+        sends_before = connection.stream.frames_sent
+        with gathered_writes():
+            for number in (1, 2, 3):
+                assert connection.deliver_nowait(frame(number, 10))
+            assert hooks.order == []  # held until the stretch ends
+        # Written as it ended, before any schedule point: not by the writer task.
+        assert hooks.order == [1, 2, 3]
+        assert connection.stream.frames_sent - sends_before == 3
+        data = b""
+        while data.count(b"\n") < 3:
+            data += await client.receive_some(65_536)
+        assert [json.loads(line)["n"] for line in data.split(b"\n")[:3]] == [1, 2, 3]
+
+        await trio.sleep(0.01)  # past the gathering time of the last write
+        with gathered_writes():
+            assert connection.deliver_nowait(frame(4, 10))
+            assert connection.queue_nowait(frame(5, 10))  # the writer's path: after 4
+            assert connection.deliver_nowait(frame(6, 10))
+        await connection.flush()
+        assert hooks.order == [1, 2, 3, 4, 5, 6]
         connection.close_outbox()
     await client.aclose()
     await server.aclose()

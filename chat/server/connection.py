@@ -27,7 +27,8 @@ cancel scope around every write: a write costs two assignments, not a timer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 import attrs
@@ -45,6 +46,42 @@ log = logging.getLogger(__name__)
 GATHER_SECONDS = 0.0005
 """After a delivered message was written at once (``Connection.deliver_nowait``), the
 next ones within this time go to the writer, which joins them into one write."""
+
+
+class _Gathering:
+    """Connections with a write held until the outermost ``gathered_writes`` ends."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.connections: list[Connection] = []
+
+
+_gathering = _Gathering()
+"""The process's (one trio thread serves every connection of a node)."""
+
+
+@contextmanager
+def gathered_writes() -> Iterator[None]:
+    """Writes that delivered messages would make at once (``Connection.deliver_nowait``)
+    inside this block are made as it ends, one per connection with everything it got:
+    a store batch hands a recipient several messages in one stretch without a checkpoint,
+    and they leave in one system call, with no task switch, instead of one write and
+    then a wake of the writer for the rest. Use only around code that never waits."""
+    _gathering.depth += 1
+    try:
+        yield
+    finally:
+        _gathering.depth -= 1
+        if not _gathering.depth:
+            connections, _gathering.connections = _gathering.connections, []
+            for connection in connections:
+                try:
+                    connection._write_held()
+                except Exception:
+                    # A bug in one connection's hooks costs that connection, never the
+                    # writes held for the others.
+                    log.exception("a gathered write to %s failed", connection.name)
+                    connection.abort("internal error while writing")
 
 
 @attrs.frozen
@@ -114,6 +151,8 @@ class Connection:
         """The writer waits for the outbox, with nothing of its own under way."""
         self._closed = False
         self._last_direct = -1.0
+        self._held: list[Outgoing] | None = None
+        """Frames of a gathered write (``gathered_writes``), made when it ends."""
         """``trio.current_time()`` of the last write made at once (``deliver_nowait``)."""
         self._direct = isinstance(stream, LineStream) and stream.can_send_now
         self.replies_due = 0
@@ -132,6 +171,8 @@ class Connection:
     async def queue(self, item: Outgoing | Flush) -> bool:
         """Put an item in the outbox, waiting a little if it is full; a client that
         does not make room in time is disconnected. False if the writer is gone."""
+        if self._held is not None:
+            self._write_held()  # what was gathered goes first
         try:
             self._outbox.send_nowait(item)
             self._pending += 1
@@ -157,6 +198,8 @@ class Connection:
 
     def queue_nowait(self, item: Outgoing | Nudge) -> bool:
         """Queue without waiting; False if the outbox is full or closed."""
+        if self._held is not None:
+            self._write_held()  # what was gathered goes first
         try:
             self._outbox.send_nowait(item)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
@@ -172,10 +215,16 @@ class Connection:
         and no task switch to the writer. What the socket does not take at once goes to the writer,
         ahead of anything queued later. Within ``GATHER_SECONDS`` of such a write, the
         messages go to the writer instead, which joins those queued meanwhile (a
-        recipient of many messages of one store batch) into one write.
+        recipient of many messages of one store batch) into one write. Inside
+        ``gathered_writes()`` (a store batch's hand-offs), such a write is made once at
+        its end, with every message the connection got meanwhile.
 
         Hooks are called as the writer calls them: ``written`` may run before this
         returns (the caller records the frame as queued before calling)."""
+        if self._held is not None:
+            self._held.append(item)  # after the first one, in a gathered write
+            self._pending += 1
+            return True
         if not (
             self._direct
             and self._idle
@@ -187,9 +236,19 @@ class Connection:
         now = trio.current_time()
         if now - self._last_direct < GATHER_SECONDS or self._room < 1:
             return self.queue_nowait(item)
+        if _gathering.depth:
+            self._held = [item]
+            self._pending += 1
+            _gathering.connections.append(self)
+            return True
+        self._write_now([item], now)
+        return True
+
+    def _write_now(self, items: list[Outgoing], now: float) -> None:
+        """Write ``items`` at once (``deliver_nowait``): the writer is idle, nothing queued."""
         self._last_direct = now
         assert isinstance(self.stream, LineStream)
-        outgoing = self.hooks.writable([item])
+        outgoing = self.hooks.writable(items)
         payloads = [o.payload for o in outgoing if o.payload]
         before = self.stream.frames_sent
         rest: Rest | None = None
@@ -199,14 +258,27 @@ class Connection:
         except StreamClosed:
             self.hooks.written(_left(outgoing, 0))
             self.abort("connection lost while writing")
-            return True
+            return
         left = _left(outgoing, self.stream.frames_sent - before)
         self.hooks.written(left)
         if rest is not None:
             self._outbox.send_nowait(_Remainder(rest, outgoing[len(left) :]))
             self._pending += 1
             self.remainders += 1
-        return True
+
+    def _write_held(self) -> None:
+        """Make the gathered write (``gathered_writes``), or, if the writer woke or the
+        outbox closed meanwhile, hand what was held to the writer, in order."""
+        held, self._held = self._held, None
+        if not held:
+            return
+        self._pending -= len(held)
+        if self._idle and self._pending == 0 and not self._closed:
+            self._write_now(held, trio.current_time())
+            return
+        for item in held:
+            if not self.queue_nowait(item):
+                break  # closed: the connection is ending, what was kept stays kept
 
     async def flush(self) -> None:
         """Wait until everything queued so far is written (or the writer is gone)."""
@@ -218,6 +290,8 @@ class Connection:
 
     def close_outbox(self) -> None:
         """Nothing more will be queued: the writer ends once it has written the rest."""
+        if self._held is not None:
+            self._write_held()
         self._closed = True
         self._outbox.close()
 

@@ -63,6 +63,7 @@ from chat.transports.tcp import format_peer, peer_address, peer_name
 from chat.transports.tls import Certificates, Prefixed
 from chat.transports.tls import handshake as tls_handshake
 
+from .connection import gathered_writes
 from .fanout import FanoutBudget
 from .health import Health
 from .http import HttpEndpoint
@@ -104,6 +105,7 @@ class Node:
         store.pool.timeout = settings.db_timeout_seconds
         metrics = self.services.metrics
         store.observe_batches(metrics.store_batch)
+        store.gather_hand_offs = gathered_writes
         self.health = Health(store, getattr(broker, "ping", None), lambda: self.router.paused)
         metrics.add_collector(
             StateCollector(
