@@ -17,6 +17,7 @@ import trio
 from chat.broker import Broker, MemoryBroker
 from chat.broker.endpoint import RedisEndpoint
 from chat.server import Node, Settings
+from chat.server.collector import settle_after_start
 from chat.server.importing import ImportRefused, import_plan, read_plan
 from chat.server.settings import (
     ADDRESS_LOGINS_PER_MINUTE,
@@ -375,6 +376,7 @@ async def serve(
                 nursery.start_soon(watch_parent, node.stop)  # a --workers worker only
                 async with trio.open_nursery() as running:
                     await running.start(node.run)
+                    settle_after_start()  # the process's: tests' nodes keep the defaults
                     announce_ready()  # to a --workers parent, if there is one
                 nursery.cancel_scope.cancel()
     finally:
