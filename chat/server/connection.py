@@ -84,8 +84,10 @@ def gathered_writes() -> Iterator[None]:
                     connection.abort("internal error while writing")
 
 
-@attrs.frozen
+@attrs.define
 class Outgoing:
+    """A frame for the writer (never changed once made; not frozen: see ``Mark``)."""
+
     payload: bytes
     mark: Mark | None = None
     """Set for a kept message (or a passed position): once written, the device has it."""

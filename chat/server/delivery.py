@@ -67,9 +67,11 @@ class Offer(enum.Enum):
     event: queue a mark)."""
 
 
-@attrs.frozen
+@attrs.define
 class Mark:
-    """Where a queued frame stands in its stream."""
+    """Where a queued frame stands in its stream. (Never changed once made; not frozen,
+    as one is made for every delivered message, and a frozen attrs class's
+    ``__init__`` costs three times a plain one's.)"""
 
     stream: int
     pos: int

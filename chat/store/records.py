@@ -76,9 +76,11 @@ class MembershipRecord:
     member_count: int
 
 
-@attrs.frozen
+@attrs.define
 class StoredMessage:
-    """The answer to a send: what the ``ok`` carries, and which stream to wake."""
+    """The answer to a send: what the ``ok`` carries, and which stream to wake. (Never
+    changed once made; not frozen, as one is made for every message stored:
+    ``chat.server.delivery.Mark`` says why.)"""
 
     message_id: int
     ts: int

@@ -56,8 +56,11 @@ OnStored = Callable[[StoredMessage], None]
 """Told a send's message once its batch committed (see ``Store.store_direct``)."""
 
 
-@attrs.frozen
+@attrs.define
 class DirectSend:
+    """A one-to-one send for the coalescer (never changed once made; not frozen: one is
+    made per message, see ``chat.server.delivery.Mark``)."""
+
     sender_id: int
     recipient_id: int
     body: str
