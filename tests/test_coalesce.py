@@ -414,14 +414,17 @@ class HonouringBatches(Batches):
         raise Late()
 
 
+@pytest.mark.parametrize("batches_keep_deadline", [False, True])
 async def test_every_call_answers_within_its_deadline_however_many_batches_are_stuck(
-    autojump_clock: trio.abc.Clock,
+    autojump_clock: trio.abc.Clock, batches_keep_deadline: bool
 ) -> None:
     """A frozen database: every batch gets stuck. Calls made one a second each answer
     within 5 s of being made (a batch runs with its earliest call's deadline), where
-    before the second waited for the first batch's deadline and then its own."""
+    before the second waited for the first batch's deadline and then its own. Also when
+    the waiting calls arm no timer of their own (``batches_keep_deadline``, the store's
+    way): the batches' deadlines alone answer each in time."""
     batches = HonouringBatches()
-    coalesce = with_deadlines(batches)
+    coalesce = with_deadlines(batches, batches_keep_deadline=batches_keep_deadline)
     batches.coalescer = coalesce
     made: dict[str, float] = {}
     answered: dict[str, float] = {}

@@ -63,13 +63,19 @@ without it. A batch runs with the earliest deadline of its calls
 deadline passed before their batch started are answered ``expired()`` without
 running (with the submitted calls of their chain). So with a frozen database every
 call answers within its deadline, not one deadline per batch stuck ahead of it.
+
+Where ``run_batch`` gives up by ``batch_deadline`` (``batches_keep_deadline``: the
+store's do), a waiting call needs no timer of its own: every batch ahead of it holds
+only calls made before it, so each ends by a deadline earlier than its own, and the
+batch it runs in ends by its own at the latest (or answers it ``expired()`` unrun). A
+cancel scope with a deadline per waiting call cost a noticeable share of the trio thread per
+message of a closed-loop sender (about 5 %).
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import math
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
@@ -144,6 +150,7 @@ class Coalescer(Generic[Req, Res]):
         heavy_per_chain: int = 0,
         deadline: Callable[[], float | None] | None = None,
         expired: Callable[[], Exception] | None = None,
+        batches_keep_deadline: bool = False,
     ) -> None:
         """``chain``: which submitted calls follow one another (a sender's pipelined
         sends): when a batch fails, the submitted calls of its chains still queued fail
@@ -151,7 +158,9 @@ class Coalescer(Generic[Req, Res]):
         ``heavy``, ``heavy_per_chain``: which calls are costly, and how many of one
         chain's a batch takes at most (see "Fair batches" above; needs ``chain``).
         ``deadline``: seconds a call may take from when it is made (None: no limit);
-        ``expired``: the error of a call past it (see "Deadlines" above)."""
+        ``expired``: the error of a call past it (see "Deadlines" above).
+        ``batches_keep_deadline``: ``run_batch`` gives up by ``batch_deadline``, so the
+        calls waiting for it arm no timer of their own (see "Deadlines")."""
         if heavy is not None and (chain is None or heavy_per_chain < 1):
             raise ValueError(
                 "heavy calls are counted per chain: give chain and heavy_per_chain >= 1"
@@ -170,6 +179,7 @@ class Coalescer(Generic[Req, Res]):
         self.batches = 0
         """Batches run so far (each is one transaction of the store)."""
         self._timeout = deadline
+        self._timed_waits = not batches_keep_deadline
         self._expired = expired or (lambda: TimeoutError("no answer in time"))
         self.batch_deadline: float | None = None
         """While a batch runs: the earliest deadline of its calls (``trio.current_time()``),
@@ -206,11 +216,13 @@ class Coalescer(Generic[Req, Res]):
                 call.leads = True
             else:
                 try:
-                    deadline = math.inf if call.deadline is None else call.deadline
-                    with trio.move_on_at(deadline) as waited:
+                    if call.deadline is None or not self._timed_waits:
                         await call.wake_event().wait()
-                    if waited.cancelled_caught and not call.finished:
-                        self._give_up(call)
+                    else:
+                        with trio.move_on_at(call.deadline) as waited:
+                            await call.wake_event().wait()
+                        if waited.cancelled_caught and not call.finished:
+                            self._give_up(call)
                 except trio.Cancelled:
                     if call in self._queue and not call.submitted:
                         # Its batch has not started: it never happened.

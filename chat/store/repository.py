@@ -87,6 +87,8 @@ class Store:
         deadlines: dict[str, Any] = {
             "deadline": lambda: self.pool.timeout,
             "expired": self.pool.timed_out,
+            # Each batch's transaction gives up by its batch_deadline (ConnectionPool).
+            "batches_keep_deadline": True,
         }
         self._read_calls = Coalescer(self._read_batch, **deadlines)
         self._send_calls = Coalescer(
