@@ -528,3 +528,44 @@ async def test_the_next_batch_starts_before_any_call_of_the_last_one_resumes() -
             batches.gate(1).set()  # a batch cannot be cancelled: let it end either way
     assert sorted(batches.log[3:]) == ["resumed b", "resumed c"]
     assert [sorted(requests) for requests in batches.started] == [["a"], ["b", "c"]]
+
+
+async def test_a_call_past_its_deadline_when_the_next_batch_starts_is_answered_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A frozen database, and no timer per call (the store's way): the next batch
+    starts as one gives up, and a call made just after the first one has passed its
+    deadline by then: it is answered ``expired()`` unrun, at once, also when it is the
+    only call waiting (it leads the started batch; found hanging by review)."""
+    coalescer: Coalescer[str, str] | None = None
+
+    async def give_up(deadline: float | None) -> list[str]:
+        assert deadline is not None
+        await trio.sleep_until(deadline + 0.002)  # gives up at it, noticed a little late
+        raise Late()
+
+    def run_batch(requests: Sequence[str]) -> Awaitable[list[str]]:
+        assert coalescer is not None
+        return give_up(coalescer.batch_deadline)
+
+    coalescer = Coalescer(
+        run_batch, deadline=lambda: 1.0, expired=lambda: Late(), batches_keep_deadline=True
+    )
+    answered: dict[str, float] = {}
+
+    async def call(name: str) -> None:
+        with pytest.raises(Late):
+            await coalescer(name)
+        answered[name] = trio.current_time()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, "a")
+        await trio.sleep(0.001)
+        nursery.start_soon(call, "b")
+        await trio.sleep(30)
+        if "b" not in answered:
+            running = coalescer._running
+            for stuck in running.batch if running is not None else []:
+                stuck.wake_event().set()  # so that the failure ends instead of hanging
+        assert answered.get("b") == pytest.approx(1.002, abs=0.01), answered
+    assert answered["a"] == pytest.approx(1.002, abs=0.01)

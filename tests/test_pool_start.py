@@ -110,3 +110,14 @@ async def test_with_every_connection_busy_a_run_waits_for_one(store: Store) -> N
         release.set()
     assert sorted(results) == ["held", "held", "third"]
     assert store.pool.limiter.borrowed_tokens == 0
+
+
+async def test_a_store_call_cancelled_before_it_starts_runs_nothing(store: Store) -> None:
+    """As with ``trio.to_thread.run_sync``: a caller cancelled already starts no
+    transaction (found by review: the thread used to start before the checkpoint)."""
+    runs = store.pool.runs
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await store.revoke_token(b"x" * 32)
+    assert scope.cancelled_caught
+    assert store.pool.runs == runs

@@ -16,7 +16,9 @@ So, once the node has started: what exists then (modules, the settings, the
 compiled protocol) is frozen out of every collection (``gc.freeze``), and the
 thresholds are raised so that collections run about a hundred times less often;
 cycles are still collected, later, and the memory they hold meanwhile is small
-(they are rare, and a young collection still comes every ``YOUNG`` objects).
+(they are rare, and a young collection still comes every ``YOUNG`` objects). What
+is frozen is never collected: a start-up object that becomes part of a garbage cycle
+later stays in memory (start-up objects live as long as the process anyway).
 """
 
 from __future__ import annotations

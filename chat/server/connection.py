@@ -153,9 +153,9 @@ class Connection:
         """The writer waits for the outbox, with nothing of its own under way."""
         self._closed = False
         self._last_direct = -1.0
+        """``trio.current_time()`` of the last write made at once (``deliver_nowait``)."""
         self._held: list[Outgoing] | None = None
         """Frames of a gathered write (``gathered_writes``), made when it ends."""
-        """``trio.current_time()`` of the last write made at once (``deliver_nowait``)."""
         self._direct = isinstance(stream, LineStream) and stream.can_send_now
         self.replies_due = 0
         """Requests of this connection being answered (the session counts them): their
@@ -278,9 +278,15 @@ class Connection:
         if self._idle and self._pending == 0 and not self._closed:
             self._write_now(held, trio.current_time())
             return
-        for item in held:
+        for number, item in enumerate(held):
             if not self.queue_nowait(item):
-                break  # closed: the connection is ending, what was kept stays kept
+                if not self._closed:
+                    # Held frames fit the outbox when held: never expected. Positions
+                    # stay unwritten (kept for the device), and the client is not left
+                    # with a gap: it reads them again at its next login.
+                    log.error("%s: %d held frames found no room", self.name, len(held) - number)
+                    self.abort("outbox full (held frames)")
+                break
 
     async def flush(self) -> None:
         """Wait until everything queued so far is written (or the writer is gone)."""

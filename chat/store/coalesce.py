@@ -65,9 +65,11 @@ running (with the submitted calls of their chain). So with a frozen database eve
 call answers within its deadline, not one deadline per batch stuck ahead of it.
 
 Where ``run_batch`` gives up by ``batch_deadline`` (``batches_keep_deadline``: the
-store's do), a waiting call needs no timer of its own: every batch ahead of it holds
-only calls made before it, so each ends by a deadline earlier than its own, and the
-batch it runs in ends by its own at the latest (or answers it ``expired()`` unrun). A
+store's do), a waiting call needs no timer of its own: every batch ahead of it runs
+with the earliest deadline of its calls and of the calls still queued, so each ends by
+the waiting call's deadline at the latest, and so does the batch it runs in (or it is
+answered ``expired()`` unrun). (The store sets its timeout once, at start-up: a timeout
+shortened later would leave calls made before it with later deadlines.) A
 cancel scope with a deadline per waiting call cost a noticeable share of the trio thread per
 message of a closed-loop sender (about 5 %).
 """
@@ -175,7 +177,8 @@ class Coalescer(Generic[Req, Res]):
         """A batch started when the one before it was over, waiting for its leader to
         finish it (``_lead``)."""
         self._busy = False
-        """A batch is running, or a queued call has been told to lead the next one."""
+        """A leader is at work, or a call has been told to lead. (A batch may be started
+        with nobody leading it yet, ``_running``: the next call waited for leads it.)"""
         self.batches = 0
         """Batches run so far (each is one transaction of the store)."""
         self._timeout = deadline
@@ -285,7 +288,14 @@ class Coalescer(Generic[Req, Res]):
         run = [call for call in batch if call not in late] if late else batch
         running = _Running(batch, run, late, started)
         if run:
-            deadlines = [call.deadline for call in run if call.deadline is not None]
+            # Calls left queued count too: one held back (by "Fair batches") may be
+            # older than every call of this batch, and with ``batches_keep_deadline``
+            # nothing but the batches ahead of it keeps its deadline.
+            deadlines = [
+                call.deadline
+                for call in itertools.chain(run, self._queue)
+                if call.deadline is not None
+            ]
             self.batch_deadline = min(deadlines, default=None)
             try:
                 running.results = self._run_batch([call.request for call in run])
@@ -400,7 +410,9 @@ class Coalescer(Generic[Req, Res]):
         """Hand the next batch to the first call waited for, of the batch started
         already or else of the queue, or become idle (then the next call waited for
         leads: it finishes the started batch, if any, then takes all that is queued)."""
-        started = self._running.run if self._running is not None else []
+        # All of the started batch's calls: one answered ``expired()`` unrun is finished
+        # by its leader too (it may be the only one waiting).
+        started = self._running.batch if self._running is not None else []
         for call in itertools.chain(started, self._queue):
             if call.waiting:
                 call.leads = True

@@ -2,7 +2,8 @@
 
 PyMySQL and sqlite3 block, and a PyMySQL connection may be used by one thread
 at a time (``threadsafety`` 1). So each unit of work (a whole transaction) runs
-in ``trio.to_thread.run_sync`` under the pool's own ``CapacityLimiter``; the
+in a worker thread (``trio.to_thread.run_sync``, or ``start``: the same, started at
+once) under the pool's own ``CapacityLimiter``; the
 limiter's size is the pool's size, so a thread that holds a token always finds
 a connection (reused when idle, opened when not). No connection is shared by
 two threads and none is opened per query.

@@ -18,6 +18,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from typing import Any, TypeVar
 
+import trio
+
 from . import bulk, contacts, conversations, history, requests, streams, throttle, tokens
 from .coalesce import Coalescer, Submitted
 from .conversations import ConversationRecord, ReadMarked
@@ -149,6 +151,8 @@ class Store:
     async def _run(
         self, body: Callable[[_Sql], T], *, write: bool, deadline: float | None = None
     ) -> T:
+        # As trio.to_thread.run_sync: a caller cancelled already starts nothing.
+        await trio.lowlevel.checkpoint_if_cancelled()
         return await self._start(body, write=write, deadline=deadline)
 
     def _start(
