@@ -7,7 +7,9 @@ that stalls so the kernel's buffer fills)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import NamedTuple
 
 import trio
 
@@ -43,15 +45,44 @@ def frame(number: int, size: int) -> Outgoing:
     return Outgoing(payload, seq=number)
 
 
-async def test_order_and_exactly_once_with_partial_writes() -> None:
+class Writing(NamedTuple):
+    connection: Connection
+    hooks: Hooks
+    client: trio.SocketStream
+    nursery: trio.Nursery
+
+
+@asynccontextmanager
+async def idle_writer() -> AsyncIterator[Writing]:
+    """A connection over a real TCP pair, its writer task running and idle; as the block
+    ends its outbox is closed and the writer (and anything the block started in the
+    nursery) is waited for."""
     server, client = await tcp_pair()
     connection = Connection(LineStream(server, "test"), JsonCodec(), Settings(), "test")
     hooks = Hooks()
     connection.hooks = hooks
+    try:
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def writer() -> None:
+                with scope:
+                    await connection.run_writer(scope)
+
+            nursery.start_soon(writer)
+            await trio.sleep(0.01)  # the writer waits: idle
+            yield Writing(connection, hooks, client, nursery)
+            connection.close_outbox()
+    finally:
+        await client.aclose()
+        await server.aclose()
+
+
+async def test_order_and_exactly_once_with_partial_writes() -> None:
     total = 400
     received: list[int] = []
 
-    async def read_all() -> None:
+    async def read_all(client: trio.SocketStream) -> None:
         buffer = b""
         await trio.sleep(0.2)  # stalled at first: the socket's buffer fills
         while len(received) < total:
@@ -61,16 +92,8 @@ async def test_order_and_exactly_once_with_partial_writes() -> None:
             *lines, buffer = buffer.split(b"\n")
             received.extend(json.loads(line)["n"] for line in lines)
 
-    async with trio.open_nursery() as nursery:
-        scope = trio.CancelScope()
-
-        async def writer() -> None:
-            with scope:
-                await connection.run_writer(scope)
-
-        nursery.start_soon(writer)
-        nursery.start_soon(read_all)
-        await trio.sleep(0.01)  # the writer waits: idle
+    async with idle_writer() as (connection, hooks, client, nursery):
+        nursery.start_soon(read_all, client)
         number = 0
         while number < total:
             # Some handed over at once (written now or given to the writer), some
@@ -86,28 +109,13 @@ async def test_order_and_exactly_once_with_partial_writes() -> None:
                 assert await connection.queue(frame(number, 300))
             await trio.sleep(0.001 if number % 5 else 0)
         await connection.flush()
-        connection.close_outbox()
     assert connection.remainders > 0, "no write was cut short: the test missed its case"
     assert received == list(range(1, total + 1))
     assert hooks.order == list(range(1, total + 1))
-    await client.aclose()
-    await server.aclose()
 
 
 async def test_a_message_to_an_idle_writer_is_written_without_waking_it() -> None:
-    server, client = await tcp_pair()
-    connection = Connection(LineStream(server, "test"), JsonCodec(), Settings(), "test")
-    hooks = Hooks()
-    connection.hooks = hooks
-    async with trio.open_nursery() as nursery:
-        scope = trio.CancelScope()
-
-        async def writer() -> None:
-            with scope:
-                await connection.run_writer(scope)
-
-        nursery.start_soon(writer)
-        await trio.sleep(0.01)
+    async with idle_writer() as (connection, hooks, client, _):
         assert connection.deliver_nowait(frame(1, 10))
         # Written before any schedule point: the writer task did not run.
         assert hooks.order == [1]
@@ -118,9 +126,6 @@ async def test_a_message_to_an_idle_writer_is_written_without_waking_it() -> Non
         assert hooks.order == [1]
         await connection.flush()
         assert hooks.order == [1, 2]
-        connection.close_outbox()
-    await client.aclose()
-    await server.aclose()
 
 
 async def test_messages_handed_over_in_a_gathered_stretch_leave_in_one_write_at_its_end() -> None:
@@ -128,19 +133,7 @@ async def test_messages_handed_over_in_a_gathered_stretch_leave_in_one_write_at_
     inside ``gathered_writes`` they are held and written together as it ends, in
     order, without waking the writer; a frame queued meanwhile by the writer's path
     (a reply) goes after them."""
-    server, client = await tcp_pair()
-    connection = Connection(LineStream(server, "test"), JsonCodec(), Settings(), "test")
-    hooks = Hooks()
-    connection.hooks = hooks
-    async with trio.open_nursery() as nursery:
-        scope = trio.CancelScope()
-
-        async def writer() -> None:
-            with scope:
-                await connection.run_writer(scope)
-
-        nursery.start_soon(writer)
-        await trio.sleep(0.01)
+    async with idle_writer() as (connection, hooks, client, _):
         sends_before = connection.stream.frames_sent
         with gathered_writes():
             for number in (1, 2, 3):
@@ -161,6 +154,3 @@ async def test_messages_handed_over_in_a_gathered_stretch_leave_in_one_write_at_
             assert connection.deliver_nowait(frame(6, 10))
         await connection.flush()
         assert hooks.order == [1, 2, 3, 4, 5, 6]
-        connection.close_outbox()
-    await client.aclose()
-    await server.aclose()
