@@ -2,15 +2,15 @@
 
 PyMySQL and sqlite3 block, and a PyMySQL connection may be used by one thread
 at a time (``threadsafety`` 1). So each unit of work (a whole transaction) runs
-in a worker thread (``trio.to_thread.run_sync``, or ``start``: the same, started at
-once) under the pool's own ``CapacityLimiter``; the
+in a worker thread (trio's thread cache, as ``trio.to_thread.run_sync`` uses it)
+under the pool's own ``CapacityLimiter``; the
 limiter's size is the pool's size, so a thread that holds a token always finds
 a connection (reused when idle, opened when not). No connection is shared by
 two threads and none is opened per query.
 
 Cancellation: a unit of work is never abandoned halfway. A cancelled caller
-waits until its transaction has committed or rolled back (``to_thread``'s
-default), so the database never holds half of a request.
+waits until its transaction has committed or rolled back (as with
+``trio.to_thread.run_sync``'s default), so the database never holds half of a request.
 
 Deadline (``timeout``, the node's ``--db-timeout``): a caller stops *waiting* for
 a unit of work that has not finished in that time and gets ``StoreTimeout`` (an
@@ -20,7 +20,7 @@ transaction still commits or rolls back as a whole when the server answers or
 the connection's read timeout (30 s) ends it. So a timed-out request may have
 happened after all: a ``send`` with a ``cid`` is safe to retry (the retry gets
 the first one's ``ok``), one without may be stored twice. The abandoned thread
-keeps its limiter token until it ends (trio releases it then, not when the
+keeps its limiter token until it ends (it is given back then, not when the
 caller gives up), so the pool never runs more connections than its size and
 its capacity comes back by itself; while every token is held by such threads,
 further calls time out waiting for one, which is the quick ``unavailable`` we
@@ -98,24 +98,12 @@ class ConnectionPool:
         reads, so it may run again on a fresh connection if its own broke
         (``chat.store.retry``)."""
         self.runs += 1
-        now = trio.current_time()
-        ends = self._ends(now, deadline)
-        if ends == math.inf:
-            return await trio.to_thread.run_sync(
-                partial(self.run_blocking, work, idempotent=idempotent), limiter=self.limiter
-            )
-        if ends > now:
-            with trio.move_on_at(ends):
-                return await trio.to_thread.run_sync(
-                    partial(
-                        self.run_blocking,
-                        work,
-                        idempotent=idempotent,
-                        deadline=time.monotonic() + (ends - now),
-                    ),
-                    limiter=self.limiter,
-                    abandon_on_cancel=True,
-                )
+        ends = self._ends(trio.current_time(), deadline)
+        borrower = _Borrower()
+        with trio.move_on_at(ends):
+            # The deadline covers the wait for a connection too.
+            await self.limiter.acquire_on_behalf_of(borrower)
+            return await self._thread(work, idempotent, ends, borrower)
         raise self.timed_out()
 
     def start(
@@ -147,7 +135,16 @@ class ConnectionPool:
         self.runs += 1
         if ends <= now:
             return _raise(self.timed_out())
-        thread_deadline = None if ends == math.inf else time.monotonic() + (ends - now)
+        return self._thread(work, idempotent, ends, borrower)
+
+    def _thread(
+        self, work: Callable[[Connection], T], idempotent: bool, ends: float, borrower: _Borrower
+    ) -> Awaitable[T]:
+        """Start ``work`` in a worker thread now, on the limiter token ``borrower`` holds
+        (given back when the thread ends); the result waits for it until ``ends``. The
+        thread is told the deadline: no retry starts after it (``run_blocking``)."""
+        left = ends - trio.current_time()
+        thread_deadline = None if ends == math.inf else time.monotonic() + left
         started = _Started(
             partial(self.run_blocking, work, idempotent=idempotent, deadline=thread_deadline),
             self.limiter,
